@@ -1,0 +1,243 @@
+// Vectorised CPU Derf kernels, included once per instruction set (derf_kernel_{base,avx2}.cpp) so the
+// build ships a baseline and an AVX2 copy and derf.cpp picks one at run time, as ATen's own CPU kernels do.
+// Every name lives in pyops::derf::PYOPS_CPU_ISA so the copies never clash at link time.
+#pragma once
+
+#ifndef PYOPS_CPU_ISA
+#error "define PYOPS_CPU_ISA before including derf_kernel.h"
+#endif
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <vector>
+
+#include "pyops/derf.h"
+#include "pyops/derf_math.h"
+
+namespace pyops {
+namespace derf {
+namespace PYOPS_CPU_ISA {
+
+using at::vec::Vectorized;
+
+// Full-width loads/stores unless at a ragged tail: ATen's counted loadu/store go through a stack buffer.
+template <typename V, typename T>
+inline V load_n(const T* p, int64_t n) {
+  return n == V::size() ? V::loadu(p) : V::loadu(p, n);
+}
+template <typename V, typename T>
+inline void store_n(const V& v, T* p, int64_t n) {
+  n == V::size() ? v.store(p) : v.store(p, n);
+}
+
+// Loads/stores one storage vector of scalar_t as kVecs vectors of the math type (two float vectors for
+// fp16/bf16, one otherwise); n < kStep handles row tails (missing lanes read as zero, never written back).
+template <typename scalar_t>
+struct Io {
+  using Math = scalar_t;
+  static constexpr int kVecs = 1;
+  static constexpr int64_t kStep = Vectorized<scalar_t>::size();
+  static void load(const scalar_t* p, int64_t n, Vectorized<Math>* v) {
+    v[0] = load_n<Vectorized<Math>>(p, n);
+  }
+  static void store(scalar_t* p, int64_t n, const Vectorized<Math>* v) { store_n(v[0], p, n); }
+};
+
+template <typename scalar_t>
+struct ReducedIo {
+  using Math = float;
+  static constexpr int kVecs = 2;
+  static constexpr int64_t kStep = Vectorized<scalar_t>::size();
+  static void load(const scalar_t* p, int64_t n, Vectorized<float>* v) {
+    const auto raw = load_n<Vectorized<scalar_t>>(p, n);
+    std::tie(v[0], v[1]) = at::vec::convert_to_float<scalar_t>(raw);
+  }
+  static void store(scalar_t* p, int64_t n, const Vectorized<float>* v) {
+    store_n(at::vec::convert_from_float<scalar_t>(v[0], v[1]), p, n);
+  }
+};
+template <>
+struct Io<at::BFloat16> : ReducedIo<at::BFloat16> {};
+template <>
+struct Io<at::Half> : ReducedIo<at::Half> {};
+
+// Per-channel parameter arrays with scalars broadcast and absent weight/bias filled with 1/0, so the
+// channels-last loops index all four the same way.
+template <typename Math>
+struct ChannelParams {
+  std::vector<Math> alpha, shift, weight, bias;
+  explicit ChannelParams(const Problem& p) {
+    auto expand = [&](const at::Tensor& t, Math absent) {
+      std::vector<Math> out(p.channels, absent);
+      if (!t.defined()) return out;
+      const Math* src = t.data_ptr<Math>();
+      for (int64_t c = 0; c < p.channels; ++c) out[c] = src[t.numel() == 1 ? 0 : c];
+      return out;
+    };
+    alpha = expand(p.alpha, Math(0));
+    shift = expand(p.shift, Math(0));
+    weight = expand(p.weight, Math(1));
+    bias = expand(p.bias, Math(0));
+  }
+};
+
+// erf(z) and exp(-z^2) from one exp: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the approximation
+// ATen's own vectorised float erf uses, so fp32 results match eager PyTorch's. Double keeps the library erf.
+template <typename V>
+inline void erf_and_gaussian(const V& z, V& erf_z, V& gaussian) {
+  gaussian = (-(z * z)).exp();
+  erf_z = z.erf();
+}
+
+inline void erf_and_gaussian(const Vectorized<float>& z, Vectorized<float>& erf_z, Vectorized<float>& gaussian) {
+  using V = Vectorized<float>;
+  const V one(1.f);
+  const V t = one / at::vec::fmadd(V(0.3275911f), z.abs(), one);
+  V poly = at::vec::fmadd(V(1.061405429f), t, V(-1.453152027f));
+  poly = at::vec::fmadd(poly, t, V(1.421413741f));
+  poly = at::vec::fmadd(poly, t, V(-0.284496736f));
+  poly = at::vec::fmadd(poly, t, V(0.254829592f));
+  gaussian = (-(z * z)).exp();
+  erf_z = (one - poly * t * gaussian).copysign(z);
+}
+
+// Rows per backward chunk: sizes alone decide it (never the thread count) so the partial sums, and hence
+// the parameter gradients, are bitwise reproducible; ~256K elements a chunk keeps [P, 4, C] small.
+inline int64_t rows_per_chunk(int64_t rows, int64_t row_len) {
+  constexpr int64_t kChunkElems = 1 << 18;
+  return std::max<int64_t>(1, std::min(rows, kChunkElems / std::max<int64_t>(row_len, 1)));
+}
+
+int64_t num_chunks(const Problem& p) {
+  const int64_t rows = p.outer, row_len = p.channels * p.inner;
+  return rows == 0 ? 1 : (rows + rows_per_chunk(rows, row_len) - 1) / rows_per_chunk(rows, row_len);
+}
+
+template <typename scalar_t>
+void forward_typed(const Problem& p, at::Tensor& y) {
+  using IO = Io<scalar_t>;
+  using Math = typename IO::Math;
+  using V = Vectorized<Math>;
+  const scalar_t* x = p.x.data_ptr<scalar_t>();
+  scalar_t* out = y.data_ptr<scalar_t>();
+  const ChannelParams<Math> prm(p);
+  constexpr int64_t kStep = IO::kStep;
+  constexpr int64_t kLane = V::size();
+
+  // Each "row" is a contiguous run: a token's C channels (channels-last), or one channel's spatial run.
+  const bool channels_last = p.inner == 1;
+  const int64_t rows = channels_last ? p.outer : p.outer * p.channels;
+  const int64_t len = channels_last ? p.channels : p.inner;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(len, 1)), [&](int64_t r0, int64_t r1) {
+    V xv[IO::kVecs];
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* xr = x + r * len;
+      scalar_t* yr = out + r * len;
+      const int64_t c_row = r % p.channels;  // channels-first: this run's channel
+      for (int64_t i = 0; i < len; i += kStep) {
+        const int64_t n = std::min(kStep, len - i);
+        IO::load(xr + i, n, xv);
+        for (int k = 0; k < IO::kVecs; ++k) {
+          V a, s, w, b;
+          if (channels_last) {
+            const int64_t c = i + k * kLane, m = std::max<int64_t>(0, std::min(kLane, len - c));
+            if (m == 0) break;
+            a = load_n<V>(prm.alpha.data() + c, m), s = load_n<V>(prm.shift.data() + c, m);
+            w = load_n<V>(prm.weight.data() + c, m), b = load_n<V>(prm.bias.data() + c, m);
+          } else {
+            a = V(prm.alpha[c_row]), s = V(prm.shift[c_row]), w = V(prm.weight[c_row]), b = V(prm.bias[c_row]);
+          }
+          xv[k] = at::vec::fmadd(w, at::vec::fmadd(a, xv[k], s).erf(), b);
+        }
+        IO::store(yr + i, n, xv);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_typed(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& partials) {
+  using IO = Io<scalar_t>;
+  using Math = typename IO::Math;
+  using V = Vectorized<Math>;
+  const scalar_t* x = p.x.data_ptr<scalar_t>();
+  const scalar_t* dy = grad_out.data_ptr<scalar_t>();
+  scalar_t* dx = grad_x.data_ptr<scalar_t>();
+  Math* part = partials.data_ptr<Math>();
+  const ChannelParams<Math> prm(p);
+  constexpr int64_t kStep = IO::kStep;
+  constexpr int64_t kLane = V::size();
+  const V two_over_sqrt_pi(TwoOverSqrtPi<Math>::value);
+  const int64_t C = p.channels, row_len = C * p.inner;
+  const int64_t chunk_rows = rows_per_chunk(p.outer, row_len);
+
+  // Chunks of `outer` rows write disjoint partial rows [chunk, 4, C]: no atomics, fixed summation order.
+  at::parallel_for(0, num_chunks(p), 1, [&](int64_t k0, int64_t k1) {
+    V xv[IO::kVecs], gv[IO::kVecs];
+    for (int64_t chunk = k0; chunk < k1; ++chunk) {
+      Math* acc = part + chunk * kNumPartials * C;
+      std::fill(acc, acc + kNumPartials * C, Math(0));
+      const int64_t o_end = std::min(p.outer, (chunk + 1) * chunk_rows);
+      for (int64_t o = chunk * chunk_rows; o < o_end; ++o) {
+        for (int64_t c_run = 0; c_run < (p.inner == 1 ? 1 : C); ++c_run) {
+          // channels-last: one run of C channels; channels-first: C runs of `inner` sharing channel c_run.
+          const int64_t len = p.inner == 1 ? C : p.inner;
+          const int64_t base = o * row_len + c_run * p.inner;
+          V sums[kNumPartials];  // channels-first running sums for channel c_run
+          for (auto& sv : sums) sv = V(Math(0));
+          for (int64_t i = 0; i < len; i += kStep) {
+            const int64_t n = std::min(kStep, len - i);
+            IO::load(x + base + i, n, xv);
+            IO::load(dy + base + i, n, gv);
+            for (int k = 0; k < IO::kVecs; ++k) {
+              const int64_t c = i + k * kLane, m = std::max<int64_t>(0, std::min(kLane, len - c));
+              if (m == 0) { xv[k] = V(Math(0)); continue; }
+              V a, s, w;
+              if (p.inner == 1) {
+                a = load_n<V>(prm.alpha.data() + c, m), s = load_n<V>(prm.shift.data() + c, m);
+                w = load_n<V>(prm.weight.data() + c, m);
+              } else {
+                a = V(prm.alpha[c_run]), s = V(prm.shift[c_run]), w = V(prm.weight[c_run]);
+              }
+              V erf_z, gaussian;
+              erf_and_gaussian(at::vec::fmadd(a, xv[k], s), erf_z, gaussian);
+              const V g = gv[k] * w * two_over_sqrt_pi * gaussian;  // dL/dz; zero in padded lanes
+              const V terms[kNumPartials] = {g * xv[k], g, gv[k] * erf_z, gv[k]};
+              if (p.inner == 1) {
+                for (int t = 0; t < kNumPartials; ++t) {
+                  Math* dst = acc + t * C + c;
+                  store_n(load_n<V>(dst, m) + terms[t], dst, m);
+                }
+              } else {
+                for (int t = 0; t < kNumPartials; ++t) sums[t] = sums[t] + terms[t];
+              }
+              xv[k] = g * a;
+            }
+            IO::store(dx + base + i, n, xv);
+          }
+          if (p.inner != 1) {
+            for (int t = 0; t < kNumPartials; ++t)
+              acc[t * C + c_run] += at::vec::vec_reduce_all<Math>([](V& u, V& v) { return u + v; }, sums[t]);
+          }
+        }
+      }
+    }
+  });
+}
+
+void forward(const Problem& p, at::Tensor& y) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "derf_fwd_cpu",
+                                  [&] { forward_typed<scalar_t>(p, y); });
+}
+
+void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& partials) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "derf_bwd_cpu",
+                                  [&] { backward_typed<scalar_t>(p, grad_out, grad_x, partials); });
+}
+
+}  // namespace PYOPS_CPU_ISA
+}  // namespace derf
+}  // namespace pyops

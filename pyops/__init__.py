@@ -1,0 +1,7 @@
+"""pyops: fused PyTorch ops in CUDA, Triton and C++, each a torch.library op with autograd."""
+
+from ._backend import BACKENDS, available_backends
+from .derf import Derf, convert_to_derf, derf
+
+__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf"]
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""Backend choice shared by every pyops op: "cuda", "triton", "cpu" (native C++) or "torch" (reference)."""
+
+import importlib.util
+import os
+from typing import List, Optional
+
+import torch
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the native kernels)
+
+    _NATIVE_ERROR: Optional[str] = None
+except ImportError as e:  # a source checkout that was never built
+    _NATIVE_ERROR = f"pyops._C failed to import ({e}); build it with `pip install -e .` or `make build`"
+
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _native_kernel(op: str, dispatch_key: str) -> bool:
+    return _NATIVE_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"pyops::{op}", dispatch_key)
+
+
+def why_unavailable(backend: str, device: torch.device, op: str) -> Optional[str]:
+    """None when `backend` can run `op` on `device`, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"backend='cpu' needs CPU tensors, got {device}"
+        return _NATIVE_ERROR if _NATIVE_ERROR else None
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"backend='cuda' needs CUDA tensors, got {device}"
+        if _NATIVE_ERROR:
+            return _NATIVE_ERROR
+        if not _native_kernel(op, "CUDA"):
+            return "pyops was built without CUDA kernels; rebuild with PYOPS_BUILD_CUDA=1 and CUDA_HOME set"
+        return None
+    if backend == "triton":
+        if not HAS_TRITON:
+            return "Triton is not installed (pip install triton)"
+        if device.type == "cuda" or (device.type == "cpu" and TRITON_INTERPRET):
+            return None
+        return f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}"
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS} or None")
+
+
+def available_backends(device, op: str = "derf_fwd") -> List[str]:
+    """Backends that can run `op` on `device`, fastest first."""
+    device = torch.device(device)
+    return [b for b in BACKENDS if why_unavailable(b, device, op) is None]
+
+
+def resolve(backend: Optional[str], device: torch.device, op: str) -> str:
+    """The backend to run: `backend` if given, else $PYOPS_BACKEND, else the fastest available."""
+    if backend is None:
+        backend = os.environ.get("PYOPS_BACKEND") or None
+    if backend is None:
+        preferred = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+        return next((b for b in preferred if why_unavailable(b, device, op) is None), "torch")
+    reason = why_unavailable(backend, device, op)
+    if reason is not None:
+        raise RuntimeError(f"pyops: backend {backend!r} is unavailable: {reason}")
+    return backend

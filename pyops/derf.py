@@ -1,0 +1,227 @@
+"""Derf, y = weight * erf(alpha * x + shift) + bias: the functional op, its registration and nn.Module.
+
+Derf (Stronger Normalization-Free Transformers, arXiv 2512.10938) replaces LayerNorm/RMSNorm with one
+point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/derf.py) each do one fused
+pass forward and one backward; backward recomputes erf from x, so the output is never saved.
+"""
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import _backend
+from .reference import derf as reference
+
+if _backend.HAS_TRITON:
+    from .triton_kernels import derf as _triton  # registers pyops::derf_{fwd,bwd}_triton
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration: fake (meta) kernels and autograd for the native and Triton op pairs.
+
+
+def _fake_bwd(grad_out, x, alpha, shift, weight, bias, channel_dim):
+    def like(p):
+        return torch.empty_like(p) if p is not None else alpha.new_empty(0)
+
+    return torch.empty_like(x, memory_format=torch.contiguous_format), like(alpha), like(shift), like(weight), like(bias)
+
+
+def _setup_context(ctx, inputs, output):
+    x, alpha, shift, weight, bias, channel_dim = inputs
+    ctx.save_for_backward(x, alpha, shift, weight, bias)
+    ctx.channel_dim = channel_dim
+
+
+def _register_autograd(fwd: str, bwd_op) -> None:
+    def backward(ctx, grad_out):
+        x, alpha, shift, weight, bias = ctx.saved_tensors
+        gx, ga, gs, gw, gb = bwd_op(grad_out, x, alpha, shift, weight, bias, ctx.channel_dim)
+        return gx, ga, gs, gw if weight is not None else None, gb if bias is not None else None, None
+
+    torch.library.register_autograd(fwd, backward, setup_context=_setup_context)
+
+
+if _backend._NATIVE_ERROR is None:
+    torch.library.register_fake("pyops::derf_fwd")(
+        lambda x, alpha, shift, weight, bias, channel_dim: torch.empty_like(x, memory_format=torch.contiguous_format)
+    )
+    torch.library.register_fake("pyops::derf_bwd")(_fake_bwd)
+    _register_autograd("pyops::derf_fwd", torch.ops.pyops.derf_bwd)
+if _backend.HAS_TRITON:
+    # triton_op derives the fake kernels from the Python launchers; only autograd is added.
+    _register_autograd("pyops::derf_fwd_triton", torch.ops.pyops.derf_bwd_triton)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The public functional op.
+
+_CHECK_FINITE = os.environ.get("PYOPS_CHECK_FINITE")  # "1": always, "0": never, unset: CPU tensors only
+
+
+def _check_args(x, alpha, shift, weight, bias, channel_dim) -> int:
+    """Validates the arguments, naming the bad one; returns channel_dim made non-negative."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"derf: x must be a Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"derf: x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("derf: x must have at least one dimension (the channels)")
+    if not -x.dim() <= channel_dim < x.dim():
+        raise ValueError(f"derf: channel_dim={channel_dim} is out of range for x with {x.dim()} dimensions")
+    channel_dim %= x.dim()
+    channels = x.shape[channel_dim]
+    for name, p, scalar_ok in (("alpha", alpha, True), ("shift", shift, True), ("weight", weight, False),
+                               ("bias", bias, False)):
+        if p is None:
+            if scalar_ok:
+                raise TypeError(f"derf: {name} must be a Tensor, got None")
+            continue
+        if not isinstance(p, Tensor) or not p.is_floating_point():
+            raise TypeError(f"derf: {name} must be a floating-point Tensor, got {getattr(p, 'dtype', type(p))}")
+        if p.device != x.device:
+            raise RuntimeError(f"derf: {name} is on {p.device} but x is on {x.device}")
+        if p.dim() > 1 or not (p.numel() == channels or (scalar_ok and p.numel() == 1)):
+            want = f"1 or {channels}" if scalar_ok else f"{channels}"
+            raise ValueError(f"derf: {name} must have {want} elements (x has {channels} channels on dim "
+                             f"{channel_dim}), got shape {tuple(p.shape)}")
+        check_finite = _CHECK_FINITE == "1" or (_CHECK_FINITE is None and p.device.type == "cpu")
+        if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(p).all()):
+            raise ValueError(f"derf: {name} has non-finite values")
+    return channel_dim
+
+
+def derf(
+    x: Tensor,  # [..., C, ...]
+    alpha: Tensor,  # [1] or [C]
+    shift: Tensor,  # [1] or [C]
+    weight: Optional[Tensor] = None,  # [C]
+    bias: Optional[Tensor] = None,  # [C]
+    *,
+    channel_dim: int = -1,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Fused Derf: ``weight * erf(alpha * x + shift) + bias`` with channels on ``channel_dim``.
+
+    Args:
+        x: input of any shape; fp32, fp16 or bf16 (fp64 on the CPU and torch backends).
+        alpha, shift: 1 element (the paper's learnable scalars) or one per channel.
+        weight, bias: one per channel, or None (no affine part).
+        channel_dim: -1 for ``(..., C)`` transformer activations, 1 for ``(N, C, *spatial)`` conv maps.
+        backend: "cuda", "triton", "cpu", "torch" (the reference) or None for $PYOPS_BACKEND or the
+            fastest one available on x's device.
+
+    Returns:
+        A tensor with x's shape and dtype. Math is fp32; parameter gradients come back in each
+        parameter's dtype, accumulated in fp32.
+    """
+    channel_dim = _check_args(x, alpha, shift, weight, bias, channel_dim)
+    which = _backend.resolve(backend, x.device, "derf_fwd")
+    if which == "torch":
+        return reference.derf(x, alpha, shift, weight, bias, channel_dim)
+    op = torch.ops.pyops.derf_fwd_triton if which == "triton" else torch.ops.pyops.derf_fwd
+    if channel_dim != x.dim() - 1:
+        # A channels-last tensor (e.g. NHWC memory of an NCHW tensor) runs as (..., C) without a copy.
+        perm = [d for d in range(x.dim()) if d != channel_dim] + [channel_dim]
+        x_last = x.permute(perm)
+        if x_last.is_contiguous():
+            return op(x_last, alpha, shift, weight, bias, -1).permute(_inverse(perm))
+    return op(x, alpha, shift, weight, bias, channel_dim)
+
+
+def _inverse(perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return inv
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Modules.
+
+
+class Derf(nn.Module):
+    """Drop-in replacement for LayerNorm/RMSNorm: ``weight * erf(alpha * x + shift) + bias``.
+
+    Parameter names and shapes (``alpha`` (1,) or (C,), ``shift``, ``weight`` (C,), ``bias`` (C,)) follow the
+    paper's reference module, so its state dicts load unchanged.
+
+    Args:
+        num_features: C, the number of channels.
+        alpha_init, shift_init: initial alpha and shift.
+        elementwise_affine: learn ``weight`` and ``bias`` (DiT uses Derf without them).
+        channels_last: channels on the last dim (transformers); False for ``(N, C, *spatial)``.
+        per_channel: one alpha and shift per channel instead of one scalar each.
+        backend: forwarded to :func:`derf` (None picks the fastest).
+    """
+
+    def __init__(self, num_features: int, alpha_init: float = 0.5, shift_init: float = 0.0,
+                 elementwise_affine: bool = True, channels_last: bool = True, per_channel: bool = False, *,
+                 backend: Optional[str] = None, device=None, dtype=None):
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"Derf: num_features must be positive, got {num_features}")
+        kw = {"device": device, "dtype": dtype}
+        n = num_features if per_channel else 1
+        self.num_features, self.channels_last, self.backend = num_features, channels_last, backend
+        self.alpha = nn.Parameter(torch.full((n,), float(alpha_init), **kw))
+        self.shift = nn.Parameter(torch.full((n,), float(shift_init), **kw))
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **kw))
+            self.bias = nn.Parameter(torch.zeros(num_features, **kw))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return derf(x, self.alpha, self.shift, self.weight, self.bias,
+                    channel_dim=-1 if self.channels_last else 1, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, per_channel={self.alpha.numel() > 1}, "
+                f"elementwise_affine={self.weight is not None}, channels_last={self.channels_last}")
+
+    @classmethod
+    def from_norm(cls, norm: nn.Module, alpha_init: float = 0.5, shift_init: float = 0.0, **kwargs) -> "Derf":
+        """A Derf with the norm's size, device, dtype and affine part (learned weight/bias are copied).
+
+        Accepts nn.LayerNorm, nn.RMSNorm and RMSNorm-like modules (a ``weight`` of shape (C,), e.g. HF's
+        LlamaRMSNorm).
+        """
+        weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+        shape = getattr(norm, "normalized_shape", None)
+        if shape is None and weight is not None:
+            shape = tuple(weight.shape)
+        if shape is None or len(tuple(shape)) != 1:
+            raise ValueError(f"Derf.from_norm: need a norm over one trailing dim, got {type(norm).__name__} "
+                             f"with normalized shape {shape}")
+        ref = next(iter(norm.parameters()), None)
+        kwargs.setdefault("device", ref.device if ref is not None else None)
+        kwargs.setdefault("dtype", ref.dtype if ref is not None else None)
+        derf_mod = cls(tuple(shape)[0], alpha_init, shift_init, elementwise_affine=weight is not None, **kwargs)
+        if weight is not None:
+            with torch.no_grad():
+                derf_mod.weight.copy_(weight)
+                derf_mod.bias.copy_(bias if bias is not None else torch.zeros_like(weight))
+        return derf_mod
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.find("RMSNorm") >= 0 or (
+        hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm))
+
+
+def convert_to_derf(model: nn.Module, alpha_init: float = 0.5, shift_init: float = 0.0, **kwargs) -> nn.Module:
+    """Replaces, in place, every LayerNorm/RMSNorm (and any module whose class name contains "RMSNorm")
+    with :class:`Derf`, keeping device, dtype, size and whether it had an affine part. Returns ``model``
+    (or the new Derf if ``model`` itself is a norm)."""
+    if _is_norm(model):
+        return Derf.from_norm(model, alpha_init, shift_init, **kwargs)
+    for name, child in model.named_children():
+        if _is_norm(child):
+            setattr(model, name, Derf.from_norm(child, alpha_init, shift_init, **kwargs))
+        else:
+            convert_to_derf(child, alpha_init, shift_init, **kwargs)
+    return model
