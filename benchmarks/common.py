@@ -1,0 +1,287 @@
+"""Shared benchmark harness: timing, the device's copy bandwidth, peak memory, and the result files.
+
+Every ``bench_<op>.py`` gets a :class:`Context` and returns rows made by :meth:`Context.record`. A row has
+the columns of Liger-Kernel's ``all_benchmark_data.csv`` (kernel_name, kernel_provider,
+kernel_operation_mode, metric_name, metric_unit, x_name, x_value, y_value_50/20/80, extra config) plus what
+a kernel engineer asks next: time relative to our best backend, GB/s and its fraction of the copy bandwidth
+measured in the same run, and peak memory.
+"""
+
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+QUANTILES = (0.5, 0.2, 0.8)  # median first, then the 20th and 80th percentiles (as Liger reports them)
+OURS = "pyops"  # providers named "pyops-<backend>" are ours; the others are peers
+
+# CPU timing: warm up, then repeat for this many seconds per measurement (at least CPU_MIN_REPS times).
+# 1.5 s keeps the full CPU suite at a few minutes on 2 cores.
+CPU_BUDGET_S, CPU_BUDGET_QUICK_S, CPU_MIN_REPS, CPU_MAX_REPS = 1.5, 0.05, 3, 200
+GPU_REP_MS, GPU_REP_QUICK_MS = 200, 20  # do_bench's time budget per measurement
+
+
+def device_info(device: torch.device) -> Dict[str, str]:
+    """Name, one-line description and file-name slug of the device."""
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        name = p.name
+        desc = f"{p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+    else:
+        name = _cpu_model()
+        desc = f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    clean = re.sub(r"\((R|TM)\)|\bCPU\b|@.*", "", name, flags=re.I)
+    slug = re.sub(r"[^a-z0-9]+", "-", clean.lower()).strip("-")
+    return {"type": device.type, "name": name, "description": desc,
+            "slug": slug if device.type == "cuda" else f"cpu-{slug}"}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> Optional[str]:
+    """HEAD's commit, with "-dirty" when tracked files differ from it; None outside a git checkout."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never let git refresh the index
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Context:
+    """What a benchmark module needs: the device, the timer, the ceiling, and where notes go."""
+
+    device: torch.device
+    quick: bool = False
+    copy_gbps: float = float("nan")
+    notes: List[str] = field(default_factory=list)
+    failures: List[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, device, quick: bool = False) -> "Context":
+        ctx = cls(torch.device(device), quick)
+        ctx.copy_gbps = ctx.measure_copy_bandwidth()
+        return ctx
+
+    def time(self, fn: Callable[[], object]) -> Tuple[float, float, float]:
+        """Median, 20th and 80th percentile of fn's time in ms."""
+        if self.device.type == "cuda":
+            from triton.testing import do_bench
+
+            rep = GPU_REP_QUICK_MS if self.quick else GPU_REP_MS
+            return tuple(do_bench(fn, warmup=max(5, rep // 8), rep=rep, quantiles=list(QUANTILES)))
+        budget = CPU_BUDGET_QUICK_S if self.quick else CPU_BUDGET_S
+        fn()  # warm-up: lazy init, allocator, caches
+        times, end = [], time.perf_counter() + budget
+        while len(times) < CPU_MIN_REPS or (time.perf_counter() < end and len(times) < CPU_MAX_REPS):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return tuple(float(q) for q in np.quantile(np.array(times) * 1e3, QUANTILES))
+
+    def peak_memory_mb(self, fn: Callable[[], object]) -> Optional[float]:
+        """GPU memory fn allocates at its peak above what was allocated before it (outputs, saved
+        activations, temporaries), in MiB; None on CPU."""
+        if self.device.type != "cuda":
+            return None
+        _sync(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        fn()
+        _sync(self.device)
+        return (torch.cuda.max_memory_allocated(self.device) - before) / 2**20
+
+    def measure_copy_bandwidth(self) -> float:
+        """GB/s of a large device-to-device tensor copy, counting read + write bytes: the ceiling that
+        memory-bound kernels are compared with."""
+        nbytes = (64 if self.quick else 1024) * 2**20 if self.device.type == "cuda" else (32 if self.quick else 256) * 2**20
+        src = torch.empty(nbytes // 4, dtype=torch.float32, device=self.device).uniform_()
+        dst = torch.empty_like(src)
+        ms = self.time(lambda: dst.copy_(src))[0]
+        return 2 * nbytes / (ms * 1e-3) / 1e9
+
+    def record(self, kernel: str, provider: str, mode: str, x_name: str, x_value, fn: Callable[[], object],
+               bytes_moved: Optional[float] = None, extra: Optional[dict] = None) -> dict:
+        """Times fn (and its peak memory) and returns one result row."""
+        q50, q20, q80 = self.time(fn)
+        gbps = bytes_moved / (q50 * 1e-3) / 1e9 if bytes_moved else None
+        row = {"kernel_name": kernel, "kernel_provider": provider, "kernel_operation_mode": mode,
+               "metric_name": "speed", "metric_unit": "ms", "x_name": x_name, "x_value": x_value,
+               "y_value_50": q50, "y_value_20": q20, "y_value_80": q80, "extra_benchmark_config": extra or {},
+               "gbps": gbps, "frac_copy_bw": gbps / self.copy_gbps if gbps else None,
+               "peak_mem_mb": self.peak_memory_mb(fn), "ratio_to_pyops_best": None}
+        print(f"  {kernel} {x_value} {_extra_str(row)} {mode:8s} {provider:14s} {q50:9.3f} ms", file=sys.stderr,
+              flush=True)
+        return row
+
+    def note(self, msg: str) -> None:
+        print(f"note: {msg}", file=sys.stderr, flush=True)
+        self.notes.append(msg)
+
+    def fail(self, what: str, exc: BaseException, ours: bool = True) -> None:
+        """A provider that raised: noted in the results; a failure of ours makes the run exit non-zero."""
+        msg = f"{what} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self.note(msg)
+        if ours:
+            self.failures.append(msg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results: ratios, the markdown table, JSON, CSV and plots.
+
+
+def _extra_str(row) -> str:
+    return " ".join(str(v) for k, v in row["extra_benchmark_config"].items() if k == "dtype")
+
+
+def _case(row) -> tuple:
+    """Rows of the same case (kernel, size, config, mode) compare with each other."""
+    return (row["kernel_name"], str(row["x_value"]), json.dumps(row["extra_benchmark_config"], sort_keys=True),
+            row["kernel_operation_mode"])
+
+
+def add_ratios(rows: List[dict]) -> None:
+    """ratio_to_pyops_best = a row's median time / the fastest pyops backend's on the same case
+    (> 1: pyops is that many times faster)."""
+    best: Dict[tuple, float] = {}
+    for r in rows:
+        if r["kernel_provider"].startswith(OURS):
+            best[_case(r)] = min(best.get(_case(r), float("inf")), r["y_value_50"])
+    for r in rows:
+        b = best.get(_case(r))
+        r["ratio_to_pyops_best"] = r["y_value_50"] / b if b else None
+
+
+def _fmt(v, spec: str, none: str = "n/a") -> str:
+    return none if v is None else format(v, spec)
+
+
+def markdown_table(rows: List[dict]) -> str:
+    from tabulate import tabulate
+
+    head = ["kernel", "size", "config", "mode", "provider", "median ms", "p20-p80 ms", "time / pyops best",
+            "GB/s", "% copy BW", "peak MiB"]
+    body = [[r["kernel_name"], r["x_value"], _extra_str(r), r["kernel_operation_mode"], r["kernel_provider"],
+             f"{r['y_value_50']:.4g}", f"{r['y_value_20']:.4g}-{r['y_value_80']:.4g}",
+             _fmt(r["ratio_to_pyops_best"], ".2f"), _fmt(r["gbps"], ".1f"),
+             _fmt(r["frac_copy_bw"] and 100 * r["frac_copy_bw"], ".0f"), _fmt(r["peak_mem_mb"], ".1f")]
+            for r in rows]
+    return tabulate(body, head, tablefmt="github", disablenumparse=True)
+
+
+def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> List[Path]:
+    """<stem>.md, .json, .csv and one <stem>-<kernel>.png per kernel in out_dir; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def write(name: str, text: str) -> None:
+        path = out_dir / name
+        tmp = path.with_name(path.name + ".tmp")  # atomic: a reader never sees half a file
+        tmp.write_text(text)
+        tmp.replace(path)
+        paths.append(path)
+
+    header = [f"# pyops benchmarks: {meta['device']['description']}", "",
+              f"- date: {meta['date']}, commit: {meta['git_commit']}, torch {meta['torch']}, "
+              f"triton {meta['triton']}, python {meta['python']}",
+              f"- measured copy bandwidth (read + write): {meta['copy_gbps']:.1f} GB/s"
+              + (" (--quick: tiny sizes, short timings)" if meta["quick"] else ""),
+              f"- timing: {meta['timing']}", f"- wall time: {meta['wall_s']:.0f} s", ""]
+    notes = [f"- {n}" for n in meta["notes"]]
+    write(f"{stem}.md", "\n".join(header + (["## Notes", ""] + notes + [""] if notes else [])
+                                  + ["## Results", "", markdown_table(rows), ""]))
+    write(f"{stem}.json", json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, (list(rows[0]) if rows else []) + ["device", "timestamp", "git_commit"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "extra_benchmark_config": json.dumps(r["extra_benchmark_config"]),
+                    "device": meta["device"]["name"], "timestamp": meta["date"], "git_commit": meta["git_commit"]})
+    write(f"{stem}.csv", buf.getvalue())
+    for kernel in dict.fromkeys(r["kernel_name"] for r in rows):
+        path = out_dir / f"{stem}-{kernel}.png"
+        plot(kernel, [r for r in rows if r["kernel_name"] == kernel], meta, path)
+        paths.append(path)
+    return paths
+
+
+def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
+    """Per mode: median time (log scale) and % of copy bandwidth, one bar per provider per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(r["kernel_operation_mode"] for r in rows))
+    providers = list(dict.fromkeys(r["kernel_provider"] for r in rows))
+    cases = list(dict.fromkeys(f"{r['x_value']}\n{_extra_str(r)}" for r in rows))
+    fig, axes = plt.subplots(2, len(modes), figsize=(5 * len(modes), 7), squeeze=False)
+    width = 0.8 / len(providers)
+    for j, mode in enumerate(modes):
+        for i, prov in enumerate(providers):
+            got = {f"{r['x_value']}\n{_extra_str(r)}": r for r in rows
+                   if r["kernel_operation_mode"] == mode and r["kernel_provider"] == prov}
+            xs = [k + (i - (len(providers) - 1) / 2) * width for k, c in enumerate(cases) if c in got]
+            ms = [got[c]["y_value_50"] for c in cases if c in got]
+            bw = [100 * (got[c]["frac_copy_bw"] or 0) for c in cases if c in got]
+            axes[0, j].bar(xs, ms, width, label=prov)
+            axes[1, j].bar(xs, bw, width, label=prov)
+        axes[0, j].set(title=f"{kernel} {mode}", yscale="log", ylabel="median ms (lower is better)")
+        axes[1, j].set(ylabel="% of copy bandwidth (higher is better)")
+        for ax in axes[:, j]:
+            ax.set_xticks(range(len(cases)), cases, fontsize=7)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"{kernel} on {meta['device']['description']}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def metadata(ctx: Context, wall_s: float) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    timing = (f"triton.testing.do_bench, rep={GPU_REP_QUICK_MS if ctx.quick else GPU_REP_MS} ms"
+              if ctx.device.type == "cuda" else
+              f"warm-up call, then repeats for {CPU_BUDGET_QUICK_S if ctx.quick else CPU_BUDGET_S} s "
+              f"(at least {CPU_MIN_REPS}); median and p20/p80")
+    return {"device": device_info(ctx.device), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "git_commit": git_commit(), "torch": torch.__version__, "triton": triton_version,
+            "python": platform.python_version(), "copy_gbps": ctx.copy_gbps, "quick": ctx.quick, "timing": timing,
+            "wall_s": wall_s, "notes": ctx.notes, "failures": ctx.failures}
