@@ -49,9 +49,10 @@ def why_unavailable(backend: str, device: torch.device, op: str) -> Optional[str
 
 
 def available_backends(device, op: str = "derf_fwd") -> List[str]:
-    """Backends that can run `op` on `device`, fastest first."""
+    """Backends that can run `op` on `device`, fastest first (interpreted Triton after the CPU kernels)."""
     device = torch.device(device)
-    return [b for b in BACKENDS if why_unavailable(b, device, op) is None]
+    order = BACKENDS if device.type == "cuda" else ("cpu", "triton", "torch")
+    return [b for b in order if why_unavailable(b, device, op) is None]
 
 
 def resolve(backend: Optional[str], device: torch.device, op: str) -> str:
