@@ -87,6 +87,7 @@ class Context:
     copy_gbps: float = float("nan")
     notes: List[str] = field(default_factory=list)
     failures: List[str] = field(default_factory=list)
+    load_avg: Tuple[float, ...] = field(default_factory=lambda: tuple(round(v, 2) for v in os.getloadavg()))
 
     @classmethod
     def create(cls, device, quick: bool = False) -> "Context":
@@ -125,7 +126,7 @@ class Context:
     def measure_copy_bandwidth(self) -> float:
         """GB/s of a large device-to-device tensor copy, counting read + write bytes: the ceiling that
         memory-bound kernels are compared with."""
-        nbytes = (64 if self.quick else 1024) * 2**20 if self.device.type == "cuda" else (32 if self.quick else 256) * 2**20
+        nbytes = (32 if self.quick else 1024) * 2**20  # 1 GiB: well past any cache (this CPU's L3 is 260 MiB)
         src = torch.empty(nbytes // 4, dtype=torch.float32, device=self.device).uniform_()
         dst = torch.empty_like(src)
         ms = self.time(lambda: dst.copy_(src))[0]
@@ -197,7 +198,7 @@ def markdown_table(rows: List[dict]) -> str:
              _fmt(r["ratio_to_pyops_best"], ".2f"), _fmt(r["gbps"], ".1f"),
              _fmt(r["frac_copy_bw"] and 100 * r["frac_copy_bw"], ".0f"), _fmt(r["peak_mem_mb"], ".1f")]
             for r in rows]
-    return tabulate(body, head, tablefmt="github", disablenumparse=True)
+    return tabulate(body, head, tablefmt="github", disable_numparse=True)
 
 
 def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> List[Path]:
@@ -217,7 +218,10 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> Lis
               f"triton {meta['triton']}, python {meta['python']}",
               f"- measured copy bandwidth (read + write): {meta['copy_gbps']:.1f} GB/s"
               + (" (--quick: tiny sizes, short timings)" if meta["quick"] else ""),
-              f"- timing: {meta['timing']}", f"- wall time: {meta['wall_s']:.0f} s", ""]
+              f"- timing: {meta['timing']}", f"- wall time: {meta['wall_s']:.0f} s; "
+              f"load average at start: {meta['load_avg_at_start']} (other work on the machine skews CPU timings)",
+              "- time / pyops best: a row's median over the fastest pyops backend's (> 1: pyops is faster); "
+              "GB/s counts each tensor pass (x, y, dy, dx) once", ""]
     notes = [f"- {n}" for n in meta["notes"]]
     write(f"{stem}.md", "\n".join(header + (["## Notes", ""] + notes + [""] if notes else [])
                                   + ["## Results", "", markdown_table(rows), ""]))
@@ -284,4 +288,4 @@ def metadata(ctx: Context, wall_s: float) -> dict:
     return {"device": device_info(ctx.device), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "git_commit": git_commit(), "torch": torch.__version__, "triton": triton_version,
             "python": platform.python_version(), "copy_gbps": ctx.copy_gbps, "quick": ctx.quick, "timing": timing,
-            "wall_s": wall_s, "notes": ctx.notes, "failures": ctx.failures}
+            "wall_s": wall_s, "load_avg_at_start": ctx.load_avg, "notes": ctx.notes, "failures": ctx.failures}

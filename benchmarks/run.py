@@ -13,6 +13,7 @@ A new op adds one module, bench_<op>.py, with ``run(ctx: common.Context) -> list
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -20,6 +21,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# Inductor compiles in a pool of background worker processes that outlive the compile; on a small CPU they
+# would share the cores with the kernels being timed. Serial compiles only cost compile time.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import torch  # noqa: E402
 
