@@ -13,7 +13,7 @@ DEPS := $(VENV)/.deps-installed
 endif
 # CMake >= 3.26 (for C++20 with nvcc) comes from PyPI into the venv; fall back to the system's.
 CMAKE = $(if $(wildcard $(dir $(PY))cmake),$(dir $(PY))cmake,cmake)
-CTEST = $(if $(wildcard $(dir $(PY))ctest),$(dir $(PY))ctest,ctest)
+CTEST = $(if $(wildcard $(dir $(PY))ctest),$(abspath $(dir $(PY))ctest),ctest)
 CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 MAX_JOBS ?= $(shell nproc)
 export CUDA_HOME MAX_JOBS

@@ -6,6 +6,8 @@ Bytes moved (the GB/s column): forward reads x and writes y; backward reads x an
 forward+backward ("full") is the sum. Parameters and their gradients are negligible.
 """
 
+import importlib
+
 import torch
 
 import pyops
@@ -30,7 +32,7 @@ def _liger_dyt():
     """Liger's DyT autograd function (alpha, gamma, beta; no shift), or None when not importable."""
     for module, attr in (("liger_kernel.ops.dyt", "LigerDyTFunction"), ("liger_kernel.ops", "LigerDyTFunction")):
         try:
-            return getattr(__import__(module, fromlist=[attr]), attr)
+            return getattr(importlib.import_module(module), attr)
         except Exception:  # noqa: BLE001  (not installed, or broken against this torch/triton)
             continue
     return None
@@ -40,7 +42,9 @@ def providers(ctx):
     """name -> factory returning (fn(x, alpha, shift, weight, bias), indices of the inputs it has gradients
     for). Factories run once per case, so torch.compile compiles each shape and dtype afresh."""
     everything = (0, 1, 2, 3, 4)
-    ours = [b for b in OUR_BACKENDS if b in available_backends(ctx.device) and (b != "triton" or ctx.device.type == "cuda")]
+    # On CPU tensors, "triton" is Triton's interpreter (TRITON_INTERPRET=1): a test tool, not worth timing.
+    ours = [b for b in OUR_BACKENDS
+            if b in available_backends(ctx.device) and (b != "triton" or ctx.device.type == "cuda")]
     if not ours:
         ctx.fail("derf", RuntimeError(f"no pyops backend runs on {ctx.device}"))
     out = {f"pyops-{b}": (lambda b=b: (lambda *a: pyops.derf(*a, backend=b), everything)) for b in ours}

@@ -73,6 +73,18 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def _cpu_seconds() -> Optional[Tuple[float, float]]:
+    """(CPU seconds all cores spent busy since boot, CPU seconds of this process and its children); None
+    where /proc/stat is missing."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    t = os.times()
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -87,7 +99,8 @@ class Context:
     copy_gbps: float = float("nan")
     notes: List[str] = field(default_factory=list)
     failures: List[str] = field(default_factory=list)
-    load_avg: Tuple[float, ...] = field(default_factory=lambda: tuple(round(v, 2) for v in os.getloadavg()))
+    started: Tuple[float, Optional[Tuple[float, float]]] = field(
+        default_factory=lambda: (time.perf_counter(), _cpu_seconds()))  # for the share of CPU others took
 
     @classmethod
     def create(cls, device, quick: bool = False) -> "Context":
@@ -218,8 +231,8 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> Lis
               f"triton {meta['triton']}, python {meta['python']}",
               f"- measured copy bandwidth (read + write): {meta['copy_gbps']:.1f} GB/s"
               + (" (--quick: tiny sizes, short timings)" if meta["quick"] else ""),
-              f"- timing: {meta['timing']}", f"- wall time: {meta['wall_s']:.0f} s; "
-              f"load average at start: {meta['load_avg_at_start']} (other work on the machine skews CPU timings)",
+              f"- timing: {meta['timing']}", f"- wall time: {meta['wall_s']:.0f} s; other processes used "
+              f"{_fmt(meta['other_cpu_frac'] and 100 * meta['other_cpu_frac'], '.0f')}% of the CPU meanwhile",
               "- time / pyops best: a row's median over the fastest pyops backend's (> 1: pyops is faster); "
               "GB/s counts each tensor pass (x, y, dy, dx) once", ""]
     notes = [f"- {n}" for n in meta["notes"]]
@@ -241,7 +254,7 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> Lis
 
 
 def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
-    """Per mode: median time (log scale) and % of copy bandwidth, one bar per provider per case."""
+    """One row of panels per mode: median time (log scale) and % of copy bandwidth, a bar per provider."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,27 +262,25 @@ def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
 
     modes = list(dict.fromkeys(r["kernel_operation_mode"] for r in rows))
     providers = list(dict.fromkeys(r["kernel_provider"] for r in rows))
-    cases = list(dict.fromkeys(f"{r['x_value']}\n{_extra_str(r)}" for r in rows))
-    fig, axes = plt.subplots(2, len(modes), figsize=(5 * len(modes), 7), squeeze=False)
+    label = lambda r: f"{r['x_value']}\n{_extra_str(r)}"
+    cases = list(dict.fromkeys(label(r) for r in rows))
+    fig, axes = plt.subplots(len(modes), 2, figsize=(2 * max(6, 0.9 * len(cases)), 3.2 * len(modes)), squeeze=False)
     width = 0.8 / len(providers)
-    for j, mode in enumerate(modes):
-        for i, prov in enumerate(providers):
-            got = {f"{r['x_value']}\n{_extra_str(r)}": r for r in rows
-                   if r["kernel_operation_mode"] == mode and r["kernel_provider"] == prov}
-            xs = [k + (i - (len(providers) - 1) / 2) * width for k, c in enumerate(cases) if c in got]
-            ms = [got[c]["y_value_50"] for c in cases if c in got]
-            bw = [100 * (got[c]["frac_copy_bw"] or 0) for c in cases if c in got]
-            axes[0, j].bar(xs, ms, width, label=prov)
-            axes[1, j].bar(xs, bw, width, label=prov)
-        axes[0, j].set(title=f"{kernel} {mode}", yscale="log", ylabel="median ms (lower is better)")
-        axes[1, j].set(ylabel="% of copy bandwidth (higher is better)")
-        for ax in axes[:, j]:
-            ax.set_xticks(range(len(cases)), cases, fontsize=7)
+    for i, mode in enumerate(modes):
+        for k, prov in enumerate(providers):
+            got = {label(r): r for r in rows if r["kernel_operation_mode"] == mode and r["kernel_provider"] == prov}
+            xs = [j + (k - (len(providers) - 1) / 2) * width for j, c in enumerate(cases) if c in got]
+            axes[i, 0].bar(xs, [got[c]["y_value_50"] for c in cases if c in got], width, label=prov)
+            axes[i, 1].bar(xs, [100 * (got[c]["frac_copy_bw"] or 0) for c in cases if c in got], width, label=prov)
+        axes[i, 0].set(title=f"{kernel} {mode}: median ms (lower is better)", yscale="log")
+        axes[i, 1].set(title=f"{kernel} {mode}: % of measured copy bandwidth (higher is better)")
+        for ax in axes[i]:
+            ax.set_xticks(range(len(cases)), cases, fontsize=8)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{kernel} on {meta['device']['description']}", fontsize=10)
+    fig.suptitle(f"{kernel} on {meta['device']['description']} ({meta['date']})", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     tmp.replace(path)
 
@@ -285,7 +296,15 @@ def metadata(ctx: Context, wall_s: float) -> dict:
               if ctx.device.type == "cuda" else
               f"warm-up call, then repeats for {CPU_BUDGET_QUICK_S if ctx.quick else CPU_BUDGET_S} s "
               f"(at least {CPU_MIN_REPS}); median and p20/p80")
-    return {"device": device_info(ctx.device), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "torch": torch.__version__, "triton": triton_version,
-            "python": platform.python_version(), "copy_gbps": ctx.copy_gbps, "quick": ctx.quick, "timing": timing,
-            "wall_s": wall_s, "load_avg_at_start": ctx.load_avg, "notes": ctx.notes, "failures": ctx.failures}
+    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    (t0, cpu0), cpu1, other = ctx.started, _cpu_seconds(), None
+    if cpu0 and cpu1:
+        # CPU time the whole machine spent busy, less ours: the share other work took while we were timing.
+        others_s = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])
+        other = max(0.0, others_s) / ((os.cpu_count() or 1) * (time.perf_counter() - t0))
+        if other > 0.1 and ctx.device.type == "cpu":
+            ctx.note(f"other processes used {100 * other:.0f}% of the CPU during the run: CPU timings are skewed")
+    return {"device": device_info(ctx.device), "date": date, "git_commit": git_commit(), "torch": torch.__version__,
+            "triton": triton_version, "python": platform.python_version(), "copy_gbps": ctx.copy_gbps,
+            "quick": ctx.quick, "timing": timing,
+            "wall_s": wall_s, "other_cpu_frac": other, "notes": ctx.notes, "failures": ctx.failures}

@@ -284,7 +284,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> derf_bwd_
         with_vec<scalar_t>(p.channels, {xp, gp, dxp}, [&](auto vec) {
           constexpr int VEC = decltype(vec)::value;
           const int64_t col_threads = (p.channels + VEC - 1) / VEC;
-          const int tx = int(std::min<int64_t>(kThreads, (col_threads + 31) / 32 * 32));
+          // Narrow blocks (<= 64 channel threads, 4+ row threads) give more column blocks, hence fewer
+          // row slices and a smaller partials buffer for the same number of blocks in flight.
+          const int tx = int(std::min<int64_t>(64, (col_threads + 31) / 32 * 32));
           const int ty = kThreads / tx;
           const int64_t col_blocks = (col_threads + tx - 1) / tx;
           const int64_t slices = std::min<int64_t>(row_slices((p.outer + ty - 1) / ty, col_blocks), 65535);
