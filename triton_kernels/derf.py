@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+TWO_OVER_SQRT_PI: tl.constexpr = tl.constexpr(2.0 / math.sqrt(math.pi))
 
 
 @triton.jit
@@ -50,6 +50,17 @@ def _derf_fwd_kernel(x_ptr, y_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, r
 
 
 @triton.jit
+def _grad_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, s, w):
+    """Writes dx for one tile; returns its per-element terms of dalpha, dshift, dweight and dbias."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = a * x + s
+    g = dy * w * TWO_OVER_SQRT_PI * tl.exp(-z * z)  # dL/dz
+    tl.store(dx_ptr + offs, (g * a).to(dx_ptr.dtype.element_ty), mask=mask)
+    return g * x, g, dy * tl.math.erf(z), dy
+
+
+@triton.jit
 def _derf_bwd_kernel(dy_ptr, x_ptr, dx_ptr, part_ptr, alpha_ptr, shift_ptr, weight_ptr, outer, C, inner,
                      outer_per_prog, ALPHA_PER_C: tl.constexpr, SHIFT_PER_C: tl.constexpr,
                      HAS_WEIGHT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -78,30 +89,20 @@ def _derf_bwd_kernel(dy_ptr, x_ptr, dx_ptr, part_ptr, alpha_ptr, shift_ptr, weig
         for o0 in range(o_start, o_end, BLOCK_R):
             o = o0 + tl.arange(0, BLOCK_R)[:, None]
             mask = (o < o_end) & c_mask
-            offs = o * C + c
-            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            z = a * x + s
-            g = dy * w * 1.1283791670955126 * tl.exp(-z * z)
-            tl.store(dx_ptr + offs, (g * a).to(dx_ptr.dtype.element_ty), mask=mask)
-            acc_gx += g * x
+            gx, g, dye, dy = _grad_tile(x_ptr, dy_ptr, dx_ptr, o * C + c, mask, a, s, w)
+            acc_gx += gx
             acc_g += g
-            acc_dye += dy * tl.math.erf(z)
+            acc_dye += dye
             acc_dy += dy
     else:
         for o in range(o_start, o_end):
             for i0 in range(0, inner, BLOCK_N):
                 i = i0 + tl.arange(0, BLOCK_N)[None, :]
                 mask = c_mask & (i < inner)
-                offs = (o * C + c) * inner + i
-                x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                z = a * x + s
-                g = dy * w * 1.1283791670955126 * tl.exp(-z * z)
-                tl.store(dx_ptr + offs, (g * a).to(dx_ptr.dtype.element_ty), mask=mask)
-                acc_gx += g * x
+                gx, g, dye, dy = _grad_tile(x_ptr, dy_ptr, dx_ptr, (o * C + c) * inner + i, mask, a, s, w)
+                acc_gx += gx
                 acc_g += g
-                acc_dye += dy * tl.math.erf(z)
+                acc_dye += dye
                 acc_dy += dy
     # Reduce the tile over the non-channel axis and write this program's row of partials.
     axis: tl.constexpr = 0 if CHANNELS_LAST else 1
