@@ -5,7 +5,6 @@ point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/d
 pass forward and one backward; backward recomputes erf from x, so the output is never saved.
 """
 
-import math
 import os
 from typing import Optional
 
@@ -16,7 +15,7 @@ from . import _backend
 from .reference import derf as reference
 
 if _backend.HAS_TRITON:
-    from .triton_kernels import derf as _triton  # registers pyops::derf_{fwd,bwd}_triton
+    from .triton_kernels import derf as _triton  # noqa: F401  (registers pyops::derf_{fwd,bwd}_triton)
 
 # ----------------------------------------------------------------------------------------------------------
 # Registration: fake (meta) kernels and autograd for the native and Triton op pairs.

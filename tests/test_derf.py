@@ -1,6 +1,5 @@
 """Derf: every backend against the float64 reference, forward and all five gradients."""
 
-import copy
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from torch import nn
 import pyops
 from pyops.reference.derf import derf as reference_derf
 
-from utils import DEVICES, assert_close, backend_params
+from utils import assert_close, backend_params
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

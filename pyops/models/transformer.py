@@ -6,7 +6,6 @@ reference and the fused kernels side by side.
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
