@@ -2,6 +2,7 @@
 
 from ._backend import BACKENDS, available_backends
 from .derf import Derf, convert_to_derf, derf
+from .vq import vq_search, vq_segment_sum
 
-__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf"]
+__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum"]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ except ImportError as e:  # a source checkout that was never built
     _NATIVE_ERROR = f"pyops._C failed to import ({e}); build it with `pip install -e .` or `make build`"
 
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_CHECK_FINITE = os.environ.get("PYOPS_CHECK_FINITE")  # "1": always, "0": never, unset: CPU tensors only
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
@@ -30,7 +31,9 @@ def why_unavailable(backend: str, device: torch.device, op: str) -> Optional[str
     if backend == "cpu":
         if device.type != "cpu":
             return f"backend='cpu' needs CPU tensors, got {device}"
-        return _NATIVE_ERROR if _NATIVE_ERROR else None
+        if _NATIVE_ERROR:
+            return _NATIVE_ERROR
+        return None if _native_kernel(op, "CPU") else f"pyops._C has no CPU kernel for {op}; rebuild it"
     if backend == "cuda":
         if device.type != "cuda":
             return f"backend='cuda' needs CUDA tensors, got {device}"
@@ -42,6 +45,8 @@ def why_unavailable(backend: str, device: torch.device, op: str) -> Optional[str
     if backend == "triton":
         if not HAS_TRITON:
             return "Triton is not installed (pip install triton)"
+        if not hasattr(torch.ops.pyops, f"{op}_triton"):
+            return f"there is no Triton kernel for {op}"
         if device.type == "cuda" or (device.type == "cpu" and TRITON_INTERPRET):
             return None
         return f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}"
@@ -66,3 +71,8 @@ def resolve(backend: Optional[str], device: torch.device, op: str) -> str:
     if reason is not None:
         raise RuntimeError(f"pyops: backend {backend!r} is unavailable: {reason}")
     return backend
+
+
+def check_finite_enabled(t: torch.Tensor) -> bool:
+    """Whether ops should check `t` for NaN/inf: a host sync on GPU, so by default only CPU tensors are."""
+    return _CHECK_FINITE == "1" or (_CHECK_FINITE is None and t.device.type == "cpu")

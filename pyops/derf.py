@@ -5,7 +5,6 @@ point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/d
 pass forward and one backward; backward recomputes erf from x, so the output is never saved.
 """
 
-import os
 from typing import Optional
 
 import torch
@@ -57,9 +56,6 @@ if _backend.HAS_TRITON:
 # ----------------------------------------------------------------------------------------------------------
 # The public functional op.
 
-_CHECK_FINITE = os.environ.get("PYOPS_CHECK_FINITE")  # "1": always, "0": never, unset: CPU tensors only
-
-
 def _check_args(x, alpha, shift, weight, bias, channel_dim) -> int:
     """Validates the arguments, naming the bad one; returns channel_dim made non-negative."""
     if not isinstance(x, Tensor):
@@ -86,8 +82,7 @@ def _check_args(x, alpha, shift, weight, bias, channel_dim) -> int:
             want = f"1 or {channels}" if scalar_ok else f"{channels}"
             raise ValueError(f"derf: {name} must have {want} elements (x has {channels} channels on dim "
                              f"{channel_dim}), got shape {tuple(p.shape)}")
-        check_finite = _CHECK_FINITE == "1" or (_CHECK_FINITE is None and p.device.type == "cpu")
-        if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(p).all()):
+        if _backend.check_finite_enabled(p) and not torch.compiler.is_compiling() and not bool(torch.isfinite(p).all()):
             raise ValueError(f"derf: {name} has non-finite values")
     return channel_dim
 

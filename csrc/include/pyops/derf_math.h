@@ -8,11 +8,7 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define PYOPS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define PYOPS_HOST_DEVICE inline
-#endif
+#include "pyops/host_device.h"
 
 namespace pyops {
 namespace derf {

@@ -1,0 +1,46 @@
+// Host-side pieces of the nearest-code search and segment-sum ops shared by the CPU and CUDA backends:
+// argument checks (naming the offending argument) and the output allocation. Kernels trust what these
+// hand them.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string_view>
+
+#include "pyops/vq_math.h"
+
+namespace pyops {
+namespace vq {
+
+struct SearchProblem {
+  at::Tensor x;         // [N, D] contiguous
+  at::Tensor codebook;  // [K, D] contiguous, x's dtype
+  int64_t n = 0, num_codes = 0, dim = 0, k = 0;
+  int64_t candidates = 0;  // num_candidates(k, num_codes)
+  Metric metric = Metric::kL2;
+  bool exact = false;
+  at::ScalarType out_dtype() const { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+};
+
+Metric parse_metric(std::string_view metric);
+
+// Checks x [N, D] and codebook [K, D] (device of the backend, same floating dtype, float64 only on CPU),
+// 1 <= k <= min(K, kMaxK) and the metric.
+SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k,
+                             std::string_view metric, bool exact, c10::DeviceType device_type);
+
+// Empty outputs (distances out_dtype, indices int64) of shape [N, k].
+std::tuple<at::Tensor, at::Tensor> empty_search_outputs(const SearchProblem& p);
+
+struct SegmentProblem {
+  at::Tensor values;   // [N, D] contiguous
+  at::Tensor indices;  // [N] int64 contiguous
+  int64_t n = 0, dim = 0, num_segments = 0;
+  at::ScalarType out_dtype() const { return values.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+};
+
+SegmentProblem prepare_segment_sum(const at::Tensor& values, const at::Tensor& indices, int64_t num_segments,
+                                   c10::DeviceType device_type);
+
+}  // namespace vq
+}  // namespace pyops

@@ -1,0 +1,1 @@
+"""Triton kernels of pyops::vq_search / vq_segment_sum (being written)."""
