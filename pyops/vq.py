@@ -76,13 +76,14 @@ def _search_torch(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bool)
         offset = (codebook.to(_out_dtype(x)) ** 2).sum(1).to(score_dtype)  # ||c||^2, once per call
     elif metric == "cosine":
         c = c / codebook.to(_out_dtype(x)).norm(dim=1, keepdim=True).clamp_min(reference.NORM_EPS).to(score_dtype)
-    rows = max(1, _WORKSPACE_BYTES // (4 * (num_codes + cand * x.shape[1])))  # scores + re-rank gather
+    # Per row: fp32 scores, the stable sort's values and int64 indices, and the re-rank gather.
+    rows = max(1, _WORKSPACE_BYTES // (16 * num_codes + 8 * cand * x.shape[1]))
     out_d, out_i = [], []
     for start in range(0, n, rows):
         xb = x[start:start + rows]
         scores = xb.to(score_dtype) @ c.T  # [rows, K]
         scores = offset - 2 * scores if metric == "l2" else -scores
-        cand_idx = scores.topk(cand, dim=1, largest=False, sorted=False).indices
+        cand_idx = torch.sort(scores, dim=1, stable=True).indices[:, :cand]  # ties: lower index (topk is not)
         d, i = _rerank(xb, codebook, cand_idx, k, metric)
         out_d.append(d)
         out_i.append(i)
