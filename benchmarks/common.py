@@ -4,7 +4,8 @@ Every ``bench_<op>.py`` gets a :class:`Context` and returns rows made by :meth:`
 the columns of Liger-Kernel's ``all_benchmark_data.csv`` (kernel_name, kernel_provider,
 kernel_operation_mode, metric_name, metric_unit, x_name, x_value, y_value_50/20/80, extra config) plus what
 a kernel engineer asks next: time relative to our best backend, GB/s and its fraction of the copy bandwidth
-measured in the same run, and peak memory.
+measured in the same run (memory-bound ops), TFLOP/s and its fraction of the matmul rate measured in the same
+run (matmul-bound ops), peak memory, and agreement with an exact result where the op may differ from it.
 """
 
 import csv
@@ -16,6 +17,7 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +99,7 @@ class Context:
     device: torch.device
     quick: bool = False
     copy_gbps: float = float("nan")
+    matmul_rates: Dict[torch.dtype, float] = field(default_factory=dict)  # TFLOP/s, measured on first use
     notes: List[str] = field(default_factory=list)
     failures: List[str] = field(default_factory=list)
     started: Tuple[float, Optional[Tuple[float, float]]] = field(
@@ -125,10 +128,11 @@ class Context:
         return tuple(float(q) for q in np.quantile(np.array(times) * 1e3, QUANTILES))
 
     def peak_memory_mb(self, fn: Callable[[], object]) -> Optional[float]:
-        """GPU memory fn allocates at its peak above what was allocated before it (outputs, saved
-        activations, temporaries), in MiB; None on CPU."""
+        """Memory fn allocates at its peak above what was in use before it (outputs, saved activations,
+        temporaries), in MiB: the CUDA allocator's peak on GPU; on CPU the resident set sampled every ms
+        (the process-wide ru_maxrss cannot be reset), which can miss a very short spike."""
         if self.device.type != "cuda":
-            return None
+            return _sampled_rss_peak_mb(fn)
         _sync(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
@@ -145,15 +149,30 @@ class Context:
         ms = self.time(lambda: dst.copy_(src))[0]
         return 2 * nbytes / (ms * 1e-3) / 1e9
 
+    def matmul_tflops(self, dtype: torch.dtype) -> float:
+        """TFLOP/s of a large square torch matmul in dtype: the ceiling matmul-bound kernels are compared with."""
+        if dtype not in self.matmul_rates:
+            n = 512 if self.quick else 8192 if self.device.type == "cuda" else 2048
+            a = torch.randn(n, n, device=self.device).to(dtype)
+            b = torch.randn(n, n, device=self.device).to(dtype)
+            self.matmul_rates[dtype] = 2 * n**3 / (self.time(lambda: a @ b)[0] * 1e-3) / 1e12
+            self.note(f"measured {dtype} matmul rate ({n}^3 torch matmul): {self.matmul_rates[dtype]:.2f} TFLOP/s")
+        return self.matmul_rates[dtype]
+
     def record(self, kernel: str, provider: str, mode: str, x_name: str, x_value, fn: Callable[[], object],
-               bytes_moved: Optional[float] = None, extra: Optional[dict] = None) -> dict:
-        """Times fn (and its peak memory) and returns one result row."""
+               bytes_moved: Optional[float] = None, extra: Optional[dict] = None, flops: Optional[float] = None,
+               matmul_dtype: Optional[torch.dtype] = None, agreement: Optional[float] = None) -> dict:
+        """Times fn (and its peak memory) and returns one result row. `flops` with `matmul_dtype` adds TFLOP/s
+        and its fraction of that dtype's matmul rate; `agreement` is the caller's accuracy figure (0-1)."""
         q50, q20, q80 = self.time(fn)
         gbps = bytes_moved / (q50 * 1e-3) / 1e9 if bytes_moved else None
+        tflops = flops / (q50 * 1e-3) / 1e12 if flops else None
         row = {"kernel_name": kernel, "kernel_provider": provider, "kernel_operation_mode": mode,
                "metric_name": "speed", "metric_unit": "ms", "x_name": x_name, "x_value": x_value,
                "y_value_50": q50, "y_value_20": q20, "y_value_80": q80, "extra_benchmark_config": extra or {},
-               "gbps": gbps, "frac_copy_bw": gbps / self.copy_gbps if gbps else None,
+               "gbps": gbps, "frac_copy_bw": gbps / self.copy_gbps if gbps else None, "tflops": tflops,
+               "frac_matmul": tflops / self.matmul_tflops(matmul_dtype) if tflops and matmul_dtype else None,
+               "agreement": agreement,
                "peak_mem_mb": self.peak_memory_mb(fn), "ratio_to_pyops_best": None}
         print(f"  {kernel} {x_value} {_extra_str(row)} {mode:8s} {provider:14s} {q50:9.3f} ms", file=sys.stderr,
               flush=True)
@@ -173,6 +192,28 @@ class Context:
 
 # ----------------------------------------------------------------------------------------------------------
 # Results: ratios, the markdown table, JSON, CSV and plots.
+
+
+def _sampled_rss_peak_mb(fn: Callable[[], object]) -> Optional[float]:
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    return max(0, max(peak[0], rss()) - base) / 2**20
 
 
 def _extra_str(row) -> str:
@@ -204,14 +245,30 @@ def _fmt(v, spec: str, none: str = "n/a") -> str:
 def markdown_table(rows: List[dict]) -> str:
     from tabulate import tabulate
 
-    head = ["kernel", "size", "config", "mode", "provider", "median ms", "p20-p80 ms", "time / pyops best",
-            "GB/s", "% copy BW", "peak MiB"]
-    body = [[r["kernel_name"], r["x_value"], _extra_str(r), r["kernel_operation_mode"], r["kernel_provider"],
-             f"{r['y_value_50']:.4g}", f"{r['y_value_20']:.4g}-{r['y_value_80']:.4g}",
-             _fmt(r["ratio_to_pyops_best"], ".2f"), _fmt(r["gbps"], ".1f"),
-             _fmt(r["frac_copy_bw"] and 100 * r["frac_copy_bw"], ".0f"), _fmt(r["peak_mem_mb"], ".1f")]
-            for r in rows]
+    matmul = any(r.get("tflops") for r in rows)
+    head = ["kernel", "size", "config", "mode", "provider", "median ms", "p20-p80 ms", "time / pyops best"]
+    head += ["TFLOP/s", "% matmul", "top-1 agree"] if matmul else ["GB/s", "% copy BW"]
+    head.append("peak MiB")
+    body = []
+    for r in rows:
+        line = [r["kernel_name"], r["x_value"], _extra_str(r), r["kernel_operation_mode"], r["kernel_provider"],
+                f"{r['y_value_50']:.4g}", f"{r['y_value_20']:.4g}-{r['y_value_80']:.4g}",
+                _fmt(r["ratio_to_pyops_best"], ".2f")]
+        if matmul:
+            line += [_fmt(r.get("tflops"), ".2f"), _fmt(r.get("frac_matmul") and 100 * r["frac_matmul"], ".0f"),
+                     _fmt(r.get("agreement") and 100 * r["agreement"], ".2f")]
+        else:
+            line += [_fmt(r["gbps"], ".1f"), _fmt(r["frac_copy_bw"] and 100 * r["frac_copy_bw"], ".0f")]
+        body.append(line + [_fmt(r["peak_mem_mb"], ".1f")])
     return tabulate(body, head, tablefmt="github", disable_numparse=True)
+
+
+def markdown_tables(rows: List[dict]) -> str:
+    """One table per op (their ceilings differ: copy bandwidth or matmul rate)."""
+    out = []
+    for kernel in dict.fromkeys(r["kernel_name"] for r in rows):
+        out += [f"### {kernel}", "", markdown_table([r for r in rows if r["kernel_name"] == kernel]), ""]
+    return "\n".join(out)
 
 
 def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> List[Path]:
@@ -237,7 +294,7 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> Lis
               "GB/s counts each tensor pass (x, y, dy, dx) once", ""]
     notes = [f"- {n}" for n in meta["notes"]]
     write(f"{stem}.md", "\n".join(header + (["## Notes", ""] + notes + [""] if notes else [])
-                                  + ["## Results", "", markdown_table(rows), ""]))
+                                  + ["## Results", "", markdown_tables(rows)]))
     write(f"{stem}.json", json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, (list(rows[0]) if rows else []) + ["device", "timestamp", "git_commit"])
@@ -254,7 +311,8 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> Lis
 
 
 def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
-    """One row of panels per mode: median time (log scale) and % of copy bandwidth, a bar per provider."""
+    """One row of panels per mode: median time (log scale) and % of the ceiling (matmul rate for matmul-bound
+    ops, else copy bandwidth), a bar per provider."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,14 +324,16 @@ def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
     cases = list(dict.fromkeys(label(r) for r in rows))
     fig, axes = plt.subplots(len(modes), 2, figsize=(2 * max(6, 0.9 * len(cases)), 3.2 * len(modes)), squeeze=False)
     width = 0.8 / len(providers)
+    matmul = any(r.get("tflops") for r in rows)
+    frac, ceiling = ("frac_matmul", "matmul rate") if matmul else ("frac_copy_bw", "copy bandwidth")
     for i, mode in enumerate(modes):
         for k, prov in enumerate(providers):
             got = {label(r): r for r in rows if r["kernel_operation_mode"] == mode and r["kernel_provider"] == prov}
             xs = [j + (k - (len(providers) - 1) / 2) * width for j, c in enumerate(cases) if c in got]
             axes[i, 0].bar(xs, [got[c]["y_value_50"] for c in cases if c in got], width, label=prov)
-            axes[i, 1].bar(xs, [100 * (got[c]["frac_copy_bw"] or 0) for c in cases if c in got], width, label=prov)
+            axes[i, 1].bar(xs, [100 * (got[c].get(frac) or 0) for c in cases if c in got], width, label=prov)
         axes[i, 0].set(title=f"{kernel} {mode}: median ms (lower is better)", yscale="log")
-        axes[i, 1].set(title=f"{kernel} {mode}: % of measured copy bandwidth (higher is better)")
+        axes[i, 1].set(title=f"{kernel} {mode}: % of measured {ceiling} (higher is better)")
         for ax in axes[i]:
             ax.set_xticks(range(len(cases)), cases, fontsize=8)
     axes[0, 0].legend(fontsize=8)

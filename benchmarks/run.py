@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     common.add_ratios(rows)
     meta = common.metadata(ctx, wall_s=time.perf_counter() - start)
     print(f"\n## {info['description']}; copy bandwidth {ctx.copy_gbps:.1f} GB/s\n")
-    print(common.markdown_table(rows) if rows else "(no results)")
+    print(common.markdown_tables(rows) if rows else "(no results)")
     for n in ctx.notes:
         print(f"- {n}")
     stem = info["slug"] + ("-quick" if args.quick else "")

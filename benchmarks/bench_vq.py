@@ -1,0 +1,128 @@
+"""Nearest-code search (VQ top-1, D = 1536): pyops' backends against the ways people search today.
+
+Peers: torch chunked matmul + argmin (what vector-quantize-pytorch and most tokenizers do, minus the N x K
+matrix in one piece), the same under torch.compile, torch.cdist + argmin where N x K fits, FAISS's exact flat
+index (faiss-cpu; faiss-gpu when importable), and vector-quantize-pytorch's VectorQuantize forward (eval mode,
+our codebook loaded), which also builds the quantized output. TFLOP/s counts 2*N*K*D; "% matmul" is that over
+the rate of a large torch matmul in the search dtype measured in the same run; "top-1 agree" is agreement with
+an fp32 brute-force search. GPU runs in bf16 (the VQRAE training dtype), CPU in fp32.
+"""
+
+import importlib
+
+import torch
+
+import pyops
+
+DIM = 1536
+# (N, K): a training batch of 65,536 tokens and one 256-token image, against 16k to 262k codes.
+GPU_CASES = [(65536, 16384), (65536, 65536), (65536, 262144), (256, 16384), (256, 65536), (256, 262144)]
+CPU_CASES = [(4096, 16384), (256, 65536), (256, 262144)]  # 2 cores: about 1 s per pyops call
+QUICK_CASES, QUICK_DIM = [(64, 512)], 64
+OUR_BACKENDS = ("cuda", "triton", "cpu")
+
+
+def _workspace_rows(num_codes: int, cuda: bool) -> int:
+    """Rows per chunk for the torch peers: [rows, K] fp32 scores within 1 GiB (GPU) or 256 MiB (CPU)."""
+    return max(1, ((1 << 30) if cuda else (256 << 20)) // (4 * num_codes))
+
+
+def torch_chunked(x, codebook, c2, rows):
+    """argmin_j ||c_j||^2 - 2 x.c_j, a chunk of rows at a time: the usual PyTorch VQ search."""
+    return torch.cat([(c2 - 2 * (xb @ codebook.T).float()).argmin(1) for xb in x.split(rows)])
+
+
+def _faiss(cuda: bool):
+    try:
+        faiss = importlib.import_module("faiss")
+    except ImportError:
+        return None, "faiss is not installed (pip install faiss-cpu)"
+    if cuda and not hasattr(faiss, "StandardGpuResources"):
+        return None, "faiss-gpu skipped: the installed faiss has no GPU support (no faiss-gpu wheel was carried)"
+    return faiss, None
+
+
+def providers(ctx, n, codebook):
+    """name -> factory returning fn(x, codebook) -> top-1 indices [N]. Factories run once per case."""
+    num_codes, dim = codebook.shape
+    cuda = ctx.device.type == "cuda"
+    ours = [b for b in OUR_BACKENDS if b in pyops.available_backends(ctx.device, "vq_search")
+            and (b != "triton" or cuda)]
+    if not ours:
+        ctx.fail("vq", RuntimeError(f"no pyops vq_search backend runs on {ctx.device}"))
+    out = {}
+    for b in ours:
+        out[f"pyops-{b}"] = lambda b=b: lambda x, c: pyops.vq_search(x, c, backend=b)[1][:, 0]
+        out[f"pyops-{b} exact"] = lambda b=b: lambda x, c: pyops.vq_search(x, c, exact=True, backend=b)[1][:, 0]
+    rows = _workspace_rows(num_codes, cuda)
+
+    def chunked():
+        return lambda x, c: torch_chunked(x, c, c.float().pow(2).sum(1), rows)
+
+    def compiled():
+        torch._dynamo.reset()
+        fn = torch.compile(torch_chunked, dynamic=False)
+        return lambda x, c: fn(x, c, c.float().pow(2).sum(1), rows)
+
+    out["torch chunked"], out["torch.compile chunked"] = chunked, compiled
+    if n * num_codes * 4 <= ((16 << 30) if cuda else (1 << 30)):
+        out["torch cdist"] = lambda: lambda x, c: torch.cdist(x.float(), c.float()).argmin(1)
+    faiss, why = _faiss(cuda)
+    if faiss is None:
+        ctx.note(why)
+    elif not cuda:
+        def flat():
+            index = faiss.IndexFlatL2(dim)  # built once outside the timing, as a FAISS user would
+            index.add(codebook.float().numpy())
+            return lambda x, c: torch.from_numpy(index.search(x.float().numpy(), 1)[1][:, 0])
+
+        out["faiss IndexFlatL2"] = flat
+    if n * num_codes * 4 <= ((16 << 30) if cuda else (1 << 30)):
+        out["vector-quantize-pytorch"] = lambda: _vqtorch(ctx, codebook)
+    else:
+        ctx.note(f"vector-quantize-pytorch skipped at N={n}, K={num_codes}: its N x K fp32 distance matrix "
+                 f"would take {n * num_codes * 4 / 2**30:.0f} GiB")
+    return out
+
+
+def _vqtorch(ctx, codebook):
+    from vector_quantize_pytorch import VectorQuantize
+
+    vq = VectorQuantize(dim=codebook.shape[1], codebook_size=codebook.shape[0]).to(ctx.device).eval()
+    vq._codebook.embed.copy_(codebook.float()[None])
+
+    def fn(x, c):
+        with torch.no_grad():
+            return vq(x[None])[1][0]
+
+    return fn
+
+
+def run(ctx):
+    cuda = ctx.device.type == "cuda"
+    cases = QUICK_CASES if ctx.quick else GPU_CASES if cuda else CPU_CASES
+    dim = QUICK_DIM if ctx.quick else DIM
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rows = []
+    for n, num_codes in cases:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, dim, generator=g).to(ctx.device, dtype)
+        codebook = torch.randn(num_codes, dim, generator=g).to(ctx.device, dtype)
+        exact = torch_chunked(x.float(), codebook.float(), codebook.float().pow(2).sum(1),
+                              _workspace_rows(num_codes, cuda))  # fp32 brute force: the agreement reference
+        case = dict(x_name="N x K", x_value=f"{n}x{num_codes}",
+                    extra={"N": n, "K": num_codes, "D": dim, "dtype": str(dtype).replace("torch.", "")})
+        for name, make in providers(ctx, n, codebook).items():
+            try:
+                fn = make()
+                agreement = (fn(x, codebook).to(exact.device) == exact).float().mean().item()
+                rows.append(ctx.record("vq", name, "top-1", fn=lambda: fn(x, codebook), flops=2 * n * num_codes * dim,
+                                       matmul_dtype=dtype, agreement=agreement, **case))
+            except torch.OutOfMemoryError as e:
+                ctx.note(f"vq {case['x_value']} {name}: out of memory ({str(e).splitlines()[0][:80]})")
+            except Exception as e:  # noqa: BLE001  (one broken provider must not hide the others)
+                ctx.fail(f"vq {case['x_value']} {name}", e, ours=name.startswith("pyops"))
+            if cuda:
+                torch.cuda.empty_cache()
+        del x, codebook, exact
+    return rows
