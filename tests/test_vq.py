@@ -123,10 +123,11 @@ def test_search_empty_input(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", [(d, b) for d, b in SEARCH if b != "triton" or d == "cuda"])
-@pytest.mark.parametrize("dtype,min_agreement", [(torch.float16, 0.97), (torch.bfloat16, 0.85)], ids=str)
+@pytest.mark.parametrize("dtype,min_agreement", [(torch.float16, 0.99), (torch.bfloat16, 0.97)], ids=str)
 def test_low_precision_agreement(device, backend, dtype, min_agreement):
     """Top-1 agreement of fp16/bf16 inputs with fp32 brute force on the unrounded data (README's figures):
-    the rounding of the inputs themselves, not the search, is what changes answers."""
+    the rounding of the inputs themselves, not the search, is what changes answers (measured with the torch
+    backend: fp16 99.9%, bf16 99.2%)."""
     x, codebook = randn(1024, 64, device=device), randn(2048, 64, seed=1, device=device)
     _, i = pyops.vq_search(x.to(dtype), codebook.to(dtype), backend=backend)
     _, ref_i = reference.vq_search(x.cpu(), codebook.cpu(), 1, "l2")
