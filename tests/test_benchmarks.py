@@ -12,11 +12,17 @@ def test_quick_benchmark_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| derf" in proc.stdout and "pyops-cpu" in proc.stdout
+    assert "| derf" in proc.stdout and "| vq" in proc.stdout and "pyops-cpu" in proc.stdout
     (result,) = tmp_path.glob("*-quick.json")
     rows = json.loads(result.read_text())["rows"]
-    providers = {r["kernel_provider"] for r in rows}
-    assert {"pyops-cpu", "eager", "torch.compile"} <= providers
-    assert {r["kernel_operation_mode"] for r in rows} == {"forward", "backward", "full"}
     assert all(r["y_value_50"] > 0 for r in rows)
-    assert list(tmp_path.glob("*-quick-derf.png")) and list(tmp_path.glob("*-quick.md"))
+    derf = [r for r in rows if r["kernel_name"] == "derf"]
+    assert {"pyops-cpu", "eager", "torch.compile"} <= {r["kernel_provider"] for r in derf}
+    assert {r["kernel_operation_mode"] for r in derf} == {"forward", "backward", "full"}
+    vq = [r for r in rows if r["kernel_name"] == "vq"]
+    assert {"pyops-cpu", "pyops-cpu exact", "torch chunked", "faiss IndexFlatL2", "vector-quantize-pytorch"} <= {
+        r["kernel_provider"] for r in vq}
+    assert all(r["tflops"] > 0 and r["agreement"] is not None for r in vq)
+    for name in ("derf", "vq"):
+        assert list(tmp_path.glob(f"*-quick-{name}.png"))
+    assert list(tmp_path.glob("*-quick.md"))
