@@ -6,6 +6,10 @@
 // BLAS), then a vectorised pass turns them into search scores and updates each row's running top-k'
 // while the tile is still in L2. Only the per-row candidate lists [splits, N, k'] outlive a task; the
 // exact re-rank then merges them and recomputes distances from the inputs.
+//
+// exact=False searches in fp32 too (fp16/bf16 inputs are widened per tile): on the AVX-512 Xeons we
+// measured, vdpbf16ps retires ~0.4 per cycle against two fp32 FMAs, so a bf16 score costs more than an
+// fp32 one, and ATen's bf16 matmul (oneDNN, bf16 output) ran at 0.65x its fp32 rate.
 #pragma once
 
 #ifndef PYOPS_CPU_ISA
@@ -57,6 +61,17 @@ void to_math(const scalar_t* src, M* dst, int64_t n) {
       hi.store(dst + i + Vectorized<float>::size());
     }
     for (; i < n; ++i) dst[i] = static_cast<M>(src[i]);
+  }
+}
+
+// The n values at src in math type M: src itself when it already is, else widened into buf.
+template <typename scalar_t, typename M>
+const M* as_math(const scalar_t* src, M* buf, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, M>) {
+    return src;
+  } else {
+    to_math(src, buf, n);
+    return buf;
   }
 }
 
@@ -149,8 +164,8 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
     at::parallel_for(0, num_codes, 256, [&](int64_t c0, int64_t c1) {
       std::vector<M> row(dim);
       for (int64_t c = c0; c < c1; ++c) {
-        to_math(cb + c * dim, row.data(), dim);
-        const M cc = row_stats<M>(row.data(), row.data(), dim).cc;
+        const M* cr = as_math(cb + c * dim, row.data(), dim);
+        const M cc = row_stats<M>(cr, cr, dim).cc;
         stat[c] = p.metric == Metric::kL2 ? cc : -M(1) / std::max(std::sqrt(cc), M(kNormEps));
       }
     });
@@ -181,20 +196,12 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
       int64_t* bi = cand_i + (split * n + r0) * kc;
       std::fill(bd, bd + rows * kc, std::numeric_limits<M>::infinity());
       std::fill(bi, bi + rows * kc, kNoCode);
-      const M* xr = reinterpret_cast<const M*>(x + r0 * dim);
-      if constexpr (kConvert) {
-        to_math(x + r0 * dim, x_buf.data(), rows * dim);
-        xr = x_buf.data();
-      }
+      const M* xr = as_math(x + r0 * dim, x_buf.data(), rows * dim);
       const at::Tensor x_view = at::from_blob(const_cast<M*>(xr), {rows, dim}, math_opts);
       const int64_t code_end = std::min(num_codes, (split + 1) * tiles_per_split * kCodeTile);
       for (int64_t c0 = split * tiles_per_split * kCodeTile; c0 < code_end; c0 += kCodeTile) {
         const int64_t cols = std::min(kCodeTile, code_end - c0);
-        const M* cr = reinterpret_cast<const M*>(cb + c0 * dim);
-        if constexpr (kConvert) {
-          to_math(cb + c0 * dim, c_buf.data(), cols * dim);
-          cr = c_buf.data();
-        }
+        const M* cr = as_math(cb + c0 * dim, c_buf.data(), cols * dim);
         at::Tensor dots_view = dots_t.narrow(0, 0, rows * cols).view({rows, cols});
         at::mm_out(dots_view, x_view, at::from_blob(const_cast<M*>(cr), {cols, dim}, math_opts).t());
         switch (p.metric) {
@@ -223,14 +230,13 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
           const int64_t idx = cand_i[(s * n + r) * kc + j];
           if (idx != kNoCode) insert_sorted(md.data(), mi.data(), kc, cand_d[(s * n + r) * kc + j], idx);
         }
-      to_math(x + r * dim, xrow.data(), dim);
+      const M* xr = as_math(x + r * dim, xrow.data(), dim);
       std::fill(ed.begin(), ed.end(), std::numeric_limits<M>::infinity());
       std::fill(ei.begin(), ei.end(), kNoCode);
       for (int j = 0; j < kc; ++j) {
         // Only non-finite scores leave a slot empty (finite inputs fill all kc <= K slots).
         if (mi[j] == kNoCode) continue;
-        to_math(cb + mi[j] * dim, crow.data(), dim);
-        const RowStats<M> st = row_stats<M>(xrow.data(), crow.data(), dim);
+        const RowStats<M> st = row_stats<M>(xr, as_math(cb + mi[j] * dim, crow.data(), dim), dim);
         const M d = p.metric == Metric::kL2       ? st.dd
                     : p.metric == Metric::kCosine ? cosine_distance<M>(st.dot, std::sqrt(st.xx), std::sqrt(st.cc))
                                                   : -st.dot;
