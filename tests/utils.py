@@ -7,13 +7,13 @@ import pyops
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def kernel_backends(device: str, op: str = "derf_fwd"):
-    """The non-reference backends that can run `op` on `device` (Triton on CPU only under its interpreter)."""
-    return [b for b in pyops.available_backends(device, op) if b != "torch"]
+def kernel_backends(device: str):
+    """The non-reference backends that can run on `device` (Triton on CPU only under its interpreter)."""
+    return [b for b in pyops.available_backends(device) if b != "torch"]
 
 
-def backend_params(op: str = "derf_fwd", include_torch: bool = False):
-    return [(d, b) for d in DEVICES for b in kernel_backends(d, op) + (["torch"] if include_torch else [])]
+def backend_params():
+    return [(d, b) for d in DEVICES for b in kernel_backends(d)]
 
 
 # Floors of the tolerance rule below, relative to the reference's magnitude: one fp32 / fp16 / bf16 rounding
