@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 RERANK_EXTRA = 8  # kRerankExtra in vq_math.h
-NORM_EPS = 1e-12  # kNormEps in vq_math.h
+NORM_EPS: tl.constexpr = tl.constexpr(1e-12)  # kNormEps in vq_math.h
 METRIC_IDS = {"l2": 0, "cosine": 1, "ip": 2}
 # Placeholder code index of empty top-k slots: >= K for any codebook, so the re-rank skips it. Slot j holds
 # _EMPTY - j, keeping every index in a row's running list distinct.
@@ -24,14 +24,14 @@ _MAX_CANDIDATES = 512  # bound on splits * k', the candidates one re-rank progra
 @triton.jit
 def _vq_code_norms_kernel(c_ptr, out_ptr, K, D, COSINE: tl.constexpr, BLOCK_K: tl.constexpr,
                           BLOCK_D: tl.constexpr):
-    # out[j] = ||c_j||^2 (l2) or 1 / max(||c_j||, eps) (cosine), in fp32 (fp64 for fp64 codes).
+    # out[j] = ||c_j||^2 (l2) or 1 / max(||c_j||, eps) (cosine), in fp32.
     code = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = code < K
-    acc = tl.zeros((BLOCK_K, BLOCK_D), out_ptr.dtype.element_ty)
+    acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         c = tl.load(c_ptr + code[:, None] * D + d[None, :], mask=kmask[:, None] & (d < D)[None, :], other=0.0)
-        c = c.to(out_ptr.dtype.element_ty)
+        c = c.to(tl.float32)
         acc += c * c
     sq = tl.sum(acc, axis=1)
     if COSINE:
@@ -52,7 +52,7 @@ def _vq_search_kernel(x_ptr, c_ptr, norm_ptr, cand_ptr, N, K, D, codes_per_split
     code_end = tl.minimum(code_start + codes_per_split, K)
     x_base = x_ptr + rows[:, None] * D  # [BLOCK_M, 1]
     row_mask = (rows < N)[:, None]
-    acc_ty = norm_ptr.dtype.element_ty  # scores in the norms' type: fp32 (fp64 for fp64 inputs)
+    acc_ty: tl.constexpr = tl.float32
 
     # The running top-KC of each row, unordered, in slots [0, KC); slots [KC, KP) are padding that is never
     # the worst entry. worst_* is the entry a better code replaces: the largest (score, index).
@@ -108,14 +108,14 @@ def _vq_search_kernel(x_ptr, c_ptr, norm_ptr, cand_ptr, N, K, D, codes_per_split
 @triton.jit
 def _vq_rerank_kernel(x_ptr, c_ptr, cand_ptr, dist_ptr, idx_ptr, K, D, num_cands, k, METRIC: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-    # Program = one row: exact distances of its num_cands candidates (in fp32, fp64 for fp64) over D in
+    # Program = one row: exact fp32 distances of its num_cands candidates over D in
     # chunks, then the k best by (distance, index), nearest first.
     row = tl.program_id(0).to(tl.int64)
     p = tl.arange(0, BLOCK_C)
     idx = tl.load(cand_ptr + row * num_cands + p, mask=p < num_cands, other=-1)
     valid = (idx >= 0) & (idx < K)
     c_base = c_ptr + tl.where(valid, idx, 0).to(tl.int64)[:, None] * D  # [BLOCK_C, 1]
-    math_ty = dist_ptr.dtype.element_ty
+    math_ty: tl.constexpr = tl.float32
     acc = tl.zeros((BLOCK_C, BLOCK_D), math_ty)  # l2: squared differences; cosine, ip: products
     acc_cc = tl.zeros((BLOCK_C, BLOCK_D), math_ty)  # cosine: the codes' squares
     acc_xx = tl.zeros((BLOCK_D,), math_ty)  # cosine: x's squares
@@ -204,10 +204,11 @@ def _search_settings(n: int, num_codes: int, dim: int, kc: int, dtype: torch.dty
 
 @torch.library.triton_op("pyops::vq_search_triton", mutates_args=())
 def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bool) -> Tuple[Tensor, Tensor]:
+    if x.dtype == torch.float64:
+        raise TypeError("vq_search_triton: float64 runs on the CPU and torch backends only")
     n, dim = x.shape
     num_codes = codebook.shape[0]
-    math_dtype = _math_dtype(x)
-    dist = x.new_empty(n, k, dtype=math_dtype)
+    dist = x.new_empty(n, k, dtype=torch.float32)
     idx = x.new_empty(n, k, dtype=torch.long)
     if n == 0:
         return dist, idx
@@ -216,7 +217,7 @@ def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bo
     kp = triton.next_power_of_2(kc)
 
     # (1) Code norms, once per call: ||c||^2 for l2, 1 / max(||c||, eps) for cosine (unused for ip).
-    norms = codebook.new_empty(num_codes if metric_id != 2 else 1, dtype=math_dtype)
+    norms = codebook.new_empty(num_codes if metric_id != 2 else 1, dtype=torch.float32)
     if metric_id != 2:
         block_k = 64 if x.is_cuda else 32
         torch.library.wrap_triton(_vq_code_norms_kernel)[(triton.cdiv(num_codes, block_k),)](
@@ -228,9 +229,7 @@ def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bo
     cands_per_row = splits * kc
     cand = x.new_empty(n, cands_per_row, dtype=torch.int32)
     low_precision = x.dtype in (torch.float16, torch.bfloat16)
-    if x.dtype == torch.float64:
-        upcast, precision = False, "ieee"
-    elif exact:
+    if exact:
         upcast, precision = low_precision, "ieee"
     else:
         upcast, precision = False, "ieee" if low_precision else "tf32"
