@@ -135,9 +135,10 @@ def _vq_rerank_kernel(x_ptr, c_ptr, cand_ptr, dist_ptr, idx_ptr, K, D, num_cands
     if METRIC == 0:
         dist = tl.sum(acc, axis=1)
     elif METRIC == 1:
-        nx = tl.maximum(tl.sqrt(tl.sum(acc_xx, axis=0)), NORM_EPS)
-        nc = tl.maximum(tl.sqrt(tl.sum(acc_cc, axis=1)), NORM_EPS)
-        dist = 1.0 - tl.sum(acc, axis=1) / (nx * nc)
+        # IEEE-rounded sqrt and division (tl.sqrt and / are the approximate ones on GPU), as torch computes.
+        nx = tl.maximum(tl.math.sqrt_rn(tl.sum(acc_xx, axis=0)), NORM_EPS)
+        nc = tl.maximum(tl.math.sqrt_rn(tl.sum(acc_cc, axis=1)), NORM_EPS)
+        dist = 1.0 - tl.math.div_rn(tl.sum(acc, axis=1), nx * nc)
     else:
         dist = -tl.sum(acc, axis=1)
     dist = tl.where(valid, dist, float("inf"))
@@ -174,29 +175,23 @@ def _math_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1  # Triton's CPU interpreter: few, large programs (but still more than one split, see below)
-
-
-def _search_settings(n: int, num_codes: int, dim: int, kc: int, dtype: torch.dtype, device: torch.device):
+def _search_settings(n: int, num_codes: int, kc: int, dtype: torch.dtype, exact: bool, device: torch.device):
     """Block sizes, warps and stages of the search, and the number of code splits per row block."""
     if device.type != "cuda":
-        # Interpreter: small tiles so tests reach several code tiles, D chunks and splits cheaply.
+        # Interpreter: small tiles and up to 3 splits so tests reach several code tiles, D chunks and splits.
         block_m, block_n, block_d, warps, stages = 16, 32, 32, 1, 1
+        target, min_tiles = 3, 1
     else:
+        target, min_tiles = 2 * torch.cuda.get_device_properties(device).multi_processor_count, 4
         block_m = 64 if n > 32 else 16
         block_n = 128 if block_m == 64 else 64
-        block_d = 64 if dtype in (torch.float16, torch.bfloat16) else 32
+        block_d = 64 if dtype in (torch.float16, torch.bfloat16) and not exact else 32
         warps, stages = (8 if block_m == 64 else 4), 3
     row_blocks = triton.cdiv(n, block_m)
     tiles = triton.cdiv(num_codes, block_n)
     # Split the codebook when there are too few row blocks to fill the GPU (2 programs per SM); keep each
-    # split at least 4 tiles long and the re-rank's splits * k' candidates bounded.
-    target = 2 * _num_sms(device) if device.type == "cuda" else 3
-    splits = max(1, min(triton.cdiv(target, row_blocks), triton.cdiv(tiles, 4) if device.type == "cuda" else tiles,
-                        _MAX_CANDIDATES // kc))
+    # split at least min_tiles tiles long and the re-rank's splits * k' candidates bounded.
+    splits = max(1, min(triton.cdiv(target, row_blocks), triton.cdiv(tiles, min_tiles), _MAX_CANDIDATES // kc))
     tiles_per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, tiles_per_split)
     return block_m, block_n, block_d, warps, stages, splits, tiles_per_split * block_n
@@ -225,14 +220,14 @@ def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bo
 
     # (2) Search: tensor cores in the input precision (tf32 for fp32) unless exact; fp32 math for exact.
     block_m, block_n, block_d, warps, stages, splits, codes_per_split = _search_settings(
-        n, num_codes, dim, kc, x.dtype, x.device)
+        n, num_codes, kc, x.dtype, exact, x.device)
     cands_per_row = splits * kc
     cand = x.new_empty(n, cands_per_row, dtype=torch.int32)
     low_precision = x.dtype in (torch.float16, torch.bfloat16)
     if exact:
         upcast, precision = low_precision, "ieee"
     else:
-        upcast, precision = False, "ieee" if low_precision else "tf32"
+        upcast, precision = False, "tf32"  # Triton's default; it only changes fp32 operands
     if x.dtype == torch.bfloat16 and not x.is_cuda:
         # Triton's interpreter multiplies bf16 tiles as their raw uint16 bits (triton 3.8); bf16 -> fp32 is
         # exact and a bf16 tensor-core dot accumulates exact products in fp32, so this is the same search.
