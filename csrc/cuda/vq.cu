@@ -5,14 +5,15 @@
 //     -1/max(||c||, eps); ip: 0 and -1), in fp32, once per call. The search kernel is then metric-free.
 //  2. search_kernel: a block owns BM rows and walks its share of the codebook in BN-code tiles; the dot
 //     products of a tile come from tensor cores (wmma; bf16/fp16 as given, tf32 for fp32) or, for
-//     exact=True, from fp32 FMAs, with D staged through shared memory in BK-element chunks (cp.async
+//     exact=True, from fp32 FMAs, with D staged through shared memory in 128-byte-per-row chunks (cp.async
 //     double buffering when rows are 16-byte aligned). The fp32 score tile then goes to shared memory and
 //     two threads per row scan half of it each into their own running top-k' list (k' = num_candidates),
 //     kept sorted by before() in a global workspace [lists, N, k'] (inserts are rare after the first
 //     tiles; the k'-th entry sits in registers for the fast reject).
 //  3. rerank_kernel: one warp per row merges the row's lists (search scores) into the top k', recomputes
 //     their exact fp32 distances from the inputs and writes the k nearest, ties to the lower index.
-// Extra memory: the workspace (2 * splits * N * k' * 8 bytes, splits > 1 only when N is small) and 2K floats.
+// Extra memory: 2K floats and the workspace, 2 * splits * N * k' * 8 bytes with splits = 8 (more for small
+// N, fewer to stay under 256 MiB).
 //
 // vq_segment_sum scatters with fp32 atomicAdd: the order of the additions, hence the last bits of the sums,
 // can change from run to run (counts are exact below 2^24 rows per segment).
@@ -31,6 +32,7 @@
 #include <cstdint>
 #include <limits>
 #include <string_view>
+#include <type_traits>
 
 #include "pyops/vq.h"
 #include "pyops/vq_math.h"
@@ -46,11 +48,10 @@ namespace wmma = nvcuda::wmma;
   AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
                                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
-// Search tiling: 8 warps, a 128 x 128 score tile per step, D in chunks of 32 elements.
+// Search tiling: 8 warps, a 128 x 128 score tile per step, D in chunks of 128 bytes per row (Traits::BK).
 constexpr int kThreads = 256;
 constexpr int BM = 128;  // rows of x per block
 constexpr int BN = 128;  // codes per tile
-constexpr int BK = 32;   // elements of D per shared-memory chunk
 constexpr int LDC = BN + 4;  // score tile row stride (floats): a multiple of 4 for wmma, 4 mod 32 for the scan
 constexpr int kListsPerBlock = kThreads / BM;  // threads (= top-k' lists) per row
 constexpr int kScanCols = BN / kListsPerBlock;  // tile columns each of them scans
@@ -61,9 +62,10 @@ constexpr int kNoCode = std::numeric_limits<int>::max();
 static_assert(kThreads == 2 * BM && kThreads % 32 == 0, "two scanning threads per row");
 static_assert((kScanCols & (kScanCols - 1)) == 0, "the scan rotates columns with a mask");
 
-// Per storage type: shared-memory row stride of a staged chunk and the wmma shape. 16-bit types use
-// m16n16k16 with 8 elements of padding (80-byte rows); fp32 uses tf32 m16n16k8 with 4 (144-byte rows).
-// Both strides keep every 16x16 fragment pointer 32-byte aligned, as wmma requires.
+// Per storage type: chunk width BK (128 bytes of each row), its shared-memory row stride LDS and the wmma
+// shape. 16-bit types use m16n16k16 with 8 elements of padding (144-byte rows); fp32 uses tf32 m16n16k8
+// with 4 (144-byte rows). 144 = 36 words keeps the 8 rows of an ldmatrix phase in distinct banks, and
+// every 16 x 16 fragment pointer 32-byte aligned, as wmma requires.
 template <typename scalar_t>
 struct Traits;
 template <>
@@ -71,6 +73,7 @@ struct Traits<float> {
   using mma_t = wmma::precision::tf32;
   using elem_t = float;
   static constexpr int kMmaK = 8;
+  static constexpr int BK = 32;
   static constexpr int LDS = BK + 4;
 };
 template <>
@@ -78,6 +81,7 @@ struct Traits<c10::Half> {
   using mma_t = __half;
   using elem_t = __half;
   static constexpr int kMmaK = 16;
+  static constexpr int BK = 64;
   static constexpr int LDS = BK + 8;
 };
 template <>
@@ -85,6 +89,7 @@ struct Traits<c10::BFloat16> {
   using mma_t = __nv_bfloat16;
   using elem_t = __nv_bfloat16;
   static constexpr int kMmaK = 16;
+  static constexpr int BK = 64;
   static constexpr int LDS = BK + 8;
 };
 
@@ -146,7 +151,7 @@ __global__ void code_coef_kernel(const scalar_t* __restrict__ codebook,  // [K, 
 template <typename scalar_t, bool kVec>
 __device__ __forceinline__ void stage_chunk(scalar_t* dst, const scalar_t* __restrict__ src, int64_t row0,
                                             int64_t total, int64_t dim, int64_t k0, int rows) {
-  constexpr int LDS = Traits<scalar_t>::LDS;
+  constexpr int LDS = Traits<scalar_t>::LDS, BK = Traits<scalar_t>::BK;
   if constexpr (kVec) {
     // dim % V == 0, so a 16-byte vector is wholly inside or wholly outside the row.
     constexpr int V = 16 / sizeof(scalar_t);
@@ -186,7 +191,7 @@ struct MmaTile {
     const auto* a_base = reinterpret_cast<const typename T::elem_t*>(As) + (wm * 64) * T::LDS;
     const auto* b_base = reinterpret_cast<const typename T::elem_t*>(Bs) + (wn * 32) * T::LDS;
 #pragma unroll
-    for (int kk = 0; kk < BK; kk += T::kMmaK) {
+    for (int kk = 0; kk < T::BK; kk += T::kMmaK) {
       wmma::fragment<wmma::matrix_a, 16, 16, T::kMmaK, typename T::mma_t, wmma::row_major> a[kM];
       // B = codebook chunk transposed: element (k, n) sits at Bs[n * LDS + k], i.e. column-major.
       wmma::fragment<wmma::matrix_b, 16, 16, T::kMmaK, typename T::mma_t, wmma::col_major> b[kN];
@@ -246,7 +251,7 @@ struct SimtTile {
     constexpr int LDS = Traits<scalar_t>::LDS;
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
 #pragma unroll 4
-    for (int kk = 0; kk < BK; ++kk) {
+    for (int kk = 0; kk < Traits<scalar_t>::BK; ++kk) {
       float a[kR], b[kC];
 #pragma unroll
       for (int i = 0; i < kR; ++i) a[i] = static_cast<float>(As[(ty + 16 * i) * LDS + kk]);
@@ -268,9 +273,11 @@ struct SimtTile {
   }
 };
 
-// grid (ceil(N / BM), splits); split s walks code tiles [s * tiles_per_split, (s + 1) * tiles_per_split).
-// Thread t scans row t % BM, columns of half t / BM of each tile, into list blockIdx.y * 2 + t / BM of
-// the workspace ws_* [lists, N, kc], which it alone owns.
+// 1-D grid of ceil(N / BM) * splits blocks, the split index fastest: the blocks running together then
+// share few row panels of x (and few code tiles), which stay in L2 instead of streaming from HBM at
+// every code tile. Split s walks code tiles [s * tiles_per_split, (s + 1) * tiles_per_split).
+// Thread t scans row t % BM, columns of half t / BM of each tile, into list s * 2 + t / BM of the
+// workspace ws_* [lists, N, kc], which it alone owns.
 template <typename scalar_t, typename Tile, bool kVec>
 __global__ void __launch_bounds__(kThreads, 2)
     search_kernel(const scalar_t* __restrict__ x,         // [N, D]
@@ -278,9 +285,9 @@ __global__ void __launch_bounds__(kThreads, 2)
                   const float* __restrict__ coef,         // [2, K]
                   float* __restrict__ ws_score,           // [lists, N, kc]
                   int* __restrict__ ws_index,             // [lists, N, kc]
-                  int64_t n, int64_t num_codes, int64_t dim, int kc, int64_t tiles_per_split) {
+                  int64_t n, int64_t num_codes, int64_t dim, int kc, int64_t splits, int64_t tiles_per_split) {
   using Smem = SearchSmem<scalar_t>;
-  constexpr int LDS = Traits<scalar_t>::LDS;
+  constexpr int LDS = Traits<scalar_t>::LDS, BK = Traits<scalar_t>::BK;
   extern __shared__ __align__(128) unsigned char smem[];
   float* Cs = reinterpret_cast<float*>(smem);                            // [BM, LDC], aliases the stages
   float* coef_s = reinterpret_cast<float*>(smem + Smem::kCoefOffset);   // [2, BN]: offset, scale
@@ -288,11 +295,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto stage_b = [&](int s) { return stage_a(s) + BM * LDS; };                                // [BN, LDS]
 
   const int tid = threadIdx.x;
-  const int64_t row0 = int64_t(blockIdx.x) * BM;
+  const int64_t split = int64_t(blockIdx.x) % splits;
+  const int64_t row0 = int64_t(blockIdx.x) / splits * BM;
   const int r = tid % BM, half = tid / BM;
   const int64_t row = row0 + r;
   const bool owns_row = row < n;
-  const int64_t list = int64_t(blockIdx.y) * kListsPerBlock + half;
+  const int64_t list = split * kListsPerBlock + half;
   float* list_score = ws_score + (list * n + row) * kc;  // only dereferenced when owns_row
   int* list_index = ws_index + (list * n + row) * kc;
   float thr_score = INFINITY;  // the list's last entry: a code must beat it to enter
@@ -302,7 +310,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 
   const int64_t num_tiles = (num_codes + BN - 1) / BN;
-  const int64_t tile_begin = int64_t(blockIdx.y) * tiles_per_split;
+  const int64_t tile_begin = split * tiles_per_split;
   const int64_t tile_end = tile_begin + tiles_per_split < num_tiles ? tile_begin + tiles_per_split : num_tiles;
   const int64_t num_chunks = (dim + BK - 1) / BK;
   Tile tile;
@@ -494,9 +502,11 @@ void launch_search(const SearchProblem& p, const float* coef, float* ws_score, i
   TORCH_CHECK(smem <= device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin), "vq_search: the CUDA kernel needs ",
               smem, " bytes of shared memory per block, more than this GPU allows");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const dim3 grid(unsigned((p.n + BM - 1) / BM), unsigned(splits));
-  kernel<<<grid, kThreads, smem, stream>>>(p.x.data_ptr<scalar_t>(), p.codebook.data_ptr<scalar_t>(), coef, ws_score,
-                                           ws_index, p.n, p.num_codes, p.dim, int(p.candidates), tiles_per_split);
+  const int64_t blocks = (p.n + BM - 1) / BM * splits;
+  TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "vq_search: too many rows (", p.n, ") for one launch");
+  kernel<<<unsigned(blocks), kThreads, smem, stream>>>(p.x.data_ptr<scalar_t>(), p.codebook.data_ptr<scalar_t>(), coef,
+                                                       ws_score, ws_index, p.n, p.num_codes, p.dim, int(p.candidates),
+                                                       splits, tiles_per_split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -512,11 +522,16 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto f32 = p.x.options().dtype(at::kFloat);
 
-  // Code splits only when the row blocks alone leave SMs idle: aim at 2 blocks per SM.
+  // Code splits: at least kMinSplits, so that the ~2 blocks per SM running together read ~1/kMinSplits as
+  // many row panels of x (L2 reuse, see search_kernel), and more when N is small so that every SM gets 2
+  // blocks; fewer if the workspace would pass kMaxWorkspaceBytes (large N times large k).
+  constexpr int64_t kMinSplits = 8, kMaxWorkspaceBytes = int64_t(256) << 20;
   const int64_t row_blocks = (p.n + BM - 1) / BM;
   const int64_t num_tiles = (p.num_codes + BN - 1) / BN;
   const int64_t target_blocks = 2 * int64_t(device_attribute(cudaDevAttrMultiProcessorCount));
-  int64_t splits = std::min<int64_t>({(target_blocks + row_blocks - 1) / row_blocks, num_tiles, 65535});
+  const int64_t split_bytes = kListsPerBlock * p.n * p.candidates * int64_t(sizeof(float) + sizeof(int));
+  int64_t splits = std::max<int64_t>(kMinSplits, (target_blocks + row_blocks - 1) / row_blocks);
+  splits = std::max<int64_t>(1, std::min<int64_t>({splits, num_tiles, kMaxWorkspaceBytes / split_bytes}));
   const int64_t tiles_per_split = (num_tiles + splits - 1) / splits;
   splits = (num_tiles + tiles_per_split - 1) / tiles_per_split;  // no empty split
   const int64_t lists = splits * kListsPerBlock;
