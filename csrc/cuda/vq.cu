@@ -43,6 +43,14 @@ namespace {
 
 namespace wmma = nvcuda::wmma;
 
+// Tensor cores (bf16 / tf32 wmma) and cp.async need sm_80+. Device passes for older targets (a build for
+// the visible GPU, e.g. TORCH_CUDA_ARCH_LIST=7.5) compile stubs that trap; the host refuses to launch there.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define PYOPS_VQ_SM80 1
+#else
+#define PYOPS_VQ_SM80 0
+#endif
+
 // The storage types the CUDA kernels take (prepare_search rejects float64 on CUDA).
 #define PYOPS_DISPATCH_FLOAT_HALF_BF16(TYPE, NAME, ...)                                                   \
   AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
@@ -70,7 +78,11 @@ template <typename scalar_t>
 struct Traits;
 template <>
 struct Traits<float> {
+#if PYOPS_VQ_SM80
   using mma_t = wmma::precision::tf32;
+#else
+  using mma_t = float;
+#endif
   using elem_t = float;
   static constexpr int kMmaK = 8;
   static constexpr int BK = 32;
@@ -108,11 +120,23 @@ struct SearchSmem {
 // cp.async helpers (sm_80+). src_bytes = 0 zero-fills the 16 bytes without reading src.
 
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
+#if PYOPS_VQ_SM80
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+#else
+  __trap();
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#if PYOPS_VQ_SM80
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all_but_one() {
+#if PYOPS_VQ_SM80
+  asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
 
 // ------------------------------------------------------------------------------------------------------
 // 1. Per-code score coefficients: coef [2, K] = (offset, scale). One warp per code.
@@ -171,6 +195,7 @@ __device__ __forceinline__ void stage_chunk(scalar_t* dst, const scalar_t* __res
   }
 }
 
+#if PYOPS_VQ_SM80
 // Tensor-core tile: warp w owns rows (w / 4) * 64 .. +64 and codes (w % 4) * 32 .. +32 of the score tile,
 // 4 x 2 fragments of 16 x 16.
 template <typename scalar_t>
@@ -232,6 +257,15 @@ struct MmaTile {
     }
   }
 };
+#else
+template <typename scalar_t>
+struct MmaTile {  // pre-sm_80 stub, never launched
+  static_assert(Traits<scalar_t>::kMmaK > 0, "");
+  __device__ void zero() { __trap(); }
+  __device__ void step(const scalar_t*, const scalar_t*) {}
+  __device__ void store(float*) const {}
+};
+#endif
 
 // fp32 FMA tile (exact=True): thread (ty, tx) = (tid / 16, tid % 16) owns rows ty + 16 i and codes
 // tx + 16 j, i, j < 8.
@@ -516,6 +550,9 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
   const SearchProblem p =
       prepare_search(x, codebook, k, std::string_view(metric.data(), metric.size()), exact, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(p.x.device());
+  const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
+  TORCH_CHECK(major >= 8, "vq_search: the CUDA kernel needs compute capability 8.0 or newer (tensor-core bf16/tf32 "
+              "and cp.async), this GPU has ", major, ".x; use backend='torch' or 'triton'");
   auto [out_dist, out_index] = empty_search_outputs(p);
   if (p.n == 0) return {out_dist, out_index};
   TORCH_CHECK(p.num_codes < kNoCode, "vq_search: the CUDA kernel takes fewer than 2^31 - 1 codes, got ", p.num_codes);
