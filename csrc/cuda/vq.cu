@@ -30,6 +30,7 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <string_view>
 #include <type_traits>
@@ -528,6 +529,16 @@ int device_attribute(cudaDeviceAttr attr) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// PYOPS_VQ_SYNC_LOADS=1 stages D chunks with plain loads instead of cp.async: a switch to tell pipeline
+// bugs from MMA or top-k bugs (exact=True swaps the MMA for fp32 FMAs in the same way).
+bool sync_loads_forced() {
+  static const bool forced = [] {
+    const char* v = std::getenv("PYOPS_VQ_SYNC_LOADS");
+    return v != nullptr && v[0] == '1';
+  }();
+  return forced;
+}
+
 template <typename scalar_t, typename Tile, bool kVec>
 void launch_search(const SearchProblem& p, const float* coef, float* ws_score, int* ws_index, int64_t splits,
                    int64_t tiles_per_split, cudaStream_t stream) {
@@ -588,7 +599,7 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     // cp.async moves 16-byte vectors: rows must start on 16-byte boundaries.
-    const bool vec = p.dim % (16 / sizeof(scalar_t)) == 0 && aligned16(xp) && aligned16(cp);
+    const bool vec = p.dim % (16 / sizeof(scalar_t)) == 0 && aligned16(xp) && aligned16(cp) && !sync_loads_forced();
     float* wss = ws_score.data_ptr<float>();
     int* wsi = ws_index.data_ptr<int>();
     const float* cf = coef.data_ptr<float>();
