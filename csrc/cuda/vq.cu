@@ -434,16 +434,32 @@ __global__ void __launch_bounds__(kRerankWarps * 32)
   int64_t* bi = best_index[warp];
 
   // Merge: the top kc of all lists by search score equals what one pass over the codebook would keep.
-  if (lane == 0) {
-    for (int j = 0; j < kc; ++j) cs[j] = INFINITY, ci[j] = kNoCode;
-    for (int64_t l = 0; l < lists; ++l) {
-      const float* ls = ws_score + (l * n + row) * kc;
-      const int* li = ws_index + (l * n + row) * kc;
-      for (int j = 0; j < kc; ++j) {
-        // Each list is sorted (empty slots last), so the first entry that does not enter ends it.
-        if (li[j] >= num_codes || !before(ls[j], int64_t(li[j]), cs[kc - 1], int64_t(ci[kc - 1]))) break;
-        insert_sorted(cs, ci, kc, ls[j], li[j]);
+  // Lists are taken 32 at a time, one per lane, so that their global loads overlap (small N has hundreds
+  // of lists); lane 0 inserts the lanes' entries in lane order into the shared-memory list.
+  for (int j = lane; j < kc; j += 32) cs[j] = INFINITY, ci[j] = kNoCode;
+  __syncwarp();
+  for (int64_t l0 = 0; l0 < lists; l0 += 32) {
+    const int64_t l = l0 + lane;
+    bool active = l < lists;
+    const float* ls = ws_score + (l * n + row) * kc;  // only dereferenced while active
+    const int* li = ws_index + (l * n + row) * kc;
+    for (int j = 0; j < kc; ++j) {
+      float score = INFINITY;
+      int code = kNoCode;
+      if (active) {
+        score = ls[j];
+        code = li[j];
+        active = code < num_codes;  // empty slots come last
       }
+      if (!__any_sync(0xffffffffu, active)) break;  // warp-uniform
+      for (int src = 0; src < 32; ++src) {
+        const float s = __shfl_sync(0xffffffffu, score, src);
+        const int c = __shfl_sync(0xffffffffu, code, src);
+        if (lane == 0 && c < num_codes) insert_sorted(cs, ci, kc, s, c);
+      }
+      __syncwarp();
+      // Lists are sorted and the threshold only falls: an entry that does not beat it now ends its list.
+      active = active && before(score, int64_t(code), cs[kc - 1], int64_t(ci[kc - 1]));
     }
   }
   __syncwarp();
