@@ -6,6 +6,7 @@ runs on one process or over a `torch.distributed` group, with the codebook eithe
 or sharded across ranks (each rank owns K / world codes) so that it can outgrow one GPU.
 """
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -54,6 +55,12 @@ class _SumFromShards(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return grad, None
+
+
+def _all_reduce_grad(grad: Tensor, group) -> Tensor:
+    grad = grad.clone()
+    dist.all_reduce(grad, group=group)
+    return grad
 
 
 def _rotate_to(e: Tensor, q: Tensor) -> Tensor:  # [N, D], [N, D] -> [N, D]
@@ -105,7 +112,8 @@ class VectorQuantizer(nn.Module):
           must pass the same x (as with a vocab-parallel embedding). Each rank searches its shard, one
           all_reduce(MIN) of packed (distance, index) keys picks the global winner (ties to the lower
           global index), and one all_reduce(SUM) of the owned winner rows builds quantized; codebook
-          gradients stay on the owning rank. ``vq.codebook`` is then the local shard.
+          gradients stay on the owning rank. ``vq.codebook`` is then the local shard. SimVQ keeps one map W
+          on every rank (its gradient is summed over the group by a hook; the basis is sharded).
 
     Args:
         dim: size of the last dimension of x.
@@ -198,6 +206,10 @@ class VectorQuantizer(nn.Module):
         if distributed == "replicated":
             for t in self._state_tensors():
                 dist.broadcast(t.data, src=dist.get_global_rank(self.group, 0), group=self.group)
+        if sharded and codebook == "simvq":
+            # One map W for every shard: start equal and sum each shard's gradient contribution.
+            dist.broadcast(self.proj.weight.data, src=dist.get_global_rank(self.group, 0), group=self.group)
+            self.proj.weight.register_hook(functools.partial(_all_reduce_grad, group=self.group))
 
     # ------------------------------------------------------------------------------------------------------
     # State.

@@ -253,21 +253,28 @@ def _run_replicated(x_rank):
     return {"embed": vq.embed, "cluster_size": vq.cluster_size, "counts": vq.usage()["counts"]}
 
 
-def _run_sharded(codes, xs, group_on):
-    vq = VectorQuantizer(DIM, K, commitment_weight=0.5, distributed="sharded" if group_on else None)
+def _run_sharded(codes, xs, group_on, kind="learned"):
+    vq = VectorQuantizer(DIM, K, commitment_weight=0.5, codebook=kind, distributed="sharded" if group_on else None)
+    codes = codes[vq.offset:vq.offset + vq.num_local]
     with torch.no_grad():
-        vq.embed.copy_(codes[vq.offset:vq.offset + vq.num_local])
+        if kind == "simvq":  # W = I + a fixed perturbation, the same on every rank
+            vq.basis.copy_(codes)
+            vq.proj.weight.copy_(torch.eye(DIM) + 0.01 * torch.arange(DIM * DIM).reshape(DIM, DIM).sin())
+        else:
+            vq.embed.copy_(codes)
     x = xs.clone().requires_grad_()
     q, idx, loss = vq(x)
     (loss + (q * torch.arange(DIM)).sum()).backward()
-    return {"q": q.detach(), "idx": idx, "loss": loss.detach(), "x_grad": x.grad, "embed_grad": vq.embed.grad}
+    grad = vq.proj.weight.grad if kind == "simvq" else vq.embed.grad
+    return {"q": q.detach(), "idx": idx, "loss": loss.detach(), "x_grad": x.grad, "code_grad": grad}
 
 
 def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         x, codes, xs = _data()
-        out = {"replicated": _run_replicated(x[rank]), "sharded": _run_sharded(codes, xs, True)}
+        out = {"replicated": _run_replicated(x[rank]), "sharded": _run_sharded(codes, xs, True),
+               "sharded_simvq": _run_sharded(codes, xs, True, "simvq")}
         # Smoke: every data-dependent path (k-means, EMA, restarts) in both modes stays identical/finite.
         for mode in ("replicated", "sharded"):
             torch.manual_seed(rank)  # different seeds: rank 0's choices must be the ones used
@@ -296,10 +303,14 @@ def test_distributed_replicated_and_sharded():
     assert torch.isfinite(r0["sharded_smoke"]).all() and torch.isfinite(r1["sharded_smoke"]).all()
 
     # Sharded: the same as one process holding the whole codebook, ties across shards included.
-    single = _run_sharded(codes, xs, False)
-    assert (single["idx"][:4] == 3).all()
-    for r, out in enumerate((r0["sharded"], r1["sharded"])):
-        assert torch.equal(out["idx"], single["idx"])
-        for name in ("q", "loss", "x_grad"):
-            torch.testing.assert_close(out[name], single[name])
-        torch.testing.assert_close(out["embed_grad"], single["embed_grad"][r * K // 2:(r + 1) * K // 2])
+    for kind in ("learned", "simvq"):
+        single = _run_sharded(codes, xs, False, kind)
+        assert (single["idx"][:4] == 3).all()
+        for r, out in enumerate((r0["sharded"], r1["sharded"]) if kind == "learned" else
+                                (r0["sharded_simvq"], r1["sharded_simvq"])):
+            assert torch.equal(out["idx"], single["idx"])
+            for name in ("q", "loss", "x_grad"):
+                torch.testing.assert_close(out[name], single[name])
+            # Learned: each rank holds its shard's gradient; SimVQ: the shared W's full gradient.
+            want = single["code_grad"][r * K // 2:(r + 1) * K // 2] if kind == "learned" else single["code_grad"]
+            torch.testing.assert_close(out["code_grad"], want)
