@@ -107,7 +107,8 @@ class VectorQuantizer(nn.Module):
     Distributed (``distributed=``, over ``process_group`` or the default group):
         - "replicated": data parallel, every rank holds all K codes. EMA statistics, k-means statistics and
           usage counts are all-reduced, and k-means seeds and dead-code restart features come from rank 0,
-          so every rank keeps identical codes. Learned/SimVQ gradients are averaged as usual by DDP.
+          so every rank keeps identical codes (rank 0's initial codes are broadcast on the first forward).
+          Learned/SimVQ gradients are averaged as usual by DDP.
         - "sharded": model parallel, rank r owns global codes ``[r*K/world, (r+1)*K/world)`` and every rank
           must pass the same x (as with a vocab-parallel embedding). Each rank searches its shard, one
           all_reduce(MIN) of packed (distance, index) keys picks the global winner (ties to the lower
@@ -203,23 +204,25 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("code_age", torch.zeros(self.num_local))  # training steps since (re)start
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
-        if distributed == "replicated":
-            for t in self._state_tensors():
-                dist.broadcast(t.data, src=dist.get_global_rank(self.group, 0), group=self.group)
+        # Replicated codes (and sharded SimVQ's one shared map W) start as rank 0's: broadcast on the first
+        # forward, once the module is on its device (NCCL cannot broadcast the CPU tensors built here).
+        self._needs_sync = distributed == "replicated" or (sharded and codebook == "simvq")
         if sharded and codebook == "simvq":
-            # One map W for every shard: start equal and sum each shard's gradient contribution.
-            dist.broadcast(self.proj.weight.data, src=dist.get_global_rank(self.group, 0), group=self.group)
             self.proj.weight.register_hook(functools.partial(_all_reduce_grad, group=self.group))
 
     # ------------------------------------------------------------------------------------------------------
     # State.
 
-    def _state_tensors(self):
-        if self.kind == "ema":
-            return [self.embed, self.cluster_size, self.embed_sum]
-        if self.kind == "simvq":
-            return [self.basis, self.proj.weight]
-        return [self.embed]
+    def _sync_from_rank0(self) -> None:
+        if self.distributed == "sharded":
+            state = [self.proj.weight]  # the basis is sharded, W is shared
+        elif self.kind == "ema":
+            state = [self.embed, self.cluster_size, self.embed_sum]
+        else:
+            state = [self.basis, self.proj.weight] if self.kind == "simvq" else [self.embed]
+        for t in state:
+            dist.broadcast(t.data, src=dist.get_global_rank(self.group, 0), group=self.group)
+        self._needs_sync = False
 
     def _apply(self, fn, recurse=True):
         # Keep EMA and usage statistics in fp32 when the module is cast (e.g. vq.to(torch.bfloat16)).
@@ -268,6 +271,8 @@ class VectorQuantizer(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"VectorQuantizer: x must be (..., dim) with dim={self.dim}, got shape "
                              f"{tuple(x.shape)}")
+        if self._needs_sync:
+            self._sync_from_rank0()
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.dim)  # [N, dim]
         if self.metric == "cosine":
