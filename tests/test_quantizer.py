@@ -83,9 +83,15 @@ def test_rotation_trick():
         grads[rot] = torch.autograd.grad(q, x, g)[0]
     assert torch.isfinite(grads[True]).all()
     assert not torch.allclose(grads[True], grads[False])
-    # A rotation and rescale: each row's gradient norm is scaled by |q| / |x|.
-    ratio = vq.embed.detach()[idx].norm(dim=-1) / x.detach().norm(dim=-1)
-    torch.testing.assert_close(grads[True].norm(dim=-1), g.norm(dim=-1) * ratio)
+    # Against the paper's explicit D x D form: dL/de = lambda * R^T g, R = I - 2ww^T + 2vu^T.
+    e, q = x.detach().double(), vq.embed.detach()[idx].double()
+    u, v = F.normalize(e, dim=-1), F.normalize(q, dim=-1)
+    w = F.normalize(u + v, dim=-1)
+    rot = torch.eye(DIM, dtype=torch.float64) - 2 * w[:, :, None] * w[:, None, :] + 2 * v[:, :, None] * u[:, None, :]
+    lam = q.norm(dim=-1, keepdim=True) / e.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(lam * torch.einsum("nij,nj->ni", rot, e), q)  # lambda R e = q
+    want = lam * torch.einsum("nij,ni->nj", rot, g.double())
+    torch.testing.assert_close(grads[True].double(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_ema_update_matches_float64_one_hot_reference():
