@@ -400,9 +400,11 @@ class VectorQuantizer(nn.Module):
             decay = self.ema_decay
             self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
             self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
-            # Laplace smoothing keeps every size positive while preserving the total.
+            # Laplace smoothing keeps every size positive while preserving the total (over all shards).
             n = self.cluster_size.sum()
-            size = (self.cluster_size + self.ema_eps) / (n + self.num_local * self.ema_eps) * n
+            if self.distributed == "sharded":
+                dist.all_reduce(n, group=self.group)
+            size = (self.cluster_size + self.ema_eps) / (n + self.codebook_size * self.ema_eps) * n
             self.embed.copy_(self.embed_sum / size[:, None])
 
         if self.dead_code_threshold > 0:

@@ -268,9 +268,14 @@ def _run_sharded(codes, xs, group_on, kind="learned"):
             vq.proj.weight.copy_(torch.eye(DIM) + 0.01 * torch.arange(DIM * DIM).reshape(DIM, DIM).sin())
         else:
             vq.embed.copy_(codes)
+            if kind == "ema":
+                vq.embed_sum.copy_(codes)
     x = xs.clone().requires_grad_()
     q, idx, loss = vq(x)
     (loss + (q * torch.arange(DIM)).sum()).backward()
+    if kind == "ema":  # one more step: the shard's EMA statistics and codes after two updates
+        vq(xs * 0.5)
+        return {"q": q.detach(), "idx": idx, "loss": loss.detach(), "x_grad": x.grad, "code_grad": vq.embed}
     grad = vq.proj.weight.grad if kind == "simvq" else vq.embed.grad
     return {"q": q.detach(), "idx": idx, "loss": loss.detach(), "x_grad": x.grad, "code_grad": grad}
 
@@ -280,7 +285,8 @@ def _worker(rank, world, init_file, out_dir):
     try:
         x, codes, xs = _data()
         out = {"replicated": _run_replicated(x[rank]), "sharded": _run_sharded(codes, xs, True),
-               "sharded_simvq": _run_sharded(codes, xs, True, "simvq")}
+               "sharded_simvq": _run_sharded(codes, xs, True, "simvq"),
+               "sharded_ema": _run_sharded(codes, xs, True, "ema")}
         # Smoke: every data-dependent path (k-means, EMA, restarts) in both modes stays identical/finite.
         for mode in ("replicated", "sharded"):
             torch.manual_seed(rank)  # different seeds: rank 0's choices must be the ones used
@@ -309,14 +315,15 @@ def test_distributed_replicated_and_sharded():
     assert torch.isfinite(r0["sharded_smoke"]).all() and torch.isfinite(r1["sharded_smoke"]).all()
 
     # Sharded: the same as one process holding the whole codebook, ties across shards included.
-    for kind in ("learned", "simvq"):
+    for kind in ("learned", "simvq", "ema"):
         single = _run_sharded(codes, xs, False, kind)
         assert (single["idx"][:4] == 3).all()
-        for r, out in enumerate((r0["sharded"], r1["sharded"]) if kind == "learned" else
-                                (r0["sharded_simvq"], r1["sharded_simvq"])):
+        key = "sharded" if kind == "learned" else f"sharded_{kind}"
+        for r, out in enumerate((r0[key], r1[key])):
             assert torch.equal(out["idx"], single["idx"])
             for name in ("q", "loss", "x_grad"):
                 torch.testing.assert_close(out[name], single[name])
-            # Learned: each rank holds its shard's gradient; SimVQ: the shared W's full gradient.
-            want = single["code_grad"][r * K // 2:(r + 1) * K // 2] if kind == "learned" else single["code_grad"]
+            # Learned: each rank holds its shard's gradient; SimVQ: the shared W's full gradient; EMA: the
+            # shard's codes after two updates.
+            want = single["code_grad"] if kind == "simvq" else single["code_grad"][r * K // 2:(r + 1) * K // 2]
             torch.testing.assert_close(out["code_grad"], want)
