@@ -2,7 +2,8 @@
 
 from ._backend import BACKENDS, available_backends
 from .derf import Derf, convert_to_derf, derf
+from .quantizer import VectorQuantizer
 from .vq import vq_search, vq_segment_sum
 
-__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum"]
+__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum", "VectorQuantizer"]
 __version__ = "0.1.0"
