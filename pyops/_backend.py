@@ -20,8 +20,17 @@ _CHECK_FINITE = os.environ.get("PYOPS_CHECK_FINITE")  # "1": always, "0": never,
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
+# Read once here: a plain set lookup keeps `resolve` traceable by torch.compile(fullgraph=True).
+_NATIVE_KERNELS = frozenset(
+    (name, key)
+    for key in ("CPU", "CUDA")
+    for name in torch._C._dispatch_get_registrations_for_dispatch_key(key)
+    if name.startswith("pyops::")
+) if _NATIVE_ERROR is None else frozenset()
+
+
 def _native_kernel(op: str, dispatch_key: str) -> bool:
-    return _NATIVE_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"pyops::{op}", dispatch_key)
+    return (f"pyops::{op}", dispatch_key) in _NATIVE_KERNELS
 
 
 def why_unavailable(backend: str, device: torch.device, op: str) -> Optional[str]:
@@ -76,3 +85,15 @@ def resolve(backend: Optional[str], device: torch.device, op: str) -> str:
 def check_finite_enabled(t: torch.Tensor) -> bool:
     """Whether ops should check `t` for NaN/inf: a host sync on GPU, so by default only CPU tensors are."""
     return _CHECK_FINITE == "1" or (_CHECK_FINITE is None and t.device.type == "cpu")
+
+
+
+def check_finite(op: str, name: str, t: torch.Tensor) -> None:
+    """ValueError naming `name` if t holds NaN or inf (skipped when disabled for t's device or compiling).
+
+    One read pass, no bool tensor the size of t: aminmax propagates NaN, and inf shows up in min or max."""
+    if t.numel() == 0 or not check_finite_enabled(t) or torch.compiler.is_compiling():
+        return
+    lo, hi = torch.aminmax(t.detach())
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        raise ValueError(f"{op}: {name} has non-finite values")

@@ -82,8 +82,7 @@ def _check_args(x, alpha, shift, weight, bias, channel_dim) -> int:
             want = f"1 or {channels}" if scalar_ok else f"{channels}"
             raise ValueError(f"derf: {name} must have {want} elements (x has {channels} channels on dim "
                              f"{channel_dim}), got shape {tuple(p.shape)}")
-        if _backend.check_finite_enabled(p) and not torch.compiler.is_compiling() and not bool(torch.isfinite(p).all()):
-            raise ValueError(f"derf: {name} has non-finite values")
+        _backend.check_finite("derf", name, p)
     return channel_dim
 
 

@@ -25,6 +25,11 @@ _LOW32 = (1 << 32) - 1
 # Helpers for the sharded search.
 
 
+def _mean_square(t: Tensor) -> Tensor:
+    """F.mse_loss's value, but 0 rather than NaN for an empty batch."""
+    return t.square().sum() / max(t.numel(), 1)
+
+
 def pack_keys(distances: Tensor, indices: Tensor) -> Tensor:
     """int64 keys whose signed order is (distance, index) order: one all_reduce(MIN) finds the winner.
 
@@ -277,17 +282,21 @@ class VectorQuantizer(nn.Module):
         flat = x.reshape(-1, self.dim)  # [N, dim]
         if self.metric == "cosine":
             flat = F.normalize(flat, dim=-1)
-        if self.training and not bool(self.initted):
+        # An empty batch has nothing to learn from; a rank skipping the update would stall the others' collectives.
+        learn = self.training and flat.shape[0] > 0
+        if self.training and flat.shape[0] == 0 and self.distributed is not None:
+            raise ValueError("VectorQuantizer: x is empty; in distributed training every rank needs a non-empty batch")
+        if learn and not bool(self.initted):
             self._kmeans_init(flat.detach().float())
 
         codes = self.codebook  # [K_local, dim], once per step: SimVQ's W(basis) and the code norms
         indices = self._search(flat.detach(), codes.detach().to(x.dtype))  # [N] global
         q = self._gather(codes, indices).to(x.dtype)  # [N, dim]; grads reach only the chosen codes
 
-        commit = F.mse_loss(flat.float(), q.detach().float())
+        commit = _mean_square(flat.float() - q.detach().float())
         loss = self.commitment_weight * commit
         if self.kind != "ema":
-            loss = loss + F.mse_loss(q.float(), flat.detach().float())
+            loss = loss + _mean_square(q.float() - flat.detach().float())
 
         if self.rotation_trick:
             rotated = _rotate_to(flat, q)  # forward value q exactly, gradient through the rotation
@@ -297,7 +306,7 @@ class VectorQuantizer(nn.Module):
             # would round in bf16).
             out = q.detach() + (flat - flat.detach())
 
-        if self.training:
+        if learn:
             with torch.no_grad():
                 self._update(flat.detach().float(), indices)
         return out.reshape(x.shape), indices.reshape(lead), loss

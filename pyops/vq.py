@@ -110,11 +110,6 @@ def _check_float(op: str, name: str, t) -> None:
         raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
 
 
-def _check_finite(op: str, name: str, t: Tensor) -> None:
-    if _backend.check_finite_enabled(t) and not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{op}: {name} has non-finite values")
-
-
 def vq_search(
     x: Tensor,  # [..., D]
     codebook: Tensor,  # [K, D]
@@ -156,8 +151,8 @@ def vq_search(
     num_codes = codebook.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(num_codes, MAX_K):
         raise ValueError(f"vq_search: k={k!r} must be an int in [1, min(K, {MAX_K})], K={num_codes}")
-    _check_finite("vq_search", "codebook", codebook)
-    _check_finite("vq_search", "x", x)
+    _backend.check_finite("vq_search", "codebook", codebook)
+    _backend.check_finite("vq_search", "x", x)
 
     lead = x.shape[:-1]
     x2 = x.detach().reshape(-1, x.shape[-1])

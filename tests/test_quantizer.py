@@ -210,6 +210,17 @@ def test_bf16_input_keeps_fp32_statistics():
     assert q2.dtype == torch.bfloat16 and vq2.embed.grad.dtype == torch.float32
 
 
+@pytest.mark.parametrize("kind", ["learned", "ema", "simvq"])
+def test_empty_batch(kind):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(DIM, K, codebook=kind, dead_code_threshold=1, usage_window=1)
+    x = torch.randn(2, 0, DIM, requires_grad=True)
+    q, idx, loss = vq(x)
+    assert q.shape == x.shape and idx.shape == (2, 0) and loss.item() == 0.0
+    (q.sum() + loss).backward()
+    assert x.grad.shape == x.shape and all(torch.isfinite(b).all() for b in vq.buffers() if b.is_floating_point())
+
+
 def test_bad_inputs():
     vq = VectorQuantizer(DIM, K)
     with pytest.raises(ValueError, match="dim=8"):
