@@ -7,9 +7,9 @@
 // while the tile is still in L2. Only the per-row candidate lists [splits, N, k'] outlive a task; the
 // exact re-rank then merges them and recomputes distances from the inputs.
 //
-// exact=False searches in fp32 too (fp16/bf16 inputs are widened per tile): on the AVX-512 Xeons we
-// measured, vdpbf16ps retires ~0.4 per cycle against two fp32 FMAs, so a bf16 score costs more than an
-// fp32 one, and ATen's bf16 matmul (oneDNN, bf16 output) ran at 0.65x its fp32 rate.
+// Scores: exact=True (and fp64) uses the BLAS in fp32 (fp64); exact=False uses int8 dot products where the
+// CPU has AVX512-VNNI (vq_int8.h), else fp32 too. Not bf16: on the AVX-512 Xeons we measured, vdpbf16ps
+// gives half the fp32 FMA rate and ATen's bf16 matmul (oneDNN) 0.65x its fp32 rate.
 #pragma once
 
 #ifndef PYOPS_CPU_ISA
@@ -30,6 +30,7 @@
 
 #include "pyops/vq.h"
 #include "pyops/vq_math.h"
+#include "vq_int8.h"
 
 namespace pyops {
 namespace vq {
@@ -43,6 +44,8 @@ constexpr int64_t kNoCode = std::numeric_limits<int64_t>::max();
 // leaving room for the BLAS's packed panels; 256 rows amortise each tile's packing.
 constexpr int64_t kRowBlock = 256;
 constexpr int64_t kCodeTile = 1024;
+// Bytes of int8-packed codes shared by all threads (a chunk of the codebook, reused by every row block).
+constexpr int64_t kInt8Workspace = int64_t{8} << 20;
 
 template <typename scalar_t>
 using MathOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -183,37 +186,77 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
   M* cand_d = cand_d_t.data_ptr<M>();
   int64_t* cand_i = cand_i_t.data_ptr<int64_t>();
 
-  at::parallel_for(0, row_blocks * splits, 1, [&](int64_t t0, int64_t t1) {
-    constexpr bool kConvert = !std::is_same_v<scalar_t, M>;
-    std::vector<M> x_buf(kConvert ? rows_per_task * dim : 0);  // [rows, D] fp16/bf16 rows in fp32
-    std::vector<M> c_buf(kConvert ? kCodeTile * dim : 0);      // [tile, D]
-    at::Tensor dots_t = at::empty({rows_per_task * kCodeTile}, math_opts);  // [rows, tile]
-    M* dots = dots_t.data_ptr<M>();
-    for (int64_t task = t0; task < t1; ++task) {
-      const int64_t block = task / splits, split = task % splits;
-      const int64_t r0 = block * rows_per_task, rows = std::min(rows_per_task, n - r0);
-      M* bd = cand_d + (split * n + r0) * kc;
-      int64_t* bi = cand_i + (split * n + r0) * kc;
-      std::fill(bd, bd + rows * kc, std::numeric_limits<M>::infinity());
-      std::fill(bi, bi + rows * kc, kNoCode);
-      const M* xr = as_math(x + r0 * dim, x_buf.data(), rows * dim);
-      const at::Tensor x_view = at::from_blob(const_cast<M*>(xr), {rows, dim}, math_opts);
-      const int64_t code_end = std::min(num_codes, (split + 1) * tiles_per_split * kCodeTile);
-      for (int64_t c0 = split * tiles_per_split * kCodeTile; c0 < code_end; c0 += kCodeTile) {
-        const int64_t cols = std::min(kCodeTile, code_end - c0);
-        const M* cr = as_math(cb + c0 * dim, c_buf.data(), cols * dim);
-        at::Tensor dots_view = dots_t.narrow(0, 0, rows * cols).view({rows, cols});
-        at::mm_out(dots_view, x_view, at::from_blob(const_cast<M*>(cr), {cols, dim}, math_opts).t());
-        switch (p.metric) {
-          case Metric::kL2: scan_tile<Metric::kL2>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc); break;
-          case Metric::kCosine:
-            scan_tile<Metric::kCosine>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
-            break;
-          case Metric::kIp: scan_tile<Metric::kIp>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc); break;
+  std::fill(cand_d, cand_d + splits * n * kc, std::numeric_limits<M>::infinity());
+  std::fill(cand_i, cand_i + splits * n * kc, kNoCode);
+
+  // exact=False with fp32 math: int8 scores (vq_int8.h) when the CPU has VNNI. The codebook is packed a
+  // chunk at a time (at most kInt8Workspace bytes), once per chunk for all row blocks.
+  const bool use_int8 = std::is_same_v<M, float> && !p.exact && dim <= int8::kMaxDim && int8::supported();
+  const int64_t dp = int8::padded_dim(dim);
+  const int64_t chunk = use_int8 ? std::clamp<int64_t>(kInt8Workspace / dp / kCodeTile, 1, tiles) * kCodeTile
+                                 : tiles * kCodeTile;
+  std::vector<uint8_t> packed(use_int8 ? std::min(chunk, tiles * kCodeTile) * dp : 0);  // [chunk/16, dp/4, 16, 4]
+  std::vector<float> code_scale(use_int8 ? std::min(chunk, tiles * kCodeTile) : 0);      // [chunk]
+
+  for (int64_t chunk0 = 0; chunk0 < num_codes; chunk0 += chunk) {
+    const int64_t chunk_end = std::min(num_codes, chunk0 + chunk);
+    if (use_int8) {
+      const int64_t groups = (chunk_end - chunk0 + int8::kGroup - 1) / int8::kGroup;
+      at::parallel_for(0, groups, 16, [&](int64_t g0, int64_t g1) {
+        const int64_t c0 = chunk0 + g0 * int8::kGroup, cols = std::min(chunk_end, chunk0 + g1 * int8::kGroup) - c0;
+        if constexpr (std::is_same_v<M, float>) {
+          std::vector<float> buf(std::is_same_v<scalar_t, float> ? 0 : cols * dim);
+          int8::pack_codes(as_math(cb + c0 * dim, buf.data(), cols * dim), cols, dim,
+                           packed.data() + g0 * int8::kGroup * dp, code_scale.data() + g0 * int8::kGroup);
+        }
+      });
+    }
+    at::parallel_for(0, row_blocks * splits, 1, [&](int64_t t0, int64_t t1) {
+      constexpr bool kConvert = !std::is_same_v<scalar_t, M>;
+      const int64_t rows_padded = (rows_per_task + int8::kRows - 1) / int8::kRows * int8::kRows;
+      std::vector<M> x_buf(kConvert ? rows_per_task * dim : 0);  // [rows, D] fp16/bf16 rows in fp32
+      std::vector<M> c_buf(kConvert && !use_int8 ? kCodeTile * dim : 0);  // [tile, D]
+      std::vector<int8_t> qx(use_int8 ? rows_padded * dp : 0);          // [rows, dp] int8 rows
+      std::vector<float> qx_scale(use_int8 ? rows_padded : 0);
+      std::vector<int32_t> qx_bias(use_int8 ? rows_padded : 0);
+      at::Tensor dots_t = at::empty({rows_per_task * kCodeTile}, math_opts);  // [rows, tile]
+      M* dots = dots_t.data_ptr<M>();
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t block = task / splits, split = task % splits;
+        const int64_t r0 = block * rows_per_task, rows = std::min(rows_per_task, n - r0);
+        const int64_t code_begin = std::max(chunk0, split * tiles_per_split * kCodeTile);
+        const int64_t code_end = std::min(chunk_end, (split + 1) * tiles_per_split * kCodeTile);
+        if (code_begin >= code_end) continue;
+        M* bd = cand_d + (split * n + r0) * kc;
+        int64_t* bi = cand_i + (split * n + r0) * kc;
+        const M* xr = as_math(x + r0 * dim, x_buf.data(), rows * dim);
+        const at::Tensor x_view = at::from_blob(const_cast<M*>(xr), {rows, dim}, math_opts);
+        if constexpr (std::is_same_v<M, float>) {
+          if (use_int8) int8::quantize_rows(xr, rows, dim, qx.data(), qx_scale.data(), qx_bias.data());
+        }
+        for (int64_t c0 = code_begin; c0 < code_end; c0 += kCodeTile) {
+          const int64_t cols = std::min(kCodeTile, code_end - c0);
+          if constexpr (std::is_same_v<M, float>) {
+            if (use_int8)
+              int8::dots(qx.data(), qx_scale.data(), qx_bias.data(), rows, packed.data() + (c0 - chunk0) * dp,
+                         code_scale.data() + (c0 - chunk0), cols, dim, dots, cols);
+          }
+          if (!use_int8) {
+            const M* cr = as_math(cb + c0 * dim, c_buf.data(), cols * dim);
+            at::Tensor dots_view = dots_t.narrow(0, 0, rows * cols).view({rows, cols});
+            at::mm_out(dots_view, x_view, at::from_blob(const_cast<M*>(cr), {cols, dim}, math_opts).t());
+          }
+          switch (p.metric) {
+            case Metric::kL2: scan_tile<Metric::kL2>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc); break;
+            case Metric::kCosine:
+              scan_tile<Metric::kCosine>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
+              break;
+            case Metric::kIp: scan_tile<Metric::kIp>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc); break;
+          }
         }
       }
-    }
-  });
+    });
+  }
 
   // Re-rank: merge the splits' lists by score, then exact distances in M, sorted by before().
   M* od = out_d.data_ptr<M>();

@@ -1,0 +1,158 @@
+// AVX512-VNNI int8 score kernels of the CPU VQ search (see vq_int8.h); compiled for that ISA with a target
+// pragma and used only when the CPU reports it.
+#include "vq_int8.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYOPS_HAVE_VNNI_KERNELS 1
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+#include <immintrin.h>
+#else
+#define PYOPS_HAVE_VNNI_KERNELS 0
+#endif
+
+namespace pyops {
+namespace vq {
+namespace int8 {
+
+#if PYOPS_HAVE_VNNI_KERNELS
+
+bool supported() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return ok;
+}
+
+namespace {
+
+// q[0, padded_dim) = round(v / s) for one row of `dim` values (zero past dim); returns s = max|v| / 127.
+float quantize_row(const float* v, int64_t dim, int8_t* q) {
+  const int64_t dp = padded_dim(dim);
+  __m512 amax = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= dim; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(v + i)));
+  float m = _mm512_reduce_max_ps(amax);
+  for (; i < dim; ++i) m = std::max(m, std::fabs(v[i]));
+  std::memset(q, 0, dp);
+  if (!(m > 0)) return 0.f;  // an all-zero row (NaN never reaches here: inputs are checked)
+  const __m512 inv = _mm512_set1_ps(127.f / m);
+  for (i = 0; i + 16 <= dim; i += 16)  // cvtps rounds to nearest even; |v| * 127 / m <= 127
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i),
+                     _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + i), inv))));
+  for (; i < dim; ++i) q[i] = static_cast<int8_t>(std::nearbyint(v[i] * (127.f / m)));
+  return m / 127.f;
+}
+
+// One micro-tile: kRows rows x (16 * H) codes, accumulated over every dim in int32, then scaled to floats.
+template <int H>
+void micro_tile(const int8_t* q, int64_t ldq, const float* scale, const int32_t* bias, int64_t rows,
+                const uint8_t* panel, int64_t group_stride, const float* code_scale, int64_t cols, int64_t dim4,
+                float* out, int64_t ld) {
+  __m512i acc[kRows][H];
+  for (int r = 0; r < kRows; ++r)
+    for (int h = 0; h < H; ++h) acc[r][h] = _mm512_setzero_si512();
+  for (int64_t t = 0; t < dim4; ++t) {
+    __m512i c[H];
+    for (int h = 0; h < H; ++h) c[h] = _mm512_loadu_si512(panel + h * group_stride + t * 64);
+    for (int r = 0; r < kRows; ++r) {
+      int32_t four;  // dims 4t..4t+3 of row r, broadcast to every lane
+      std::memcpy(&four, q + r * ldq + 4 * t, 4);
+      const __m512i xb = _mm512_set1_epi32(four);
+      for (int h = 0; h < H; ++h) acc[r][h] = _mm512_dpbusd_epi32(acc[r][h], c[h], xb);
+    }
+  }
+  for (int64_t r = 0; r < std::min<int64_t>(rows, kRows); ++r) {
+    const __m512 sx = _mm512_set1_ps(scale[r]);
+    const __m512i b = _mm512_set1_epi32(bias[r]);
+    for (int h = 0; h < H; ++h) {
+      const int64_t left = cols - 16 * h;
+      if (left <= 0) break;
+      const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][h], b)), sx),
+                                     _mm512_loadu_ps(code_scale + 16 * h));
+      _mm512_mask_storeu_ps(out + r * ld + 16 * h, mask, v);
+    }
+  }
+}
+
+}  // namespace
+
+void pack_codes(const float* codes, int64_t cols, int64_t dim, uint8_t* packed, float* scale) {
+  const int64_t dp = padded_dim(dim), dim4 = dp / 4, groups = (cols + kGroup - 1) / kGroup;
+  std::vector<int8_t> row(dp);
+  for (int64_t j = 0; j < groups * kGroup; ++j) {
+    if (j < cols) {
+      scale[j] = quantize_row(codes + j * dim, dim, row.data());
+    } else {
+      scale[j] = 0.f;
+      std::fill(row.begin(), row.end(), int8_t{0});
+    }
+    // Group layout [dim4][16 codes][4 dims]; xor 0x80 per byte = q + 128 (vpdpbusd's unsigned operand).
+    uint32_t* dst = reinterpret_cast<uint32_t*>(packed + (j / kGroup) * dim4 * 64) + j % kGroup;
+    for (int64_t t = 0; t < dim4; ++t) {
+      uint32_t four;
+      std::memcpy(&four, row.data() + 4 * t, 4);
+      dst[t * kGroup] = four ^ 0x80808080u;
+    }
+  }
+}
+
+void quantize_rows(const float* x, int64_t rows, int64_t dim, int8_t* q, float* scale, int32_t* bias) {
+  const int64_t dp = padded_dim(dim), padded_rows = (rows + kRows - 1) / kRows * kRows;
+  for (int64_t r = 0; r < padded_rows; ++r) {
+    int8_t* qr = q + r * dp;
+    if (r >= rows) {
+      std::memset(qr, 0, dp);
+      scale[r] = 0.f, bias[r] = 0;
+      continue;
+    }
+    scale[r] = quantize_row(x + r * dim, dim, qr);
+    int32_t sum = 0;
+    for (int64_t i = 0; i < dim; ++i) sum += qr[i];
+    bias[r] = 128 * sum;
+  }
+}
+
+void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
+          const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld) {
+  const int64_t dp = padded_dim(dim), dim4 = dp / 4, group_stride = dim4 * 64;
+  // Two groups (32 codes) per panel: 16 accumulators + 2 code vectors stay in registers, and each 64-byte
+  // code load feeds 8 vpdpbusd. The panel streams from L2; the 8 rows (8 * D bytes) sit in L1.
+  for (int64_t j0 = 0; j0 < cols; j0 += 2 * kGroup) {
+    const uint8_t* panel = packed + (j0 / kGroup) * group_stride;
+    const int64_t n = std::min<int64_t>(cols - j0, 2 * kGroup);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const int64_t m = std::min<int64_t>(rows - r0, kRows);
+      if (n > kGroup)
+        micro_tile<2>(q + r0 * dp, dp, scale + r0, bias + r0, m, panel, group_stride, code_scale + j0, n, dim4,
+                      out + r0 * ld + j0, ld);
+      else
+        micro_tile<1>(q + r0 * dp, dp, scale + r0, bias + r0, m, panel, group_stride, code_scale + j0, n, dim4,
+                      out + r0 * ld + j0, ld);
+    }
+  }
+}
+
+#else  // no x86 VNNI kernels in this build
+
+bool supported() { return false; }
+void pack_codes(const float*, int64_t, int64_t, uint8_t*, float*) { TORCH_CHECK(false, "int8 VQ kernels not built"); }
+void quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int32_t*) {
+  TORCH_CHECK(false, "int8 VQ kernels not built");
+}
+void dots(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
+          float*, int64_t) {
+  TORCH_CHECK(false, "int8 VQ kernels not built");
+}
+
+#endif
+
+}  // namespace int8
+}  // namespace vq
+}  // namespace pyops
