@@ -21,13 +21,13 @@ DISTRIBUTED = ("replicated", "sharded")
 _LOW32 = (1 << 32) - 1
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Helpers for the sharded search.
-
-
 def _mean_square(t: Tensor) -> Tensor:
     """F.mse_loss's value, but 0 rather than NaN for an empty batch."""
     return t.square().sum() / max(t.numel(), 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers for the sharded search.
 
 
 def pack_keys(distances: Tensor, indices: Tensor) -> Tensor:
