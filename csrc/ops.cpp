@@ -17,4 +17,44 @@ TORCH_LIBRARY(pyops, m) {
   // Segment sum for EMA codebooks: (sums [S, D], counts [S]) of the rows of values [N, D] grouped by
   // indices [N] (int64 in [0, S)); fp32 outputs (fp64 for fp64 values).
   m.def("vq_segment_sum(Tensor values, Tensor indices, int num_segments) -> (Tensor, Tensor)");
+
+  // Gaussian splatting, gsplat's conventions and stages (pyops/reference/gaussians.py is the spec).
+  // Projection: means [N, 3], quats [N, 4] (wxyz, any norm), scales [N, 3], viewmats [C, 4, 4]
+  // (world-to-camera), Ks [C, 3, 3] -> (radii [C, N, 2] int32 (0: culled), means2d [C, N, 2],
+  // depths [C, N], conics [C, N, 3], compensations [C, N] (ones unless antialiased)).
+  m.def(
+      "gs_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor viewmats, Tensor Ks, int width, "
+      "int height, float eps2d, float near_plane, float far_plane, float radius_clip, bool antialiased) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Returns (v_means, v_quats, v_scales); culled (camera, Gaussian) pairs contribute nothing.
+  m.def(
+      "gs_project_bwd(Tensor means, Tensor quats, Tensor scales, Tensor viewmats, Tensor Ks, int width, "
+      "int height, float eps2d, bool antialiased, Tensor radii, Tensor conics, Tensor compensations, "
+      "Tensor v_means2d, Tensor v_depths, Tensor v_conics, Tensor v_compensations) -> (Tensor, Tensor, Tensor)");
+  // Spherical harmonics of `degree` (0-3): dirs [M, 3] (any norm), coeffs [M, K, 3] (K >= (degree+1)^2)
+  // -> colors [M, 3] (no +0.5 offset, no clamp; the caller adds those as gsplat does).
+  m.def("gs_sh_fwd(int degree, Tensor dirs, Tensor coeffs) -> Tensor");
+  // Returns (v_coeffs [M, K, 3], v_dirs [M, 3]).
+  m.def("gs_sh_bwd(int degree, Tensor dirs, Tensor coeffs, Tensor v_colors) -> (Tensor, Tensor)");
+  // Tile intersection: one key per (camera, Gaussian, touched tile), camera | tile | depth bits, sorted.
+  // Returns (tiles_per_gauss [C, N] int32, isect_ids [M] int64, flatten_ids [M] int32 = c * N + g);
+  // raises when M would not fit in int32.
+  m.def(
+      "gs_intersect_tiles(Tensor means2d, Tensor radii, Tensor depths, int tile_size, int tile_width, "
+      "int tile_height) -> (Tensor, Tensor, Tensor)");
+  // First intersection of every (camera, tile) in the sorted isect_ids: [C, tile_height, tile_width] int32.
+  m.def("gs_tile_offsets(Tensor isect_ids, int n_cameras, int tile_width, int tile_height) -> Tensor");
+  // Front-to-back blending per tile: means2d [C, N, 2], conics [C, N, 3], colors [C, N, D],
+  // opacities [C, N], backgrounds [C, D] or None -> (render_colors [C, H, W, D], render_alphas
+  // [C, H, W, 1], last_ids [C, H, W] int32: index into flatten_ids of the last blended Gaussian, -1: none).
+  m.def(
+      "gs_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
+      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids) -> (Tensor, Tensor, Tensor)");
+  // Back-to-front replay. Returns (v_means2d, v_conics, v_colors, v_opacities, v_backgrounds (empty
+  // without backgrounds), v_means2d_abs (|per-pixel v_means2d| summed; empty unless absgrad)).
+  m.def(
+      "gs_rasterize_bwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
+      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids, Tensor render_alphas, "
+      "Tensor last_ids, Tensor v_render_colors, Tensor v_render_alphas, bool absgrad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
