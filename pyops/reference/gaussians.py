@@ -191,13 +191,13 @@ def project_ewa(
             op = opacities.detach()[None, :].expand(C, N)
             if antialiased:
                 op = op * compensations
-            valid &= op >= ALPHA_THRESHOLD
+            valid = valid & (op >= ALPHA_THRESHOLD)  # never in place: where() above saved valid
             extend = torch.minimum(extend, torch.sqrt(2 * torch.log(op.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)))
         rx = torch.ceil(extend * torch.sqrt(a.clamp_min(0)))
         ry = torch.ceil(extend * torch.sqrt(d.clamp_min(0)))
-        valid &= (rx > radius_clip) | (ry > radius_clip)
+        valid = valid & ((rx > radius_clip) | (ry > radius_clip))
         mx, my = means2d[..., 0], means2d[..., 1]
-        valid &= (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        valid = valid & (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         # gsplat casts the float radius to int32 unchecked; clamping keeps absurd splats representable.
         radii = torch.stack([rx, ry], dim=-1).clamp_max(_INT32_MAX).to(torch.int32)
         radii = torch.where(valid[..., None], radii, torch.zeros_like(radii))
@@ -406,7 +406,7 @@ def rasterize_dense(
     alpha = torch.where(blend, alpha, torch.zeros_like(alpha))
 
     # T after each Gaussian if nothing stopped; the first one to reach <= 1e-4 and all later ones are dropped.
-    blend &= torch.cumprod(1 - alpha, dim=-1) > T_EPS
+    blend = blend & (torch.cumprod(1 - alpha, dim=-1) > T_EPS)  # not in place: where() saved blend
     alpha = torch.where(blend, alpha, torch.zeros_like(alpha))
     t_after = torch.cumprod(1 - alpha, dim=-1)  # sequential products, as the kernel's running T
     ones = torch.ones_like(t_after[..., :1])
