@@ -455,3 +455,210 @@ def test_blend_rules():
     assert c[0] == 0 and a[0] == 0 and c[1] == pytest.approx(0.5 * math.exp(-0.5 * 0.6 ** 2))
     c, a = render([0.5], [1.0], means=[[1.9, 0.5]], radius=1)  # box from tile floor(0.9) = 0: both pixels
     assert c[0] == pytest.approx(0.5 * math.exp(-0.5 * 1.4 ** 2))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (c) Gradients by finite differences.
+
+
+def tiny_scene(sh_degree=None):
+    """3 large, half-transparent Gaussians filling a 12x10 image seen by 2 cameras (float64)."""
+    g = torch.Generator().manual_seed(11)
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.15, -0.1, 0.1], [-0.1, 0.12, -0.15]], dtype=torch.float64)
+    quats = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    scales = torch.tensor([[0.9, 1.0, 1.1], [1.1, 0.95, 1.0], [1.0, 1.05, 0.9]], dtype=torch.float64)
+    opacities = torch.tensor([0.35, 0.5, 0.45], dtype=torch.float64)
+    colors = torch.rand(3, 3, generator=g, dtype=torch.float64) if sh_degree is None else \
+        0.3 * torch.randn(3, (sh_degree + 1) ** 2, 3, generator=g, dtype=torch.float64)
+    viewmats = torch.stack([look_at([5.0, 0.3, 0.4]), look_at([-0.5, 4.0, 3.0])])
+    Ks = torch.tensor([[20.0, 0, 6.2], [0, 21.0, 4.9], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
+    backgrounds = torch.tensor([[0.3, 0.6, 0.9], [0.8, 0.1, 0.4]], dtype=torch.float64)
+    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
+                Ks=Ks), backgrounds
+
+
+def assert_far_from_discontinuities(s, width, height, tile_size, config):
+    """Finite differences are only valid if no cut flips under a small perturbation: every Gaussian covers
+    every tile with room to spare, every alpha is well above 1/255 and below the 0.999 clamp, and T stays far
+    from the 1e-4 stop."""
+    _, alphas, meta = ours(s, width, height, tile_size=tile_size, **config)
+    tiles = math.ceil(width / tile_size) * math.ceil(height / tile_size)
+    assert (meta["tiles_per_gauss"] == tiles).all()
+    m, r = meta["means2d"], meta["radii"].double()
+    assert ((m - r < -2) & (m[..., 0:1] + r[..., 0:1] > width + 2) & (m[..., 1:2] + r[..., 1:2] > height + 2)).all()
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    dx = m[:, :, None, None, 0] - xs
+    dy = m[:, :, None, None, 1] - ys
+    a, b, c = (meta["conics"][:, :, k, None, None] for k in range(3))
+    alpha = meta["opacities"][:, :, None, None] * torch.exp(-(0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy))
+    assert alpha.min() > 2 / 255 and alpha.max() < 0.9 and (1 - alphas).min() > 1e-2
+
+
+@pytest.mark.parametrize("config", [
+    dict(rasterize_mode="classic", render_mode="RGB"),
+    dict(rasterize_mode="antialiased", render_mode="RGB+ED", sh_degree=2),
+    dict(rasterize_mode="classic", render_mode="D", sh_degree=0),
+], ids=["classic-RGB", "antialiased-RGB+ED-sh2", "classic-D-sh0"])
+def test_gradcheck(config):
+    width, height, tile_size = 12, 10, 8
+    s, backgrounds = tiny_scene(config.get("sh_degree"))
+    assert_far_from_discontinuities(s, width, height, tile_size, config)
+    names = ("means", "quats", "scales", "opacities", "colors")
+
+    def f(means, quats, scales, opacities, colors, backgrounds):
+        render, alphas, _ = ref.rasterize_gaussians(means, quats, scales, opacities, colors, s["viewmats"], s["Ks"],
+                                                    width, height, tile_size=tile_size, backgrounds=backgrounds,
+                                                    **config)
+        return render, alphas
+
+    inputs = tuple(s[k].clone().requires_grad_() for k in names) + (backgrounds.clone().requires_grad_(),)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (d) Degenerate inputs.
+
+
+def grads_of(s, width, height, names=("means", "quats", "scales", "opacities", "colors"), **kw):
+    x = {k: v.clone().requires_grad_(k in names) for k, v in s.items()}
+    render, alphas, meta = ours(x, width, height, **kw)
+    (render.sum() + alphas.sum()).backward()
+    return render, alphas, meta, {k: x[k].grad for k in names}
+
+
+@pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
+def test_degenerate_scales_and_quaternions(rasterize_mode):
+    s = scene(30, n_cams=2, seed=12, sh_degree=1)
+    s["scales"][0] = 0  # a point
+    s["scales"][1, 0] = 0  # flat
+    s["scales"][2] = -s["scales"][3]  # mirrored copy of 3
+    s["means"][2], s["quats"][2] = s["means"][3], s["quats"][3]
+    s["quats"][4] = 0  # normalises to zero: identity rotation
+    kw = dict(sh_degree=1, rasterize_mode=rasterize_mode, render_mode="RGB+ED")
+    render, alphas, meta, grads = grads_of(s, WIDTH, HEIGHT, **kw)
+    assert torch.isfinite(render).all() and torch.isfinite(alphas).all()
+    for k in ("means2d", "depths", "conics", "opacities"):
+        assert torch.isfinite(meta[k]).all(), k
+    for k, g in grads.items():
+        assert torch.isfinite(g).all(), k
+    # The sign of a scale does not matter.
+    assert torch.equal(meta["radii"][:, 2], meta["radii"][:, 3])
+    torch.testing.assert_close(meta["conics"][:, 2], meta["conics"][:, 3], atol=1e-12, rtol=0)
+    if rasterize_mode == "antialiased":
+        # A point has no footprint before the blur: compensation 0, so opacity 0 -> culled, no gradient.
+        assert (meta["compensations"][:, 0] == 0).all() and (meta["radii"][:, 0] == 0).all()
+        assert all((g[0] == 0).all() for g in grads.values())
+    else:
+        assert ((meta["radii"][:, 0] > 0).all(-1) | (meta["depths"][:, 0] == 0)).all()  # the blur keeps it
+
+
+def test_culled_gaussians_have_zero_radius_and_gradient():
+    """Camera at the origin looking down +z (identity viewmat), so camera z is world z exactly."""
+    near, far = 0.01, 20.0
+    means = torch.tensor([
+        [0.0, 0.0, 0.0],  # at the camera centre (SH direction is zero)
+        [0.1, 0.0, -1.0],  # behind
+        [0.0, 0.1, 0.5 * near],  # in front of the near plane
+        [0.0, 0.0, 30.0],  # beyond the far plane
+        [50.0, 0.0, 2.0],  # far outside the image
+        [0.0, 0.0, near],  # on the near plane: kept (gsplat culls z < near), and huge
+        [0.1, 0.05, 3.0],  # ordinary
+        [-0.1, 0.0, 3.5],  # ordinary
+    ], dtype=torch.float64)
+    n = len(means)
+    g = torch.Generator().manual_seed(13)
+    s = dict(means=means, quats=torch.randn(n, 4, generator=g, dtype=torch.float64),
+             scales=torch.full((n, 3), 0.05, dtype=torch.float64),
+             opacities=torch.full((n,), 0.6, dtype=torch.float64),
+             colors=0.3 * torch.randn(n, 4, 3, generator=g, dtype=torch.float64),
+             viewmats=torch.eye(4, dtype=torch.float64)[None],
+             Ks=torch.tensor([[30.0, 0, 20], [0, 30.0, 13.5], [0, 0, 1]], dtype=torch.float64)[None])
+    bg = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
+    for rasterize_mode in ("classic", "antialiased"):
+        render, alphas, meta, grads = grads_of(s, WIDTH, HEIGHT, sh_degree=1, near_plane=near, far_plane=far,
+                                               rasterize_mode=rasterize_mode, backgrounds=bg, render_mode="RGB+D")
+        assert torch.isfinite(render).all() and all(torch.isfinite(v).all() for v in grads.values())
+        radii = meta["radii"][0]
+        assert (radii[:5] == 0).all() and (radii[5:] > 0).all()
+        for k, v in grads.items():
+            assert (v[:5] == 0).all(), k
+            assert (v[6:] != 0).any(), k
+        for k in ("means2d", "depths", "conics"):
+            assert (meta[k][0, :5] == 0).all()
+        # The near-plane Gaussian is enormous: its box covers every tile, clamped to the image.
+        assert meta["tiles_per_gauss"][0, 5] == 3 * 2 and radii[5].min() > 100
+
+
+def test_huge_radius_is_clamped():
+    means = torch.tensor([[0.0, 0.0, 0.02], [0.1, 0.0, 3.0]], dtype=torch.float64)
+    s = dict(means=means, quats=torch.tensor([[1.0, 0, 0, 0]] * 2, dtype=torch.float64),
+             scales=torch.tensor([[1e8, 1e8, 1e8], [0.05, 0.05, 0.05]], dtype=torch.float64),
+             opacities=torch.tensor([0.3, 0.9], dtype=torch.float64),
+             colors=torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64),
+             viewmats=torch.eye(4, dtype=torch.float64)[None],
+             Ks=torch.tensor([[30.0, 0, 20], [0, 30.0, 13.5], [0, 0, 1]], dtype=torch.float64)[None])
+    render, alphas, meta, grads = grads_of(s, WIDTH, HEIGHT, tile_size=8)
+    assert (meta["radii"][0, 0] == 2 ** 31 - 1).all()  # beyond int32: clamped, not wrapped
+    assert meta["tiles_per_gauss"][0, 0] == 5 * 4
+    assert torch.isfinite(render).all() and all(torch.isfinite(v).all() for v in grads.values())
+    torch.testing.assert_close(alphas[0, 0, 0], torch.tensor([0.3], dtype=torch.float64))  # flat: alpha = opacity
+    for dtype in DTYPES:  # large but representable, in both precisions
+        s32 = {k: v.to(dtype) for k, v in s.items()}
+        s32["scales"][0] = 1e3
+        render, alphas, meta = ours(s32, WIDTH, HEIGHT, tile_size=8)
+        assert torch.isfinite(render).all() and meta["tiles_per_gauss"][0, 0] == 20
+
+
+@pytest.mark.parametrize("render_mode", ref.RENDER_MODES)
+def test_empty_and_fully_culled_scenes_render_the_background(render_mode):
+    bg = torch.tensor([[0.2, 0.4, 0.6], [0.9, 0.8, 0.7]], dtype=torch.float64)
+    full = scene(10, n_cams=2, seed=14)
+    empty = {k: (v[:0] if k not in ("viewmats", "Ks") else v) for k, v in full.items()}
+    behind = dict(full, means=full["means"] * 0.1 + torch.linalg.inv(full["viewmats"][0])[:3, 3] * 2)
+    expected_color = {"RGB": bg, "RGB+D": torch.cat([bg, torch.zeros(2, 1, dtype=torch.float64)], -1),
+                      "RGB+ED": torch.cat([bg, torch.zeros(2, 1, dtype=torch.float64)], -1)}.get(
+        render_mode, torch.zeros(2, 1, dtype=torch.float64))
+    for s, n in ((empty, 0), (behind, 10)):
+        x = {k: v.clone().requires_grad_(k in ("means", "opacities")) for k, v in s.items()}
+        b = bg.clone().requires_grad_()
+        render, alphas, meta = ours(x, WIDTH, HEIGHT, backgrounds=b, render_mode=render_mode)
+        if n == 0:
+            assert meta["isect_ids"].numel() == 0 and (meta["isect_offsets"] == 0).all()
+            assert meta["radii"].shape == (2, 0, 2) and meta["tiles_per_gauss"].shape == (2, 0)
+        cams = [0, 1] if n == 0 else [c for c in range(2) if (meta["radii"][c] == 0).all()]
+        assert cams, "camera 0 should see nothing"
+        for c in cams:
+            assert (alphas[c] == 0).all()
+            assert torch.equal(render[c], expected_color[c].expand_as(render[c]))
+        render.sum().backward()
+        assert (b.grad is None) == (render_mode in ("D", "ED"))  # depth-only modes ignore backgrounds
+        assert all(torch.isfinite(v.grad).all() for v in x.values() if v.requires_grad)
+        if b.grad is not None:
+            assert torch.isfinite(b.grad).all()
+
+
+@pytest.mark.parametrize("width,height,tile_size", [(17, 5, 16), (5, 17, 8), (1, 1, 16), (33, 9, 4)], ids=str)
+def test_image_sizes_not_multiple_of_tile(gs, width, height, tile_size):
+    s = scene(60, n_cams=2, width=width, height=height, seed=15)
+    bg = torch.tensor([[0.5, 0.5, 0.5], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    kw = dict(tile_size=tile_size, backgrounds=bg)
+    render, alphas, meta = ours(s, width, height, **kw)
+    e_render, e_alphas, _ = gsplat_pipeline(gs, s, width, height, **kw)
+    assert render.shape == (2, height, width, 3)
+    assert meta["isect_offsets"].shape == (2, math.ceil(height / tile_size), math.ceil(width / tile_size))
+    torch.testing.assert_close(render, e_render, **tol(torch.float64))
+    torch.testing.assert_close(alphas, e_alphas, **tol(torch.float64))
+
+
+def test_errors_name_the_argument():
+    s = scene(5, n_cams=1)
+    with pytest.raises(ValueError, match="render_mode"):
+        ours(s, WIDTH, HEIGHT, render_mode="RGBD")
+    with pytest.raises(ValueError, match="rasterize_mode"):
+        ours(s, WIDTH, HEIGHT, rasterize_mode="aa")
+    with pytest.raises(ValueError, match="needs 9 coefficients"):
+        ref.spherical_harmonics(2, torch.randn(5, 3), torch.randn(5, 4, 3))
+    with pytest.raises(ValueError, match="degree 5"):
+        ref.spherical_harmonics(5, torch.randn(5, 3), torch.randn(5, 36, 3))
+    with pytest.raises(ValueError, match="32 key bits"):
+        ref.isect_offsets(torch.zeros(0, dtype=torch.int64), 1 << 12, 1 << 10, 1 << 10)

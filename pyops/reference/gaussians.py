@@ -1,8 +1,11 @@
 """Pure-PyTorch 3D Gaussian splatting: the specification a future CUDA/Triton/C++ rasterizer is tested against.
 
-It reproduces gsplat 1.5.3's `rasterization()` (pinhole camera, unpacked/packed give the same images) in plain
+It reproduces gsplat 1.5.3's `rasterization()` for a pinhole camera and no batch dimensions, in plain
 autograd-differentiable torch, in the input dtype (float32 or float64). Readable first, fast never: the
-renderer builds a [C, H*W, N] tensor, so keep scenes small.
+renderer builds a [C, H*W, N] tensor, so keep scenes small. gsplat's CUDA path computes in float32 (and
+uses __expf); its _torch_impl twins, our oracle in tests, compute in the input dtype like this file.
+packed=True (rasterization()'s default) and packed=False give the same images: the packed projection
+(ProjectionEWA3DGSPacked.cu) applies the same culls and lists Gaussians in the same (camera, gaussian) order.
 
 Semantics verified in gsplat 1.5.3's source (file / function read), which kernels must keep:
 
@@ -49,8 +52,9 @@ Tile intersection (cuda/csrc/IntersectTile.cu `intersect_tile_kernel`, `intersec
     tile_bits = bit_length(tile_width * tile_height), image bits = bit_length(C), their sum must be <= 32;
     depth_bits = the float32 bit pattern of the depth, zero-extended (orders like the depth for depth >= 0).
   - Intersections are emitted per Gaussian in flatten-id order (c * N + n), tiles row-major, then sorted by a
-    stable radix sort (CUB), so equal keys keep the lower flatten id first. flatten_ids are int32 in gsplat,
-    int64 here.
+    stable radix sort (CUB), so equal keys keep the lower flatten id first. (_torch_impl's `_isect_tiles`
+    uses torch.sort, which is not stable and was seen to reorder ties; the CUDA order is the spec.)
+    flatten_ids are int32 in gsplat, int64 here.
   - isect_offsets [C, tile_height, tile_width] int32: index of the first intersection of each tile in the
     sorted list = exclusive cumulative count (empty tiles point to the next non-empty one; all 0 if none).
 
@@ -409,7 +413,7 @@ def rasterize_dense(
     blend = blend & (torch.cumprod(1 - alpha, dim=-1) > T_EPS)  # not in place: where() saved blend
     alpha = torch.where(blend, alpha, torch.zeros_like(alpha))
     t_after = torch.cumprod(1 - alpha, dim=-1)  # sequential products, as the kernel's running T
-    ones = torch.ones_like(t_after[..., :1])
+    ones = t_after.new_ones(C, py.numel(), 1)
     t_before = torch.cat([ones, t_after[..., :-1]], dim=-1)
     t_final = t_after[..., -1:] if N > 0 else ones  # [C, P, 1]
 
