@@ -252,10 +252,10 @@ def test_project_ewa_opacity_aware_radius_and_radius_clip(gs, antialiased):
         op = s["opacities"][None] * (e_comps if antialiased else 1)
         extend = torch.sqrt(2 * torch.log(op.clamp_min(1 / 255) * 255)).clamp_max(3.33)
         r = torch.ceil(extend[..., None] * torch.sqrt(torch.diagonal(cov2d, dim1=-2, dim2=-1)))
-        # Culls: _torch_impl's (depth, off-image with the 3.33 box) are a superset test of the image test
-        # below only when the box shrinks, so redo the image test with the new box.
+        # Whatever _torch_impl culls (depth, box off the image) stays culled, since the box only shrinks;
+        # then the opacity cut, radius_clip (culled if both radii <= it) and the image test with the new box.
         m = gs_project(gs, s)[1]
-        keep = (op >= 1 / 255) & ((r > radius_clip).any(-1)) & (e_radii > 0).any(-1)  # depth-culled stay culled
+        keep = (e_radii > 0).any(-1) & (op >= 1 / 255) & (r > radius_clip).any(-1)
         keep &= (m + r > 0).all(-1) & (m[..., 0] - r[..., 0] < WIDTH) & (m[..., 1] - r[..., 1] < HEIGHT)
         expected = torch.where(keep[..., None], r, 0).int()
         torch.testing.assert_close(radii, expected, atol=0, rtol=0)
