@@ -19,11 +19,14 @@ TORCH_LIBRARY(pyops, m) {
   m.def("vq_segment_sum(Tensor values, Tensor indices, int num_segments) -> (Tensor, Tensor)");
 
   // Gaussian splatting, gsplat's conventions and stages (pyops/reference/gaussians.py is the spec).
-  // Projection: means [N, 3], quats [N, 4] (wxyz, any norm), scales [N, 3], viewmats [C, 4, 4]
-  // (world-to-camera), Ks [C, 3, 3] -> (radii [C, N, 2] int32 (0: culled), means2d [C, N, 2],
-  // depths [C, N], conics [C, N, 3], compensations [C, N] (ones unless antialiased)).
+  // Projection: means [N, 3], quats [N, 4] (wxyz, any norm), scales [N, 3], opacities [N] or None,
+  // viewmats [C, 4, 4] (world-to-camera), Ks [C, 3, 3] -> (radii [C, N, 2] int32 (0: culled), means2d
+  // [C, N, 2], depths [C, N], conics [C, N, 3], compensations [C, N] (ones unless antialiased)). With
+  // opacities, Gaussians whose opacity (times compensation) is below 1/255 are culled and the radius uses
+  // the opacity-aware extent, as gsplat's rasterization() does.
   m.def(
-      "gs_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor viewmats, Tensor Ks, int width, "
+      "gs_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor? opacities, Tensor viewmats, Tensor Ks, "
+      "int width, "
       "int height, float eps2d, float near_plane, float far_plane, float radius_clip, bool antialiased) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Returns (v_means, v_quats, v_scales); culled (camera, Gaussian) pairs contribute nothing.

@@ -1,10 +1,13 @@
 """pyops: fused PyTorch ops in CUDA, Triton and C++, each a torch.library op with autograd."""
 
 from ._backend import BACKENDS, available_backends
-from . import gaussians  # noqa: F401  (fake kernels of the gs_* stage ops)
 from .derf import Derf, convert_to_derf, derf
+from .gaussians import (intersect_tiles, project_gaussians, quat_scale_to_covar, rasterize_gaussians,
+                        rasterize_to_pixels, spherical_harmonics, tile_offsets)
 from .quantizer import VectorQuantizer
 from .vq import vq_search, vq_segment_sum
 
-__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum", "VectorQuantizer"]
+__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum", "VectorQuantizer",
+           "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterize_gaussians",
+           "rasterize_to_pixels", "spherical_harmonics", "tile_offsets"]
 __version__ = "0.1.0"

@@ -1,16 +1,33 @@
-"""Gaussian-splatting rasterizer ops (gsplat conventions): projection, spherical harmonics, tile
-intersection, tile offsets and per-tile blending, forward and backward. `pyops/reference/gaussians.py` is
-the spec; the native kernels register on the schemas in csrc/ops.cpp.
+"""Gaussian-splatting rasterizer (gsplat's conventions and stages): projection, spherical harmonics, tile
+intersection and sort, tile offsets and per-tile front-to-back blending, forward and backward.
 
-Work in progress (issue 4): this module holds the fake (meta) kernels of the stage ops so far.
+`pyops/reference/gaussians.py` is the spec (and the "torch" backend); the native CPU/CUDA kernels register
+on the schemas in csrc/ops.cpp, the Triton ones as ``pyops::<op>_triton``. `rasterize_gaussians` composes
+the stages exactly as gsplat's ``rasterization`` does, so switching is one import.
 """
 
+import math
+from typing import Dict, Optional, Tuple
+
 import torch
+from torch import Tensor
 
 from . import _backend
+from .reference import gaussians as reference
+
+if _backend.HAS_TRITON:
+    try:
+        from .triton_kernels import gaussians as _triton  # noqa: F401  (registers pyops::gs_*_triton)
+    except ImportError:  # not written yet on this branch
+        _triton = None
+
+RENDER_MODES, RASTERIZE_MODES = reference.RENDER_MODES, reference.RASTERIZE_MODES
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration: fake (meta) kernels and autograd of the native and Triton op pairs.
 
 
-def _fake_project_fwd(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+def _fake_project_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
                       radius_clip, antialiased):
     c, n = viewmats.shape[0], means.shape[0]
     return (means.new_empty(c, n, 2, dtype=torch.int32), means.new_empty(c, n, 2), means.new_empty(c, n),
@@ -56,9 +73,369 @@ def _fake_rasterize_bwd(means2d, conics, colors, opacities, backgrounds, width, 
             torch.empty_like(opacities), v_bg, v_abs)
 
 
+def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g
+
+
+def _register_project_autograd(fwd: str, bwd_op) -> None:
+    def setup_context(ctx, inputs, output):
+        means, quats, scales, _, viewmats, Ks, width, height, eps2d, _, _, _, antialiased = inputs
+        radii, _, _, conics, compensations = output
+        ctx.save_for_backward(means, quats, scales, viewmats, Ks, radii, conics, compensations)
+        ctx.args = (width, height, eps2d, antialiased)
+
+    def backward(ctx, _g_radii, g_means2d, g_depths, g_conics, g_compensations):
+        means, quats, scales, viewmats, Ks, radii, conics, compensations = ctx.saved_tensors
+        width, height, eps2d, antialiased = ctx.args
+        v_means, v_quats, v_scales = bwd_op(
+            means, quats, scales, viewmats, Ks, width, height, eps2d, antialiased, radii, conics, compensations,
+            _zeros_if_none(g_means2d, conics[..., :2]), _zeros_if_none(g_depths, compensations),
+            _zeros_if_none(g_conics, conics), _zeros_if_none(g_compensations, compensations))
+        return v_means, v_quats, v_scales, None, None, None, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+
+def _register_sh_autograd(fwd: str, bwd_op) -> None:
+    def setup_context(ctx, inputs, output):
+        degree, dirs, coeffs = inputs
+        ctx.save_for_backward(dirs, coeffs)
+        ctx.degree = degree
+
+    def backward(ctx, g_colors):
+        dirs, coeffs = ctx.saved_tensors
+        v_coeffs, v_dirs = bwd_op(ctx.degree, dirs, coeffs, g_colors)
+        return None, v_dirs, v_coeffs
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+
+def _register_rasterize_autograd(fwd: str, bwd_op) -> None:
+    def setup_context(ctx, inputs, output):
+        means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids = inputs
+        _, render_alphas, last_ids = output
+        ctx.save_for_backward(means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, render_alphas,
+                              last_ids)
+        ctx.args = (width, height, tile_size)
+        ctx.absgrad_to = means2d if getattr(means2d, "_pyops_absgrad", False) else None  # rasterize_to_pixels
+
+    def backward(ctx, g_colors, g_alphas, _g_last):
+        means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, alphas, last_ids = ctx.saved_tensors
+        width, height, tile_size = ctx.args
+        v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs = bwd_op(
+            means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids, alphas,
+            last_ids, _zeros_if_none(g_colors, colors.new_empty(alphas.shape[:-1] + colors.shape[-1:])),
+            _zeros_if_none(g_alphas, alphas), ctx.absgrad_to is not None)
+        if ctx.absgrad_to is not None:
+            ctx.absgrad_to.absgrad = v_abs  # gsplat's convention: meta["means2d"].absgrad
+        return (v_means2d, v_conics, v_colors, v_opacities, v_bg if backgrounds is not None else None,
+                None, None, None, None, None)
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+
+def _register_all(suffix: str) -> None:
+    ops = torch.ops.pyops
+    _register_project_autograd(f"pyops::gs_project_fwd{suffix}", getattr(ops, f"gs_project_bwd{suffix}"))
+    _register_sh_autograd(f"pyops::gs_sh_fwd{suffix}", getattr(ops, f"gs_sh_bwd{suffix}"))
+    _register_rasterize_autograd(f"pyops::gs_rasterize_fwd{suffix}", getattr(ops, f"gs_rasterize_bwd{suffix}"))
+
+
 if _backend._NATIVE_ERROR is None:
     for _name, _fake in (("gs_project_fwd", _fake_project_fwd), ("gs_project_bwd", _fake_project_bwd),
                          ("gs_sh_fwd", _fake_sh_fwd), ("gs_sh_bwd", _fake_sh_bwd),
                          ("gs_intersect_tiles", _fake_intersect_tiles), ("gs_tile_offsets", _fake_tile_offsets),
                          ("gs_rasterize_fwd", _fake_rasterize_fwd), ("gs_rasterize_bwd", _fake_rasterize_bwd)):
         torch.library.register_fake(f"pyops::{_name}")(_fake)
+    _register_all("")
+if _backend.HAS_TRITON and hasattr(torch.ops.pyops, "gs_rasterize_fwd_triton"):
+    _register_all("_triton")  # triton_op derives the fake kernels from the Python launchers
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument checks: named errors, never a crash inside a kernel.
+
+
+def _check_tensor(op: str, name: str, t, shape: Tuple, device: Optional[torch.device] = None,
+                  dtype: Optional[torch.dtype] = None) -> None:
+    """t must be a floating Tensor of `shape` (None entries: any size) on `device` with `dtype`."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    if t.dim() != len(shape) or any(want is not None and have != want for have, want in zip(t.shape, shape)):
+        want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+        raise ValueError(f"{op}: {name} must have shape {want}, got {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise RuntimeError(f"{op}: {name} is on {t.device} but means is on {device}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{op}: {name} has dtype {t.dtype} but means has {dtype}")
+    _backend.check_finite(op, name, t)
+
+
+def _check_size(op: str, name: str, v, minimum: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{op}: {name}={v!r} must be an int >= {minimum}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stages, each a public op.
+
+
+def _resolve(backend: Optional[str], device: torch.device, op: str) -> str:
+    return _backend.resolve(backend, device, op)
+
+
+def _op(which: str, name: str):
+    return getattr(torch.ops.pyops, name + ("_triton" if which == "triton" else ""))
+
+
+def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
+    """3D covariances ``R S S^T R^T`` ``(N, 3, 3)`` from quaternions ``(N, 4)`` (wxyz, any norm) and scales
+    ``(N, 3)``; plain PyTorch (the fused projection computes it on the fly)."""
+    _check_tensor("quat_scale_to_covar", "quats", quats, (None, 4))
+    _check_tensor("quat_scale_to_covar", "scales", scales, (quats.shape[0], 3), quats.device, quats.dtype)
+    return reference.quat_scale_to_covar(quats, scales)
+
+
+def project_gaussians(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    opacities: Optional[Tensor] = None,  # [N]
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    antialiased: bool = False,
+    backend: Optional[str] = None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """EWA projection of 3D Gaussians into C pinhole cameras (gsplat's ``fully_fused_projection``).
+
+    Returns:
+        ``(radii (C, N, 2) int32, means2d (C, N, 2), depths (C, N), conics (C, N, 3), compensations (C, N)
+        or None)``;
+        a Gaussian culled in a camera (behind the near plane, beyond the far plane, radius <= radius_clip, off
+        the image, or, when ``opacities`` are given, opacity below 1/255) has radius 0 there and receives no
+        gradient from it. ``opacities`` also shrink the radius to where the Gaussian's alpha reaches 1/255
+        (gsplat's rasterization() passes them). ``compensations`` is the
+        antialiasing opacity factor (None unless ``antialiased``).
+    """
+    op = "project_gaussians"
+    _check_tensor(op, "means", means, (None, 3))
+    n, dev, dt = means.shape[0], means.device, means.dtype
+    _check_tensor(op, "quats", quats, (n, 4), dev, dt)
+    _check_tensor(op, "scales", scales, (n, 3), dev, dt)
+    if opacities is not None:
+        _check_tensor(op, "opacities", opacities, (n,), dev, dt)
+    _check_tensor(op, "viewmats", viewmats, (None, 4, 4), dev, dt)
+    _check_tensor(op, "Ks", Ks, (viewmats.shape[0], 3, 3), dev, dt)
+    _check_size(op, "width", width)
+    _check_size(op, "height", height)
+    which = _resolve(backend, dev, "gs_project_fwd")
+    if which == "torch":
+        return reference.project_ewa(means, reference.quat_scale_to_covar(quats, scales), viewmats, Ks, width,
+                                     height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+                                     radius_clip=radius_clip, antialiased=antialiased, opacities=opacities)
+    radii, means2d, depths, conics, compensations = _op(which, "gs_project_fwd")(
+        means.contiguous(), quats.contiguous(), scales.contiguous(),
+        None if opacities is None else opacities.detach().contiguous(), viewmats.contiguous(), Ks.contiguous(),
+        width, height, float(eps2d), float(near_plane), float(far_plane), float(radius_clip), antialiased)
+    return radii, means2d, depths, conics, compensations if antialiased else None
+
+
+def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor, *, backend: Optional[str] = None) -> Tensor:
+    """Colors ``(..., 3)`` of SH ``coeffs`` ``(..., K, 3)`` (K >= (degree + 1)^2) in view directions ``dirs``
+    ``(..., 3)`` (any norm), gsplat's basis and signs; no +0.5 offset or clamp (`rasterize_gaussians` adds them)."""
+    op = "spherical_harmonics"
+    if isinstance(degree, bool) or not isinstance(degree, int) or not 0 <= degree <= 3:
+        raise ValueError(f"{op}: degree={degree!r} must be an int in [0, 3]")
+    _check_tensor(op, "coeffs", coeffs, (None,) * (coeffs.dim() if isinstance(coeffs, Tensor) else 3))
+    if coeffs.dim() < 2 or coeffs.shape[-1] != 3 or coeffs.shape[-2] < (degree + 1) ** 2:
+        raise ValueError(f"{op}: coeffs must be (..., K, 3) with K >= {(degree + 1) ** 2} for degree {degree}, "
+                         f"got shape {tuple(coeffs.shape)}")
+    _check_tensor(op, "dirs", dirs, (*coeffs.shape[:-2], 3), coeffs.device, coeffs.dtype)
+    lead = coeffs.shape[:-2]
+    which = _resolve(backend, coeffs.device, "gs_sh_fwd")
+    if which == "torch":
+        return reference.spherical_harmonics(degree, dirs, coeffs)
+    out = _op(which, "gs_sh_fwd")(degree, dirs.reshape(-1, 3).contiguous(),
+                                 coeffs.reshape(-1, *coeffs.shape[-2:]).contiguous())
+    return out.reshape(*lead, 3)
+
+
+def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tile_width: int,
+                    tile_height: int, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Every (camera, Gaussian, tile) overlap as a sorted key ``camera | tile | depth``.
+
+    Returns:
+        ``(tiles_per_gauss (C, N) int32, isect_ids (M,) int64 sorted, flatten_ids (M,) int32 = c * N + g)``.
+    """
+    op = "intersect_tiles"
+    _check_tensor(op, "means2d", means2d, (None, None, 2))
+    _check_tensor(op, "depths", depths, means2d.shape[:2], means2d.device, means2d.dtype)
+    if not isinstance(radii, Tensor) or radii.dtype != torch.int32 or radii.shape != means2d.shape:
+        raise ValueError(f"{op}: radii must be an int32 tensor of shape {tuple(means2d.shape)}")
+    for name, v in (("tile_size", tile_size), ("tile_width", tile_width), ("tile_height", tile_height)):
+        _check_size(op, name, v)
+    which = _resolve(backend, means2d.device, "gs_intersect_tiles")
+    if which == "torch":
+        return reference.intersect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
+    # The Triton backend bins with the native op where it exists, else with the torch reference.
+    return torch.ops.pyops.gs_intersect_tiles(means2d.contiguous(), radii.contiguous(), depths.contiguous(),
+                                              tile_size, tile_width, tile_height)
+
+
+def tile_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height: int, *,
+                 backend: Optional[str] = None) -> Tensor:
+    """Index of each (camera, tile)'s first intersection in the sorted ``isect_ids``: ``(C, th, tw)`` int32."""
+    which = _resolve(backend, isect_ids.device, "gs_tile_offsets")
+    if which == "torch":
+        return reference.isect_offsets(isect_ids, n_cameras, tile_width, tile_height)
+    return torch.ops.pyops.gs_tile_offsets(isect_ids.contiguous(), n_cameras, tile_width, tile_height)
+
+
+def rasterize_to_pixels(
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, D]
+    opacities: Tensor,  # [C, N]
+    width: int,
+    height: int,
+    tile_size: int,
+    isect_offsets: Tensor,  # [C, th, tw] int32
+    flatten_ids: Tensor,  # [M] int32
+    *,
+    backgrounds: Optional[Tensor] = None,  # [C, D]
+    absgrad: bool = False,
+    backend: Optional[str] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Front-to-back alpha blending per tile: ``(render_colors (C, H, W, D), render_alphas (C, H, W, 1))``.
+
+    ``alpha = min(0.999, opacity * exp(-sigma))``; contributions below 1/255 are skipped and a pixel stops
+    before the Gaussian that would take its transmittance to 1e-4 or below; ``backgrounds`` is added as
+    ``(1 - alpha) * bg``. With ``absgrad``, backward stores the sum of absolute per-pixel gradients in
+    ``means2d.absgrad`` (gsplat's densification signal).
+    """
+    op = "rasterize_to_pixels"
+    _check_tensor(op, "means2d", means2d, (None, None, 2))
+    c, n = means2d.shape[:2]
+    dev, dt = means2d.device, means2d.dtype
+    _check_tensor(op, "conics", conics, (c, n, 3), dev, dt)
+    _check_tensor(op, "colors", colors, (c, n, None), dev, dt)
+    _check_tensor(op, "opacities", opacities, (c, n), dev, dt)
+    if backgrounds is not None:
+        _check_tensor(op, "backgrounds", backgrounds, (c, colors.shape[-1]), dev, dt)
+    for name, v in (("width", width), ("height", height), ("tile_size", tile_size)):
+        _check_size(op, name, v)
+    tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    if isect_offsets.shape != (c, th, tw) or isect_offsets.dtype != torch.int32:
+        raise ValueError(f"{op}: isect_offsets must be int32 of shape {(c, th, tw)}, got "
+                         f"{isect_offsets.dtype} {tuple(isect_offsets.shape)}")
+    if flatten_ids.dim() != 1 or flatten_ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{op}: flatten_ids must be a 1-D int32 or int64 tensor, got {flatten_ids.dtype} "
+                         f"{tuple(flatten_ids.shape)}")
+    which = _resolve(backend, dev, "gs_rasterize_fwd")
+    if which == "torch":
+        if absgrad:
+            raise ValueError(f"{op}: absgrad needs the cpu, cuda or triton backend (autograd cannot see the "
+                             "per-pixel gradients of the torch reference)")
+        return reference.rasterize_tiles(means2d, conics, colors, opacities, width, height, tile_size,
+                                         isect_offsets, flatten_ids, backgrounds)
+    if absgrad:  # the autograd's setup_context reads this flag (an attribute, as gsplat sets means2d.absgrad)
+        means2d._pyops_absgrad = True
+    render, alphas, _ = _op(which, "gs_rasterize_fwd")(
+        means2d.contiguous(), conics.contiguous(), colors.contiguous(), opacities.contiguous(),
+        None if backgrounds is None else backgrounds.contiguous(), width, height, tile_size,
+        isect_offsets.contiguous(), flatten_ids.to(torch.int32).contiguous())
+    return render, alphas
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole rasterizer.
+
+
+def rasterize_gaussians(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4] wxyz, any norm
+    scales: Tensor,  # [N, 3] activated
+    opacities: Tensor,  # [N] activated
+    colors: Tensor,  # [N, D] post-activation, or [N, K, 3] SH coefficients with sh_degree
+    viewmats: Tensor,  # [C, 4, 4] world-to-camera
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: Optional[int] = None,
+    tile_size: int = 16,
+    backgrounds: Optional[Tensor] = None,  # [C, D]
+    render_mode: str = "RGB",
+    rasterize_mode: str = "classic",
+    absgrad: bool = False,
+    backend: Optional[str] = None,
+) -> Tuple[Tensor, Tensor, Dict]:
+    """Renders N Gaussians into C cameras; gsplat's ``rasterization`` (pinhole, unpacked) with its conventions.
+
+    Args:
+        sh_degree: None when ``colors`` are ``(N, D)`` features; else the SH degree (0-3) of ``colors``
+            ``(N, K, 3)``, evaluated per camera with view directions from the camera centre, plus 0.5 and
+            clamped at 0.
+        render_mode: "RGB", "D" (accumulated depth), "ED" (expected depth: accumulated depth / alpha),
+            "RGB+D" or "RGB+ED"; depth is appended as the last channel.
+        rasterize_mode: "classic" or "antialiased" (opacities scaled by the eps2d blur's compensation).
+        absgrad: also store the sum of absolute per-pixel gradients in ``meta["means2d"].absgrad``.
+        backend: "cuda", "triton", "cpu", "torch" or None (fastest available).
+
+    Returns:
+        ``(render_colors (C, H, W, D[+1]), render_alphas (C, H, W, 1), meta)``; meta holds radii, means2d
+        (its gradient is the densification signal), depths, conics, opacities, tiles_per_gauss, isect_ids,
+        flatten_ids, isect_offsets, width, height, tile_size and n_cameras.
+    """
+    op = "rasterize_gaussians"
+    if render_mode not in RENDER_MODES:
+        raise ValueError(f"{op}: unknown render_mode {render_mode!r}; expected one of {RENDER_MODES}")
+    if rasterize_mode not in RASTERIZE_MODES:
+        raise ValueError(f"{op}: unknown rasterize_mode {rasterize_mode!r}; expected one of {RASTERIZE_MODES}")
+    _check_tensor(op, "means", means, (None, 3))
+    n, dev, dt = means.shape[0], means.device, means.dtype
+    _check_tensor(op, "opacities", opacities, (n,), dev, dt)
+    if sh_degree is None:
+        _check_tensor(op, "colors", colors, (n, None), dev, dt)
+    else:
+        _check_tensor(op, "colors", colors, (n, None, 3), dev, dt)
+    _check_size(op, "tile_size", tile_size)
+    c = viewmats.shape[0] if isinstance(viewmats, Tensor) else 0
+    if backend is None:  # one choice for every stage, so the stages agree on device support
+        backend = _resolve(None, dev, "gs_rasterize_fwd")
+
+    radii, means2d, depths, conics, compensations = project_gaussians(
+        means, quats, scales, viewmats, Ks, width, height, opacities=opacities, eps2d=eps2d, near_plane=near_plane,
+        far_plane=far_plane, radius_clip=radius_clip, antialiased=rasterize_mode == "antialiased", backend=backend)
+    opac = opacities[None].expand(c, n)
+    if rasterize_mode == "antialiased":
+        opac = opac * compensations
+
+    feats, backgrounds = reference.shade(
+        means, colors, viewmats, depths, sh_degree, render_mode, backgrounds,
+        sh=lambda degree, dirs, coeffs: spherical_harmonics(degree, dirs, coeffs, backend=backend))
+
+    tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    tiles_per_gauss, isect_ids, flatten_ids = intersect_tiles(means2d, radii, depths, tile_size, tw, th,
+                                                              backend=backend)
+    offsets = tile_offsets(isect_ids, c, tw, th, backend=backend)
+    render, alphas = rasterize_to_pixels(means2d, conics, feats, opac, width, height, tile_size, offsets,
+                                         flatten_ids, backgrounds=backgrounds, absgrad=absgrad, backend=backend)
+    render = reference.expected_depth(render, alphas, render_mode)
+    meta = {"radii": radii, "means2d": means2d, "depths": depths, "conics": conics, "opacities": opac,
+            "tiles_per_gauss": tiles_per_gauss, "isect_ids": isect_ids, "flatten_ids": flatten_ids,
+            "isect_offsets": offsets, "width": width, "height": height, "tile_size": tile_size, "n_cameras": c}
+    return render, alphas, meta

@@ -352,6 +352,36 @@ def isect_offsets(
 # Rasterization.
 
 
+def _blend(
+    means2d: Tensor,  # [B, G, 2], front to back
+    conics: Tensor,  # [B, G, 3]
+    colors: Tensor,  # [B, G, D]
+    opacities: Tensor,  # [B, G]
+    px: Tensor,  # [P] pixel columns
+    py: Tensor,  # [P] pixel rows
+    covered: Tensor,  # [B, P, G] bool: Gaussian g may reach pixel p (its tile list holds p's tile)
+) -> Tuple[Tensor, Tensor]:  # render [B, P, D], final transmittance [B, P, 1]
+    """gsplat's per-pixel blend loop, vectorised over the Gaussians in order (see the module notes)."""
+    dtype = means2d.dtype
+    dx = means2d[:, None, :, 0] - (px.to(dtype) + 0.5)[None, :, None]  # [B, P, G]
+    dy = means2d[:, None, :, 1] - (py.to(dtype) + 0.5)[None, :, None]
+    a, b, c = (conics[:, None, :, k] for k in range(3))
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    # clamp_min keeps exp finite (and its gradient defined) where sigma < 0; those entries are skipped anyway.
+    alpha = torch.clamp_max(opacities[:, None, :] * torch.exp(-sigma.clamp_min(0)), MAX_ALPHA)
+    blend = covered & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+    alpha = torch.where(blend, alpha, torch.zeros_like(alpha))
+
+    # T after each Gaussian if nothing stopped; the first one to reach <= 1e-4 and all later ones are dropped.
+    blend = blend & (torch.cumprod(1 - alpha, dim=-1) > T_EPS)  # not in place: where() saved blend
+    alpha = torch.where(blend, alpha, torch.zeros_like(alpha))
+    t_after = torch.cumprod(1 - alpha, dim=-1)  # sequential products, as the kernel's running T
+    ones = t_after.new_ones(*t_after.shape[:2], 1)
+    t_before = torch.cat([ones, t_after[..., :-1]], dim=-1)
+    t_final = t_after[..., -1:] if t_after.shape[-1] > 0 else ones  # [B, P, 1]
+    return (alpha * t_before) @ colors, t_final
+
+
 def rasterize_dense(
     means2d: Tensor,  # [C, N, 2]
     conics: Tensor,  # [C, N, 3]
@@ -400,27 +430,92 @@ def rasterize_dense(
                & (tx >= rect[:, None, :, 0]) & (tx < rect[:, None, :, 2])
                & (ty >= rect[:, None, :, 1]) & (ty < rect[:, None, :, 3]))
 
-    dx = means2d[:, None, :, 0] - (px.to(dtype) + 0.5)[None, :, None]  # [C, P, N]
-    dy = means2d[:, None, :, 1] - (py.to(dtype) + 0.5)[None, :, None]
-    a, b, c = (conics[:, None, :, k] for k in range(3))
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    # clamp_min keeps exp finite (and its gradient defined) where sigma < 0; those entries are skipped anyway.
-    alpha = torch.clamp_max(opacities[:, None, :] * torch.exp(-sigma.clamp_min(0)), MAX_ALPHA)
-    blend = covered & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    alpha = torch.where(blend, alpha, torch.zeros_like(alpha))
-
-    # T after each Gaussian if nothing stopped; the first one to reach <= 1e-4 and all later ones are dropped.
-    blend = blend & (torch.cumprod(1 - alpha, dim=-1) > T_EPS)  # not in place: where() saved blend
-    alpha = torch.where(blend, alpha, torch.zeros_like(alpha))
-    t_after = torch.cumprod(1 - alpha, dim=-1)  # sequential products, as the kernel's running T
-    ones = t_after.new_ones(C, py.numel(), 1)
-    t_before = torch.cat([ones, t_after[..., :-1]], dim=-1)
-    t_final = t_after[..., -1:] if N > 0 else ones  # [C, P, 1]
-
-    render = (alpha * t_before) @ colors  # [C, P, D]
+    render, t_final = _blend(means2d, conics, colors, opacities, px, py, covered)  # [C, P, D], [C, P, 1]
     if backgrounds is not None:
         render = render + t_final * backgrounds[:, None, :]
     return render.reshape(C, height, width, D), (1 - t_final).reshape(C, height, width, 1)
+
+
+def rasterize_tiles(
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, D]
+    opacities: Tensor,  # [C, N]
+    width: int,
+    height: int,
+    tile_size: int,
+    isect_offsets: Tensor,  # [C, tile_height, tile_width] int32
+    flatten_ids: Tensor,  # [M] (c * N + n), sorted by key
+    backgrounds: Optional[Tensor] = None,  # [C, D]
+) -> Tuple[Tensor, Tensor]:
+    """The tiled rasterizer as gsplat runs it, one tile at a time from the sorted intersection lists (the
+    "torch" backend of `pyops.rasterize_to_pixels`; slow, a Python loop over tiles). Same blend as
+    `rasterize_dense`: render [C, H, W, D], alphas [C, H, W, 1]."""
+    C, N = means2d.shape[:2]
+    D = colors.shape[-1]
+    tile_height, tile_width = isect_offsets.shape[1:]
+    starts = isect_offsets.reshape(-1).long()
+    ends = torch.cat([starts[1:], starts.new_tensor([flatten_ids.numel()])])
+    flat = (means2d.reshape(C * N, 2), conics.reshape(C * N, 3), colors.reshape(C * N, D), opacities.reshape(C * N))
+    render = means2d.new_zeros(C, height, width, D)
+    t_final = means2d.new_ones(C, height, width, 1)
+    for tile, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+        c, rest = divmod(tile, tile_height * tile_width)
+        ty, tx = divmod(rest, tile_width)
+        y0, x0 = ty * tile_size, tx * tile_size
+        y1, x1 = min(y0 + tile_size, height), min(x0 + tile_size, width)
+        ids = flatten_ids[start:end].long()
+        if ids.numel() == 0:
+            continue
+        py, px = torch.meshgrid(torch.arange(y0, y1, device=means2d.device),
+                                torch.arange(x0, x1, device=means2d.device), indexing="ij")
+        m2, co, cl, op = (t[ids][None] for t in flat)
+        covered = torch.ones(1, py.numel(), ids.numel(), dtype=torch.bool, device=means2d.device)
+        out, t = _blend(m2, co, cl, op, px.reshape(-1), py.reshape(-1), covered)
+        render = render.index_put((torch.tensor(c), py, px), out[0].reshape(y1 - y0, x1 - x0, D))
+        t_final = t_final.index_put((torch.tensor(c), py, px), t[0].reshape(y1 - y0, x1 - x0, 1))
+    if backgrounds is not None:
+        render = render + t_final * backgrounds[:, None, None, :]
+    return render, 1 - t_final
+
+
+def shade(
+    means: Tensor,  # [N, 3]
+    colors: Tensor,  # [(C,) N, D] features, or SH coefficients [(C,) N, K, 3] with sh_degree
+    viewmats: Tensor,  # [C, 4, 4]
+    depths: Tensor,  # [C, N]
+    sh_degree: Optional[int],
+    render_mode: str,
+    backgrounds: Optional[Tensor] = None,  # [C, D]
+    sh=None,
+) -> Tuple[Tensor, Optional[Tensor]]:  # features [C, N, D'], backgrounds [C, D'] or None
+    """What rasterization() blends for a render mode: colors (SH evaluated towards each camera centre with
+    `sh`, default `spherical_harmonics`, then + 0.5 and clamped at 0), depths, or both; and the matching
+    backgrounds (depth channels blend against 0)."""
+    C, N = depths.shape
+    if sh_degree is None:
+        colors = colors.expand(C, N, colors.shape[-1])
+    else:
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+        dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
+        coeffs = colors.expand(C, N, colors.shape[-2], 3)
+        colors = torch.clamp_min((sh or spherical_harmonics)(sh_degree, dirs, coeffs) + 0.5, 0.0)  # [C, N, 3]
+    if render_mode in ("RGB+D", "RGB+ED"):
+        colors = torch.cat([colors, depths[..., None]], dim=-1)
+        if backgrounds is not None:
+            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)
+    elif render_mode in ("D", "ED"):
+        colors = depths[..., None]
+        if backgrounds is not None:
+            backgrounds = backgrounds.new_zeros(C, 1)
+    return colors, backgrounds
+
+
+def expected_depth(render: Tensor, alphas: Tensor, render_mode: str) -> Tensor:
+    """"ED" modes: the accumulated depth channel (last) divided by the alpha, clamped at 1e-10."""
+    if render_mode not in ("ED", "RGB+ED"):
+        return render
+    return torch.cat([render[..., :-1], render[..., -1:] / alphas.clamp(min=ED_EPS)], dim=-1)
 
 
 def rasterize_gaussians(
@@ -467,22 +562,7 @@ def rasterize_gaussians(
     if antialiased:
         view_opacities = view_opacities * compensations
 
-    if sh_degree is None:
-        colors = colors.expand(C, N, colors.shape[-1])
-    else:
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
-        dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
-        coeffs = colors.expand(C, N, colors.shape[-2], 3)
-        colors = torch.clamp_min(spherical_harmonics(sh_degree, dirs, coeffs) + 0.5, 0.0)  # [C, N, 3]
-
-    if render_mode in ("RGB+D", "RGB+ED"):
-        colors = torch.cat([colors, depths[..., None]], dim=-1)
-        if backgrounds is not None:
-            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)
-    elif render_mode in ("D", "ED"):
-        colors = depths[..., None]
-        if backgrounds is not None:
-            backgrounds = backgrounds.new_zeros(C, 1)
+    colors, backgrounds = shade(means, colors, viewmats, depths, sh_degree, render_mode, backgrounds)
 
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tiles_per_gauss, isect_ids, flatten_ids = intersect_tiles(means2d, radii, depths, tile_size, tile_width,
@@ -491,9 +571,7 @@ def rasterize_gaussians(
 
     render_colors, render_alphas = rasterize_dense(means2d, conics, colors, view_opacities, depths, radii, width,
                                                    height, backgrounds, tile_size=tile_size)
-    if render_mode in ("ED", "RGB+ED"):
-        render_colors = torch.cat(
-            [render_colors[..., :-1], render_colors[..., -1:] / render_alphas.clamp(min=ED_EPS)], dim=-1)
+    render_colors = expected_depth(render_colors, render_alphas, render_mode)
 
     meta = {
         "radii": radii, "means2d": means2d, "depths": depths, "conics": conics, "opacities": view_opacities,

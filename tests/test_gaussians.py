@@ -1,0 +1,178 @@
+"""Gaussian rasterizer: every backend of the public ops against the float64 reference (pyops/reference/
+gaussians.py, itself checked against gsplat in test_gaussians_reference.py): images and all gradients for
+every render and rasterize mode and SH degree, several cameras, the stages one by one, float64 gradcheck,
+robustness, named errors, opcheck and torch.compile.
+
+Tolerances: float64 backends agree with the reference to 1e-9 (only summation order differs); float32 ones
+to 2e-4 of the result's magnitude: an fp32 rounding of pixel coordinates (~40) inside exp(-sigma) moves alpha
+by ~1e-5 relative, and a pixel sums up to a few hundred such terms.
+"""
+
+import pytest
+import torch
+
+import pyops
+from pyops.reference import gaussians as ref
+
+from test_gaussians_reference import HEIGHT, WIDTH, assert_far_from_discontinuities, scene, tiny_scene
+from utils import backend_params
+
+BACKENDS = backend_params("gs_rasterize_fwd", include_torch=True)
+NATIVE = backend_params("gs_rasterize_fwd")
+PARAMS = ("means", "quats", "scales", "opacities", "colors")
+TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
+
+
+def dtypes_for(backend):
+    return [torch.float32] if backend == "triton" else [torch.float32, torch.float64]
+
+
+def on(s, device, dtype):
+    return {k: v.to(device=device, dtype=dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+            for k, v in s.items()}
+
+
+def render_and_grads(fn, s, weight, names, **kw):
+    leaves = {k: (v.detach().clone().requires_grad_(k in names) if torch.is_tensor(v) else v) for k, v in s.items()}
+    out, alphas, meta = fn(**leaves, **kw)
+    loss = (out * weight[..., :out.shape[-1]]).sum() + alphas.sum()
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
+    return out, alphas, meta, {k: g for k, g in zip(names, grads)}
+
+
+def assert_matches(name, got, want, dtype):
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    err = (got.double().cpu() - want.double().cpu()).abs().max().item() if want.numel() else 0.0
+    assert err <= TOL[dtype] * scale, f"{name}: max error {err:.2e} > {TOL[dtype] * scale:.2e}"
+
+
+def check_against_reference(device, backend, dtype, s, width=WIDTH, height=HEIGHT, **kw):
+    names = PARAMS + (("backgrounds",) if s.get("backgrounds") is not None else ())
+    weight = torch.rand(s["viewmats"].shape[0], height, width, 4, generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64)
+    want = render_and_grads(ref.rasterize_gaussians, on(s, "cpu", torch.float64), weight, names, width=width,
+                            height=height, **kw)
+    got = render_and_grads(pyops.rasterize_gaussians, on(s, device, dtype), weight.to(device, dtype), names,
+                           width=width, height=height, backend=backend, **kw)
+    assert got[0].dtype == dtype and got[0].device.type == device
+    assert_matches("render_colors", got[0], want[0], dtype)
+    assert_matches("render_alphas", got[1], want[1], dtype)
+    assert torch.equal(got[2]["radii"].cpu(), want[2]["radii"])
+    for k in names:
+        if want[3][k] is None:
+            assert got[3][k] is None or not got[3][k].any(), k
+        else:
+            assert_matches(f"grad {k}", got[3][k], want[3][k], dtype)
+    return got
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("rasterize_mode", ref.RASTERIZE_MODES)
+@pytest.mark.parametrize("render_mode", ref.RENDER_MODES)
+def test_render_matches_reference(device, backend, render_mode, rasterize_mode):
+    s = scene(n=120, n_cams=2, seed=3)
+    s["backgrounds"] = torch.rand(2, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for dtype in dtypes_for(backend):
+        check_against_reference(device, backend, dtype, s, render_mode=render_mode, rasterize_mode=rasterize_mode,
+                                tile_size=8)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
+def test_sh_degrees_and_tile_sizes(device, backend, sh_degree):
+    s = scene(n=90, n_cams=3, seed=5, sh_degree=sh_degree)
+    for dtype in dtypes_for(backend):
+        check_against_reference(device, backend, dtype, s, sh_degree=sh_degree, tile_size=16)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_stages_match_reference(device, backend):
+    s = on(scene(n=80, n_cams=2, seed=7), device, torch.float32)
+    args = (s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], WIDTH, HEIGHT)
+    radii, means2d, depths, conics, comp = pyops.project_gaussians(*args, opacities=s["opacities"],
+                                                                   antialiased=True, backend=backend)
+    want = ref.project_ewa(s["means"], ref.quat_scale_to_covar(s["quats"], s["scales"]), *args[3:],
+                           antialiased=True, opacities=s["opacities"])
+    assert torch.equal(radii, want[0])
+    for name, got, w in zip(("means2d", "depths", "conics", "compensations"), (means2d, depths, conics, comp),
+                            want[1:]):
+        torch.testing.assert_close(got, w, atol=2e-4, rtol=1e-5, msg=name)
+    tiles, isect_ids, flatten_ids = pyops.intersect_tiles(means2d, radii, depths, 8, 5, 4, backend=backend)
+    w_tiles, w_ids, w_flat = ref.intersect_tiles(means2d, radii, depths, 8, 5, 4)
+    assert torch.equal(tiles, w_tiles) and torch.equal(isect_ids, w_ids) and torch.equal(flatten_ids.long(), w_flat)
+    offsets = pyops.tile_offsets(isect_ids, 2, 5, 4, backend=backend)
+    assert torch.equal(offsets, ref.isect_offsets(w_ids, 2, 5, 4))
+    dirs = torch.randn(33, 3, device=device)
+    coeffs = torch.randn(33, 16, 3, device=device)
+    for degree in range(4):
+        torch.testing.assert_close(pyops.spherical_harmonics(degree, dirs, coeffs, backend=backend),
+                                   ref.spherical_harmonics(degree, dirs, coeffs), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("config", [
+    dict(rasterize_mode="classic", render_mode="RGB"),
+    dict(rasterize_mode="antialiased", render_mode="RGB+ED", sh_degree=2),
+], ids=["classic-RGB", "antialiased-RGB+ED-sh2"])
+def test_gradcheck(device, backend, config):
+    if backend == "triton":
+        pytest.skip("Triton kernels compute in fp32; their gradients are compared with the reference above")
+    width, height, tile_size = 12, 10, 8
+    s, backgrounds = tiny_scene(config.get("sh_degree"))
+    assert_far_from_discontinuities(s, width, height, tile_size, config)
+    s, backgrounds = on(s, device, torch.float64), backgrounds.to(device)
+
+    def render(means, quats, scales, opacities, colors, backgrounds):
+        out, alphas, _ = pyops.rasterize_gaussians(means, quats, scales, opacities, colors, s["viewmats"], s["Ks"],
+                                                   width, height, tile_size=tile_size, backgrounds=backgrounds,
+                                                   backend=backend, **config)
+        return out, alphas
+
+    inputs = tuple(s[k].clone().requires_grad_() for k in PARAMS) + (backgrounds.clone().requires_grad_(),)
+    assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_empty_and_degenerate_scenes(device, backend):
+    dtype = torch.float32
+    s = on(scene(n=40, n_cams=2, seed=11), device, dtype)
+    s["scales"][:5] = 0  # flat
+    s["scales"][5:10] *= -1  # sign does not matter
+    s["quats"][10:12] = 0  # zero quaternion: identity rotation
+    s["means"][12:15] = torch.linalg.inv(s["viewmats"][0])[:3, 3]  # at camera 0's centre: culled there
+    s["backgrounds"] = torch.rand(2, 3, device=device, dtype=dtype)
+    out, alphas, meta, grads = render_and_grads(pyops.rasterize_gaussians, s, torch.ones(2, HEIGHT, WIDTH, 4, device=device),
+                                                PARAMS, width=WIDTH, height=HEIGHT, backend=backend)
+    assert torch.isfinite(out).all() and torch.isfinite(alphas).all()
+    assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
+    assert (meta["radii"][0, 12:15] == 0).all()
+    empty = {k: (v[:0] if k in PARAMS else v) for k, v in s.items()}
+    out, alphas, _ = pyops.rasterize_gaussians(**empty, width=WIDTH, height=HEIGHT, backend=backend)
+    assert (alphas == 0).all()
+    torch.testing.assert_close(out, s["backgrounds"][:, None, None, :].expand_as(out))
+
+
+def test_errors_name_the_argument():
+    s = scene(n=10, n_cams=1)
+    base = dict(s, width=WIDTH, height=HEIGHT)
+    cases = [
+        (dict(means=s["means"][:, :2]), ValueError, "means"),
+        (dict(quats=s["quats"][:5]), ValueError, "quats"),
+        (dict(scales=s["scales"].float()), TypeError, "scales"),
+        (dict(opacities=s["opacities"].long()), TypeError, "opacities"),
+        (dict(viewmats=s["viewmats"][:, :3]), ValueError, "viewmats"),
+        (dict(Ks=s["Ks"][:, :2]), ValueError, "Ks"),
+        (dict(width=0), ValueError, "width"),
+        (dict(height=-3), ValueError, "height"),
+        (dict(tile_size=0), ValueError, "tile_size"),
+        (dict(render_mode="RGBD"), ValueError, "render_mode"),
+        (dict(rasterize_mode="fast"), ValueError, "rasterize_mode"),
+        (dict(sh_degree=2), ValueError, "colors"),
+        (dict(backgrounds=torch.zeros(1, 5, dtype=torch.float64)), ValueError, "backgrounds"),
+    ]
+    nan_means = s["means"].clone()
+    nan_means[3, 1] = float("nan")
+    cases.append((dict(means=nan_means), ValueError, "means"))
+    for change, exc, name in cases:
+        with pytest.raises(exc, match=name):
+            pyops.rasterize_gaussians(**{**base, **change})
