@@ -5,9 +5,21 @@ the spec; the native kernels register on the schemas in csrc/ops.cpp.
 Work in progress (issue 4): this module holds the fake (meta) kernels of the stage ops so far.
 """
 
+import importlib
+
 import torch
 
 from . import _backend
+
+if _backend.HAS_TRITON:
+    try:
+        # registers pyops::gs_*_triton
+        _triton = importlib.import_module(f"{__package__}.triton_kernels.gaussians")
+    except ModuleNotFoundError as e:
+        # An editable install made before triton_kernels/gaussians.py existed maps pyops.triton_kernels to a
+        # checkout without it; the Triton backend is then just absent. Anything else is a real error.
+        if e.name != f"{__package__}.triton_kernels.gaussians":
+            raise
 
 
 def _fake_project_fwd(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
