@@ -30,6 +30,7 @@ from torch import Tensor
 ALPHA_THRESHOLD: tl.constexpr = tl.constexpr(1.0 / 255.0)
 MAX_ALPHA: tl.constexpr = tl.constexpr(0.999)
 T_EPS: tl.constexpr = tl.constexpr(1e-4)  # a pixel stops before a Gaussian that would take T to <= T_EPS
+SMALL_D = 8  # the rasterizer backward loops over channels up to this many, above it uses fp32 dots
 EXTEND: tl.constexpr = tl.constexpr(3.33)  # radius in standard deviations
 SH_C0: tl.constexpr = tl.constexpr(0.2820947917738781)
 SH_C1: tl.constexpr = tl.constexpr(0.48860251190292)
@@ -655,26 +656,28 @@ def _gs_rasterize_fwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
 def _gs_rasterize_bwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_ptr, offsets_ptr, flat_ptr,
                              alphas_ptr, last_ids_ptr, v_out_colors_ptr, v_out_alphas_ptr, v_means2d_ptr,
                              v_conics_ptr, v_colors_ptr, v_opac_ptr, v_bg_ptr, v_abs_ptr, n_isects,
-                             tile_w, tile_h, width, height, D, HAS_BG: tl.constexpr, ABSGRAD: tl.constexpr,
-                             TILE: tl.constexpr, TILE_P2: tl.constexpr, BLOCK_G: tl.constexpr,
-                             BLOCK_D: tl.constexpr):
+                             tile_w, tile_h, width, height, D, DC: tl.constexpr, HAS_BG: tl.constexpr,
+                             ABSGRAD: tl.constexpr, TILE: tl.constexpr, TILE_P2: tl.constexpr,
+                             BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    # DC: the channel count D as a constexpr when D <= SMALL_D (per-channel loops), else 0 (fp32 dots).
     cam, inside, pix, px, py, start, end = _tile_setup(offsets_ptr, n_isects, tile_w, tile_h, width,
                                                        height, TILE, TILE_P2)
     d = tl.arange(0, BLOCK_D)
-    dmask = d < D
     g_ar = tl.arange(0, BLOCK_G)
     t_final = 1.0 - tl.load(alphas_ptr + pix, mask=inside, other=0.0)
     bin_final = tl.load(last_ids_ptr + pix, mask=inside, other=-1)
-    v_c = tl.load(v_out_colors_ptr + pix[:, None] * D + d[None, :], mask=inside[:, None] & dmask[None, :],
-                  other=0.0)  # [P, BLOCK_D]
     v_a = tl.load(v_out_alphas_ptr + pix, mask=inside, other=0.0)
     # dL/dalpha_k has the term T_final / (1 - alpha_k) * (v_alpha - <bg, v_color>) from 1 - T_final and bg.
     extra = t_final * v_a
     if HAS_BG:
-        bg = tl.load(bg_ptr + cam * D + d, mask=dmask, other=0.0)
-        extra -= t_final * tl.sum(v_c * bg[None, :], axis=1)
-        v_bg = tl.sum(v_c * t_final[:, None], axis=0)
-        tl.atomic_add(v_bg_ptr + cam * D + d, v_bg, mask=dmask, sem="relaxed")
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + d
+            dm = dd < D
+            v_c = tl.load(v_out_colors_ptr + pix[:, None] * D + dd[None, :], mask=inside[:, None] & dm[None, :],
+                          other=0.0)  # [P, BLOCK_D]
+            bg = tl.load(bg_ptr + cam * D + dd, mask=dm, other=0.0)
+            extra -= t_final * tl.sum(v_c * bg[None, :], axis=1)
+            tl.atomic_add(v_bg_ptr + cam * D + dd, tl.sum(v_c * t_final[:, None], axis=0), mask=dm, sem="relaxed")
     T = t_final  # transmittance after the chunk being processed
     behind = tl.zeros_like(t_final)  # <colour blended behind the chunk, v_color>
     k_hi = tl.minimum(end, tl.max(bin_final, axis=0) + 1)
@@ -687,8 +690,25 @@ def _gs_rasterize_bwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
         one_m = tl.where(ok, 1.0 - alpha, 1.0)
         t_before = T[:, None] / tl.cumprod(one_m, axis=1, reverse=True)
         w = tl.where(ok, alpha * t_before, 0.0)  # blend weight
-        col = tl.load(colors_ptr + fid[:, None] * D + d[None, :], mask=km[:, None] & dmask[None, :], other=0.0)
-        q = tl.dot(v_c, tl.trans(col), input_precision="ieee")  # [P, BLOCK_G] <colour_k, v_color>
+        # q[p, k] = <colour_k, v_color[p]>: a channel loop for few channels (keeps v_color out of registers
+        # across the loop; the [P, BLOCK_D] padded copy spills), an fp32 dot otherwise.
+        if DC > 0:
+            q = tl.zeros_like(alpha)
+            for ch in tl.static_range(DC):
+                vcd = tl.load(v_out_colors_ptr + pix * DC + ch, mask=inside, other=0.0)
+                cd = tl.load(colors_ptr + fid * DC + ch, mask=km, other=0.0)
+                q += vcd[:, None] * cd[None, :]
+        else:
+            # channel blocks re-read per chunk (cache hits), so no [P, D] block stays live across the loop.
+            q = tl.zeros_like(alpha)
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + d
+                dm = dd < D
+                v_c = tl.load(v_out_colors_ptr + pix[:, None] * D + dd[None, :],
+                              mask=inside[:, None] & dm[None, :], other=0.0)
+                col = tl.load(colors_ptr + fid[:, None] * D + dd[None, :], mask=km[:, None] & dm[None, :],
+                              other=0.0)
+                q += tl.dot(v_c, tl.trans(col), input_precision="ieee")
         wq = w * q
         buf = behind[:, None] + tl.cumsum(wq, axis=1, reverse=True) - wq  # behind each Gaussian
         ra = 1.0 / one_m
@@ -707,9 +727,20 @@ def _gs_rasterize_bwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
         tl.atomic_add(v_conics_ptr + fid * 3 + 1, tl.sum(v_sigma * dx * dy, axis=0), mask=km, sem="relaxed")
         tl.atomic_add(v_conics_ptr + fid * 3 + 2, tl.sum(0.5 * v_sigma * dy * dy, axis=0), mask=km, sem="relaxed")
         tl.atomic_add(v_opac_ptr + fid, tl.sum(tl.where(live, vis * v_alpha, 0.0), axis=0), mask=km, sem="relaxed")
-        v_col = tl.dot(tl.trans(w), v_c, input_precision="ieee")  # [BLOCK_G, BLOCK_D]
-        tl.atomic_add(v_colors_ptr + fid[:, None] * D + d[None, :], v_col, mask=km[:, None] & dmask[None, :],
-                      sem="relaxed")
+        if DC > 0:
+            for ch in tl.static_range(DC):
+                vcd = tl.load(v_out_colors_ptr + pix * DC + ch, mask=inside, other=0.0)
+                tl.atomic_add(v_colors_ptr + fid * DC + ch, tl.sum(w * vcd[:, None], axis=0), mask=km,
+                              sem="relaxed")
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + d
+                dm = dd < D
+                v_c = tl.load(v_out_colors_ptr + pix[:, None] * D + dd[None, :],
+                              mask=inside[:, None] & dm[None, :], other=0.0)
+                v_col = tl.dot(tl.trans(w), v_c, input_precision="ieee")  # [BLOCK_G, BLOCK_D]
+                tl.atomic_add(v_colors_ptr + fid[:, None] * D + dd[None, :], v_col,
+                              mask=km[:, None] & dm[None, :], sem="relaxed")
         T = tl.max(t_before, axis=1)
         behind += tl.sum(wq, axis=1)
         k_hi -= BLOCK_G
@@ -913,17 +944,20 @@ def _(isect_ids, n_cameras, tile_width, tile_height):
     return isect_ids.new_empty(n_cameras, tile_height, tile_width, dtype=torch.int32)
 
 
-def _raster_settings(tile_size: int, channels: int, cuda: bool):
+def _raster_settings(tile_size: int, channels: int, cuda: bool, backward: bool = False):
     """(TILE_P2, BLOCK_G, BLOCK_D, num_warps): pixels padded to a power-of-two square; Gaussian chunks sized so
-    a [P, BLOCK_G] fp32 array is 16-32 values per thread; channels padded to a power of two >= 16 (tl.dot)."""
+    a [P, BLOCK_G] fp32 array is 16 values per thread in the forward and 8 in the backward, which holds about
+    twice as many (no register spills on sm_90, see the report in tests/test_gaussians_triton.py); channels
+    padded to a power of two >= 16 (tl.dot operands)."""
     tile_p2 = triton.next_power_of_2(tile_size)
     p = tile_p2 * tile_p2
-    block_d = max(16, triton.next_power_of_2(channels))
+    # The backward walks channels in blocks of 16; the forward keeps all of them as accumulators.
+    block_d = 16 if backward else max(16, triton.next_power_of_2(channels))
     if not cuda:
         # Interpreter: small chunks so the tests walk several chunks per tile.
         return tile_p2, 16, block_d, 1
     warps = 8 if p >= 256 else 4
-    block_g = max(16, min(64, 32 * warps * 16 // p))
+    block_g = max(16, min(64, 32 * warps * (8 if backward else 16) // p))
     return tile_p2, block_g, block_d, warps
 
 
@@ -999,11 +1033,12 @@ def gs_rasterize_bwd_triton(means2d: Tensor, conics: Tensor, colors: Tensor, opa
     v_abs = torch.zeros_like(means2d) if absgrad else means2d.new_empty(0)
     if c * tile_h * tile_w == 0 or d == 0:
         return v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs
-    tile_p2, block_g, block_d, warps = _raster_settings(tile_size, d, colors.is_cuda)
+    tile_p2, block_g, block_d, warps = _raster_settings(tile_size, d, colors.is_cuda, backward=True)
     torch.library.wrap_triton(_gs_rasterize_bwd_kernel)[(tile_h * tile_w, c)](
         means2d, conics, colors, opacities, bg, tile_offsets, flatten_ids, render_alphas, last_ids,
         v_render_colors, v_render_alphas, v_means2d, v_conics, v_colors, v_opacities,
         v_bg if backgrounds is not None else v_means2d, v_abs if absgrad else v_means2d, flatten_ids.shape[0],
-        tile_w, tile_h, width, height, d, HAS_BG=backgrounds is not None, ABSGRAD=absgrad,
+        tile_w, tile_h, width, height, d, DC=d if d <= SMALL_D else 0, HAS_BG=backgrounds is not None,
+        ABSGRAD=absgrad,
         TILE=tile_size, TILE_P2=tile_p2, BLOCK_G=block_g, BLOCK_D=block_d, num_warps=warps)
     return v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs
