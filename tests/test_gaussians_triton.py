@@ -377,6 +377,22 @@ def test_rasterize_errors():
 
 
 
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="fake-tensor tracing of interpreted Triton kernels fails on CPU "
+                                              "(as for vq_*_triton)")
+def test_opcheck_and_compile():
+    means, quats, scales, viewmats, Ks = to(DEVICE, *scene(0, 20, 2, 16, 16))
+    torch.library.opcheck(ops.gs_project_fwd_triton.default,
+                          (means, quats, scales, viewmats, Ks, 16, 16, 0.3, 0.01, 1e10, 0.0, True))
+    torch.library.opcheck(ops.gs_sh_fwd_triton.default, (2, means, torch.randn(20, 9, 3, device=DEVICE)))
+    m2d, con, colors, opac, bg, offsets, flat = to(DEVICE, *raster_inputs(0, 20, 1, 16, 16, 8, 3))
+    args = (m2d, con, colors, opac, bg, 16, 16, 8, offsets, flat)
+    torch.library.opcheck(ops.gs_rasterize_fwd_triton.default, args)
+    compiled = torch.compile(lambda *a: ops.gs_rasterize_fwd_triton(*a), fullgraph=True)
+    for got, want in zip(compiled(*args), ops.gs_rasterize_fwd_triton(*args)):
+        torch.testing.assert_close(got, want)
+
+
 def test_kernels_compile_for_sm90():
     """The kernels compile for a real GPU (sm_90) without one, in a process without the interpreter; ptxas
     reports no register spills for the common configurations (tests/gaussians_triton_compile.py)."""
