@@ -770,9 +770,21 @@ def _block(n: int, cap: int) -> int:
 
 
 @torch.library.triton_op("pyops::gs_project_fwd_triton", mutates_args=())
-def gs_project_fwd_triton(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
-                          height: int, eps2d: float, near_plane: float, far_plane: float, radius_clip: float,
-                          antialiased: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def gs_project_fwd_triton(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4] wxyz, any norm
+    scales: Tensor,  # [N, 3]
+    viewmats: Tensor,  # [C, 4, 4] world-to-camera
+    Ks: Tensor,  # [C, 3, 3]
+    width: int, height: int, eps2d: float, near_plane: float, far_plane: float, radius_clip: float,
+    antialiased: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """pyops::gs_project_fwd (csrc/ops.cpp) in Triton, fp32.
+
+    Returns:
+        radii [C, N, 2] int32 (0: culled), means2d [C, N, 2], depths [C, N], conics [C, N, 3] and
+        compensations [C, N] (ones unless antialiased); the float outputs of culled pairs are 0.
+    """
     op = "gs_project_fwd_triton"
     n, c, dev = means.shape[0], viewmats.shape[0], means.device
     _check(op, "means", means, (None, 3))
@@ -796,10 +808,23 @@ def gs_project_fwd_triton(means: Tensor, quats: Tensor, scales: Tensor, viewmats
 
 
 @torch.library.triton_op("pyops::gs_project_bwd_triton", mutates_args=())
-def gs_project_bwd_triton(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
-                          height: int, eps2d: float, antialiased: bool, radii: Tensor, conics: Tensor,
-                          compensations: Tensor, v_means2d: Tensor, v_depths: Tensor, v_conics: Tensor,
-                          v_compensations: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def gs_project_bwd_triton(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int, height: int, eps2d: float, antialiased: bool,
+    radii: Tensor,  # [C, N, 2] int32
+    conics: Tensor,  # [C, N, 3]
+    compensations: Tensor,  # [C, N] (read only if antialiased)
+    v_means2d: Tensor,  # [C, N, 2]
+    v_depths: Tensor,  # [C, N]
+    v_conics: Tensor,  # [C, N, 3]
+    v_compensations: Tensor,  # [C, N] (read only if antialiased)
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """VJP of gs_project_fwd_triton: (v_means [N, 3], v_quats [N, 4], v_scales [N, 3]) summed over cameras;
+    culled pairs (a radius <= 0) contribute nothing."""
     op = "gs_project_bwd_triton"
     n, c, dev = means.shape[0], viewmats.shape[0], means.device
     _check(op, "means", means, (None, 3))
@@ -846,7 +871,12 @@ def _check_sh(op: str, degree: int, dirs: Tensor, coeffs: Tensor) -> None:
 
 
 @torch.library.triton_op("pyops::gs_sh_fwd_triton", mutates_args=())
-def gs_sh_fwd_triton(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+def gs_sh_fwd_triton(
+    degree: int,
+    dirs: Tensor,  # [M, 3] any norm
+    coeffs: Tensor,  # [M, K, 3], K >= (degree + 1)^2
+) -> Tensor:
+    """Colors [M, 3] of gsplat's real SH basis of `degree` (0-3): no +0.5 offset, no clamp."""
     _check_sh("gs_sh_fwd_triton", degree, dirs, coeffs)
     dirs, coeffs = dirs.contiguous(), coeffs.contiguous()
     m, k = coeffs.shape[0], coeffs.shape[1]
@@ -860,7 +890,13 @@ def gs_sh_fwd_triton(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
 
 
 @torch.library.triton_op("pyops::gs_sh_bwd_triton", mutates_args=())
-def gs_sh_bwd_triton(degree: int, dirs: Tensor, coeffs: Tensor, v_colors: Tensor) -> Tuple[Tensor, Tensor]:
+def gs_sh_bwd_triton(
+    degree: int,
+    dirs: Tensor,  # [M, 3]
+    coeffs: Tensor,  # [M, K, 3]
+    v_colors: Tensor,  # [M, 3]
+) -> Tuple[Tensor, Tensor]:
+    """(v_coeffs [M, K, 3] (zero past (degree + 1)^2), v_dirs [M, 3] (zero for degree 0))."""
     op = "gs_sh_bwd_triton"
     _check_sh(op, degree, dirs, coeffs)
     _check(op, "v_colors", v_colors, (dirs.shape[0], 3), device=dirs.device)
@@ -880,8 +916,14 @@ def gs_sh_bwd_triton(degree: int, dirs: Tensor, coeffs: Tensor, v_colors: Tensor
 
 
 @torch.library.custom_op("pyops::gs_intersect_tiles_triton", mutates_args=())
-def gs_intersect_tiles_triton(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tile_width: int,
-                              tile_height: int) -> Tuple[Tensor, Tensor, Tensor]:
+def gs_intersect_tiles_triton(
+    means2d: Tensor,  # [C, N, 2]
+    radii: Tensor,  # [C, N, 2] int32
+    depths: Tensor,  # [C, N]
+    tile_size: int, tile_width: int, tile_height: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(tiles_per_gauss [C, N] int32, isect_ids [M] int64 sorted, flatten_ids [M] int32 = c * N + g), keys
+    camera | tile | depth bits as gsplat builds them; torch ops and a stable torch.sort (no Triton kernel)."""
     op = "gs_intersect_tiles_triton"
     _check(op, "depths", depths, (None, None))
     c, n = depths.shape
@@ -928,7 +970,11 @@ def _(means2d, radii, depths, tile_size, tile_width, tile_height):
 
 
 @torch.library.custom_op("pyops::gs_tile_offsets_triton", mutates_args=())
-def gs_tile_offsets_triton(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height: int) -> Tensor:
+def gs_tile_offsets_triton(
+    isect_ids: Tensor,  # [M] int64, sorted
+    n_cameras: int, tile_width: int, tile_height: int,
+) -> Tensor:
+    """First intersection of every (camera, tile), [C, tile_height, tile_width] int32 (searchsorted)."""
     _check("gs_tile_offsets_triton", "isect_ids", isect_ids, (None,), dtype=torch.long)
     n_tiles = tile_width * tile_height
     tile_bits = n_tiles.bit_length()
@@ -980,9 +1026,22 @@ def _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, he
 
 
 @torch.library.triton_op("pyops::gs_rasterize_fwd_triton", mutates_args=())
-def gs_rasterize_fwd_triton(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
-                            backgrounds: Optional[Tensor], width: int, height: int, tile_size: int,
-                            tile_offsets: Tensor, flatten_ids: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def gs_rasterize_fwd_triton(
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, D]
+    opacities: Tensor,  # [C, N]
+    backgrounds: Optional[Tensor],  # [C, D]
+    width: int, height: int, tile_size: int,
+    tile_offsets: Tensor,  # [C, tile_height, tile_width] int32
+    flatten_ids: Tensor,  # [M] int32
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Front-to-back blending with gsplat's rules.
+
+    Returns:
+        render_colors [C, H, W, D], render_alphas [C, H, W, 1] and last_ids [C, H, W] int32 (index into
+        flatten_ids of the last blended Gaussian, -1: none).
+    """
     op = "gs_rasterize_fwd_triton"
     c, n, d, tile_h, tile_w = _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height,
                                             tile_size, tile_offsets, flatten_ids)
@@ -1006,11 +1065,27 @@ def gs_rasterize_fwd_triton(means2d: Tensor, conics: Tensor, colors: Tensor, opa
 
 
 @torch.library.triton_op("pyops::gs_rasterize_bwd_triton", mutates_args=())
-def gs_rasterize_bwd_triton(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
-                            backgrounds: Optional[Tensor], width: int, height: int, tile_size: int,
-                            tile_offsets: Tensor, flatten_ids: Tensor, render_alphas: Tensor, last_ids: Tensor,
-                            v_render_colors: Tensor, v_render_alphas: Tensor,
-                            absgrad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def gs_rasterize_bwd_triton(
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, D]
+    opacities: Tensor,  # [C, N]
+    backgrounds: Optional[Tensor],  # [C, D]
+    width: int, height: int, tile_size: int,
+    tile_offsets: Tensor,  # [C, tile_height, tile_width] int32
+    flatten_ids: Tensor,  # [M] int32
+    render_alphas: Tensor,  # [C, H, W, 1]
+    last_ids: Tensor,  # [C, H, W] int32
+    v_render_colors: Tensor,  # [C, H, W, D]
+    v_render_alphas: Tensor,  # [C, H, W, 1]
+    absgrad: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Back-to-front replay of gs_rasterize_fwd_triton.
+
+    Returns:
+        v_means2d, v_conics, v_colors, v_opacities, v_backgrounds (empty without backgrounds) and
+        v_means2d_abs (|per-pixel v_means2d| summed; empty unless absgrad).
+    """
     op = "gs_rasterize_bwd_triton"
     c, n, d, tile_h, tile_w = _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height,
                                             tile_size, tile_offsets, flatten_ids)
