@@ -259,7 +259,6 @@ def _gs_project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, view_ptr, k_ptr, ra
 
     # d cov_cam = J^T G J
     gj00 = g00 * j00
-    gj10 = g01 * j00
     gj01 = g01 * j11
     gj11 = g11 * j11
     gj02 = g00 * j02 + g01 * j12
