@@ -16,10 +16,7 @@ from . import _backend
 from .reference import gaussians as reference
 
 if _backend.HAS_TRITON:
-    try:
-        from .triton_kernels import gaussians as _triton  # noqa: F401  (registers pyops::gs_*_triton)
-    except ImportError:  # not written yet on this branch
-        _triton = None
+    from .triton_kernels import gaussians as _triton  # noqa: F401  (registers pyops::gs_*_triton)
 
 RENDER_MODES, RASTERIZE_MODES = reference.RENDER_MODES, reference.RASTERIZE_MODES
 
@@ -286,9 +283,8 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: i
     which = _resolve(backend, means2d.device, "gs_intersect_tiles")
     if which == "torch":
         return reference.intersect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
-    # The Triton backend bins with the native op where it exists, else with the torch reference.
-    return torch.ops.pyops.gs_intersect_tiles(means2d.contiguous(), radii.contiguous(), depths.contiguous(),
-                                              tile_size, tile_width, tile_height)
+    return _op(which, "gs_intersect_tiles")(means2d.contiguous(), radii.contiguous(), depths.contiguous(), tile_size,
+                                           tile_width, tile_height)
 
 
 def tile_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height: int, *,
@@ -297,7 +293,7 @@ def tile_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height
     which = _resolve(backend, isect_ids.device, "gs_tile_offsets")
     if which == "torch":
         return reference.isect_offsets(isect_ids, n_cameras, tile_width, tile_height)
-    return torch.ops.pyops.gs_tile_offsets(isect_ids.contiguous(), n_cameras, tile_width, tile_height)
+    return _op(which, "gs_tile_offsets")(isect_ids.contiguous(), n_cameras, tile_width, tile_height)
 
 
 def rasterize_to_pixels(
