@@ -38,7 +38,10 @@ at::Tensor checked(const at::Tensor& t, const char* op, const char* name, c10::D
   bool ok = t.dim() == static_cast<int64_t>(shape.size());
   if (ok) {
     int64_t i = 0;
-    for (int64_t d : shape) ok = ok && (d < 0 || t.size(i++) == d);
+    for (int64_t d : shape) {
+      ok = ok && (d < 0 || t.size(i) == d);
+      ++i;
+    }
   }
   TORCH_CHECK(ok, op, ": `", name, "` must have shape ", shape_string(shape), ", got ", t.sizes());
   return t.contiguous();
