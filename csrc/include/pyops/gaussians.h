@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <initializer_list>
+#include <optional>
 
 namespace pyops {
 namespace gs {
