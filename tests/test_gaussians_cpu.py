@@ -317,6 +317,8 @@ def raster_inputs(dtype, n, c, image, seed, d=3, dense=False, with_bg=True):
     g = torch.Generator().manual_seed(seed + 1)
     colors = torch.rand(c, n, d, generator=g, dtype=torch.float64).to(dtype)
     opac = s["opacities"][None].expand(c, n).contiguous()
+    if dense:  # fully opaque Gaussians exercise the 0.999 clamp (no gradient through a clamped alpha)
+        opac[:, 2:n // 10] = 1.0
     bg = torch.rand(c, d, generator=g, dtype=torch.float64).to(dtype) if with_bg else None
     return [means2d, conics, colors, opac, bg, w, h, ts, offsets, flatten_ids]
 
