@@ -1,0 +1,578 @@
+// Inline math of the 3D Gaussian-splatting stages (gsplat 1.5.3 conventions), shared by the CPU kernels and
+// the CUDA kernels: projection (quaternion + scale -> covariance, world -> camera, pinhole EWA Jacobian, eps2d
+// dilation, compensation, conic, radius), spherical harmonics and per-pixel blending, each with its VJP.
+//
+// Everything is templated on the scalar type T (float or double) and written with plain structs so that it
+// compiles for the device: no ATen, no std:: containers, no exceptions. Matrices are row-major (m[row][col]),
+// unlike glm's column-major storage that gsplat uses; the formulas are written out from the math, not
+// transcribed from gsplat.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "pyops/host_device.h"
+
+namespace pyops {
+namespace gs {
+
+// A Gaussian's alpha below this does not count (gsplat's ALPHA_THRESHOLD); the same cut on both passes.
+template <typename T>
+PYOPS_HOST_DEVICE T alpha_threshold() { return T(1) / T(255); }
+// Alpha is clamped here so that 1 - alpha never reaches 0 (the backward pass divides by it).
+template <typename T>
+PYOPS_HOST_DEVICE T max_alpha() { return T(0.999); }
+// A pixel stops once its transmittance would fall to or below this (the Gaussian that would cross it is not
+// blended).
+template <typename T>
+PYOPS_HOST_DEVICE T min_transmittance() { return T(1e-4); }
+// Radius in standard deviations of the (conservative, opacity-unaware) screen-space bounding box.
+template <typename T>
+PYOPS_HOST_DEVICE T radius_sigmas() { return T(3.33); }
+
+template <typename T>
+struct Vec2 {
+  T x, y;
+};
+
+template <typename T>
+struct Vec3 {
+  T x, y, z;
+};
+
+template <typename T>
+struct Vec4 {
+  T w, x, y, z;  // quaternion order (w first), as gsplat stores quats
+};
+
+template <typename T>
+struct Mat2 {
+  T m[2][2];
+};
+
+template <typename T>
+struct Mat3 {
+  T m[3][3];
+};
+
+// 2x3 Jacobian of the pinhole projection at a camera-space point.
+template <typename T>
+struct Mat2x3 {
+  T m[2][3];
+};
+
+// Overload-resolving wrappers: float stays float on host (std::) and device (CUDA's overloads).
+template <typename T>
+PYOPS_HOST_DEVICE T sqrt_(T x) {
+  using std::sqrt;
+  return sqrt(x);
+}
+template <typename T>
+PYOPS_HOST_DEVICE T exp_(T x) {
+  using std::exp;
+  return exp(x);
+}
+template <typename T>
+PYOPS_HOST_DEVICE T ceil_(T x) {
+  using std::ceil;
+  return ceil(x);
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE T min_(T a, T b) { return a < b ? a : b; }
+template <typename T>
+PYOPS_HOST_DEVICE T max_(T a, T b) { return a > b ? a : b; }
+
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> zeros3() {
+  Mat3<T> r;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) r.m[i][j] = T(0);
+  return r;
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> matmul(const Mat3<T>& a, const Mat3<T>& b) {
+  Mat3<T> r;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) r.m[i][j] = a.m[i][0] * b.m[0][j] + a.m[i][1] * b.m[1][j] + a.m[i][2] * b.m[2][j];
+  return r;
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> transpose(const Mat3<T>& a) {
+  Mat3<T> r;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) r.m[i][j] = a.m[j][i];
+  return r;
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE Vec3<T> matvec(const Mat3<T>& a, const Vec3<T>& v) {
+  return {a.m[0][0] * v.x + a.m[0][1] * v.y + a.m[0][2] * v.z, a.m[1][0] * v.x + a.m[1][1] * v.y + a.m[1][2] * v.z,
+          a.m[2][0] * v.x + a.m[2][1] * v.y + a.m[2][2] * v.z};
+}
+
+// a^T v, without forming the transpose.
+template <typename T>
+PYOPS_HOST_DEVICE Vec3<T> matvec_t(const Mat3<T>& a, const Vec3<T>& v) {
+  return {a.m[0][0] * v.x + a.m[1][0] * v.y + a.m[2][0] * v.z, a.m[0][1] * v.x + a.m[1][1] * v.y + a.m[2][1] * v.z,
+          a.m[0][2] * v.x + a.m[1][2] * v.y + a.m[2][2] * v.z};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Quaternion + scale -> 3D covariance
+// ---------------------------------------------------------------------------------------------------------
+
+// torch.nn.functional.normalize's floor on the norm: a zero quaternion (or SH direction) gives a zero vector
+// instead of NaN, and the VJP below uses the same floor.
+template <typename T>
+PYOPS_HOST_DEVICE T normalize_eps() { return T(1e-12); }
+
+// Rotation matrix of the normalised quaternion (w, x, y, z).
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> rotmat_from_unit_quat(const Vec4<T>& q) {
+  const T w = q.w, x = q.x, y = q.y, z = q.z;
+  Mat3<T> r;
+  r.m[0][0] = T(1) - T(2) * (y * y + z * z);
+  r.m[0][1] = T(2) * (x * y - w * z);
+  r.m[0][2] = T(2) * (x * z + w * y);
+  r.m[1][0] = T(2) * (x * y + w * z);
+  r.m[1][1] = T(1) - T(2) * (x * x + z * z);
+  r.m[1][2] = T(2) * (y * z - w * x);
+  r.m[2][0] = T(2) * (x * z - w * y);
+  r.m[2][1] = T(2) * (y * z + w * x);
+  r.m[2][2] = T(1) - T(2) * (x * x + y * y);
+  return r;
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE T quat_norm_floored(const Vec4<T>& q) {
+  return max_(sqrt_(q.w * q.w + q.x * q.x + q.y * q.y + q.z * q.z), normalize_eps<T>());
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE Vec4<T> normalize_quat(const Vec4<T>& q) {
+  const T inv = T(1) / quat_norm_floored(q);
+  return {q.w * inv, q.x * inv, q.y * inv, q.z * inv};
+}
+
+// Sigma = R diag(s) diag(s) R^T. Negative scales are allowed: only s^2 enters.
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> covar_from_rotmat_scale(const Mat3<T>& r, const Vec3<T>& s) {
+  Mat3<T> m;  // M = R diag(s)
+  for (int i = 0; i < 3; ++i) {
+    m.m[i][0] = r.m[i][0] * s.x;
+    m.m[i][1] = r.m[i][1] * s.y;
+    m.m[i][2] = r.m[i][2] * s.z;
+  }
+  Mat3<T> c;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) c.m[i][j] = m.m[i][0] * m.m[j][0] + m.m[i][1] * m.m[j][1] + m.m[i][2] * m.m[j][2];
+  return c;
+}
+
+// VJP of Sigma(q, s) for an arbitrary (not necessarily symmetric) cotangent v_covar; adds into v_quat, v_scale.
+// Sigma = M M^T with M = R diag(s): dL/dM = (G + G^T) M; dL/dR = dL/dM diag(s); dL/ds_j = sum_i R_ij dL/dM_ij.
+template <typename T>
+PYOPS_HOST_DEVICE void covar_from_quat_scale_vjp(const Vec4<T>& quat, const Vec3<T>& s, const Mat3<T>& v_covar,
+                                                 Vec4<T>& v_quat, Vec3<T>& v_scale) {
+  const T norm = quat_norm_floored(quat);
+  const Vec4<T> q = {quat.w / norm, quat.x / norm, quat.y / norm, quat.z / norm};
+  const Mat3<T> r = rotmat_from_unit_quat(q);
+  const T sc[3] = {s.x, s.y, s.z};
+  Mat3<T> gs;  // G + G^T
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) gs.m[i][j] = v_covar.m[i][j] + v_covar.m[j][i];
+  Mat3<T> v_m = zeros3<T>();
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (int k = 0; k < 3; ++k) v_m.m[i][j] += gs.m[i][k] * r.m[k][j] * sc[j];
+  T vs[3] = {T(0), T(0), T(0)};
+  Mat3<T> g;  // dL/dR
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      g.m[i][j] = v_m.m[i][j] * sc[j];
+      vs[j] += r.m[i][j] * v_m.m[i][j];
+    }
+  v_scale.x += vs[0];
+  v_scale.y += vs[1];
+  v_scale.z += vs[2];
+
+  // dL/dq for the unit quaternion, entry by entry from rotmat_from_unit_quat.
+  const T w = q.w, x = q.x, y = q.y, z = q.z;
+  const Vec4<T> v_n = {
+      T(2) * (x * (g.m[2][1] - g.m[1][2]) + y * (g.m[0][2] - g.m[2][0]) + z * (g.m[1][0] - g.m[0][1])),
+      T(2) * (y * (g.m[0][1] + g.m[1][0]) + z * (g.m[0][2] + g.m[2][0]) + w * (g.m[2][1] - g.m[1][2]) -
+              T(2) * x * (g.m[1][1] + g.m[2][2])),
+      T(2) * (x * (g.m[0][1] + g.m[1][0]) + z * (g.m[1][2] + g.m[2][1]) + w * (g.m[0][2] - g.m[2][0]) -
+              T(2) * y * (g.m[0][0] + g.m[2][2])),
+      T(2) * (x * (g.m[0][2] + g.m[2][0]) + y * (g.m[1][2] + g.m[2][1]) + w * (g.m[1][0] - g.m[0][1]) -
+              T(2) * z * (g.m[0][0] + g.m[1][1]))};
+  // Through q / max(|q|, eps): project out the radial part; below the floor the map is linear (1 / eps).
+  if (norm > normalize_eps<T>()) {
+    const T dot = v_n.w * q.w + v_n.x * q.x + v_n.y * q.y + v_n.z * q.z;
+    v_quat.w += (v_n.w - dot * q.w) / norm;
+    v_quat.x += (v_n.x - dot * q.x) / norm;
+    v_quat.y += (v_n.y - dot * q.y) / norm;
+    v_quat.z += (v_n.z - dot * q.z) / norm;
+  } else {
+    v_quat.w += v_n.w / norm;
+    v_quat.x += v_n.x / norm;
+    v_quat.y += v_n.y / norm;
+    v_quat.z += v_n.z / norm;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// World -> camera: p_c = R p + t, Sigma_c = R Sigma R^T, with [R | t] the top rows of the view matrix.
+// ---------------------------------------------------------------------------------------------------------
+
+template <typename T>
+PYOPS_HOST_DEVICE Vec3<T> point_world_to_cam(const Mat3<T>& r, const Vec3<T>& t, const Vec3<T>& p) {
+  const Vec3<T> q = matvec(r, p);
+  return {q.x + t.x, q.y + t.y, q.z + t.z};
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> covar_world_to_cam(const Mat3<T>& r, const Mat3<T>& covar) {
+  return matmul(matmul(r, covar), transpose(r));
+}
+
+// VJPs (no view-matrix gradients: the schema has none). dL/dp = R^T dL/dp_c; dL/dSigma = R^T G R.
+template <typename T>
+PYOPS_HOST_DEVICE Vec3<T> point_world_to_cam_vjp(const Mat3<T>& r, const Vec3<T>& v_pc) { return matvec_t(r, v_pc); }
+
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> covar_world_to_cam_vjp(const Mat3<T>& r, const Mat3<T>& v_covar_c) {
+  return matmul(matmul(transpose(r), v_covar_c), r);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Pinhole EWA projection
+// ---------------------------------------------------------------------------------------------------------
+
+template <typename T>
+struct Pinhole {
+  T fx, fy, cx, cy;
+  T width, height;
+};
+
+// The Jacobian is evaluated with x/z and y/z clamped to 1.3x the field of view (as 3DGS and gsplat do) so
+// that Gaussians far outside the frustum do not get huge screen footprints. The mean itself is not clamped.
+template <typename T>
+struct FovLimits {
+  T x_pos, x_neg, y_pos, y_neg;
+};
+
+template <typename T>
+PYOPS_HOST_DEVICE FovLimits<T> fov_limits(const Pinhole<T>& cam) {
+  const T tan_fovx = T(0.5) * cam.width / cam.fx;
+  const T tan_fovy = T(0.5) * cam.height / cam.fy;
+  return {(cam.width - cam.cx) / cam.fx + T(0.3) * tan_fovx, cam.cx / cam.fx + T(0.3) * tan_fovx,
+          (cam.height - cam.cy) / cam.fy + T(0.3) * tan_fovy, cam.cy / cam.fy + T(0.3) * tan_fovy};
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE Vec2<T> project_mean(const Pinhole<T>& cam, const Vec3<T>& p) {
+  const T rz = T(1) / p.z;
+  return {cam.fx * p.x * rz + cam.cx, cam.fy * p.y * rz + cam.cy};
+}
+
+template <typename T>
+PYOPS_HOST_DEVICE Mat2x3<T> projection_jacobian(const Pinhole<T>& cam, const Vec3<T>& p) {
+  const FovLimits<T> lim = fov_limits(cam);
+  const T rz = T(1) / p.z;
+  const T rz2 = rz * rz;
+  const T tx = p.z * min_(lim.x_pos, max_(-lim.x_neg, p.x * rz));
+  const T ty = p.z * min_(lim.y_pos, max_(-lim.y_neg, p.y * rz));
+  Mat2x3<T> j;
+  j.m[0][0] = cam.fx * rz;
+  j.m[0][1] = T(0);
+  j.m[0][2] = -cam.fx * tx * rz2;
+  j.m[1][0] = T(0);
+  j.m[1][1] = cam.fy * rz;
+  j.m[1][2] = -cam.fy * ty * rz2;
+  return j;
+}
+
+// J Sigma J^T.
+template <typename T>
+PYOPS_HOST_DEVICE Mat2<T> project_covar(const Mat2x3<T>& j, const Mat3<T>& covar_c) {
+  T js[2][3];
+  for (int a = 0; a < 2; ++a)
+    for (int k = 0; k < 3; ++k)
+      js[a][k] = j.m[a][0] * covar_c.m[0][k] + j.m[a][1] * covar_c.m[1][k] + j.m[a][2] * covar_c.m[2][k];
+  Mat2<T> c;
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) c.m[a][b] = js[a][0] * j.m[b][0] + js[a][1] * j.m[b][1] + js[a][2] * j.m[b][2];
+  return c;
+}
+
+// VJP of (mean2d, cov2d) = (project_mean(p), J(p) Sigma_c J(p)^T) w.r.t. p and Sigma_c; adds into v_p, v_covar_c.
+// Inside the FOV limits J depends on x, y, z; where x/z (or y/z) is clamped, t_x = z * limit, so that entry of
+// J depends on z alone (the clamp's derivative is 1 inside the closed interval, as torch.clamp's).
+template <typename T>
+PYOPS_HOST_DEVICE void project_vjp(const Pinhole<T>& cam, const Vec3<T>& p, const Mat3<T>& covar_c,
+                                   const Mat2<T>& v_cov2d, const Vec2<T>& v_mean2d, Vec3<T>& v_p,
+                                   Mat3<T>& v_covar_c) {
+  const Mat2x3<T> j = projection_jacobian(cam, p);
+  // dL/dSigma_c = J^T G J
+  for (int k = 0; k < 3; ++k)
+    for (int l = 0; l < 3; ++l) {
+      T acc = T(0);
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) acc += j.m[a][k] * v_cov2d.m[a][b] * j.m[b][l];
+      v_covar_c.m[k][l] += acc;
+    }
+  const T rz = T(1) / p.z;
+  const T rz2 = rz * rz;
+  const T rz3 = rz2 * rz;
+  // Mean: u = fx x / z + cx, v = fy y / z + cy.
+  v_p.x += cam.fx * rz * v_mean2d.x;
+  v_p.y += cam.fy * rz * v_mean2d.y;
+  v_p.z += -(cam.fx * p.x * v_mean2d.x + cam.fy * p.y * v_mean2d.y) * rz2;
+
+  // dL/dJ = G J Sigma^T + G^T J Sigma.
+  T v_j[2][3];
+  for (int a = 0; a < 2; ++a)
+    for (int k = 0; k < 3; ++k) {
+      T acc = T(0);
+      for (int b = 0; b < 2; ++b)
+        for (int l = 0; l < 3; ++l)
+          acc += v_cov2d.m[a][b] * j.m[b][l] * covar_c.m[k][l] + v_cov2d.m[b][a] * j.m[b][l] * covar_c.m[l][k];
+      v_j[a][k] = acc;
+    }
+  const FovLimits<T> lim = fov_limits(cam);
+  const T u = p.x * rz, v = p.y * rz;
+  const T tx = p.z * min_(lim.x_pos, max_(-lim.x_neg, u));
+  const T ty = p.z * min_(lim.y_pos, max_(-lim.y_neg, v));
+  // J00 = fx / z, J11 = fy / z.
+  v_p.z += -cam.fx * rz2 * v_j[0][0] - cam.fy * rz2 * v_j[1][1];
+  // J02 = -fx tx / z^2: unclamped (tx = x) -> d/dx = -fx / z^2, d/dz = 2 fx x / z^3;
+  // clamped (tx = z L) -> J02 = -fx L / z, d/dz = fx L / z^2 = fx tx / z^3.
+  if (u <= lim.x_pos && u >= -lim.x_neg) {
+    v_p.x += -cam.fx * rz2 * v_j[0][2];
+    v_p.z += T(2) * cam.fx * tx * rz3 * v_j[0][2];
+  } else {
+    v_p.z += cam.fx * tx * rz3 * v_j[0][2];
+  }
+  if (v <= lim.y_pos && v >= -lim.y_neg) {
+    v_p.y += -cam.fy * rz2 * v_j[1][2];
+    v_p.z += T(2) * cam.fy * ty * rz3 * v_j[1][2];
+  } else {
+    v_p.z += cam.fy * ty * rz3 * v_j[1][2];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Screen-space dilation, compensation, conic, radius
+// ---------------------------------------------------------------------------------------------------------
+
+// Adds eps2d to the diagonal (a low-pass filter of about one pixel: no Gaussian is thinner than a pixel).
+// Returns the dilated determinant; `compensation` = sqrt(det / det_dilated), the factor that keeps the
+// dilated Gaussian's integral equal to the original's (antialiased mode multiplies opacities by it).
+template <typename T>
+PYOPS_HOST_DEVICE T dilate_covar2d(T eps2d, Mat2<T>& cov2d, T& compensation) {
+  const T det_orig = cov2d.m[0][0] * cov2d.m[1][1] - cov2d.m[0][1] * cov2d.m[1][0];
+  cov2d.m[0][0] += eps2d;
+  cov2d.m[1][1] += eps2d;
+  const T det = cov2d.m[0][0] * cov2d.m[1][1] - cov2d.m[0][1] * cov2d.m[1][0];
+  compensation = sqrt_(max_(T(0), det_orig / det));
+  return det;
+}
+
+// VJP of the compensation w.r.t. the undilated covariance, given the conic (inverse of the dilated one). With
+// r = det(Sigma) / det(Sigma + eps I) and comp = sqrt(r): dr/dSigma = (1 - r) conic - eps det(conic) I (using
+// adj(Sigma + eps I) = adj(Sigma) + eps I), and dcomp/dr = 0.5 / comp, taken as 0.5 / (comp + 1e-6) as gsplat
+// does so that comp = 0 (a fully flat Gaussian) stays finite.
+template <typename T>
+PYOPS_HOST_DEVICE void compensation_vjp(T eps2d, const Mat2<T>& conic, T compensation, T v_compensation,
+                                        Mat2<T>& v_cov2d) {
+  const T det_conic = conic.m[0][0] * conic.m[1][1] - conic.m[0][1] * conic.m[1][0];
+  const T v_sq = v_compensation * T(0.5) / (compensation + T(1e-6));
+  const T one_minus_sq = T(1) - compensation * compensation;
+  v_cov2d.m[0][0] += v_sq * (one_minus_sq * conic.m[0][0] - eps2d * det_conic);
+  v_cov2d.m[0][1] += v_sq * (one_minus_sq * conic.m[0][1]);
+  v_cov2d.m[1][0] += v_sq * (one_minus_sq * conic.m[1][0]);
+  v_cov2d.m[1][1] += v_sq * (one_minus_sq * conic.m[1][1] - eps2d * det_conic);
+}
+
+// Upper triangle (a, b, c) of the inverse of a symmetric 2x2 with determinant det: sigma = a dx^2 / 2 + b dx dy
+// + c dy^2 / 2 in the pixel weight. (cov01 and cov10 are equal; their mean keeps this exact for any input.)
+template <typename T>
+PYOPS_HOST_DEVICE Vec3<T> conic_from_covar2d(const Mat2<T>& cov2d, T det) {
+  const T inv = T(1) / det;
+  return {cov2d.m[1][1] * inv, -T(0.5) * (cov2d.m[0][1] + cov2d.m[1][0]) * inv, cov2d.m[0][0] * inv};
+}
+
+// VJP of the inverse: with P = M^-1, dL/dM = -P (dL/dP) P. The conic's off-diagonal entry b stands for both
+// P01 and P10, so each receives half of its cotangent.
+template <typename T>
+PYOPS_HOST_DEVICE Mat2<T> conic_vjp(const Vec3<T>& conic, const Vec3<T>& v_conic) {
+  const T p[2][2] = {{conic.x, conic.y}, {conic.y, conic.z}};
+  const T g[2][2] = {{v_conic.x, T(0.5) * v_conic.y}, {T(0.5) * v_conic.y, v_conic.z}};
+  T pg[2][2];
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) pg[a][b] = p[a][0] * g[0][b] + p[a][1] * g[1][b];
+  Mat2<T> r;
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) r.m[a][b] = -(pg[a][0] * p[0][b] + pg[a][1] * p[1][b]);
+  return r;
+}
+
+// Screen-space half extent in pixels along one axis of the dilated covariance (its variance on that axis).
+template <typename T>
+PYOPS_HOST_DEVICE T radius_from_variance(T variance) {
+  return ceil_(radius_sigmas<T>() * sqrt_(variance));
+}
+
+// int32 radius; values beyond int32 (a huge Gaussian) saturate instead of overflowing the conversion.
+template <typename T>
+PYOPS_HOST_DEVICE int32_t radius_to_int(T r) {
+  return r >= T(2147483647.0) ? int32_t(2147483647) : static_cast<int32_t>(r);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Spherical harmonics, degrees 0-3 (real SH in the 3DGS sign convention; Sloan's "Efficient Spherical
+// Harmonic Evaluation" recurrences). Basis k multiplies coeffs[k].
+// ---------------------------------------------------------------------------------------------------------
+
+constexpr int kMaxShDegree = 3;
+constexpr int kMaxShBases = (kMaxShDegree + 1) * (kMaxShDegree + 1);
+
+PYOPS_HOST_DEVICE constexpr int sh_num_bases(int degree) { return (degree + 1) * (degree + 1); }
+
+// Bases at the unit direction (x, y, z), written into b[0 .. sh_num_bases(degree)).
+template <typename T>
+PYOPS_HOST_DEVICE void sh_bases(int degree, T x, T y, T z, T* b) {
+  b[0] = T(0.2820947917738781);
+  if (degree < 1) return;
+  b[1] = T(-0.48860251190292) * y;
+  b[2] = T(0.48860251190292) * z;
+  b[3] = T(-0.48860251190292) * x;
+  if (degree < 2) return;
+  const T z2 = z * z;
+  const T c1 = x * x - y * y;  // cos(2 phi) sin^2(theta)
+  const T s1 = T(2) * x * y;   // sin(2 phi) sin^2(theta)
+  b[4] = T(0.5462742152960395) * s1;
+  b[5] = T(-1.092548430592079) * z * y;
+  b[6] = T(0.9461746957575601) * z2 - T(0.3153915652525201);
+  b[7] = T(-1.092548430592079) * z * x;
+  b[8] = T(0.5462742152960395) * c1;
+  if (degree < 3) return;
+  const T c2 = x * c1 - y * s1;
+  const T s2 = x * s1 + y * c1;
+  const T p13 = T(-2.285228997322329) * z2 + T(0.4570457994644658);
+  b[9] = T(-0.5900435899266435) * s2;
+  b[10] = T(1.445305721320277) * z * s1;
+  b[11] = p13 * y;
+  b[12] = z * (T(1.865881662950577) * z2 - T(1.119528997770346));
+  b[13] = p13 * x;
+  b[14] = T(1.445305721320277) * z * c1;
+  b[15] = T(-0.5900435899266435) * c2;
+}
+
+// Gradient of sum_k g[k] * b_k(x, y, z) w.r.t. the unit direction (treating x, y, z as independent).
+template <typename T>
+PYOPS_HOST_DEVICE Vec3<T> sh_bases_vjp(int degree, T x, T y, T z, const T* g) {
+  Vec3<T> d = {T(0), T(0), T(0)};
+  if (degree < 1) return d;
+  const T a1 = T(0.48860251190292);
+  d.y += -a1 * g[1];
+  d.z += a1 * g[2];
+  d.x += -a1 * g[3];
+  if (degree < 2) return d;
+  const T z2 = z * z;
+  const T c1 = x * x - y * y, s1 = T(2) * x * y;
+  const T k4 = T(0.5462742152960395), k5 = T(-1.092548430592079), k6 = T(0.9461746957575601);
+  // b4 = k4 * 2xy, b5 = k5 z y, b6 = k6 z^2 - const, b7 = k5 z x, b8 = k4 (x^2 - y^2)
+  d.x += k4 * T(2) * y * g[4] + k5 * z * g[7] + k4 * T(2) * x * g[8];
+  d.y += k4 * T(2) * x * g[4] + k5 * z * g[5] - k4 * T(2) * y * g[8];
+  d.z += k5 * y * g[5] + k6 * T(2) * z * g[6] + k5 * x * g[7];
+  if (degree < 3) return d;
+  const T k9 = T(-0.5900435899266435), k10 = T(1.445305721320277);
+  const T k11a = T(-2.285228997322329), k11b = T(0.4570457994644658);
+  const T k12a = T(1.865881662950577), k12b = T(1.119528997770346);
+  const T p13 = k11a * z2 + k11b;
+  // c2 = x^3 - 3 x y^2, s2 = 3 x^2 y - y^3 (expanding the recurrences)
+  const T dc2_dx = T(3) * (x * x - y * y), dc2_dy = T(-6) * x * y;
+  const T ds2_dx = T(6) * x * y, ds2_dy = T(3) * (x * x - y * y);
+  // b9 = k9 s2
+  d.x += k9 * ds2_dx * g[9];
+  d.y += k9 * ds2_dy * g[9];
+  // b10 = k10 z s1
+  d.x += k10 * z * T(2) * y * g[10];
+  d.y += k10 * z * T(2) * x * g[10];
+  d.z += k10 * s1 * g[10];
+  // b11 = p13 y, b13 = p13 x, dp13/dz = 2 k11a z
+  d.y += p13 * g[11];
+  d.x += p13 * g[13];
+  d.z += T(2) * k11a * z * (y * g[11] + x * g[13]);
+  // b12 = k12a z^3 - k12b z
+  d.z += (T(3) * k12a * z2 - k12b) * g[12];
+  // b14 = k10 z c1
+  d.x += k10 * z * T(2) * x * g[14];
+  d.y += -k10 * z * T(2) * y * g[14];
+  d.z += k10 * c1 * g[14];
+  // b15 = k9 c2
+  d.x += k9 * dc2_dx * g[15];
+  d.y += k9 * dc2_dy * g[15];
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-pixel blending
+// ---------------------------------------------------------------------------------------------------------
+
+// Mahalanobis half-distance of the pixel centre from the Gaussian; delta = mean2d - pixel centre.
+template <typename T>
+PYOPS_HOST_DEVICE T gaussian_sigma(const Vec3<T>& conic, T dx, T dy) {
+  return T(0.5) * (conic.x * dx * dx + conic.z * dy * dy) + conic.y * dx * dy;
+}
+
+// Per-(pixel, Gaussian) evaluation: sigma, vis = exp(-sigma), alpha = min(0.999, opacity * vis), and whether it
+// blends at all. The cut order is gsplat's: a negative sigma (a conic that is not positive definite) or an
+// alpha under 1/255 skips the Gaussian; the transmittance stop is applied by the caller, before blending.
+template <typename T>
+struct PixelHit {
+  T dx, dy, vis, alpha;
+  bool skip;
+};
+
+template <typename T>
+PYOPS_HOST_DEVICE PixelHit<T> evaluate_hit(const Vec2<T>& mean2d, const Vec3<T>& conic, T opacity, T px, T py) {
+  PixelHit<T> h;
+  h.dx = mean2d.x - px;
+  h.dy = mean2d.y - py;
+  const T sigma = gaussian_sigma(conic, h.dx, h.dy);
+  h.vis = exp_(-sigma);
+  h.alpha = min_(max_alpha<T>(), opacity * h.vis);
+  // `!(alpha >= threshold)` also skips NaN alphas.
+  h.skip = sigma < T(0) || !(h.alpha >= alpha_threshold<T>());
+  return h;
+}
+
+// Gradients of one blended Gaussian at one pixel given dL/dalpha: through alpha = opacity * exp(-sigma) unless
+// the 0.999 clamp was active (then alpha does not depend on the inputs, as in autograd through the clamp).
+template <typename T>
+struct HitGrad {
+  Vec2<T> v_mean2d;
+  Vec3<T> v_conic;
+  T v_opacity;
+};
+
+template <typename T>
+PYOPS_HOST_DEVICE HitGrad<T> hit_vjp(const PixelHit<T>& h, const Vec3<T>& conic, T opacity, T v_alpha) {
+  HitGrad<T> g = {{T(0), T(0)}, {T(0), T(0), T(0)}, T(0)};
+  if (opacity * h.vis <= max_alpha<T>()) {
+    const T v_sigma = -opacity * h.vis * v_alpha;
+    g.v_conic = {T(0.5) * v_sigma * h.dx * h.dx, v_sigma * h.dx * h.dy, T(0.5) * v_sigma * h.dy * h.dy};
+    g.v_mean2d = {v_sigma * (conic.x * h.dx + conic.y * h.dy), v_sigma * (conic.y * h.dx + conic.z * h.dy)};
+    g.v_opacity = h.vis * v_alpha;
+  }
+  return g;
+}
+
+}  // namespace gs
+}  // namespace pyops
