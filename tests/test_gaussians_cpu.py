@@ -94,8 +94,8 @@ def oracle_project(s, antialiased, eps2d=EPS2D, near=NEAR, far=FAR):
 
 
 def our_project(s, antialiased, eps2d=EPS2D, near=NEAR, far=FAR, radius_clip=0.0):
-    return ops.gs_project_fwd(s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], s["width"], s["height"],
-                              eps2d, near, far, radius_clip, antialiased)
+    return ops.gs_project_fwd(s["means"], s["quats"], s["scales"], None, s["viewmats"], s["Ks"], s["width"],
+                              s["height"], eps2d, near, far, radius_clip, antialiased)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -130,11 +130,9 @@ def test_project_fwd_bwd(dtype, antialiased, n, c, image):
     want = torch.autograd.grad(loss, list(leaves.values()))
     got = ops.gs_project_bwd(s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], w, h, EPS2D, antialiased,
                              radii, conics, comps, *(t.to(dtype) for t in cot))
-    # The compensation VJP divides by (comp + 1e-6) as gsplat does, ~1e-6 off the exact derivative.
-    atol = 1e-6 if antialiased else None
     for name, gg, ww in zip(("v_means", "v_quats", "v_scales"), got, want):
         assert gg.dtype == dtype
-        assert_close(name, gg, ww, dtype, atol=atol)
+        assert_close(name, gg, ww, dtype)
 
 
 def test_project_radius_clip_and_planes():
@@ -402,8 +400,8 @@ def test_rasterize_empty_scene_gives_background():
 class _Project(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, viewmats, Ks, w, h):
-        radii, m2d, dep, con, comp = ops.gs_project_fwd(means, quats, scales, viewmats, Ks, w, h, EPS2D, NEAR, FAR,
-                                                        0.0, True)
+        radii, m2d, dep, con, comp = ops.gs_project_fwd(means, quats, scales, None, viewmats, Ks, w, h, EPS2D, NEAR,
+                                                        FAR, 0.0, True)
         ctx.save_for_backward(means, quats, scales, viewmats, Ks, radii, con, comp)
         ctx.wh = (w, h)
         return m2d, dep, con, comp
@@ -475,7 +473,8 @@ def test_gradcheck_rasterize():
 def test_opcheck():
     s = make_scene(40, 2, 40, 27, torch.float32, seed=1)
     proj = (s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], 40, 27)
-    torch.library.opcheck(ops.gs_project_fwd.default, proj + (EPS2D, NEAR, FAR, 0.0, True))
+    opacities = torch.rand(s["means"].shape[0])
+    torch.library.opcheck(ops.gs_project_fwd.default, proj[:3] + (opacities,) + proj[3:] + (EPS2D, NEAR, FAR, 0.0, True))
     radii, m2d, dep, con, comp = our_project(s, True)
     torch.library.opcheck(ops.gs_project_bwd.default, proj + (EPS2D, True, radii, con, comp, torch.randn_like(m2d),
                                                              torch.randn_like(dep), torch.randn_like(con),
@@ -542,8 +541,9 @@ def test_degenerate_inputs(dtype):
 def test_bad_inputs_name_the_argument():
     s = make_scene(10, 2, 40, 27, torch.float32, seed=1)
     base = dict(s)
-    args = lambda **kw: tuple({**base, **kw}[k] for k in ("means", "quats", "scales", "viewmats", "Ks")) + (40, 27, EPS2D,
-                                                                                                         NEAR, FAR, 0.0, False)
+    names = ("means", "quats", "scales", "opacities", "viewmats", "Ks")
+    args = lambda **kw: tuple({**base, "opacities": None, **kw}[k] for k in names) + (40, 27, EPS2D, NEAR, FAR, 0.0,
+                                                                                       False)
     with pytest.raises(RuntimeError, match="`quats` must have shape \\[10, 4\\]"):
         ops.gs_project_fwd(*args(quats=s["quats"][:, :3]))
     with pytest.raises(RuntimeError, match="`scales` must be Float"):

@@ -243,7 +243,7 @@ def _gs_project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, view_ptr, k_ptr, ra
         comp = tl.load(comp_ptr + pair, mask=mask, other=1.0)
         v_comp = tl.load(v_comp_ptr + pair, mask=mask, other=0.0)
         det_p = p0 * p2 - p1 * p1
-        v_sq = v_comp * 0.5 / (comp + 1e-6)
+        v_sq = tl.where(comp > 0.0, v_comp * 0.5 / comp, 0.0)
         one_m = 1.0 - comp * comp
         g00 += v_sq * (one_m * p0 - eps2d * det_p)
         g01 += v_sq * one_m * p1

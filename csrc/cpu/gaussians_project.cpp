@@ -38,9 +38,9 @@ Mat3<T> world_covar(const T* quat, const T* scale) {
 }
 
 template <typename T>
-void project_fwd_kernel(const ProjectInputs& p, int64_t width, int64_t height, T eps2d, T near_plane,
-                        T far_plane, T radius_clip, bool antialiased, at::Tensor& radii, at::Tensor& means2d,
-                        at::Tensor& depths, at::Tensor& conics, at::Tensor& compensations) {
+void project_fwd_kernel(const ProjectInputs& p, const T* opacities, int64_t width, int64_t height, T eps2d,
+                        T near_plane, T far_plane, T radius_clip, bool antialiased, at::Tensor& radii,
+                        at::Tensor& means2d, at::Tensor& depths, at::Tensor& conics, at::Tensor& compensations) {
   const T* means = p.means.data_ptr<T>();
   const T* quats = p.quats.data_ptr<T>();
   const T* scales = p.scales.data_ptr<T>();
@@ -68,8 +68,14 @@ void project_fwd_kernel(const ProjectInputs& p, int64_t width, int64_t height, T
       const T det = dilate_covar2d(eps2d, cov2d, compensation);
       if (!(det > T(0))) continue;
       const Vec3<T> conic = conic_from_covar2d(cov2d, det);
-      const T rx = radius_from_variance(cov2d.m[0][0]);
-      const T ry = radius_from_variance(cov2d.m[1][1]);
+      T sigmas = radius_sigmas<T>();
+      if (opacities != nullptr) {  // gsplat's rasterization(): cull what never reaches the blend cut
+        const T opacity = antialiased ? opacities[g] * compensation : opacities[g];
+        if (!(opacity >= alpha_threshold<T>())) continue;
+        sigmas = radius_sigmas_for_opacity(opacity);
+      }
+      const T rx = radius_from_variance(cov2d.m[0][0], sigmas);
+      const T ry = radius_from_variance(cov2d.m[1][1], sigmas);
       if (rx <= radius_clip && ry <= radius_clip) continue;
       if (!(mean2d.x + rx > T(0) && mean2d.x - rx < w && mean2d.y + ry > T(0) && mean2d.y - ry < h)) continue;
       radii_out[idx * 2] = radius_to_int(rx);
@@ -89,12 +95,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_f
     const at::Tensor& means,     // [N, 3]
     const at::Tensor& quats,     // [N, 4]
     const at::Tensor& scales,    // [N, 3]
+    const std::optional<at::Tensor>& opacities,  // [N]
     const at::Tensor& viewmats,  // [C, 4, 4]
     const at::Tensor& Ks,        // [C, 3, 3]
     int64_t width, int64_t height, double eps2d, double near_plane, double far_plane, double radius_clip,
     bool antialiased) {
   const ProjectInputs p =
       prepare_project("gs_project_fwd", means, quats, scales, viewmats, Ks, width, height, c10::DeviceType::CPU);
+  const at::Tensor opac = opacities.has_value()
+      ? checked(*opacities, "gs_project_fwd", "opacities", c10::DeviceType::CPU, {p.n}, p.means.scalar_type())
+      : at::Tensor();
   const auto opt = p.means.options();
   at::Tensor radii = at::zeros({p.c, p.n, 2}, opt.dtype(at::kInt));
   at::Tensor means2d = at::zeros({p.c, p.n, 2}, opt);
@@ -103,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_f
   at::Tensor compensations = antialiased ? at::zeros({p.c, p.n}, opt) : at::ones({p.c, p.n}, opt);
   if (p.c * p.n == 0) return {radii, means2d, depths, conics, compensations};
   AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_fwd_cpu", [&] {
-    project_fwd_kernel<scalar_t>(p, width, height, static_cast<scalar_t>(eps2d), static_cast<scalar_t>(near_plane),
+    project_fwd_kernel<scalar_t>(p, opac.defined() ? opac.data_ptr<scalar_t>() : nullptr, width, height, static_cast<scalar_t>(eps2d), static_cast<scalar_t>(near_plane),
                                  static_cast<scalar_t>(far_plane), static_cast<scalar_t>(radius_clip), antialiased,
                                  radii, means2d, depths, conics, compensations);
   });

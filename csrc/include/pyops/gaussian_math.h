@@ -77,6 +77,11 @@ PYOPS_HOST_DEVICE T ceil_(T x) {
   using std::ceil;
   return ceil(x);
 }
+template <typename T>
+PYOPS_HOST_DEVICE T log_(T x) {
+  using std::log;
+  return log(x);
+}
 
 template <typename T>
 PYOPS_HOST_DEVICE T min_(T a, T b) { return a < b ? a : b; }
@@ -384,13 +389,13 @@ PYOPS_HOST_DEVICE T dilate_covar2d(T eps2d, Mat2<T>& cov2d, T& compensation) {
 
 // VJP of the compensation w.r.t. the undilated covariance, given the conic (inverse of the dilated one). With
 // r = det(Sigma) / det(Sigma + eps I) and comp = sqrt(r): dr/dSigma = (1 - r) conic - eps det(conic) I (using
-// adj(Sigma + eps I) = adj(Sigma) + eps I), and dcomp/dr = 0.5 / comp, taken as 0.5 / (comp + 1e-6) as gsplat
-// does so that comp = 0 (a fully flat Gaussian) stays finite.
+// adj(Sigma + eps I) = adj(Sigma) + eps I), and dcomp/dr = 0.5 / comp (exact, as the reference; gsplat adds
+// 1e-6 to comp), taken as 0 at comp = 0 (a fully flat Gaussian), where the reference gives no gradient either.
 template <typename T>
 PYOPS_HOST_DEVICE void compensation_vjp(T eps2d, const Mat2<T>& conic, T compensation, T v_compensation,
                                         Mat2<T>& v_cov2d) {
   const T det_conic = conic.m[0][0] * conic.m[1][1] - conic.m[0][1] * conic.m[1][0];
-  const T v_sq = v_compensation * T(0.5) / (compensation + T(1e-6));
+  const T v_sq = compensation > T(0) ? v_compensation * T(0.5) / compensation : T(0);
   const T one_minus_sq = T(1) - compensation * compensation;
   v_cov2d.m[0][0] += v_sq * (one_minus_sq * conic.m[0][0] - eps2d * det_conic);
   v_cov2d.m[0][1] += v_sq * (one_minus_sq * conic.m[0][1]);
@@ -423,8 +428,15 @@ PYOPS_HOST_DEVICE Mat2<T> conic_vjp(const Vec3<T>& conic, const Vec3<T>& v_conic
 
 // Screen-space half extent in pixels along one axis of the dilated covariance (its variance on that axis).
 template <typename T>
-PYOPS_HOST_DEVICE T radius_from_variance(T variance) {
-  return ceil_(radius_sigmas<T>() * sqrt_(variance));
+PYOPS_HOST_DEVICE T radius_from_variance(T variance, T sigmas = radius_sigmas<T>()) {
+  return ceil_(sigmas * sqrt_(variance));
+}
+
+// Standard deviations at which a Gaussian of this opacity fades to the 1/255 blend cut (at most 3.33): the
+// radius gsplat's rasterization() uses, since nothing beyond it is ever blended.
+template <typename T>
+PYOPS_HOST_DEVICE T radius_sigmas_for_opacity(T opacity) {
+  return min_(sqrt_(T(2) * log_(opacity / alpha_threshold<T>())), radius_sigmas<T>());
 }
 
 // int32 radius; values beyond int32 (a huge Gaussian) saturate instead of overflowing the conversion.
