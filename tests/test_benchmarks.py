@@ -12,7 +12,7 @@ def test_quick_benchmark_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| derf" in proc.stdout and "| vq" in proc.stdout and "pyops-cpu" in proc.stdout
+    assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians")) and "pyops-cpu" in proc.stdout
     (result,) = tmp_path.glob("*-quick.json")
     rows = json.loads(result.read_text())["rows"]
     assert all(r["y_value_50"] > 0 for r in rows)
@@ -23,6 +23,9 @@ def test_quick_benchmark_run(tmp_path):
     assert {"pyops-cpu", "pyops-cpu exact", "torch chunked", "faiss IndexFlatL2", "vector-quantize-pytorch"} <= {
         r["kernel_provider"] for r in vq}
     assert all(r["tflops"] > 0 and r["agreement"] is not None for r in vq)
-    for name in ("derf", "vq"):
+    gs = [r for r in rows if r["kernel_name"] == "gaussians"]
+    assert {(r["kernel_provider"], r["kernel_operation_mode"]) for r in gs} >= {
+        (p, m) for p in ("pyops-cpu", "dense reference") for m in ("forward", "backward", "full")}
+    for name in ("derf", "vq", "gaussians"):
         assert list(tmp_path.glob(f"*-quick-{name}.png"))
     assert list(tmp_path.glob("*-quick.md"))

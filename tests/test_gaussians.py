@@ -176,3 +176,47 @@ def test_errors_name_the_argument():
     for change, exc, name in cases:
         with pytest.raises(exc, match=name):
             pyops.rasterize_gaussians(**{**base, **change})
+
+
+@pytest.mark.parametrize("device,backend", NATIVE)
+def test_absgrad(device, backend):
+    """meta["means2d"].absgrad: the per-pixel |d loss / d means2d| summed per Gaussian (gsplat's convention)."""
+    s = on(scene(n=30, n_cams=1, seed=13), device, torch.float32)
+    leaves = {k: v.detach().requires_grad_() for k, v in s.items() if k in PARAMS}
+    out, _, meta = pyops.rasterize_gaussians(**leaves, viewmats=s["viewmats"], Ks=s["Ks"], width=WIDTH,
+                                             height=HEIGHT, absgrad=True, backend=backend)
+    meta["means2d"].retain_grad()
+    (out * torch.randn_like(out)).sum().backward()
+    grad, absgrad = meta["means2d"].grad, meta["means2d"].absgrad
+    assert absgrad.shape == grad.shape and (absgrad >= grad.abs() - 1e-6).all()
+    assert (absgrad > grad.abs() + 1e-6).any()  # pixels pull in different directions
+    assert (absgrad[(meta["radii"] == 0).all(-1)] == 0).all()
+
+
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in NATIVE if b != "triton" or d == "cuda"])
+def test_opcheck_and_compile(device, backend):
+    s = on(scene(n=40, n_cams=2, seed=17), device, torch.float32)
+    suffix = "_triton" if backend == "triton" else ""
+    ops = torch.ops.pyops
+    proj = (s["means"], s["quats"], s["scales"], s["opacities"], s["viewmats"], s["Ks"], WIDTH, HEIGHT, 0.3, 0.01,
+            1e10, 0.0, True)
+    torch.library.opcheck(getattr(ops, "gs_project_fwd" + suffix).default, proj)
+    radii, means2d, depths, conics, _ = getattr(ops, "gs_project_fwd" + suffix)(*proj)
+    _, ids, flat = pyops.intersect_tiles(means2d, radii, depths, 16, 3, 2, backend=backend)
+    offsets = pyops.tile_offsets(ids, 2, 3, 2, backend=backend)
+    colors = torch.rand(2, 40, 3, device=device)
+    opac = s["opacities"][None].expand(2, -1).contiguous()
+    torch.library.opcheck(getattr(ops, "gs_rasterize_fwd" + suffix).default,
+                          (means2d, conics, colors, opac, None, WIDTH, HEIGHT, 16, offsets, flat))
+    torch.library.opcheck(getattr(ops, "gs_sh_fwd" + suffix).default,
+                          (2, torch.randn(7, 3, device=device), torch.randn(7, 9, 3, device=device)))
+
+    def render(means, quats, scales, opacities, colors):
+        return pyops.rasterize_gaussians(means, quats, scales, opacities, colors, s["viewmats"], s["Ks"], WIDTH,
+                                         HEIGHT, backend=backend)[0]
+
+    args = [s[k] for k in ("means", "quats", "scales", "opacities")] + [torch.rand(40, 3, device=device)]
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        compiled = torch.compile(render, fullgraph=True)
+        torch.testing.assert_close(compiled(*args), render(*args), atol=1e-5, rtol=1e-5)
