@@ -179,10 +179,6 @@ def _check_size(op: str, name: str, v, minimum: int = 1) -> None:
 # The stages, each a public op.
 
 
-def _resolve(backend: Optional[str], device: torch.device, op: str) -> str:
-    return _backend.resolve(backend, device, op)
-
-
 def _op(which: str, name: str):
     return getattr(torch.ops.pyops, name + ("_triton" if which == "triton" else ""))
 
@@ -234,11 +230,14 @@ def project_gaussians(
     _check_tensor(op, "Ks", Ks, (viewmats.shape[0], 3, 3), dev, dt)
     _check_size(op, "width", width)
     _check_size(op, "height", height)
-    which = _resolve(backend, dev, "gs_project_fwd")
+    which = _backend.resolve(backend, dev, "gs_project_fwd")
     if which == "torch":
         return reference.project_ewa(means, reference.quat_scale_to_covar(quats, scales), viewmats, Ks, width,
                                      height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
                                      radius_clip=radius_clip, antialiased=antialiased, opacities=opacities)
+    if torch.is_grad_enabled() and (viewmats.requires_grad or Ks.requires_grad):
+        raise ValueError(f"{op}: gradients for viewmats and Ks (camera optimisation) are only available with "
+                         f"backend='torch'; detach them or choose that backend (got backend={which!r})")
     radii, means2d, depths, conics, compensations = _op(which, "gs_project_fwd")(
         means.contiguous(), quats.contiguous(), scales.contiguous(),
         None if opacities is None else opacities.detach().contiguous(), viewmats.contiguous(), Ks.contiguous(),
@@ -258,7 +257,7 @@ def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor, *, backend: O
                          f"got shape {tuple(coeffs.shape)}")
     _check_tensor(op, "dirs", dirs, (*coeffs.shape[:-2], 3), coeffs.device, coeffs.dtype)
     lead = coeffs.shape[:-2]
-    which = _resolve(backend, coeffs.device, "gs_sh_fwd")
+    which = _backend.resolve(backend, coeffs.device, "gs_sh_fwd")
     if which == "torch":
         return reference.spherical_harmonics(degree, dirs, coeffs)
     out = _op(which, "gs_sh_fwd")(degree, dirs.reshape(-1, 3).contiguous(),
@@ -280,7 +279,7 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: i
         raise ValueError(f"{op}: radii must be an int32 tensor of shape {tuple(means2d.shape)}")
     for name, v in (("tile_size", tile_size), ("tile_width", tile_width), ("tile_height", tile_height)):
         _check_size(op, name, v)
-    which = _resolve(backend, means2d.device, "gs_intersect_tiles")
+    which = _backend.resolve(backend, means2d.device, "gs_intersect_tiles")
     if which == "torch":
         return reference.intersect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
     return _op(which, "gs_intersect_tiles")(means2d.contiguous(), radii.contiguous(), depths.contiguous(), tile_size,
@@ -290,7 +289,7 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: i
 def tile_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height: int, *,
                  backend: Optional[str] = None) -> Tensor:
     """Index of each (camera, tile)'s first intersection in the sorted ``isect_ids``: ``(C, th, tw)`` int32."""
-    which = _resolve(backend, isect_ids.device, "gs_tile_offsets")
+    which = _backend.resolve(backend, isect_ids.device, "gs_tile_offsets")
     if which == "torch":
         return reference.isect_offsets(isect_ids, n_cameras, tile_width, tile_height)
     return _op(which, "gs_tile_offsets")(isect_ids.contiguous(), n_cameras, tile_width, tile_height)
@@ -336,7 +335,7 @@ def rasterize_to_pixels(
     if flatten_ids.dim() != 1 or flatten_ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{op}: flatten_ids must be a 1-D int32 or int64 tensor, got {flatten_ids.dtype} "
                          f"{tuple(flatten_ids.shape)}")
-    which = _resolve(backend, dev, "gs_rasterize_fwd")
+    which = _backend.resolve(backend, dev, "gs_rasterize_fwd")
     if which == "torch":
         if absgrad:
             raise ValueError(f"{op}: absgrad needs the cpu, cuda or triton backend (autograd cannot see the "
@@ -411,7 +410,7 @@ def rasterize_gaussians(
     _check_size(op, "tile_size", tile_size)
     c = viewmats.shape[0] if isinstance(viewmats, Tensor) else 0
     if backend is None:  # one choice for every stage, so the stages agree on device support
-        backend = _resolve(None, dev, "gs_rasterize_fwd")
+        backend = _backend.resolve(None, dev, "gs_rasterize_fwd")
 
     radii, means2d, depths, conics, compensations = project_gaussians(
         means, quats, scales, viewmats, Ks, width, height, opacities=opacities, eps2d=eps2d, near_plane=near_plane,

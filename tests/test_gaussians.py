@@ -170,6 +170,10 @@ def test_errors_name_the_argument():
         (dict(sh_degree=2), ValueError, "colors"),
         (dict(backgrounds=torch.zeros(1, 5, dtype=torch.float64)), ValueError, "backgrounds"),
     ]
+    for backend in [b for _, b in NATIVE]:
+        with pytest.raises(ValueError, match="viewmats"):
+            pyops.rasterize_gaussians(**{**base, "viewmats": s["viewmats"].clone().requires_grad_()},
+                                      backend=backend)
     nan_means = s["means"].clone()
     nan_means[3, 1] = float("nan")
     cases.append((dict(means=nan_means), ValueError, "means"))
