@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "pyops/gaussian_math.h"
 #include "pyops/gaussians.h"
 
@@ -250,18 +252,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
 // Spherical harmonics
 // ---------------------------------------------------------------------------------------------------------
 
-template <typename T>
-__global__ void sh_fwd_kernel(int degree, int64_t m, int64_t k, const T* __restrict__ dirs,
+// DEG is a template parameter so that the basis arrays unroll into registers (a runtime degree puts them on
+// the stack).
+template <typename T, int DEG>
+__global__ void sh_fwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs,
                               const T* __restrict__ coeffs, T* __restrict__ colors) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= m) return;
   T x, y, z;
   unit_dir(dirs + i * 3, x, y, z);
-  T b[kMaxShBases];
+  constexpr int degree = DEG, nb = sh_num_bases(DEG);
+  T b[kMaxShBases];  // full size: sh_bases(_vjp) index up to their degree, constant-folded here
   sh_bases(degree, x, y, z, b);
-  const int nb = sh_num_bases(degree);
   const T* co = coeffs + i * k * 3;
   T acc[3] = {T(0), T(0), T(0)};
+#pragma unroll
   for (int j = 0; j < nb; ++j)
 #pragma unroll
     for (int ch = 0; ch < 3; ++ch) acc[ch] += b[j] * co[j * 3 + ch];
@@ -270,30 +275,42 @@ __global__ void sh_fwd_kernel(int degree, int64_t m, int64_t k, const T* __restr
 }
 
 // v_coeffs starts zeroed: bases beyond the degree (K > (degree + 1)^2) get no gradient.
-template <typename T>
-__global__ void sh_bwd_kernel(int degree, int64_t m, int64_t k, const T* __restrict__ dirs,
+template <typename T, int DEG>
+__global__ void sh_bwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs,
                               const T* __restrict__ coeffs, const T* __restrict__ v_colors, T* __restrict__ v_coeffs,
                               T* __restrict__ v_dirs) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= m) return;
   T x, y, z;
   const T norm = unit_dir(dirs + i * 3, x, y, z);
+  constexpr int degree = DEG, nb = sh_num_bases(DEG);
   T b[kMaxShBases], gb[kMaxShBases];
   sh_bases(degree, x, y, z, b);
-  const int nb = sh_num_bases(degree);
   const T* co = coeffs + i * k * 3;
   const T g[3] = {v_colors[i * 3], v_colors[i * 3 + 1], v_colors[i * 3 + 2]};
   T* vco = v_coeffs + i * k * 3;
+#pragma unroll
   for (int j = 0; j < nb; ++j) {
 #pragma unroll
     for (int ch = 0; ch < 3; ++ch) vco[j * 3 + ch] = b[j] * g[ch];
     gb[j] = co[j * 3] * g[0] + co[j * 3 + 1] * g[1] + co[j * 3 + 2] * g[2];
   }
-  if (degree == 0) return;  // the constant band does not depend on the direction (v_dirs stays zero)
+  if constexpr (DEG == 0) return;  // the constant band does not depend on the direction (v_dirs stays zero)
   const Vec3<T> vd = unit_dir_vjp(x, y, z, norm, sh_bases_vjp(degree, x, y, z, gb));
   v_dirs[i * 3] = vd.x;
   v_dirs[i * 3 + 1] = vd.y;
   v_dirs[i * 3 + 2] = vd.z;
+}
+
+// Runtime SH degree (0-3, checked by prepare_sh) -> std::integral_constant.
+template <typename F>
+void with_degree(int64_t degree, F&& f) {
+  switch (degree) {
+    case 0: f(std::integral_constant<int, 0>{}); break;
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 3>{}); break;
+  }
 }
 
 at::Tensor sh_fwd_cuda(int64_t degree, const at::Tensor& dirs /* [M, 3] */, const at::Tensor& coeffs /* [M, K, 3] */) {
@@ -303,10 +320,12 @@ at::Tensor sh_fwd_cuda(int64_t degree, const at::Tensor& dirs /* [M, 3] */, cons
   if (p.m == 0) return colors;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_fwd_cuda", [&] {
-    sh_fwd_kernel<scalar_t><<<blocks_for(p.m), kThreads, 0, stream>>>(
-        static_cast<int>(degree), p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(),
+    with_degree(degree, [&](auto deg) {
+      sh_fwd_kernel<scalar_t, decltype(deg)::value><<<blocks_for(p.m), kThreads, 0, stream>>>(
+        p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(),
         colors.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return colors;
 }
@@ -323,10 +342,12 @@ std::tuple<at::Tensor, at::Tensor> sh_bwd_cuda(int64_t degree, const at::Tensor&
   if (p.m == 0) return {v_coeffs, v_dirs};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_bwd_cuda", [&] {
-    sh_bwd_kernel<scalar_t><<<blocks_for(p.m), kThreads, 0, stream>>>(
-        static_cast<int>(degree), p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(),
+    with_degree(degree, [&](auto deg) {
+      sh_bwd_kernel<scalar_t, decltype(deg)::value><<<blocks_for(p.m), kThreads, 0, stream>>>(
+        p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(),
         v_colors_c.data_ptr<scalar_t>(), v_coeffs.data_ptr<scalar_t>(), v_dirs.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {v_coeffs, v_dirs};
 }
