@@ -224,3 +224,110 @@ def test_opcheck_and_compile(device, backend):
     with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
         compiled = torch.compile(render, fullgraph=True)
         torch.testing.assert_close(compiled(*args), render(*args), atol=1e-5, rtol=1e-5)
+
+
+def _cuda_gs_registered():
+    return torch.cuda.is_available() and "pyops::gs_rasterize_fwd" in \
+        torch._C._dispatch_get_registrations_for_dispatch_key("CUDA")
+
+
+def assert_stage_close(name, got, want, rel=1e-5):
+    """CUDA stage output vs the CPU op on the same inputs: 1e-5 of the result's magnitude (summation order and
+    atomics differ; the per-element math is the same gaussian_math.h)."""
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{name}: {got.shape}/{got.dtype} vs {want.shape}"
+    if want.numel() == 0:
+        return
+    scale = max(1.0, want.abs().max().item())
+    err = (got.cpu().double() - want.double()).abs().max().item()
+    assert err <= rel * scale, f"{name}: max error {err:.2e} > {rel * scale:.2e}"
+
+
+@pytest.mark.skipif(not _cuda_gs_registered(), reason="needs a GPU and pyops built with the CUDA gs_* kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("antialiased", [False, True])
+@pytest.mark.parametrize("tile_size,channels", [(16, 3), (8, 4), (8, 1), (5, 6)])
+def test_cuda_stages_match_cpu(dtype, antialiased, tile_size, channels):
+    """Each CUDA stage op against the CPU op on identical inputs (each stage fed the CPU's previous outputs):
+    forward and backward within 1e-5 relative, intersection outputs bit-equal."""
+    ops = torch.ops.pyops
+    g = torch.Generator().manual_seed(23)
+    s = on(scene(n=300, n_cams=3, seed=29), "cpu", dtype)
+    cu = lambda t: t.cuda() if torch.is_tensor(t) else t  # noqa: E731
+    check = lambda name, got, want: assert_stage_close(f"{name} [{dtype}]", got, want)  # noqa: E731
+    opac = s["opacities"]
+
+    # Projection, with and without opacities (opacity-aware radius and cull).
+    for op_arg in (None, opac):  # the last (with opacities) feeds the later stages
+        proj = (s["means"], s["quats"], s["scales"], op_arg, s["viewmats"], s["Ks"], WIDTH, HEIGHT, 0.3, 0.01, 1e10,
+                0.0, antialiased)
+        want = ops.gs_project_fwd(*proj)
+        got = ops.gs_project_fwd(*map(cu, proj))
+        assert torch.equal(got[0].cpu(), want[0]), "radii"
+        for name, a, b in zip(("means2d", "depths", "conics", "compensations"), got[1:], want[1:]):
+            check(name, a, b)
+    radii, means2d, depths, conics, comps = want  # the CPU's, with opacities
+    c, n = radii.shape[:2]
+    cot = [torch.randn(c, n, k, generator=g, dtype=torch.float64).to(dtype).squeeze(-1) for k in (2, 1, 3, 1)]
+    bwd = (s["means"], s["quats"], s["scales"], s["viewmats"], s["Ks"], WIDTH, HEIGHT, 0.3, antialiased, radii, conics,
+           comps, *cot)
+    for name, a, b in zip(("v_means", "v_quats", "v_scales"), ops.gs_project_bwd(*map(cu, bwd)),
+                          ops.gs_project_bwd(*bwd)):
+        check(name, a, b)
+
+    # Spherical harmonics, every degree, K above the degree's need, one zero direction.
+    dirs = torch.randn(97, 3, generator=g, dtype=torch.float64).to(dtype)
+    dirs[3] = 0
+    coeffs = torch.randn(97, 16, 3, generator=g, dtype=torch.float64).to(dtype)
+    v_col = torch.randn(97, 3, generator=g, dtype=torch.float64).to(dtype)
+    for degree in range(4):
+        check(f"sh{degree}", ops.gs_sh_fwd(degree, cu(dirs), cu(coeffs)), ops.gs_sh_fwd(degree, dirs, coeffs))
+        for name, a, b in zip(("v_coeffs", "v_dirs"), ops.gs_sh_bwd(degree, cu(dirs), cu(coeffs), cu(v_col)),
+                              ops.gs_sh_bwd(degree, dirs, coeffs, v_col)):
+            check(f"sh{degree} {name}", a, b)
+
+    # Intersection and offsets: bit-equal (keys, tie order, empty tiles).
+    tw, th = (WIDTH + tile_size - 1) // tile_size, (HEIGHT + tile_size - 1) // tile_size
+    want_isect = ops.gs_intersect_tiles(means2d, radii, depths, tile_size, tw, th)
+    got_isect = ops.gs_intersect_tiles(cu(means2d), cu(radii), cu(depths), tile_size, tw, th)
+    for name, a, b in zip(("tiles_per_gauss", "isect_ids", "flatten_ids"), got_isect, want_isect):
+        assert torch.equal(a.cpu(), b), name
+    _, isect_ids, flatten_ids = want_isect
+    offsets = ops.gs_tile_offsets(isect_ids, c, tw, th)
+    assert torch.equal(ops.gs_tile_offsets(cu(isect_ids), c, tw, th).cpu(), offsets), "tile_offsets"
+
+    # Rasterization, forward and backward, with and without backgrounds, absgrad on.
+    colors = torch.rand(c, n, channels, generator=g, dtype=torch.float64).to(dtype)
+    opacs = opac[None].expand(c, n).contiguous()
+    opacs[:, :10] = 1.0  # a few fully opaque Gaussians: the 0.999 clamp and early pixel termination
+    for bg in (torch.rand(c, channels, generator=g, dtype=torch.float64).to(dtype), None):
+        fwd = (means2d, conics, colors, opacs, bg, WIDTH, HEIGHT, tile_size, offsets, flatten_ids)
+        want = ops.gs_rasterize_fwd(*fwd)
+        got = ops.gs_rasterize_fwd(*map(cu, fwd))
+        check("render_colors", got[0], want[0])
+        check("render_alphas", got[1], want[1])
+        assert torch.equal(got[2].cpu(), want[2]), "last_ids"
+        v_rc = torch.randn(c, HEIGHT, WIDTH, channels, generator=g, dtype=torch.float64).to(dtype)
+        v_ra = torch.randn(c, HEIGHT, WIDTH, 1, generator=g, dtype=torch.float64).to(dtype)
+        bwd = (*fwd, want[1], want[2], v_rc, v_ra, True)
+        names = ("v_means2d", "v_conics", "v_colors", "v_opacities", "v_backgrounds", "v_means2d_abs")
+        for name, a, b in zip(names, ops.gs_rasterize_bwd(*map(cu, bwd)), ops.gs_rasterize_bwd(*bwd)):
+            check(name, a, b)
+
+
+@pytest.mark.skipif(not _cuda_gs_registered(), reason="needs a GPU and pyops built with the CUDA gs_* kernels")
+def test_cuda_stage_errors():
+    ops = torch.ops.pyops
+    z = torch.zeros(1, 4, 2, device="cuda")
+    off = torch.zeros(1, 1, 1, dtype=torch.int32, device="cuda")
+    ids = torch.zeros(0, dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match="tile_size=32 is not supported"):
+        ops.gs_rasterize_fwd(z, torch.zeros(1, 4, 3, device="cuda"), torch.zeros(1, 4, 3, device="cuda"),
+                             torch.zeros(1, 4, device="cuda"), None, 20, 20, 32, off, ids)
+    with pytest.raises(RuntimeError, match="`colors` must be float32 or float64"):
+        ops.gs_rasterize_fwd(z, torch.zeros(1, 4, 3, device="cuda"), torch.zeros(1, 4, 3, device="cuda").half(),
+                             torch.zeros(1, 4, device="cuda"), None, 20, 20, 16, off, ids)
+    tpg, isect, flat = ops.gs_intersect_tiles(torch.zeros(2, 0, 2, device="cuda"),
+                                              torch.zeros(2, 0, 2, dtype=torch.int32, device="cuda"),
+                                              torch.zeros(2, 0, device="cuda"), 16, 3, 2)
+    assert tpg.shape == (2, 0) and isect.numel() == 0 and flat.numel() == 0
+    assert ops.gs_tile_offsets(isect, 2, 3, 2).eq(0).all()

@@ -245,16 +245,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
   return {v_means, v_quats, v_scales};
 }
 
-// Unit direction with torch.nn.functional.normalize's floor on the norm (a zero direction stays zero).
-template <typename T>
-T unit_dir(const T* dir, T& x, T& y, T& z) {
-  const T norm = max_(sqrt_(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]), normalize_eps<T>());
-  x = dir[0] / norm;
-  y = dir[1] / norm;
-  z = dir[2] / norm;
-  return norm;
-}
-
 template <typename T>
 void sh_fwd_kernel(int degree, const ShInputs& p, at::Tensor& colors) {
   const T* dirs = p.dirs.data_ptr<T>();
@@ -302,11 +292,10 @@ void sh_bwd_kernel(int degree, const ShInputs& p, const at::Tensor& v_colors, at
       }
       if (degree == 0) continue;  // the constant band does not depend on the direction
       const Vec3<T> vu = sh_bases_vjp(degree, x, y, z, gb);
-      // Through d / max(|d|, eps): remove the radial component and scale by 1 / |d| (linear below the floor).
-      const T dot = norm > normalize_eps<T>() ? vu.x * x + vu.y * y + vu.z * z : T(0);
-      v_d[i * 3] = (vu.x - dot * x) / norm;
-      v_d[i * 3 + 1] = (vu.y - dot * y) / norm;
-      v_d[i * 3 + 2] = (vu.z - dot * z) / norm;
+      const Vec3<T> vd = unit_dir_vjp(x, y, z, norm, vu);
+      v_d[i * 3] = vd.x;
+      v_d[i * 3 + 1] = vd.y;
+      v_d[i * 3 + 2] = vd.z;
     }
   });
 }

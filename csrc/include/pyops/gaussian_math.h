@@ -455,6 +455,25 @@ constexpr int kMaxShBases = (kMaxShDegree + 1) * (kMaxShDegree + 1);
 
 PYOPS_HOST_DEVICE constexpr int sh_num_bases(int degree) { return (degree + 1) * (degree + 1); }
 
+// Unit direction with torch.nn.functional.normalize's floor on the norm (a zero direction stays zero); returns
+// the floored norm, which the VJP divides by.
+template <typename T>
+PYOPS_HOST_DEVICE T unit_dir(const T* dir, T& x, T& y, T& z) {
+  const T norm = max_(sqrt_(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]), normalize_eps<T>());
+  x = dir[0] / norm;
+  y = dir[1] / norm;
+  z = dir[2] / norm;
+  return norm;
+}
+
+// VJP of unit_dir: the cotangent vu of the unit direction (x, y, z) back to the raw direction. Through
+// d / max(|d|, eps): remove the radial component and scale by 1 / |d| (linear below the floor).
+template <typename T>
+PYOPS_HOST_DEVICE Vec3<T> unit_dir_vjp(T x, T y, T z, T norm, const Vec3<T>& vu) {
+  const T dot = norm > normalize_eps<T>() ? vu.x * x + vu.y * y + vu.z * z : T(0);
+  return {(vu.x - dot * x) / norm, (vu.y - dot * y) / norm, (vu.z - dot * z) / norm};
+}
+
 // Bases at the unit direction (x, y, z), written into b[0 .. sh_num_bases(degree)).
 template <typename T>
 PYOPS_HOST_DEVICE void sh_bases(int degree, T x, T y, T z, T* b) {

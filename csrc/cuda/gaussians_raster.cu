@@ -1,0 +1,654 @@
+// CUDA backend of pyops::gs_intersect_tiles / gs_tile_offsets / gs_rasterize_fwd / gs_rasterize_bwd, after
+// gsplat's IntersectTile.cu and RasterizeToPixels3DGS{Fwd,Bwd}.cu, with the semantics of
+// csrc/cpu/gaussians_raster.cpp (key layout, tie order, cut order, last_ids) and the per-pixel math of
+// pyops/gaussian_math.h (evaluate_hit, hit_vjp), so both backends make the same blend decisions.
+//  - intersect: count tiles per (camera, Gaussian), scan, write keys in flatten-id order, stable radix sort
+//    over the key bits in use; equal keys keep ascending flatten id, as on the CPU.
+//  - rasterize: one block per (camera, tile), one thread per pixel, Gaussians staged through shared memory in
+//    batches of the block size. The backward pass walks back to front from each pixel's last blended
+//    Gaussian, recovering T by dividing by (1 - alpha) from T_final = 1 - render_alpha (gsplat's way; the CPU
+//    replays the forward instead, so the two differ by rounding where T gets small), and reduces each
+//    Gaussian's gradient over the warp before one atomicAdd per warp.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include <limits>
+
+#include "pyops/gaussian_math.h"
+#include "pyops/gaussians.h"
+
+namespace pyops {
+namespace gs {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxTileSize = 16;  // a block of tile_size^2 threads, at most kThreads
+
+inline unsigned blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  TORCH_CHECK(b <= std::numeric_limits<int32_t>::max(), "gaussians (CUDA): ", n, " work items exceed the grid limit");
+  return static_cast<unsigned>(b);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tile intersection
+// ---------------------------------------------------------------------------------------------------------
+
+struct TileRect {
+  int32_t x0, y0, x1, y1;  // [x0, x1) x [y0, y1) in tiles
+};
+
+// floor/ceil of a tile coordinate clamped to [0, limit]; NaN goes to 0 (an empty range). As the CPU's.
+template <typename T>
+__device__ __forceinline__ int32_t clamp_tile(T v, int64_t limit) {
+  if (!(v > T(0))) return 0;
+  if (v >= static_cast<T>(limit)) return static_cast<int32_t>(limit);
+  return static_cast<int32_t>(v);
+}
+
+template <typename T>
+__device__ __forceinline__ TileRect tile_rect(T mx, T my, int32_t rx, int32_t ry, int64_t tile_size,
+                                              int64_t tile_width, int64_t tile_height) {
+  if (rx <= 0 || ry <= 0) return {0, 0, 0, 0};
+  const T ts = static_cast<T>(tile_size);
+  const T tx = mx / ts, ty = my / ts, trx = static_cast<T>(rx) / ts, try_ = static_cast<T>(ry) / ts;
+  TileRect r;
+  r.x0 = clamp_tile(floor(tx - trx), tile_width);
+  r.y0 = clamp_tile(floor(ty - try_), tile_height);
+  r.x1 = clamp_tile(ceil(tx + trx), tile_width);
+  r.y1 = clamp_tile(ceil(ty + try_), tile_height);
+  if (r.x1 < r.x0) r.x1 = r.x0;
+  if (r.y1 < r.y0) r.y1 = r.y0;
+  return r;
+}
+
+struct IsectArgs {
+  int64_t cn, n, tile_size, tile_width, tile_height, tile_bits;
+};
+
+template <typename T>
+__global__ void count_tiles_kernel(IsectArgs a, const T* __restrict__ means2d, const int32_t* __restrict__ radii,
+                                   int32_t* __restrict__ tiles_per_gauss) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.cn) return;
+  const TileRect r = tile_rect(means2d[i * 2], means2d[i * 2 + 1], radii[i * 2], radii[i * 2 + 1], a.tile_size,
+                               a.tile_width, a.tile_height);
+  tiles_per_gauss[i] = (r.x1 - r.x0) * (r.y1 - r.y0);  // <= tile_width * tile_height < 2^31 (prepare_intersect)
+}
+
+// Keys camera << (32 + tile_bits) | tile << 32 | float32 bits of the depth (as the CPU's depth_bits), written
+// per (camera, Gaussian) in flatten-id order and row-major over its tiles: the order a stable sort keeps ties in.
+template <typename T>
+__global__ void write_keys_kernel(IsectArgs a, const T* __restrict__ means2d, const int32_t* __restrict__ radii,
+                                  const T* __restrict__ depths, const int32_t* __restrict__ tiles_per_gauss,
+                                  const int64_t* __restrict__ cum_tiles, uint64_t* __restrict__ keys,
+                                  int32_t* __restrict__ flatten_ids) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.cn || tiles_per_gauss[i] == 0) return;
+  const TileRect r = tile_rect(means2d[i * 2], means2d[i * 2 + 1], radii[i * 2], radii[i * 2 + 1], a.tile_size,
+                               a.tile_width, a.tile_height);
+  const uint64_t camera = static_cast<uint64_t>(i / a.n);
+  const uint64_t high = (camera << (32 + a.tile_bits)) | uint64_t(__float_as_uint(static_cast<float>(depths[i])));
+  int64_t cur = cum_tiles[i] - tiles_per_gauss[i];  // exclusive offset from the inclusive scan
+  for (int32_t y = r.y0; y < r.y1; ++y)
+    for (int32_t x = r.x0; x < r.x1; ++x) {
+      const uint64_t tile = uint64_t(y) * uint64_t(a.tile_width) + uint64_t(x);
+      keys[cur] = high | (tile << 32);
+      flatten_ids[cur] = static_cast<int32_t>(i);
+      ++cur;
+    }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cuda(const at::Tensor& means2d,  // [C, N, 2]
+                                                                    const at::Tensor& radii,    // [C, N, 2] int32
+                                                                    const at::Tensor& depths,   // [C, N]
+                                                                    int64_t tile_size, int64_t tile_width,
+                                                                    int64_t tile_height) {
+  const IntersectInputs p =
+      prepare_intersect(means2d, radii, depths, tile_size, tile_width, tile_height, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(p.depths.device());
+  const auto opt = p.depths.options();
+  const int64_t cn = p.c * p.n;
+  TORCH_CHECK(cn <= int64_t(std::numeric_limits<int32_t>::max()) + 1, "gs_intersect_tiles: C * N = ", cn,
+              " does not fit the int32 flatten ids");
+  at::Tensor tiles_per_gauss = at::zeros({p.c, p.n}, opt.dtype(at::kInt));
+  if (cn == 0)
+    return {tiles_per_gauss, at::empty({0}, opt.dtype(at::kLong)), at::empty({0}, opt.dtype(at::kInt))};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const IsectArgs a = {cn, p.n, tile_size, tile_width, tile_height, p.tile_bits};
+  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cuda_count", [&] {
+    count_tiles_kernel<scalar_t><<<blocks_for(cn), kThreads, 0, stream>>>(
+        a, p.means2d.data_ptr<scalar_t>(), p.radii.data_ptr<int32_t>(), tiles_per_gauss.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const at::Tensor cum_tiles = at::cumsum(tiles_per_gauss.view({cn}), 0, at::kLong);  // inclusive, [C * N]
+  // The one host sync of the pipeline (gsplat has it too): the output size, and the int32 check, need M.
+  const int64_t m = cum_tiles[cn - 1].item<int64_t>();
+  TORCH_CHECK(m <= std::numeric_limits<int32_t>::max(), "gs_intersect_tiles: ", m,
+              " (camera, Gaussian, tile) intersections do not fit int32 offsets; use fewer Gaussians or cameras, "
+              "larger tiles, or smaller radii");
+  at::Tensor isect_ids = at::empty({m}, opt.dtype(at::kLong));
+  at::Tensor flatten_ids = at::empty({m}, opt.dtype(at::kInt));
+  if (m == 0) return {tiles_per_gauss, isect_ids, flatten_ids};
+  at::Tensor keys_in = at::empty({m}, opt.dtype(at::kLong));
+  at::Tensor ids_in = at::empty({m}, opt.dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cuda_keys", [&] {
+    write_keys_kernel<scalar_t><<<blocks_for(cn), kThreads, 0, stream>>>(
+        a, p.means2d.data_ptr<scalar_t>(), p.radii.data_ptr<int32_t>(), p.depths.data_ptr<scalar_t>(),
+        tiles_per_gauss.data_ptr<int32_t>(), cum_tiles.data_ptr<int64_t>(),
+        reinterpret_cast<uint64_t*>(keys_in.data_ptr<int64_t>()), ids_in.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // LSD radix sort is stable: equal keys keep the ascending flatten ids they were written in. Only the bits in
+  // use are sorted (32 depth bits + tile bits + camera bits); the keys are non-negative, sorted as unsigned.
+  const int end_bit = static_cast<int>(32 + p.tile_bits + bit_length(p.c));
+  const auto* k_in = reinterpret_cast<const uint64_t*>(keys_in.data_ptr<int64_t>());
+  auto* k_out = reinterpret_cast<uint64_t*>(isect_ids.data_ptr<int64_t>());
+  const int32_t* v_in = ids_in.data_ptr<int32_t>();
+  int32_t* v_out = flatten_ids.data_ptr<int32_t>();
+  const int num_items = static_cast<int>(m);
+  size_t temp_bytes = 0;
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, v_in, v_out, num_items, 0,
+                                                 end_bit, stream));
+  // Temporary storage from the caching allocator, on the current stream.
+  at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, opt.dtype(at::kByte));
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, v_in, v_out, num_items,
+                                                 0, end_bit, stream));
+  return {tiles_per_gauss, isect_ids, flatten_ids};
+}
+
+// One thread per intersection (gsplat's intersect_offset_kernel): where the (camera, tile) bucket changes from
+// the previous key, every bucket in between starts here, so empty tiles point at the next non-empty one; the
+// first key fills the buckets before it with 0 and the last fills those after it with M. Buckets decoded
+// outside the grid are clamped to it (no out-of-bounds write; the CPU op rejects such keys, this one cannot
+// without a host sync).
+__global__ void tile_offsets_kernel(int64_t m, int64_t n_buckets, int64_t n_tiles, int64_t tile_bits,
+                                    const int64_t* __restrict__ isect_ids, int32_t* __restrict__ offsets) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= m) return;
+  const auto bucket_of = [&](int64_t key) -> int64_t {
+    const uint64_t high = static_cast<uint64_t>(key) >> 32;
+    const uint64_t camera = high >> tile_bits, tile = high & ((uint64_t(1) << tile_bits) - 1);
+    const uint64_t b = camera * uint64_t(n_tiles) + tile;
+    return b < uint64_t(n_buckets) ? static_cast<int64_t>(b) : n_buckets;
+  };
+  const int64_t b = bucket_of(isect_ids[i]);
+  const int64_t prev = i == 0 ? -1 : bucket_of(isect_ids[i - 1]);
+  for (int64_t t = prev + 1; t <= b && t < n_buckets; ++t) offsets[t] = static_cast<int32_t>(i);
+  if (i == m - 1)
+    for (int64_t t = b + 1; t < n_buckets; ++t) offsets[t] = static_cast<int32_t>(m);
+}
+
+at::Tensor tile_offsets_cuda(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
+                             int64_t tile_width, int64_t tile_height) {
+  const char* op = "gs_tile_offsets";
+  const at::Tensor ids = checked(isect_ids, op, "isect_ids", c10::DeviceType::CUDA, {-1}, at::kLong);
+  TORCH_CHECK(n_cameras >= 0, op, ": n_cameras=", n_cameras, " must be >= 0");
+  TORCH_CHECK(tile_width >= 1 && tile_height >= 1, op, ": tile_width and tile_height must be >= 1, got ",
+              tile_width, " and ", tile_height);
+  const int64_t m = ids.size(0), n_tiles = tile_width * tile_height;
+  TORCH_CHECK(m <= std::numeric_limits<int32_t>::max(), op, ": ", m, " intersections do not fit int32 offsets");
+  const c10::cuda::CUDAGuard guard(ids.device());
+  const int64_t n_buckets = n_cameras * n_tiles;
+  at::Tensor offsets = at::zeros({n_cameras, tile_height, tile_width}, ids.options().dtype(at::kInt));
+  if (m == 0 || n_buckets == 0) return offsets;  // no intersections: every tile starts (and ends) at 0
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  tile_offsets_kernel<<<blocks_for(m), kThreads, 0, stream>>>(m, n_buckets, n_tiles, bit_length(n_tiles),
+                                                              ids.data_ptr<int64_t>(), offsets.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return offsets;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rasterization
+// ---------------------------------------------------------------------------------------------------------
+
+template <typename T>
+struct RasterArgs {
+  const Vec2<T>* means2d;  // [C * N]
+  const Vec3<T>* conics;   // [C * N]
+  const T* colors;         // [C * N, D]
+  const T* opacities;      // [C * N]
+  const T* backgrounds;    // [C, D] or nullptr
+  const int32_t* offsets;  // [C * TH * TW]
+  const int32_t* flatten_ids;
+  int64_t d, m, width, height, tile_size, tile_width, n_tiles, total_tiles;
+};
+
+template <typename T>
+RasterArgs<T> raster_args(const RasterInputs& p, int64_t width, int64_t height, int64_t tile_size) {
+  return {reinterpret_cast<const Vec2<T>*>(p.means2d.data_ptr<T>()),
+          reinterpret_cast<const Vec3<T>*>(p.conics.data_ptr<T>()),
+          p.colors.data_ptr<T>(),
+          p.opacities.data_ptr<T>(),
+          p.backgrounds.has_value() ? p.backgrounds->data_ptr<T>() : nullptr,
+          p.tile_offsets.data_ptr<int32_t>(),
+          p.flatten_ids.data_ptr<int32_t>(),
+          p.d,
+          p.m,
+          width,
+          height,
+          tile_size,
+          p.tile_width,
+          p.tile_width * p.tile_height,
+          p.c * p.tile_width * p.tile_height};
+}
+
+// Shared-memory staging of one batch of Gaussians: wider types first so every array stays aligned.
+template <typename T>
+struct Batch {
+  Vec2<T>* xy;
+  Vec3<T>* conic;
+  T* opacity;
+  int32_t* id;
+  static size_t bytes(int block_size) {
+    return size_t(block_size) * (sizeof(Vec2<T>) + sizeof(Vec3<T>) + sizeof(T) + sizeof(int32_t));
+  }
+  __device__ Batch(unsigned char* smem, int block_size) {
+    xy = reinterpret_cast<Vec2<T>*>(smem);
+    conic = reinterpret_cast<Vec3<T>*>(xy + block_size);
+    opacity = reinterpret_cast<T*>(conic + block_size);
+    id = reinterpret_cast<int32_t*>(opacity + block_size);
+  }
+  __device__ void load(const RasterArgs<T>& a, int slot, int64_t isect) {
+    const int32_t g = a.flatten_ids[isect];
+    id[slot] = g;
+    xy[slot] = a.means2d[g];
+    conic[slot] = a.conics[g];
+    opacity[slot] = a.opacities[g];
+  }
+};
+
+// The pixel a thread owns, and its tile's range [start, end) in flatten_ids.
+struct TilePixel {
+  int64_t camera, pid, start, end;
+  bool inside;
+  int tr, block_size;
+};
+
+template <typename T>
+__device__ __forceinline__ TilePixel tile_pixel(const RasterArgs<T>& a, T& px, T& py) {
+  TilePixel t;
+  const int64_t flat_tile = blockIdx.x;
+  t.camera = flat_tile / a.n_tiles;
+  const int64_t tile = flat_tile % a.n_tiles;
+  const int64_t i = (tile / a.tile_width) * a.tile_size + threadIdx.y;
+  const int64_t j = (tile % a.tile_width) * a.tile_size + threadIdx.x;
+  t.inside = i < a.height && j < a.width;
+  t.pid = (t.camera * a.height + i) * a.width + j;
+  px = static_cast<T>(j) + T(0.5);
+  py = static_cast<T>(i) + T(0.5);
+  t.start = a.offsets[flat_tile];
+  t.end = flat_tile + 1 < a.total_tiles ? a.offsets[flat_tile + 1] : a.m;
+  t.tr = threadIdx.y * blockDim.x + threadIdx.x;
+  t.block_size = blockDim.x * blockDim.y;
+  return t;
+}
+
+// CDIM > 0: that many channels, accumulated in registers; CDIM == 0: a.d channels accumulated in place in the
+// thread's own pixel of render_colors (the generic fallback).
+template <typename T, int CDIM>
+__global__ void __launch_bounds__(kThreads)
+    rasterize_fwd_kernel(RasterArgs<T> a, T* __restrict__ render_colors, T* __restrict__ render_alphas,
+                         int32_t* __restrict__ last_ids) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T px, py;
+  const TilePixel tp = tile_pixel(a, px, py);
+  Batch<T> batch(smem, tp.block_size);
+  const int64_t d = CDIM > 0 ? CDIM : a.d;
+  T* out = render_colors + tp.pid * d;  // only dereferenced inside the image
+  T pix[CDIM > 0 ? CDIM : 1];
+#pragma unroll
+  for (int k = 0; k < (CDIM > 0 ? CDIM : 1); ++k) pix[k] = T(0);
+  if (CDIM == 0 && tp.inside)
+    for (int64_t k = 0; k < d; ++k) out[k] = T(0);
+
+  T trans = T(1);
+  int32_t last = -1;
+  bool done = !tp.inside;
+  const int64_t n_batches = (tp.end - tp.start + tp.block_size - 1) / tp.block_size;
+  for (int64_t b = 0; b < n_batches; ++b) {
+    // Also the barrier that lets the previous batch's shared memory be overwritten.
+    if (__syncthreads_count(done) >= tp.block_size) break;
+    const int64_t batch_start = tp.start + b * tp.block_size;
+    if (batch_start + tp.tr < tp.end) batch.load(a, tp.tr, batch_start + tp.tr);
+    __syncthreads();
+    const int batch_size = static_cast<int>(min(int64_t(tp.block_size), tp.end - batch_start));
+    for (int t = 0; t < batch_size && !done; ++t) {
+      const PixelHit<T> h = evaluate_hit(batch.xy[t], batch.conic[t], batch.opacity[t], px, py);
+      if (h.skip) continue;
+      const T next_trans = trans * (T(1) - h.alpha);
+      if (next_trans <= min_transmittance<T>()) {  // exclusive: this Gaussian is not blended
+        done = true;
+        break;
+      }
+      const T w = h.alpha * trans;
+      const T* col = a.colors + int64_t(batch.id[t]) * d;
+      if constexpr (CDIM > 0) {
+#pragma unroll
+        for (int k = 0; k < CDIM; ++k) pix[k] += col[k] * w;
+      } else {
+        for (int64_t k = 0; k < d; ++k) out[k] += col[k] * w;
+      }
+      last = static_cast<int32_t>(batch_start + t);
+      trans = next_trans;
+    }
+  }
+  if (!tp.inside) return;
+  render_alphas[tp.pid] = T(1) - trans;
+  const T* bg = a.backgrounds ? a.backgrounds + tp.camera * d : nullptr;
+  if constexpr (CDIM > 0) {
+#pragma unroll
+    for (int k = 0; k < CDIM; ++k) out[k] = pix[k] + (bg ? trans * bg[k] : T(0));
+  } else {
+    if (bg)
+      for (int64_t k = 0; k < d; ++k) out[k] += trans * bg[k];
+  }
+  last_ids[tp.pid] = last;
+}
+
+// Runtime channel count -> CDIM template (0: the generic loop).
+#define PYOPS_GS_CHANNEL_SWITCH(D, ...)          \
+  [&] {                                          \
+    switch (D) {                                 \
+      case 1: {                                  \
+        constexpr static int CDIM = 1;               \
+        return __VA_ARGS__();                    \
+      }                                          \
+      case 2: {                                  \
+        constexpr static int CDIM = 2;               \
+        return __VA_ARGS__();                    \
+      }                                          \
+      case 3: {                                  \
+        constexpr static int CDIM = 3;               \
+        return __VA_ARGS__();                    \
+      }                                          \
+      case 4: {                                  \
+        constexpr static int CDIM = 4;               \
+        return __VA_ARGS__();                    \
+      }                                          \
+      default: {                                 \
+        constexpr static int CDIM = 0;               \
+        return __VA_ARGS__();                    \
+      }                                          \
+    }                                            \
+  }()
+
+void check_tiles(const char* op, int64_t tile_size, int64_t total_tiles) {
+  TORCH_CHECK(tile_size <= kMaxTileSize, op, ": tile_size=", tile_size, " is not supported by the CUDA kernels (at most ",
+              kMaxTileSize, ": one thread per pixel of a tile)");
+  TORCH_CHECK(total_tiles <= std::numeric_limits<int32_t>::max(), op, ": ", total_tiles,
+              " (camera, tile) pairs exceed the CUDA grid");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
+    const at::Tensor& means2d,                     // [C, N, 2]
+    const at::Tensor& conics,                      // [C, N, 3]
+    const at::Tensor& colors,                      // [C, N, D]
+    const at::Tensor& opacities,                   // [C, N]
+    const std::optional<at::Tensor>& backgrounds,  // [C, D]
+    int64_t width, int64_t height, int64_t tile_size,
+    const at::Tensor& tile_offsets,  // [C, TH, TW] int32
+    const at::Tensor& flatten_ids)   // [M] int32
+{
+  const char* op = "gs_rasterize_fwd";
+  const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
+                                           tile_size, tile_offsets, flatten_ids, c10::DeviceType::CUDA);
+  check_tiles(op, tile_size, p.c * p.tile_width * p.tile_height);
+  const c10::cuda::CUDAGuard guard(p.colors.device());
+  const auto opt = p.colors.options();
+  at::Tensor render_colors = at::empty({p.c, height, width, p.d}, opt);
+  at::Tensor render_alphas = at::empty({p.c, height, width, 1}, opt);
+  at::Tensor last_ids = at::empty({p.c, height, width}, opt.dtype(at::kInt));
+  if (p.c == 0) return {render_colors, render_alphas, last_ids};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 block(static_cast<unsigned>(tile_size), static_cast<unsigned>(tile_size));
+  const unsigned grid = static_cast<unsigned>(p.c * p.tile_width * p.tile_height);
+  AT_DISPATCH_FLOATING_TYPES(p.colors.scalar_type(), "gs_rasterize_fwd_cuda", [&] {
+    using T = scalar_t;
+    const RasterArgs<T> a = raster_args<T>(p, width, height, tile_size);
+    const size_t smem = Batch<T>::bytes(static_cast<int>(tile_size * tile_size));
+    PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
+      rasterize_fwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(a, render_colors.data_ptr<T>(),
+                                                                   render_alphas.data_ptr<T>(),
+                                                                   last_ids.data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {render_colors, render_alphas, last_ids};
+}
+
+// Lanes of this thread's warp that exist (a block of tile_size^2 threads may end in a partial warp).
+struct WarpInfo {
+  unsigned mask;
+  int lane, lanes;
+};
+
+__device__ __forceinline__ WarpInfo warp_info(int tr, int block_size) {
+  WarpInfo w;
+  w.lane = tr & 31;
+  w.lanes = min(32, block_size - (tr - w.lane));
+  w.mask = w.lanes == 32 ? 0xffffffffu : ((1u << w.lanes) - 1u);
+  return w;
+}
+
+// Sum over the warp's lanes, valid in lane 0.
+template <typename T>
+__device__ __forceinline__ T warp_sum(const WarpInfo& w, T v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const T o = __shfl_down_sync(w.mask, v, off);
+    if (w.lane + off < w.lanes) v += o;
+  }
+  return v;
+}
+
+// Max over the warp's lanes, in every lane.
+__device__ __forceinline__ int32_t warp_max(const WarpInfo& w, int32_t v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const int32_t o = __shfl_down_sync(w.mask, v, off);
+    if (w.lane + off < w.lanes) v = max(v, o);
+  }
+  return __shfl_sync(w.mask, v, 0);
+}
+
+template <typename T>
+struct RasterGrads {
+  T* v_means2d;      // [C * N, 2]
+  T* v_conics;       // [C * N, 3]
+  T* v_colors;       // [C * N, D]
+  T* v_opacities;    // [C * N]
+  T* v_backgrounds;  // [C, D] or nullptr
+  T* v_means2d_abs;  // [C * N, 2] or nullptr
+  T* scratch;        // [C * H * W, D] zeros for CDIM == 0 (the per-pixel color sum behind), else nullptr
+};
+
+template <typename T, int CDIM>
+__global__ void __launch_bounds__(kThreads)
+    rasterize_bwd_kernel(RasterArgs<T> a, const T* __restrict__ render_alphas, const int32_t* __restrict__ last_ids,
+                         const T* __restrict__ v_render_colors, const T* __restrict__ v_render_alphas,
+                         RasterGrads<T> out) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T px, py;
+  const TilePixel tp = tile_pixel(a, px, py);
+  Batch<T> batch(smem, tp.block_size);
+  const WarpInfo w = warp_info(tp.tr, tp.block_size);
+  const int64_t d = CDIM > 0 ? CDIM : a.d;
+  constexpr int kRegs = CDIM > 0 ? CDIM : 1;
+
+  const T t_final = tp.inside ? T(1) - render_alphas[tp.pid] : T(1);
+  const int32_t bin_final = tp.inside ? last_ids[tp.pid] : -1;
+  const T v_a = tp.inside ? v_render_alphas[tp.pid] : T(0);
+  const T* v_c = v_render_colors + tp.pid * d;  // only dereferenced inside the image
+  const T* bg = a.backgrounds ? a.backgrounds + tp.camera * d : nullptr;
+  T v_rc[kRegs], behind[kRegs];
+  T bg_dot = T(0);
+#pragma unroll
+  for (int k = 0; k < kRegs; ++k) {
+    v_rc[k] = (CDIM > 0 && tp.inside) ? v_c[k] : T(0);
+    behind[k] = T(0);
+  }
+  T* behind_g = CDIM == 0 ? out.scratch + tp.pid * d : nullptr;  // the fallback's per-pixel color sum
+  // Backgrounds: d color / d bg = T_final, summed over the pixels (warp-reduced, one atomic per warp).
+  if (bg) {
+    for (int64_t k = 0; k < d; ++k) {
+      const T vck = tp.inside ? v_c[k] : T(0);
+      bg_dot += bg[k] * vck;
+      const T s = warp_sum(w, t_final * vck);
+      if (w.lane == 0) atomicAdd(out.v_backgrounds + tp.camera * d + k, s);
+    }
+  }
+
+  const int32_t warp_bin_final = warp_max(w, bin_final);
+  T trans = t_final;
+  const int64_t n_batches = (tp.end - tp.start + tp.block_size - 1) / tp.block_size;
+  for (int64_t b = 0; b < n_batches; ++b) {
+    __syncthreads();  // the previous batch is no longer read
+    const int64_t batch_end = tp.end - 1 - b * tp.block_size;
+    const int batch_size = static_cast<int>(min(int64_t(tp.block_size), batch_end + 1 - tp.start));
+    if (batch_end - tp.tr >= tp.start) batch.load(a, tp.tr, batch_end - tp.tr);
+    __syncthreads();
+    // Entry t is intersection batch_end - t; those beyond every lane's last blended one are skipped.
+    for (int64_t t = max(int64_t(0), batch_end - warp_bin_final); t < batch_size; ++t) {
+      bool valid = tp.inside && batch_end - t <= bin_final;
+      PixelHit<T> h;
+      if (valid) {
+        h = evaluate_hit(batch.xy[t], batch.conic[t], batch.opacity[t], px, py);
+        valid = !h.skip;
+      }
+      if (!__any_sync(w.mask, valid)) continue;
+      const int32_t g = batch.id[t];
+      const T* col = a.colors + int64_t(g) * d;
+      HitGrad<T> hg = {{T(0), T(0)}, {T(0), T(0), T(0)}, T(0)};
+      T fac = T(0);
+      if (valid) {
+        // T before this Gaussian from T after it; color = sum_k c_k a_k T_k + T_final bg, alpha = 1 - T_final:
+        // d/da_k = c_k T_k - (behind_k + T_final bg) / (1 - a_k) for the color, T_final / (1 - a_k) for alpha.
+        const T ra = T(1) / (T(1) - h.alpha);
+        trans *= ra;
+        fac = h.alpha * trans;
+        T v_alpha = T(0);
+        if constexpr (CDIM > 0) {
+#pragma unroll
+          for (int k = 0; k < CDIM; ++k) v_alpha += (col[k] * trans - behind[k] * ra) * v_rc[k];
+        } else {
+          for (int64_t k = 0; k < d; ++k) v_alpha += (col[k] * trans - behind_g[k] * ra) * v_c[k];
+        }
+        v_alpha += t_final * ra * v_a;
+        if (bg) v_alpha -= t_final * ra * bg_dot;
+        hg = hit_vjp(h, batch.conic[t], batch.opacity[t], v_alpha);
+      }
+      // Colors: d color / d c_k = a_k T_k, per channel.
+      if constexpr (CDIM > 0) {
+#pragma unroll
+        for (int k = 0; k < CDIM; ++k) {
+          const T s = warp_sum(w, fac * v_rc[k]);
+          if (w.lane == 0) atomicAdd(out.v_colors + int64_t(g) * CDIM + k, s);
+          if (valid) behind[k] += col[k] * fac;
+        }
+      } else {
+        for (int64_t k = 0; k < d; ++k) {
+          const T s = warp_sum(w, valid ? fac * v_c[k] : T(0));
+          if (w.lane == 0) atomicAdd(out.v_colors + int64_t(g) * d + k, s);
+          if (valid) behind_g[k] += col[k] * fac;
+        }
+      }
+      const T s_mx = warp_sum(w, hg.v_mean2d.x), s_my = warp_sum(w, hg.v_mean2d.y);
+      const T s_ca = warp_sum(w, hg.v_conic.x), s_cb = warp_sum(w, hg.v_conic.y), s_cc = warp_sum(w, hg.v_conic.z);
+      const T s_op = warp_sum(w, hg.v_opacity);
+      T s_ax = T(0), s_ay = T(0);
+      if (out.v_means2d_abs != nullptr) {
+        s_ax = warp_sum(w, fabs(hg.v_mean2d.x));
+        s_ay = warp_sum(w, fabs(hg.v_mean2d.y));
+      }
+      if (w.lane == 0) {
+        atomicAdd(out.v_means2d + int64_t(g) * 2, s_mx);
+        atomicAdd(out.v_means2d + int64_t(g) * 2 + 1, s_my);
+        atomicAdd(out.v_conics + int64_t(g) * 3, s_ca);
+        atomicAdd(out.v_conics + int64_t(g) * 3 + 1, s_cb);
+        atomicAdd(out.v_conics + int64_t(g) * 3 + 2, s_cc);
+        atomicAdd(out.v_opacities + g, s_op);
+        if (out.v_means2d_abs != nullptr) {
+          atomicAdd(out.v_means2d_abs + int64_t(g) * 2, s_ax);
+          atomicAdd(out.v_means2d_abs + int64_t(g) * 2 + 1, s_ay);
+        }
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_bwd_cuda(
+    const at::Tensor& means2d,                     // [C, N, 2]
+    const at::Tensor& conics,                      // [C, N, 3]
+    const at::Tensor& colors,                      // [C, N, D]
+    const at::Tensor& opacities,                   // [C, N]
+    const std::optional<at::Tensor>& backgrounds,  // [C, D]
+    int64_t width, int64_t height, int64_t tile_size,
+    const at::Tensor& tile_offsets,     // [C, TH, TW] int32
+    const at::Tensor& flatten_ids,      // [M] int32
+    const at::Tensor& render_alphas,    // [C, H, W, 1]
+    const at::Tensor& last_ids,         // [C, H, W] int32
+    const at::Tensor& v_render_colors,  // [C, H, W, D]
+    const at::Tensor& v_render_alphas,  // [C, H, W, 1]
+    bool absgrad) {
+  const char* op = "gs_rasterize_bwd";
+  const auto cuda = c10::DeviceType::CUDA;
+  const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
+                                           tile_size, tile_offsets, flatten_ids, cuda);
+  check_tiles(op, tile_size, p.c * p.tile_width * p.tile_height);
+  const auto dt = p.colors.scalar_type();
+  const at::Tensor alphas_c = checked(render_alphas, op, "render_alphas", cuda, {p.c, height, width, 1}, dt);
+  const at::Tensor last_c = checked(last_ids, op, "last_ids", cuda, {p.c, height, width}, at::kInt);
+  const at::Tensor v_rc = checked(v_render_colors, op, "v_render_colors", cuda, {p.c, height, width, p.d}, dt);
+  const at::Tensor v_ra = checked(v_render_alphas, op, "v_render_alphas", cuda, {p.c, height, width, 1}, dt);
+  const c10::cuda::CUDAGuard guard(p.colors.device());
+  at::Tensor v_means2d = at::zeros_like(p.means2d);
+  at::Tensor v_conics = at::zeros_like(p.conics);
+  at::Tensor v_colors = at::zeros_like(p.colors);
+  at::Tensor v_opacities = at::zeros_like(p.opacities);
+  at::Tensor v_backgrounds = p.backgrounds.has_value() ? at::zeros_like(*p.backgrounds) : p.colors.new_empty({0});
+  at::Tensor v_abs = absgrad ? at::zeros_like(p.means2d) : p.means2d.new_empty({0});
+  if (p.c == 0) return {v_means2d, v_conics, v_colors, v_opacities, v_backgrounds, v_abs};
+  const bool generic_d = p.d < 1 || p.d > 4;
+  const at::Tensor scratch = generic_d ? at::zeros({p.c * height * width * p.d}, p.colors.options()) : at::Tensor();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 block(static_cast<unsigned>(tile_size), static_cast<unsigned>(tile_size));
+  const unsigned grid = static_cast<unsigned>(p.c * p.tile_width * p.tile_height);
+  AT_DISPATCH_FLOATING_TYPES(dt, "gs_rasterize_bwd_cuda", [&] {
+    using T = scalar_t;
+    const RasterArgs<T> a = raster_args<T>(p, width, height, tile_size);
+    const RasterGrads<T> g = {v_means2d.data_ptr<T>(),
+                              v_conics.data_ptr<T>(),
+                              v_colors.data_ptr<T>(),
+                              v_opacities.data_ptr<T>(),
+                              p.backgrounds.has_value() ? v_backgrounds.data_ptr<T>() : nullptr,
+                              absgrad ? v_abs.data_ptr<T>() : nullptr,
+                              generic_d ? scratch.data_ptr<T>() : nullptr};
+    const size_t smem = Batch<T>::bytes(static_cast<int>(tile_size * tile_size));
+    PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
+      rasterize_bwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(a, alphas_c.data_ptr<T>(), last_c.data_ptr<int32_t>(),
+                                                                   v_rc.data_ptr<T>(), v_ra.data_ptr<T>(), g);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {v_means2d, v_conics, v_colors, v_opacities, v_backgrounds, v_abs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
+  m.impl("gs_intersect_tiles", &intersect_tiles_cuda);
+  m.impl("gs_tile_offsets", &tile_offsets_cuda);
+  m.impl("gs_rasterize_fwd", &rasterize_fwd_cuda);
+  m.impl("gs_rasterize_bwd", &rasterize_bwd_cuda);
+}
+
+}  // namespace gs
+}  // namespace pyops
