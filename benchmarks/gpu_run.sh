@@ -1,36 +1,61 @@
 #!/usr/bin/env bash
 # The whole GPU validation in one call, for a lent GPU machine whose image has its own torch/triton and no
-# network (see README "GPU runs"): build from source, run every test with the CUDA and Triton backends,
-# compute-sanitizer (memcheck, racecheck) over the CUDA tests, then the benchmark suite.
+# network: build from source, every test with the CUDA and Triton backends, compute-sanitizer (memcheck,
+# racecheck) over the CUDA tests, then the benchmark suite. Peer wheels (gsplat, liger-kernel,
+# vector-quantize-pytorch and their needs) are installed from .whl/ when that folder was carried; gsplat's CUDA
+# extension is compiled in the background while the tests run (benchmarks/build_gsplat.py).
+#
+#   STEPS="build tests sanitizer bench"   which steps run (in this order)
+#   TESTS_S=240 SANITIZER_S=120           time box of each step, seconds; the benchmarks get what is left of
+#   DEADLINE_S=570                        the whole run's time box
+#   PYTEST_K=                             a pytest -k expression for the tests step
+#
 # Logs and results are packed into ${OUT:-gpu-run}/gpu-run.tgz (a device tool returns few files), with the
-# benchmark tables beside it; peer wheels (faiss, liger-kernel, vector-quantize-pytorch...)
-# are installed from .whl/ when that folder was carried.
+# benchmark tables and a prebuilt gsplat extension (gsplat-csrc.tgz) beside it.
 set -uo pipefail
 OUT=${OUT:-gpu-run}
+STEPS=${STEPS:-build tests sanitizer bench}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} PYOPS_SYSTEM_PYTHON=1
 status=0
-step() {  # step NAME CMD...: runs CMD, logs to $LOGS/NAME.log, remembers a failure, never stops the run
-  local name=$1; shift
-  echo "== $name: $*"
-  "$@" >"$LOGS/$name.log" 2>&1 || { echo "!! $name failed (rc=$?)"; status=1; }
-  tail -n 25 "$LOGS/$name.log"
+left() { echo $(( ${DEADLINE_S:-570} - SECONDS )); }
+step() {  # step NAME SECONDS CMD...: runs CMD under a time box, logs to $LOGS/NAME.log, never stops the run
+  local name=$1 limit=$2; shift 2
+  echo "== $name (${limit}s at most, at ${SECONDS}s): $*"
+  timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1 || { echo "!! $name failed (rc=$?)"; status=1; }
+  tail -n 30 "$LOGS/$name.log"
 }
+has() { [[ " $STEPS " == *" $1 "* ]]; }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && \
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  if [ -f .whl/gsplat-csrc.tgz ]; then tar -xzf .whl/gsplat-csrc.tgz -C /tmp/site/gsplat; fi
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOGS/device.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOGS/device.txt"
-step build make build PYOPS_SYSTEM_PYTHON=1
-step tests python3 -m pytest tests -x -q -p no:cacheprovider --durations=15
-SAN=$CUDA_HOME/bin/compute-sanitizer
-for tool in memcheck racecheck; do
-  step "sanitizer-$tool" "$SAN" --tool "$tool" --error-exitcode 1 --target-processes all \
-    python3 -m pytest tests -q -p no:cacheprovider -k "cuda and not compile and not memory and not triton"
-done
-step bench python3 benchmarks/run.py --out "$LOGS/results"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  git log -1 --format='commit %H %cd' 2>/dev/null; date -u; } | tee "$LOGS/device.txt"
+gsplat_pid=
+if has bench && python3 -c "import gsplat" 2>/dev/null && ! python3 -c "import gsplat.csrc" 2>/dev/null; then
+  MAX_JOBS=8 python3 benchmarks/build_gsplat.py /tmp/gsplat-build >"$LOGS/gsplat-build.log" 2>&1 &
+  gsplat_pid=$!
+fi
+has build && step build 400 make build PYOPS_SYSTEM_PYTHON=1 MAX_JOBS=12
+has tests && step tests "${TESTS_S:-240}" python3 -m pytest tests -q -p no:cacheprovider -n 8 -rfE \
+  --timeout 200 ${PYTEST_K:+-k "$PYTEST_K"}
+if has sanitizer; then
+  for tool in memcheck racecheck; do
+    step "sanitizer-$tool" "${SANITIZER_S:-120}" "$CUDA_HOME/bin/compute-sanitizer" --tool "$tool" \
+      --error-exitcode 1 --target-processes all python3 -m pytest tests -q -x -p no:cacheprovider \
+      -k "cuda and not compile and not memory and not triton"
+  done
+fi
+if [ -n "$gsplat_pid" ]; then
+  wait "$gsplat_pid" && tar -czf "$OUT/gsplat-csrc.tgz" -C /tmp/site/gsplat $(cd /tmp/site/gsplat && ls csrc*.so) \
+    || echo "!! gsplat build failed"
+  tail -n 5 "$LOGS/gsplat-build.log"
+fi
+has bench && step bench "$(left)" python3 benchmarks/run.py --out "$LOGS/results"
 cp "$LOGS"/results/*.md "$OUT"/ 2>/dev/null
 tar -czf "$OUT/gpu-run.tgz" -C "$LOGS" .
 exit $status

@@ -32,6 +32,11 @@ import common  # noqa: E402
 BENCHMARKS = {p.stem[len("bench_"):]: p.stem for p in sorted(HERE.glob("bench_*.py"))}  # op -> module
 
 
+def write(ctx, rows, out, stem, start):
+    common.add_ratios(rows)
+    return common.write_results(rows, common.metadata(ctx, wall_s=time.perf_counter() - start), out, stem)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available, else cpu)")
@@ -50,7 +55,8 @@ def main(argv=None) -> int:
     ctx = common.Context.create(device, quick=args.quick)
     print(f"copy bandwidth (read + write): {ctx.copy_gbps:.1f} GB/s", file=sys.stderr)
 
-    rows = []
+    stem = info["slug"] + ("-quick" if args.quick else "")
+    rows, paths = [], []
     for op in args.only or sorted(BENCHMARKS):
         print(f"[{op}]", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
@@ -60,16 +66,14 @@ def main(argv=None) -> int:
             traceback.print_exc()
             ctx.fail(op, e)
         print(f"[{op}] {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        # Written after every op, so a run stopped by a time box still leaves the ops it finished.
+        paths = write(ctx, rows, args.out, stem, start)
 
-    common.add_ratios(rows)
-    meta = common.metadata(ctx, wall_s=time.perf_counter() - start)
     print(f"\n## {info['description']}; copy bandwidth {ctx.copy_gbps:.1f} GB/s\n")
     print(common.markdown_tables(rows) if rows else "(no results)")
     for n in ctx.notes:
         print(f"- {n}")
-    stem = info["slug"] + ("-quick" if args.quick else "")
-    paths = common.write_results(rows, meta, args.out, stem)
-    print(f"\nwrote {', '.join(str(p) for p in paths)} in {meta['wall_s']:.0f} s", file=sys.stderr)
+    print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 1 if ctx.failures else 0
 
 
