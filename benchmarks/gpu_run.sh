@@ -43,6 +43,7 @@ fi
 # In place, not `make build`: the image's setuptools turns `develop` into a pip call with build isolation,
 # which needs the network.
 has build && step build 400 env MAX_JOBS=12 python3 setup.py build_ext --inplace
+ln -sfn ../triton_kernels pyops/triton_kernels  # what setup.py's package_dir does for an installed pyops
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 has tests && step tests "${TESTS_S:-240}" python3 -m pytest tests -q -p no:cacheprovider -n 8 -rfE \
   --timeout 200 ${PYTEST_K:+-k "$PYTEST_K"}

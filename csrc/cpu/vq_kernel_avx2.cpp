@@ -2,6 +2,7 @@
 // setuptools has no per-file flags, so the target pragma plays -mavx2 -mfma -mf16c. GCC does not define
 // the ISA macros for a pragma, and ATen's vector headers (and sleef.h) key on them, so define them here.
 // Keep the guard in step with PYOPS_HAVE_X86_VQ_KERNELS (vq_kernel_isa.h; nothing may precede the pragma).
+#include "isa_prelude.h"  // before the pragma: see there
 #if defined(__x86_64__) && !defined(__AVX2__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,fma,f16c")
 #define __AVX__ 1

@@ -1,5 +1,6 @@
 // AVX-512 copy of the CPU VQ kernels (twice the lanes of AVX2 for the score scan and the re-rank); see
 // vq_kernel_avx2.cpp for why the pragma and macros.
+#include "isa_prelude.h"  // before the pragma: see there
 #if defined(__x86_64__) && !defined(__AVX2__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #define __AVX__ 1
