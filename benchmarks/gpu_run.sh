@@ -5,10 +5,10 @@
 # vector-quantize-pytorch and their needs) are installed from .whl/ when that folder was carried; gsplat's CUDA
 # extension is compiled in the background while the tests run (benchmarks/build_gsplat.py).
 #
-#   STEPS="build tests sanitizer bench"   which steps run (in this order)
+#   STEPS="build tests sanitizer tune bench"   which steps run (in this order; tune: Triton VQ tile settings)
 #   TESTS_S=240 SANITIZER_S=120           time box of each step, seconds; the benchmarks get what is left of
 #   DEADLINE_S=570                        the whole run's time box
-#   PYTEST_K=                             a pytest -k expression for the tests step
+#   PYTEST_K=  BENCH_ARGS=                a pytest -k expression for the tests step; run.py arguments
 #
 # Logs and results are packed into ${OUT:-gpu-run}/gpu-run.tgz (a device tool returns few files), with the
 # benchmark tables and a prebuilt gsplat extension (gsplat-csrc.tgz) beside it.
@@ -59,7 +59,8 @@ if [ -n "$gsplat_pid" ]; then
     || echo "!! gsplat build failed"
   tail -n 5 "$LOGS/gsplat-build.log"
 fi
-has bench && step bench "$(left)" python3 benchmarks/run.py --out "$LOGS/results"
+has tune && step tune "${TUNE_S:-150}" python3 benchmarks/tune_vq_triton.py
+has bench && step bench "$(left)" python3 benchmarks/run.py --out "$LOGS/results" ${BENCH_ARGS:-}
 cp "$LOGS"/results/*.md "$OUT"/ 2>/dev/null
 tar -czf "$OUT/gpu-run.tgz" -C "$LOGS" .
 exit $status
