@@ -2,7 +2,7 @@
 
 import importlib.util
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -69,12 +69,14 @@ def available_backends(device, op: str = "derf_fwd") -> List[str]:
     return [b for b in order if why_unavailable(b, device, op) is None]
 
 
-def resolve(backend: Optional[str], device: torch.device, op: str) -> str:
-    """The backend to run: `backend` if given, else $PYOPS_BACKEND, else the fastest available."""
+def resolve(backend: Optional[str], device: torch.device, op: str,
+            gpu_order: Tuple[str, ...] = ("cuda", "triton")) -> str:
+    """The backend to run: `backend` if given, else $PYOPS_BACKEND, else the fastest available (on a GPU, the
+    first of `gpu_order` that is available: the op's measured order)."""
     if backend is None:
         backend = os.environ.get("PYOPS_BACKEND") or None
     if backend is None:
-        preferred = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+        preferred = gpu_order if device.type == "cuda" else ("cpu",)
         return next((b for b in preferred if why_unavailable(b, device, op) is None), "torch")
     reason = why_unavailable(backend, device, op)
     if reason is not None:

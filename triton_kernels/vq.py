@@ -182,11 +182,18 @@ def _search_settings(n: int, num_codes: int, kc: int, dtype: torch.dtype, exact:
         block_m, block_n, block_d, warps, stages = 16, 32, 32, 1, 1
         target, min_tiles = 3, 1
     else:
-        target, min_tiles = 2 * torch.cuda.get_device_properties(device).multi_processor_count, 4
+        props = torch.cuda.get_device_properties(device)
+        target, min_tiles = 2 * props.multi_processor_count, 4
         block_m = 64 if n > 32 else 16
         block_n = 128 if block_m == 64 else 64
         block_d = 64 if dtype in (torch.float16, torch.bfloat16) and not exact else 32
         warps, stages = (8 if block_m == 64 else 4), 3
+        # Many rows, 16-bit tensor-core search: 128 x 256 tiles ran at 412 TFLOP/s on an H100 against 254 for
+        # 64 x 128 (benchmarks/tune_vq_triton.py, N = K = 65,536); they need 144 KiB of shared memory.
+        big_tile_smem = stages * (128 * block_d + block_d * 256) * 2
+        if (block_d == 64 and n >= 16384
+                and getattr(props, "shared_memory_per_block_optin", 0) >= big_tile_smem):
+            block_m, block_n = 128, 256
     row_blocks = triton.cdiv(n, block_m)
     tiles = triton.cdiv(num_codes, block_n)
     # Split the codebook when there are too few row blocks to fill the GPU (2 programs per SM); keep each
