@@ -62,7 +62,11 @@ def _cpu_model() -> str:
 
 
 def git_commit() -> Optional[str]:
-    """HEAD's commit, with "-dirty" when tracked files differ from it; None outside a git checkout."""
+    """HEAD's commit, with "-dirty" when tracked files differ from it; None outside a git checkout.
+    $PYOPS_GIT_COMMIT overrides it: a lent GPU machine gets a copy of the working tree whose git metadata
+    can lag behind the commit that was sent."""
+    if os.environ.get("PYOPS_GIT_COMMIT"):
+        return os.environ["PYOPS_GIT_COMMIT"]
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never let git refresh the index
 
     def git(*args):

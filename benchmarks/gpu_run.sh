@@ -9,6 +9,7 @@
 #   TESTS_S=240 SANITIZER_S=120           time box of each step, seconds; the benchmarks get what is left of
 #   DEADLINE_S=570                        the whole run's time box
 #   PYTEST_K=  BENCH_ARGS=                a pytest -k expression for the tests step; run.py arguments
+#   PYOPS_GIT_COMMIT=$(git rev-parse HEAD)  the commit sent (the copy's own git metadata can lag behind it)
 #
 # Logs and results are packed into ${OUT:-gpu-run}/gpu-run.tgz (a device tool returns few files), with the
 # benchmark tables and a prebuilt gsplat extension (gsplat-csrc.tgz) beside it.
@@ -34,7 +35,7 @@ if [ -d .whl ]; then
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  git log -1 --format='commit %H %cd' 2>/dev/null; date -u; } | tee "$LOGS/device.txt"
+  echo "commit ${PYOPS_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"; date -u; } | tee "$LOGS/device.txt"
 gsplat_pid=
 if has bench && python3 -c "import gsplat" 2>/dev/null && ! python3 -c "import gsplat.csrc" 2>/dev/null; then
   MAX_JOBS=8 python3 benchmarks/build_gsplat.py /tmp/gsplat-build >"$LOGS/gsplat-build.log" 2>&1 &
@@ -45,8 +46,10 @@ fi
 has build && step build 400 env MAX_JOBS=12 python3 setup.py build_ext --inplace
 ln -sfn ../triton_kernels pyops/triton_kernels  # what setup.py's package_dir does for an installed pyops
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-has tests && step tests "${TESTS_S:-240}" python3 -m pytest tests -q -p no:cacheprovider -n 8 -rfE \
+# -v: every result is printed as it comes, so a run cut by its time box still names its failures.
+has tests && step tests "${TESTS_S:-240}" python3 -m pytest tests -v -p no:cacheprovider -n 12 -rfE \
   --timeout 200 ${PYTEST_K:+-k "$PYTEST_K"}
+has tests && grep -E "FAILED|ERROR|node down" "$LOGS/tests.log" | head -50
 if has sanitizer; then
   for tool in memcheck racecheck; do
     step "sanitizer-$tool" "${SANITIZER_S:-120}" "$CUDA_HOME/bin/compute-sanitizer" --tool "$tool" \
