@@ -49,15 +49,18 @@ TORCH_LIBRARY(pyops, m) {
   m.def("gs_tile_offsets(Tensor isect_ids, int n_cameras, int tile_width, int tile_height) -> Tensor");
   // Front-to-back blending per tile: means2d [C, N, 2], conics [C, N, 3], colors [C, N, D],
   // opacities [C, N], backgrounds [C, D] or None -> (render_colors [C, H, W, D], render_alphas
-  // [C, H, W, 1], last_ids [C, H, W] int32: index into flatten_ids of the last blended Gaussian, -1: none).
+  // [C, H, W, 1], last_ids [C, H, W] int32: index into flatten_ids of the last blended Gaussian, -1: none,
+  // final_transmittances [C, H, W, 1]: T after the last one, which 1 - render_alphas only approximates when T
+  // is small; the backward recovers every earlier T from it).
   m.def(
       "gs_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
-      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids) -> (Tensor, Tensor, Tensor)");
-  // Back-to-front replay. Returns (v_means2d, v_conics, v_colors, v_opacities, v_backgrounds (empty
+      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Back to front from last_ids and final_transmittances. Returns (v_means2d, v_conics, v_colors, v_opacities, v_backgrounds (empty
   // without backgrounds), v_means2d_abs (|per-pixel v_means2d| summed; empty unless absgrad)).
   m.def(
       "gs_rasterize_bwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
-      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids, Tensor render_alphas, "
+      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids, Tensor final_transmittances, "
       "Tensor last_ids, Tensor v_render_colors, Tensor v_render_alphas, bool absgrad) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -59,11 +59,11 @@ def _fake_rasterize_fwd(means2d, conics, colors, opacities, backgrounds, width, 
                         flatten_ids):
     c, d = colors.shape[0], colors.shape[-1]
     return (colors.new_empty(c, height, width, d), colors.new_empty(c, height, width, 1),
-            colors.new_empty(c, height, width, dtype=torch.int32))
+            colors.new_empty(c, height, width, dtype=torch.int32), colors.new_empty(c, height, width, 1))
 
 
 def _fake_rasterize_bwd(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, tile_offsets,
-                        flatten_ids, render_alphas, last_ids, v_render_colors, v_render_alphas, absgrad):
+                        flatten_ids, final_transmittances, last_ids, v_render_colors, v_render_alphas, absgrad):
     v_bg = torch.empty_like(backgrounds) if backgrounds is not None else colors.new_empty(0)
     v_abs = torch.empty_like(means2d) if absgrad else means2d.new_empty(0)
     return (torch.empty_like(means2d), torch.empty_like(conics), torch.empty_like(colors),
@@ -110,19 +110,22 @@ def _register_sh_autograd(fwd: str, bwd_op) -> None:
 def _register_rasterize_autograd(fwd: str, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
         means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids = inputs
-        _, render_alphas, last_ids = output
-        ctx.save_for_backward(means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, render_alphas,
+        _, _, last_ids, final_trans = output
+        ctx.save_for_backward(means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, final_trans,
                               last_ids)
         ctx.args = (width, height, tile_size)
         ctx.absgrad_to = means2d if getattr(means2d, "_pyops_absgrad", False) else None  # rasterize_to_pixels
 
-    def backward(ctx, g_colors, g_alphas, _g_last):
-        means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, alphas, last_ids = ctx.saved_tensors
+    def backward(ctx, g_colors, g_alphas, _g_last, g_trans):
+        means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, trans, last_ids = ctx.saved_tensors
         width, height, tile_size = ctx.args
+        g_alphas = _zeros_if_none(g_alphas, trans)
+        if g_trans is not None:  # final_transmittances = 1 - render_alphas
+            g_alphas = g_alphas - g_trans
         v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs = bwd_op(
-            means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids, alphas,
-            last_ids, _zeros_if_none(g_colors, colors.new_empty(alphas.shape[:-1] + colors.shape[-1:])),
-            _zeros_if_none(g_alphas, alphas), ctx.absgrad_to is not None)
+            means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids, trans,
+            last_ids, _zeros_if_none(g_colors, colors.new_empty(trans.shape[:-1] + colors.shape[-1:])), g_alphas,
+            ctx.absgrad_to is not None)
         if ctx.absgrad_to is not None:
             ctx.absgrad_to.absgrad = v_abs  # gsplat's convention: meta["means2d"].absgrad
         return (v_means2d, v_conics, v_colors, v_opacities, v_bg if backgrounds is not None else None,
@@ -344,7 +347,7 @@ def rasterize_to_pixels(
                                          isect_offsets, flatten_ids, backgrounds)
     if absgrad:  # the autograd's setup_context reads this flag (an attribute, as gsplat sets means2d.absgrad)
         means2d._pyops_absgrad = True
-    render, alphas, _ = _op(which, "gs_rasterize_fwd")(
+    render, alphas, _, _ = _op(which, "gs_rasterize_fwd")(
         means2d.contiguous(), conics.contiguous(), colors.contiguous(), opacities.contiguous(),
         None if backgrounds is None else backgrounds.contiguous(), width, height, tile_size,
         isect_offsets.contiguous(), flatten_ids.to(torch.int32).contiguous())

@@ -306,9 +306,10 @@ def test_cuda_stages_match_cpu(dtype, antialiased, tile_size, channels):
         check("render_colors", got[0], want[0])
         check("render_alphas", got[1], want[1])
         assert torch.equal(got[2].cpu(), want[2]), "last_ids"
+        check("final_transmittances", got[3], want[3])
         v_rc = torch.randn(c, HEIGHT, WIDTH, channels, generator=g, dtype=torch.float64).to(dtype)
         v_ra = torch.randn(c, HEIGHT, WIDTH, 1, generator=g, dtype=torch.float64).to(dtype)
-        bwd = (*fwd, want[1], want[2], v_rc, v_ra, True)
+        bwd = (*fwd, want[3], want[2], v_rc, v_ra, True)
         names = ("v_means2d", "v_conics", "v_colors", "v_opacities", "v_backgrounds", "v_means2d_abs")
         for name, a, b in zip(names, ops.gs_rasterize_bwd(*map(cu, bwd)), ops.gs_rasterize_bwd(*bwd)):
             check(name, a, b)

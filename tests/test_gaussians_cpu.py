@@ -327,7 +327,7 @@ def raster_inputs(dtype, n, c, image, seed, d=3, dense=False, with_bg=True):
 def test_rasterize_fwd_bwd(dtype, image, dense, d, with_bg):
     n = 400 if dense else 250
     args = raster_inputs(dtype, n, 2, image, seed=5 + d, d=d, dense=dense, with_bg=with_bg)
-    colors_img, alphas_img, last_ids = ops.gs_rasterize_fwd(*args)
+    colors_img, alphas_img, last_ids, trans = ops.gs_rasterize_fwd(*args)
     leaves = [a.double().detach().requires_grad_() if torch.is_tensor(a) else a for a in args[:5]]
     r_col, r_alpha, r_last, pairs = torch_rasterize(*leaves, *args[5:], pair_means=True)
     assert torch.equal(last_ids, r_last)
@@ -335,6 +335,7 @@ def test_rasterize_fwd_bwd(dtype, image, dense, d, with_bg):
         assert (alphas_img > 1 - 1e-3).any()
     assert_close("render_colors", colors_img, r_col.detach(), dtype)
     assert_close("render_alphas", alphas_img, r_alpha.detach(), dtype)
+    assert_close("final_transmittances", trans, 1 - r_alpha.detach(), dtype)
 
     g = torch.Generator().manual_seed(1)
     v_col = torch.randn(colors_img.shape, generator=g, dtype=torch.float64)
@@ -349,7 +350,7 @@ def test_rasterize_fwd_bwd(dtype, image, dense, d, with_bg):
         want_m.index_add_(0, ids, gp.sum(0))
         want_abs.index_add_(0, ids, gp.abs().sum(0))
     want = [want_m.reshape(args[0].shape)] + list(grads[n_pairs:])
-    got = ops.gs_rasterize_bwd(*args, alphas_img, last_ids, v_col.to(dtype), v_alpha.to(dtype), True)
+    got = ops.gs_rasterize_bwd(*args, trans, last_ids, v_col.to(dtype), v_alpha.to(dtype), True)
     names = ["v_means2d", "v_conics", "v_colors", "v_opacities"] + (["v_backgrounds"] if with_bg else [])
     for name, gg, ww in zip(names, got, want):
         assert_close(name, gg, ww, dtype)
@@ -357,7 +358,7 @@ def test_rasterize_fwd_bwd(dtype, image, dense, d, with_bg):
         assert got[4].numel() == 0
     assert_close("v_means2d_abs", got[5], want_abs.reshape(args[0].shape), dtype)
     # Without absgrad the abs output is empty and the rest is bit-identical (and deterministic).
-    again = ops.gs_rasterize_bwd(*args, alphas_img, last_ids, v_col.to(dtype), v_alpha.to(dtype), False)
+    again = ops.gs_rasterize_bwd(*args, trans, last_ids, v_col.to(dtype), v_alpha.to(dtype), False)
     assert again[5].numel() == 0
     for a, b in zip(got[:5], again[:5]):
         assert torch.equal(a, b)
@@ -365,13 +366,13 @@ def test_rasterize_fwd_bwd(dtype, image, dense, d, with_bg):
 
 def test_rasterize_deterministic_across_threads():
     args = raster_inputs(torch.float32, 400, 2, IMAGES[1], seed=9, dense=True)
-    col, alp, last = ops.gs_rasterize_fwd(*args)
+    col, alp, last, trans = ops.gs_rasterize_fwd(*args)
     v = torch.randn_like(col), torch.randn_like(alp)
     nt = torch.get_num_threads()
     outs = []
     for threads in (1, max(2, nt)):
         torch.set_num_threads(threads)
-        outs.append(ops.gs_rasterize_bwd(*args, alp, last, *v, True))
+        outs.append(ops.gs_rasterize_bwd(*args, trans, last, *v, True))
     torch.set_num_threads(nt)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
@@ -385,11 +386,13 @@ def test_rasterize_empty_scene_gives_background():
     bg = torch.rand(c, d)
     offsets = torch.zeros(c, th, tw, dtype=torch.int32)
     flat = torch.zeros(0, dtype=torch.int32)
-    col, alp, last = ops.gs_rasterize_fwd(z(c, 0, 2), z(c, 0, 3), z(c, 0, d), z(c, 0), bg, w, h, ts, offsets, flat)
+    col, alp, last, trans = ops.gs_rasterize_fwd(z(c, 0, 2), z(c, 0, 3), z(c, 0, d), z(c, 0), bg, w, h, ts, offsets,
+                                                 flat)
     assert torch.equal(col, bg[:, None, None].expand(c, h, w, d)) and (alp == 0).all() and (last == -1).all()
+    assert (trans == 1).all()
     v_col = torch.ones_like(col)
-    grads = ops.gs_rasterize_bwd(z(c, 0, 2), z(c, 0, 3), z(c, 0, d), z(c, 0), bg, w, h, ts, offsets, flat, alp, last,
-                                 v_col, torch.ones_like(alp), False)
+    grads = ops.gs_rasterize_bwd(z(c, 0, 2), z(c, 0, 3), z(c, 0, d), z(c, 0), bg, w, h, ts, offsets, flat, trans,
+                                 last, v_col, torch.ones_like(alp), False)
     assert torch.allclose(grads[4], torch.full((c, d), float(h * w)))
 
 
@@ -417,15 +420,15 @@ class _Project(torch.autograd.Function):
 class _Raster(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, bg, rest):
-        col, alp, last = ops.gs_rasterize_fwd(means2d, conics, colors, opacities, bg, *rest)
-        ctx.save_for_backward(means2d, conics, colors, opacities, bg, alp, last)
+        col, alp, last, trans = ops.gs_rasterize_fwd(means2d, conics, colors, opacities, bg, *rest)
+        ctx.save_for_backward(means2d, conics, colors, opacities, bg, trans, last)
         ctx.rest = rest
         return col, alp
 
     @staticmethod
     def backward(ctx, v_col, v_alp):
-        means2d, conics, colors, opacities, bg, alp, last = ctx.saved_tensors
-        g = ops.gs_rasterize_bwd(means2d, conics, colors, opacities, bg, *ctx.rest, alp, last, v_col.contiguous(),
+        means2d, conics, colors, opacities, bg, trans, last = ctx.saved_tensors
+        g = ops.gs_rasterize_bwd(means2d, conics, colors, opacities, bg, *ctx.rest, trans, last, v_col.contiguous(),
                                  v_alp.contiguous(), False)
         return (*g[:5], None)
 
@@ -489,9 +492,9 @@ def test_opcheck():
     torch.library.opcheck(ops.gs_tile_offsets.default, (ids, 2, 3, 2))
     args = raster_inputs(torch.float32, 40, 2, IMAGES[0], seed=2)
     torch.library.opcheck(ops.gs_rasterize_fwd.default, tuple(args))
-    col, alp, last = ops.gs_rasterize_fwd(*args)
+    col, alp, last, trans = ops.gs_rasterize_fwd(*args)
     torch.library.opcheck(ops.gs_rasterize_bwd.default,
-                          tuple(args) + (alp, last, torch.randn_like(col), torch.randn_like(alp), True))
+                          tuple(args) + (trans, last, torch.randn_like(col), torch.randn_like(alp), True))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -528,9 +531,9 @@ def test_degenerate_inputs(dtype):
     _, ids, flat = ops.gs_intersect_tiles(m2d, radii, dep, 16, 3, 2)
     offsets = ops.gs_tile_offsets(ids, 2, 3, 2)
     colors, opac = torch.rand(2, 12, 3, dtype=dtype), torch.rand(2, 12, dtype=dtype)
-    col, alp, last = ops.gs_rasterize_fwd(m2d, con, colors, opac, None, 40, 27, 16, offsets, flat)
+    col, alp, last, trans = ops.gs_rasterize_fwd(m2d, con, colors, opac, None, 40, 27, 16, offsets, flat)
     assert torch.isfinite(col).all() and torch.isfinite(alp).all()
-    grads = ops.gs_rasterize_bwd(m2d, con, colors, opac, None, 40, 27, 16, offsets, flat, alp, last,
+    grads = ops.gs_rasterize_bwd(m2d, con, colors, opac, None, 40, 27, 16, offsets, flat, trans, last,
                                  torch.ones_like(col), torch.ones_like(alp), True)
     for t in grads:
         assert torch.isfinite(t).all()

@@ -617,7 +617,8 @@ def _chunk_alpha(means2d_ptr, conics_ptr, opac_ptr, flat_ptr, k, km, px, py):
 
 @triton.jit
 def _gs_rasterize_fwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_ptr, offsets_ptr, flat_ptr,
-                             out_colors_ptr, out_alphas_ptr, last_ids_ptr, n_isects, tile_w, tile_h, width, height,
+                             out_colors_ptr, out_alphas_ptr, last_ids_ptr, out_trans_ptr, n_isects, tile_w, tile_h,
+                             width, height,
                              D, HAS_BG: tl.constexpr, TILE: tl.constexpr, TILE_P2: tl.constexpr,
                              BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
     P: tl.constexpr = TILE_P2 * TILE_P2
@@ -656,12 +657,13 @@ def _gs_rasterize_fwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
         acc += T[:, None] * bg[None, :]
     tl.store(out_colors_ptr + pix[:, None] * D + d[None, :], acc, mask=inside[:, None] & dmask[None, :])
     tl.store(out_alphas_ptr + pix, 1.0 - T, mask=inside)
+    tl.store(out_trans_ptr + pix, T, mask=inside)
     tl.store(last_ids_ptr + pix, last, mask=inside)
 
 
 @triton.jit
 def _gs_rasterize_bwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_ptr, offsets_ptr, flat_ptr,
-                             alphas_ptr, last_ids_ptr, v_out_colors_ptr, v_out_alphas_ptr, v_means2d_ptr,
+                             trans_ptr, last_ids_ptr, v_out_colors_ptr, v_out_alphas_ptr, v_means2d_ptr,
                              v_conics_ptr, v_colors_ptr, v_opac_ptr, v_bg_ptr, v_abs_ptr, n_isects,
                              tile_w, tile_h, width, height, D, DC: tl.constexpr, HAS_BG: tl.constexpr,
                              ABSGRAD: tl.constexpr, TILE: tl.constexpr, TILE_P2: tl.constexpr,
@@ -671,7 +673,7 @@ def _gs_rasterize_bwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
                                                        height, TILE, TILE_P2)
     d = tl.arange(0, BLOCK_D)
     g_ar = tl.arange(0, BLOCK_G)
-    t_final = 1.0 - tl.load(alphas_ptr + pix, mask=inside, other=0.0)
+    t_final = tl.load(trans_ptr + pix, mask=inside, other=1.0)
     bin_final = tl.load(last_ids_ptr + pix, mask=inside, other=-1)
     v_a = tl.load(v_out_alphas_ptr + pix, mask=inside, other=0.0)
     # dL/dalpha_k has the term T_final / (1 - alpha_k) * (v_alpha - <bg, v_color>) from 1 - T_final and bg.
@@ -1047,12 +1049,13 @@ def gs_rasterize_fwd_triton(
     width: int, height: int, tile_size: int,
     tile_offsets: Tensor,  # [C, tile_height, tile_width] int32
     flatten_ids: Tensor,  # [M] int32
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Front-to-back blending with gsplat's rules.
 
     Returns:
-        render_colors [C, H, W, D], render_alphas [C, H, W, 1] and last_ids [C, H, W] int32 (index into
-        flatten_ids of the last blended Gaussian, -1: none).
+        render_colors [C, H, W, D], render_alphas [C, H, W, 1], last_ids [C, H, W] int32 (index into
+        flatten_ids of the last blended Gaussian, -1: none) and final_transmittances [C, H, W, 1] (the T that
+        render_alphas = 1 - T rounds, for the backward).
     """
     op = "gs_rasterize_fwd_triton"
     c, n, d, tile_h, tile_w = _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height,
@@ -1063,17 +1066,19 @@ def gs_rasterize_fwd_triton(
     out_colors = colors.new_empty(c, height, width, d)
     out_alphas = colors.new_empty(c, height, width, 1)
     last_ids = colors.new_empty(c, height, width, dtype=torch.int32)
+    out_trans = colors.new_empty(c, height, width, 1)
     if c * tile_h * tile_w == 0 or d == 0:
         if d == 0 and c * height * width:
             out_alphas.zero_()
+            out_trans.fill_(1.0)
             last_ids.fill_(-1)  # no channels: nothing to blend into
-        return out_colors, out_alphas, last_ids
+        return out_colors, out_alphas, last_ids, out_trans
     tile_p2, block_g, block_d, warps = _raster_settings(tile_size, d, colors.is_cuda)
     torch.library.wrap_triton(_gs_rasterize_fwd_kernel)[(tile_h * tile_w, c)](
         means2d, conics, colors, opacities, bg, tile_offsets, flatten_ids, out_colors, out_alphas, last_ids,
-        flatten_ids.shape[0], tile_w, tile_h, width, height, d, HAS_BG=backgrounds is not None,
+        out_trans, flatten_ids.shape[0], tile_w, tile_h, width, height, d, HAS_BG=backgrounds is not None,
         TILE=tile_size, TILE_P2=tile_p2, BLOCK_G=block_g, BLOCK_D=block_d, num_warps=warps)
-    return out_colors, out_alphas, last_ids
+    return out_colors, out_alphas, last_ids, out_trans
 
 
 @torch.library.triton_op("pyops::gs_rasterize_bwd_triton", mutates_args=())
@@ -1086,7 +1091,7 @@ def gs_rasterize_bwd_triton(
     width: int, height: int, tile_size: int,
     tile_offsets: Tensor,  # [C, tile_height, tile_width] int32
     flatten_ids: Tensor,  # [M] int32
-    render_alphas: Tensor,  # [C, H, W, 1]
+    final_transmittances: Tensor,  # [C, H, W, 1]
     last_ids: Tensor,  # [C, H, W] int32
     v_render_colors: Tensor,  # [C, H, W, D]
     v_render_alphas: Tensor,  # [C, H, W, 1]
@@ -1102,13 +1107,13 @@ def gs_rasterize_bwd_triton(
     c, n, d, tile_h, tile_w = _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height,
                                             tile_size, tile_offsets, flatten_ids)
     dev = means2d.device
-    _check(op, "render_alphas", render_alphas, (c, height, width, 1), device=dev)
+    _check(op, "final_transmittances", final_transmittances, (c, height, width, 1), device=dev)
     _check(op, "last_ids", last_ids, (c, height, width), dtype=torch.int32, device=dev)
     _check(op, "v_render_colors", v_render_colors, (c, height, width, d), device=dev)
     _check(op, "v_render_alphas", v_render_alphas, (c, height, width, 1), device=dev)
-    tensors = (means2d, conics, colors, opacities, tile_offsets, flatten_ids, render_alphas, last_ids,
+    tensors = (means2d, conics, colors, opacities, tile_offsets, flatten_ids, final_transmittances, last_ids,
                v_render_colors, v_render_alphas)
-    (means2d, conics, colors, opacities, tile_offsets, flatten_ids, render_alphas, last_ids, v_render_colors,
+    (means2d, conics, colors, opacities, tile_offsets, flatten_ids, final_transmittances, last_ids, v_render_colors,
      v_render_alphas) = (t.contiguous() for t in tensors)
     bg = backgrounds.contiguous() if backgrounds is not None else colors
     # Zero-filled: every tile adds its Gaussians' gradients with atomics.
@@ -1122,7 +1127,7 @@ def gs_rasterize_bwd_triton(
         return v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs
     tile_p2, block_g, block_d, warps = _raster_settings(tile_size, d, colors.is_cuda, backward=True)
     torch.library.wrap_triton(_gs_rasterize_bwd_kernel)[(tile_h * tile_w, c)](
-        means2d, conics, colors, opacities, bg, tile_offsets, flatten_ids, render_alphas, last_ids,
+        means2d, conics, colors, opacities, bg, tile_offsets, flatten_ids, final_transmittances, last_ids,
         v_render_colors, v_render_alphas, v_means2d, v_conics, v_colors, v_opacities,
         v_bg if backgrounds is not None else v_means2d, v_abs if absgrad else v_means2d, flatten_ids.shape[0],
         tile_w, tile_h, width, height, d, DC=d if d <= SMALL_D else 0, HAS_BG=backgrounds is not None,

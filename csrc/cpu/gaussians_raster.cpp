@@ -248,11 +248,12 @@ T blend_pixel(const RasterData<T>& r, int64_t start, int64_t stop, T px, T py, i
 
 template <typename T>
 void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, at::Tensor& render_colors,
-                          at::Tensor& render_alphas, at::Tensor& last_ids) {
+                          at::Tensor& render_alphas, at::Tensor& last_ids, at::Tensor& final_trans) {
   const RasterData<T> r = raster_data<T>(p);
   T* out_c = render_colors.data_ptr<T>();
   T* out_a = render_alphas.data_ptr<T>();
   int32_t* out_last = last_ids.data_ptr<int32_t>();
+  T* out_t = final_trans.data_ptr<T>();
   const int64_t d = p.d, total_tiles = p.c * grid.n_tiles;
   at::parallel_for(0, total_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> pix(static_cast<size_t>(d));
@@ -275,6 +276,7 @@ void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, at::Tenso
                                       });
           const int64_t pid = (c * grid.height + y) * grid.width + x;
           out_a[pid] = T(1) - trans;
+          out_t[pid] = trans;
           for (int64_t k = 0; k < d; ++k) out_c[pid * d + k] = pix[k] + (r.backgrounds ? trans * r.backgrounds[c * d + k] : T(0));
           out_last[pid] = static_cast<int32_t>(last);
         }
@@ -283,7 +285,7 @@ void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, at::Tenso
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(
     const at::Tensor& means2d,    // [C, N, 2]
     const at::Tensor& conics,     // [C, N, 3]
     const at::Tensor& colors,     // [C, N, D]
@@ -299,12 +301,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(
   at::Tensor render_colors = at::empty({p.c, height, width, p.d}, opt);
   at::Tensor render_alphas = at::empty({p.c, height, width, 1}, opt);
   at::Tensor last_ids = at::empty({p.c, height, width}, opt.dtype(at::kInt));
+  at::Tensor final_trans = at::empty({p.c, height, width, 1}, opt);
   const TileGrid grid = {width, height, tile_size, p.tile_width, p.tile_height, p.tile_width * p.tile_height};
-  if (p.c == 0) return {render_colors, render_alphas, last_ids};
+  if (p.c == 0) return {render_colors, render_alphas, last_ids, final_trans};
   AT_DISPATCH_FLOATING_TYPES(p.colors.scalar_type(), "gs_rasterize_fwd_cpu", [&] {
-    rasterize_fwd_kernel<scalar_t>(p, grid, render_colors, render_alphas, last_ids);
+    rasterize_fwd_kernel<scalar_t>(p, grid, render_colors, render_alphas, last_ids, final_trans);
   });
-  return {render_colors, render_alphas, last_ids};
+  return {render_colors, render_alphas, last_ids, final_trans};
 }
 
 // Per-intersection gradient slot layout: v_means2d (2), v_conics (3), v_opacity (1), [v_means2d_abs (2)], v_colors (D).
@@ -347,9 +350,8 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const at:
         for (int64_t x = tx * grid.tile_size; x < x_end; ++x) {
           const int64_t pid = (c * grid.height + y) * grid.width + x;
           const T px = static_cast<T>(x) + T(0.5), py = static_cast<T>(y) + T(0.5);
-          // Replay the forward pass up to the last blended Gaussian, keeping each one's transmittance. This
-          // reproduces the forward's T exactly instead of recovering it by dividing 1 - render_alpha by
-          // (1 - alpha) Gaussian after Gaussian (gsplat's way), which loses precision when T gets small.
+          // Replay the forward pass up to the last blended Gaussian, keeping each one's transmittance: the
+          // forward's T bit for bit, where CUDA and Triton divide T_final by (1 - alpha) Gaussian after Gaussian.
           const int64_t last = last_in[pid];
           const int64_t replay_stop = std::min<int64_t>(stop, last + 1);
           stack.clear();
@@ -443,7 +445,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int64_t width, int64_t height, int64_t tile_size,
     const at::Tensor& tile_offsets,     // [C, TH, TW] int32
     const at::Tensor& flatten_ids,      // [M] int32
-    const at::Tensor& render_alphas,    // [C, H, W, 1]
+    const at::Tensor& final_trans,      // [C, H, W, 1]
     const at::Tensor& last_ids,         // [C, H, W] int32
     const at::Tensor& v_render_colors,  // [C, H, W, D]
     const at::Tensor& v_render_alphas,  // [C, H, W, 1]
@@ -453,8 +455,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
                                            tile_size, tile_offsets, flatten_ids, cpu);
   const auto dt = p.colors.scalar_type();
-  // render_alphas is checked but not read: the replay recomputes the transmittance exactly (see the kernel).
-  checked(render_alphas, op, "render_alphas", cpu, {p.c, height, width, 1}, dt);
+  // Checked but not read: the replay recomputes every transmittance (see the kernel).
+  checked(final_trans, op, "final_transmittances", cpu, {p.c, height, width, 1}, dt);
   const at::Tensor last_c = checked(last_ids, op, "last_ids", cpu, {p.c, height, width}, at::kInt);
   const at::Tensor v_rc = checked(v_render_colors, op, "v_render_colors", cpu, {p.c, height, width, p.d}, dt);
   const at::Tensor v_ra = checked(v_render_alphas, op, "v_render_alphas", cpu, {p.c, height, width, 1}, dt);

@@ -6,9 +6,9 @@
 //    over the key bits in use; equal keys keep ascending flatten id, as on the CPU.
 //  - rasterize: one block per (camera, tile), one thread per pixel, Gaussians staged through shared memory in
 //    batches of the block size. The backward pass walks back to front from each pixel's last blended
-//    Gaussian, recovering T by dividing by (1 - alpha) from T_final = 1 - render_alpha (gsplat's way; the CPU
-//    replays the forward instead, so the two differ by rounding where T gets small), and reduces each
-//    Gaussian's gradient over the warp before one atomicAdd per warp.
+//    Gaussian, recovering T by dividing by (1 - alpha) from the forward's exact T_final (gsplat starts from
+//    1 - render_alpha, which has lost most of T's digits once T is ~1e-4), and reduces each Gaussian's
+//    gradient over the warp before one atomicAdd per warp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -296,7 +296,7 @@ __device__ __forceinline__ TilePixel tile_pixel(const RasterArgs<T>& a, T& px, T
 template <typename T, int CDIM>
 __global__ void __launch_bounds__(kThreads)
     rasterize_fwd_kernel(RasterArgs<T> a, T* __restrict__ render_colors, T* __restrict__ render_alphas,
-                         int32_t* __restrict__ last_ids) {
+                         int32_t* __restrict__ last_ids, T* __restrict__ final_trans) {
   extern __shared__ __align__(16) unsigned char smem[];
   T px, py;
   const TilePixel tp = tile_pixel(a, px, py);
@@ -342,6 +342,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (!tp.inside) return;
   render_alphas[tp.pid] = T(1) - trans;
+  final_trans[tp.pid] = trans;
   const T* bg = a.backgrounds ? a.backgrounds + tp.camera * d : nullptr;
   if constexpr (CDIM > 0) {
 #pragma unroll
@@ -387,7 +388,7 @@ void check_tiles(const char* op, int64_t tile_size, int64_t total_tiles) {
               " (camera, tile) pairs exceed the CUDA grid");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
     const at::Tensor& means2d,                     // [C, N, 2]
     const at::Tensor& conics,                      // [C, N, 3]
     const at::Tensor& colors,                      // [C, N, D]
@@ -406,7 +407,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
   at::Tensor render_colors = at::empty({p.c, height, width, p.d}, opt);
   at::Tensor render_alphas = at::empty({p.c, height, width, 1}, opt);
   at::Tensor last_ids = at::empty({p.c, height, width}, opt.dtype(at::kInt));
-  if (p.c == 0) return {render_colors, render_alphas, last_ids};
+  at::Tensor final_trans = at::empty({p.c, height, width, 1}, opt);
+  if (p.c == 0) return {render_colors, render_alphas, last_ids, final_trans};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 block(static_cast<unsigned>(tile_size), static_cast<unsigned>(tile_size));
   const unsigned grid = static_cast<unsigned>(p.c * p.tile_width * p.tile_height);
@@ -415,13 +417,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
     const RasterArgs<T> a = raster_args<T>(p, width, height, tile_size);
     const size_t smem = Batch<T>::bytes(static_cast<int>(tile_size * tile_size));
     PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
-      rasterize_fwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(a, render_colors.data_ptr<T>(),
-                                                                   render_alphas.data_ptr<T>(),
-                                                                   last_ids.data_ptr<int32_t>());
+      rasterize_fwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(
+          a, render_colors.data_ptr<T>(), render_alphas.data_ptr<T>(), last_ids.data_ptr<int32_t>(),
+          final_trans.data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {render_colors, render_alphas, last_ids};
+  return {render_colors, render_alphas, last_ids, final_trans};
 }
 
 // Lanes of this thread's warp that exist (a block of tile_size^2 threads may end in a partial warp).
@@ -472,7 +474,7 @@ struct RasterGrads {
 
 template <typename T, int CDIM>
 __global__ void __launch_bounds__(kThreads)
-    rasterize_bwd_kernel(RasterArgs<T> a, const T* __restrict__ render_alphas, const int32_t* __restrict__ last_ids,
+    rasterize_bwd_kernel(RasterArgs<T> a, const T* __restrict__ final_trans, const int32_t* __restrict__ last_ids,
                          const T* __restrict__ v_render_colors, const T* __restrict__ v_render_alphas,
                          RasterGrads<T> out) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -483,7 +485,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t d = CDIM > 0 ? CDIM : a.d;
   constexpr int kRegs = CDIM > 0 ? CDIM : 1;
 
-  const T t_final = tp.inside ? T(1) - render_alphas[tp.pid] : T(1);
+  const T t_final = tp.inside ? final_trans[tp.pid] : T(1);
   const int32_t bin_final = tp.inside ? last_ids[tp.pid] : -1;
   const T v_a = tp.inside ? v_render_alphas[tp.pid] : T(0);
   const T* v_c = v_render_colors + tp.pid * d;  // only dereferenced inside the image
@@ -593,7 +595,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int64_t width, int64_t height, int64_t tile_size,
     const at::Tensor& tile_offsets,     // [C, TH, TW] int32
     const at::Tensor& flatten_ids,      // [M] int32
-    const at::Tensor& render_alphas,    // [C, H, W, 1]
+    const at::Tensor& final_trans,      // [C, H, W, 1]
     const at::Tensor& last_ids,         // [C, H, W] int32
     const at::Tensor& v_render_colors,  // [C, H, W, D]
     const at::Tensor& v_render_alphas,  // [C, H, W, 1]
@@ -604,7 +606,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                            tile_size, tile_offsets, flatten_ids, cuda);
   check_tiles(op, tile_size, p.c * p.tile_width * p.tile_height);
   const auto dt = p.colors.scalar_type();
-  const at::Tensor alphas_c = checked(render_alphas, op, "render_alphas", cuda, {p.c, height, width, 1}, dt);
+  const at::Tensor trans_c = checked(final_trans, op, "final_transmittances", cuda, {p.c, height, width, 1}, dt);
   const at::Tensor last_c = checked(last_ids, op, "last_ids", cuda, {p.c, height, width}, at::kInt);
   const at::Tensor v_rc = checked(v_render_colors, op, "v_render_colors", cuda, {p.c, height, width, p.d}, dt);
   const at::Tensor v_ra = checked(v_render_alphas, op, "v_render_alphas", cuda, {p.c, height, width, 1}, dt);
@@ -633,7 +635,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                               generic_d ? scratch.data_ptr<T>() : nullptr};
     const size_t smem = Batch<T>::bytes(static_cast<int>(tile_size * tile_size));
     PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
-      rasterize_bwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(a, alphas_c.data_ptr<T>(), last_c.data_ptr<int32_t>(),
+      rasterize_bwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(a, trans_c.data_ptr<T>(), last_c.data_ptr<int32_t>(),
                                                                    v_rc.data_ptr<T>(), v_ra.data_ptr<T>(), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
