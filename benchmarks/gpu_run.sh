@@ -5,7 +5,8 @@
 # vector-quantize-pytorch and their needs) are installed from .whl/ when that folder was carried; gsplat's CUDA
 # extension is compiled in the background while the tests run (benchmarks/build_gsplat.py).
 #
-#   STEPS="build tests sanitizer tune bench"   which steps run (in this order; tune: Triton VQ tile settings)
+#   STEPS="build diagnose tests sanitizer tune bench"   which steps run (in this order; diagnose: the native
+#                                         argument-error crash seen on GPU images; tune: Triton VQ tile settings)
 #   TESTS_S=240 SANITIZER_S=120           time box of each step, seconds; the benchmarks get what is left of
 #   DEADLINE_S=570                        the whole run's time box
 #   PYTEST_K=  BENCH_ARGS=                a pytest -k expression for the tests step; run.py arguments
@@ -47,6 +48,27 @@ has build && step build 400 env MAX_JOBS=12 python3 setup.py build_ext --inplace
 ln -sfn ../triton_kernels pyops/triton_kernels  # what setup.py's package_dir does for an installed pyops
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # -v: every result is printed as it comes, so a run cut by its time box still names its failures.
+# A C++ argument error that formats integers (here a D mismatch) crashed the process on the GCC 13 image instead
+# of raising. Record the toolchain, the libstdc++ actually loaded, whether any shared (COMDAT) function outside
+# the ISA copies holds AVX registers, and a native backtrace.
+if has diagnose; then
+  repro="import torch, pyops; torch.ops.pyops.vq_search(torch.randn(4, 8), torch.randn(10, 9), 1, 'l2', False)"
+  so=$(ls pyops/_C*.so | head -1)
+  {
+    "${CXX:-c++}" --version | head -1
+    python3 -c "import torch; print('cxx11 abi', torch._C._GLIBCXX_USE_CXX11_ABI); \
+print(*[l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l or 'libgcc_s' in l], sep='\n')" | sort -u
+    ldd "$so" | grep -E "stdc|gcc|gomp"
+    objdump -d --no-show-raw-insn -C "$so" | awk '/^[0-9a-f]+ <.*>:$/ {fn = $0; next}
+      /%[yz]mm/ && !(fn in seen) {seen[fn] = 1; if (fn !~ /AVX|avx|int8::/) print "AVX outside the ISA copies:", fn}' \
+      | head -20
+    python3 -X faulthandler -c "$repro"; echo "repro rc=$?"
+    gdb=$(command -v gdb || echo "$CUDA_HOME/bin/cuda-gdb")
+    [ -x "$gdb" ] && timeout 120 "$gdb" -batch -ex run -ex bt -ex "info registers rip" -ex "x/6i \$pc" \
+      --args python3 -c "$repro" 2>&1 | grep -vE "^\[(New|Thread)|^Using host|libthread_db" | tail -60
+  } >"$LOGS/diagnose.log" 2>&1
+  cat "$LOGS/diagnose.log"
+fi
 has tests && step tests "${TESTS_S:-240}" python3 -m pytest tests -v -p no:cacheprovider -n 12 -rfE \
   --timeout 200 ${PYTEST_K:+-k "$PYTEST_K"}
 has tests && grep -E "FAILED|ERROR|node down" "$LOGS/tests.log" | head -50
