@@ -240,21 +240,24 @@ RasterArgs<T> raster_args(const RasterInputs& p, int64_t width, int64_t height, 
           p.c * p.tile_width * p.tile_height};
 }
 
-// Shared-memory staging of one batch of Gaussians: wider types first so every array stays aligned.
-template <typename T>
+// Shared-memory staging of one batch of Gaussians: wider types first so every array stays aligned. With
+// CDIM > 0 the colors are staged too (the backward reads them for every lane that blends the Gaussian).
+template <typename T, int CDIM = 0>
 struct Batch {
   Vec2<T>* xy;
   Vec3<T>* conic;
   T* opacity;
+  T* color;  // [block_size, CDIM]
   int32_t* id;
   static size_t bytes(int block_size) {
-    return size_t(block_size) * (sizeof(Vec2<T>) + sizeof(Vec3<T>) + sizeof(T) + sizeof(int32_t));
+    return size_t(block_size) * (sizeof(Vec2<T>) + sizeof(Vec3<T>) + (1 + CDIM) * sizeof(T) + sizeof(int32_t));
   }
   __device__ Batch(unsigned char* smem, int block_size) {
     xy = reinterpret_cast<Vec2<T>*>(smem);
     conic = reinterpret_cast<Vec3<T>*>(xy + block_size);
     opacity = reinterpret_cast<T*>(conic + block_size);
-    id = reinterpret_cast<int32_t*>(opacity + block_size);
+    color = opacity + block_size;
+    id = reinterpret_cast<int32_t*>(color + block_size * CDIM);
   }
   __device__ void load(const RasterArgs<T>& a, int slot, int64_t isect) {
     const int32_t g = a.flatten_ids[isect];
@@ -262,6 +265,8 @@ struct Batch {
     xy[slot] = a.means2d[g];
     conic[slot] = a.conics[g];
     opacity[slot] = a.opacities[g];
+#pragma unroll
+    for (int k = 0; k < CDIM; ++k) color[slot * CDIM + k] = a.colors[int64_t(g) * CDIM + k];
   }
 };
 
@@ -440,9 +445,15 @@ __device__ __forceinline__ WarpInfo warp_info(int tr, int block_size) {
   return w;
 }
 
-// Sum over the warp's lanes, valid in lane 0.
+// Sum over the warp's lanes, valid in lane 0. A full warp needs no bounds test (lane 0's sum never reads past
+// lane 31), so the common case is a plain shuffle tree; the branch is uniform over the warp.
 template <typename T>
 __device__ __forceinline__ T warp_sum(const WarpInfo& w, T v) {
+  if (w.lanes == 32) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+    return v;
+  }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
     const T o = __shfl_down_sync(w.mask, v, off);
@@ -480,7 +491,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem[];
   T px, py;
   const TilePixel tp = tile_pixel(a, px, py);
-  Batch<T> batch(smem, tp.block_size);
+  Batch<T, CDIM> batch(smem, tp.block_size);
   const WarpInfo w = warp_info(tp.tr, tp.block_size);
   const int64_t d = CDIM > 0 ? CDIM : a.d;
   constexpr int kRegs = CDIM > 0 ? CDIM : 1;
@@ -527,7 +538,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       if (!__any_sync(w.mask, valid)) continue;
       const int32_t g = batch.id[t];
-      const T* col = a.colors + int64_t(g) * d;
+      const T* col = CDIM > 0 ? batch.color + t * CDIM : a.colors + int64_t(g) * d;
       HitGrad<T> hg = {{T(0), T(0)}, {T(0), T(0), T(0)}, T(0)};
       T fac = T(0);
       if (valid) {
@@ -633,8 +644,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                               p.backgrounds.has_value() ? v_backgrounds.data_ptr<T>() : nullptr,
                               absgrad ? v_abs.data_ptr<T>() : nullptr,
                               generic_d ? scratch.data_ptr<T>() : nullptr};
-    const size_t smem = Batch<T>::bytes(static_cast<int>(tile_size * tile_size));
     PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
+      const size_t smem = Batch<T, CDIM>::bytes(static_cast<int>(tile_size * tile_size));
       rasterize_bwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(a, trans_c.data_ptr<T>(), last_c.data_ptr<int32_t>(),
                                                                    v_rc.data_ptr<T>(), v_ra.data_ptr<T>(), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
