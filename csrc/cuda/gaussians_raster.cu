@@ -524,12 +524,13 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n_batches = (tp.end - tp.start + tp.block_size - 1) / tp.block_size;
   for (int64_t b = 0; b < n_batches; ++b) {
     __syncthreads();  // the previous batch is no longer read
-    const int64_t batch_end = tp.end - 1 - b * tp.block_size;
+    // 32-bit indices in the hot loop: intersection indices fit int32 (the offsets are int32).
+    const int32_t batch_end = static_cast<int32_t>(tp.end - 1 - b * tp.block_size);
     const int batch_size = static_cast<int>(min(int64_t(tp.block_size), batch_end + 1 - tp.start));
     if (batch_end - tp.tr >= tp.start) batch.load(a, tp.tr, batch_end - tp.tr);
     __syncthreads();
     // Entry t is intersection batch_end - t; those beyond every lane's last blended one are skipped.
-    for (int64_t t = max(int64_t(0), batch_end - warp_bin_final); t < batch_size; ++t) {
+    for (int t = max(0, batch_end - warp_bin_final); t < batch_size; ++t) {
       bool valid = tp.inside && batch_end - t <= bin_final;
       PixelHit<T> h;
       if (valid) {
