@@ -16,7 +16,7 @@
 # benchmark tables and a prebuilt gsplat extension (gsplat-csrc.tgz) beside it.
 set -uo pipefail
 OUT=${OUT:-gpu-run}
-STEPS=${STEPS:-build tests sanitizer bench}
+STEPS=${STEPS:-build diagnose tests sanitizer bench}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} PYOPS_SYSTEM_PYTHON=1

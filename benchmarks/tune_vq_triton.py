@@ -15,7 +15,7 @@ from pyops.triton_kernels import vq as tvq
 
 # (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages); None is what `_search_settings` picks.
 CONFIGS = [None, (64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
-           (64, 256, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 5)]
+           (128, 256, 64, 8, 4), (256, 128, 64, 8, 3), (128, 256, 32, 8, 5), (64, 256, 64, 8, 3)]
 
 
 def main() -> None:
