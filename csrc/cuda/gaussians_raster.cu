@@ -8,7 +8,8 @@
 //    batches of the block size. The backward pass walks back to front from each pixel's last blended
 //    Gaussian, recovering T by dividing by (1 - alpha) from the forward's exact T_final (gsplat starts from
 //    1 - render_alpha, which has lost most of T's digits once T is ~1e-4), and reduces each Gaussian's
-//    gradient over the warp before one atomicAdd per warp.
+//    gradients over the warp before the atomics: all of them at once with a reduce-scatter (about one
+//    shuffle per value instead of five), after which the warp's lanes issue one atomicAdd each.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -472,6 +473,39 @@ __device__ __forceinline__ int32_t warp_max(const WarpInfo& w, int32_t v) {
   return __shfl_sync(w.mask, v, 0);
 }
 
+// Sums V values (a power of two, at most 32) over a full warp with V shuffles instead of the 5V of V separate
+// reductions: each step halves the values a lane carries, keeping one half and trading the other with the lane
+// `off` away. Afterwards v[0] of every lane holds the total of value reduce_scatter_index<V>(lane). (Steps are
+// templates so every register index is a constant: a runtime index would put v in local memory.)
+template <int V, int STEP = 0, typename T>
+__device__ __forceinline__ void warp_reduce_scatter(T (&v)[V], int lane) {
+  static_assert(V >= 1 && V <= 32 && (V & (V - 1)) == 0, "V must be a power of two, at most 32");
+  if constexpr (STEP < 5) {
+    constexpr int off = 16 >> STEP, half = V >> (STEP + 1);
+    if constexpr (half >= 1) {
+      const bool upper = lane & off;
+#pragma unroll
+      for (int i = 0; i < half; ++i) {
+        const T send = upper ? v[i] : v[i + half];
+        const T keep = upper ? v[i + half] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+    }
+    warp_reduce_scatter<V, STEP + 1>(v, lane);
+  }
+}
+
+template <int V>
+__device__ __forceinline__ int reduce_scatter_index(int lane) {
+  int idx = 0;
+#pragma unroll
+  for (int step = 0; (V >> (step + 1)) >= 1; ++step)
+    if (lane & (16 >> step)) idx += V >> (step + 1);
+  return idx;
+}
+
 template <typename T>
 struct RasterGrads {
   T* v_means2d;      // [C * N, 2]
@@ -482,6 +516,21 @@ struct RasterGrads {
   T* v_means2d_abs;  // [C * N, 2] or nullptr
   T* scratch;        // [C * H * W, D] zeros for CDIM == 0 (the per-pixel color sum behind), else nullptr
 };
+
+// One Gaussian's gradients as the reduce-scatter's values: v_means2d (0, 1), v_conics (2-4), v_opacity (5),
+// v_means2d_abs (6, 7), then CDIM colors; the rest is padding. The slot value `idx` adds to (nullptr: none).
+constexpr int kGeomGrads = 8;
+
+template <typename T, int CDIM>
+__device__ __forceinline__ T* grad_slot(const RasterGrads<T>& out, int32_t g, int idx) {
+  const int64_t gi = g;
+  if (idx < 2) return out.v_means2d + gi * 2 + idx;
+  if (idx < 5) return out.v_conics + gi * 3 + (idx - 2);
+  if (idx == 5) return out.v_opacities + gi;
+  if (idx < kGeomGrads) return out.v_means2d_abs ? out.v_means2d_abs + gi * 2 + (idx - 6) : nullptr;
+  if (idx < kGeomGrads + CDIM) return out.v_colors + gi * CDIM + (idx - kGeomGrads);
+  return nullptr;
+}
 
 template <typename T, int CDIM>
 __global__ void __launch_bounds__(kThreads)
@@ -559,39 +608,36 @@ __global__ void __launch_bounds__(kThreads)
         if (bg) v_alpha -= t_final * ra * bg_dot;
         hg = hit_vjp(h, batch.conic[t], batch.opacity[t], v_alpha);
       }
-      // Colors: d color / d c_k = a_k T_k, per channel.
-      if constexpr (CDIM > 0) {
+      // Per-pixel gradients (colors: d color / d c_k = a_k T_k), summed over the warp, then added to global
+      // memory: a full warp reduce-scatters them and its lanes issue the atomics together; a partial warp (a
+      // tile of tile_size^2 threads not a multiple of 32) reduces each value into lane 0.
+      constexpr int kValues = kGeomGrads + CDIM, kV = kValues > 8 ? 16 : 8;  // kV: padded to a power of two
+      T v[kV] = {hg.v_mean2d.x, hg.v_mean2d.y, hg.v_conic.x,        hg.v_conic.y,
+                 hg.v_conic.z,  hg.v_opacity,  fabs(hg.v_mean2d.x), fabs(hg.v_mean2d.y)};  // the rest zero
 #pragma unroll
-        for (int k = 0; k < CDIM; ++k) {
-          const T s = warp_sum(w, fac * v_rc[k]);
-          if (w.lane == 0) atomicAdd(out.v_colors + int64_t(g) * CDIM + k, s);
-          if (valid) behind[k] += col[k] * fac;
+      for (int k = 0; k < CDIM; ++k) v[kGeomGrads + k] = fac * v_rc[k];
+      if (w.lanes == 32) {
+        warp_reduce_scatter(v, w.lane);
+        T* dst = w.lane % (32 / kV) == 0 ? grad_slot<T, CDIM>(out, g, reduce_scatter_index<kV>(w.lane)) : nullptr;
+        if (dst) atomicAdd(dst, v[0]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kValues; ++i) {
+          const T total = warp_sum(w, v[i]);
+          T* dst = w.lane == 0 ? grad_slot<T, CDIM>(out, g, i) : nullptr;
+          if (dst) atomicAdd(dst, total);
+        }
+      }
+      if constexpr (CDIM > 0) {
+        if (valid) {
+#pragma unroll
+          for (int k = 0; k < CDIM; ++k) behind[k] += col[k] * fac;
         }
       } else {
         for (int64_t k = 0; k < d; ++k) {
           const T s = warp_sum(w, valid ? fac * v_c[k] : T(0));
           if (w.lane == 0) atomicAdd(out.v_colors + int64_t(g) * d + k, s);
           if (valid) behind_g[k] += col[k] * fac;
-        }
-      }
-      const T s_mx = warp_sum(w, hg.v_mean2d.x), s_my = warp_sum(w, hg.v_mean2d.y);
-      const T s_ca = warp_sum(w, hg.v_conic.x), s_cb = warp_sum(w, hg.v_conic.y), s_cc = warp_sum(w, hg.v_conic.z);
-      const T s_op = warp_sum(w, hg.v_opacity);
-      T s_ax = T(0), s_ay = T(0);
-      if (out.v_means2d_abs != nullptr) {
-        s_ax = warp_sum(w, fabs(hg.v_mean2d.x));
-        s_ay = warp_sum(w, fabs(hg.v_mean2d.y));
-      }
-      if (w.lane == 0) {
-        atomicAdd(out.v_means2d + int64_t(g) * 2, s_mx);
-        atomicAdd(out.v_means2d + int64_t(g) * 2 + 1, s_my);
-        atomicAdd(out.v_conics + int64_t(g) * 3, s_ca);
-        atomicAdd(out.v_conics + int64_t(g) * 3 + 1, s_cb);
-        atomicAdd(out.v_conics + int64_t(g) * 3 + 2, s_cc);
-        atomicAdd(out.v_opacities + g, s_op);
-        if (out.v_means2d_abs != nullptr) {
-          atomicAdd(out.v_means2d_abs + int64_t(g) * 2, s_ax);
-          atomicAdd(out.v_means2d_abs + int64_t(g) * 2 + 1, s_ay);
         }
       }
     }
