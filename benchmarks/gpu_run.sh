@@ -2,8 +2,9 @@
 # The whole GPU validation in one call, for a lent GPU machine whose image has its own torch/triton and no
 # network: build from source, every test with the CUDA and Triton backends, compute-sanitizer (memcheck,
 # racecheck) over the CUDA tests, then the benchmark suite. Peer wheels (gsplat, liger-kernel,
-# vector-quantize-pytorch and their needs) are installed from .whl/ when that folder was carried; gsplat's CUDA
-# extension is compiled in the background while the tests run (benchmarks/build_gsplat.py).
+# vector-quantize-pytorch and their needs) are installed from .whl/ when that folder was carried
+# (benchmarks/peer_wheels.sh fills it); gsplat's CUDA extension is compiled in the background while the tests
+# run (benchmarks/build_gsplat.py).
 #
 #   STEPS="build diagnose tests sanitizer tune bench"   which steps run (in this order; diagnose: the native
 #                                         argument-error crash seen on GPU images; tune: Triton VQ tile settings)
