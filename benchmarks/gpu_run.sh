@@ -48,7 +48,6 @@ fi
 has build && step build 400 env MAX_JOBS=12 python3 setup.py build_ext --inplace
 ln -sfn ../triton_kernels pyops/triton_kernels  # what setup.py's package_dir does for an installed pyops
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-# -v: every result is printed as it comes, so a run cut by its time box still names its failures.
 # A C++ argument error that formats integers (here a D mismatch) crashed the process on the GCC 13 image instead
 # of raising. Record the toolchain, the libstdc++ actually loaded, whether any shared (COMDAT) function outside
 # the ISA copies holds AVX registers, and a native backtrace.
@@ -70,6 +69,7 @@ print(*[l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l or 'l
   } >"$LOGS/diagnose.log" 2>&1
   cat "$LOGS/diagnose.log"
 fi
+# -v: every result is printed as it comes, so a run cut by its time box still names its failures.
 has tests && step tests "${TESTS_S:-240}" python3 -m pytest tests -v -p no:cacheprovider -n 12 -rfE \
   --timeout 200 ${PYTEST_K:+-k "$PYTEST_K"}
 has tests && grep -E "FAILED|ERROR|node down" "$LOGS/tests.log" | head -50

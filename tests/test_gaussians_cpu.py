@@ -364,6 +364,21 @@ def test_rasterize_fwd_bwd(dtype, image, dense, d, with_bg):
         assert torch.equal(a, b)
 
 
+def test_final_transmittance_gradient_is_minus_alpha_gradient():
+    # final_transmittances = 1 - render_alphas, so a loss on either gives the inputs opposite gradients.
+    args = raster_inputs(torch.float64, 60, 2, IMAGES[0], seed=4)
+    leaves = [a.detach().requires_grad_() for a in args[:4]]
+    v = torch.randn(args[2].shape[0], IMAGES[0][1], IMAGES[0][0], 1, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(3))
+    grads = []
+    for output in (1, 3):
+        out = ops.gs_rasterize_fwd(*leaves, *args[4:])[output]
+        grads.append(torch.autograd.grad((out * v).sum(), leaves))
+    assert any(g.abs().max() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, -b)
+
+
 def test_rasterize_deterministic_across_threads():
     args = raster_inputs(torch.float32, 400, 2, IMAGES[1], seed=9, dense=True)
     col, alp, last, trans = ops.gs_rasterize_fwd(*args)
