@@ -569,12 +569,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   const int32_t warp_bin_final = warp_max(w, bin_final);
+  // Batches start at the tile's last blended intersection, not at its end: once the tile's pixels saturate,
+  // the Gaussians behind are never blended, and gsplat's backward still loads every one of them.
+  __shared__ int32_t tile_bin_final;
+  if (tp.tr == 0) tile_bin_final = -1;
+  __syncthreads();
+  if (w.lane == 0) atomicMax(&tile_bin_final, warp_bin_final);
+  __syncthreads();
+  // 32-bit indices: intersection indices fit int32 (the offsets are int32). Clamped to the tile's range so
+  // that last_ids from a caller (the op is public) cannot index past it.
+  const int32_t last_isect = min(tile_bin_final, static_cast<int32_t>(tp.end - 1));
   T trans = t_final;
-  const int64_t n_batches = (tp.end - tp.start + tp.block_size - 1) / tp.block_size;
-  for (int64_t b = 0; b < n_batches; ++b) {
+  const int n_batches = last_isect >= tp.start ? (last_isect - int32_t(tp.start)) / tp.block_size + 1 : 0;
+  for (int b = 0; b < n_batches; ++b) {
     __syncthreads();  // the previous batch is no longer read
-    // 32-bit indices in the hot loop: intersection indices fit int32 (the offsets are int32).
-    const int32_t batch_end = static_cast<int32_t>(tp.end - 1 - b * tp.block_size);
+    const int32_t batch_end = last_isect - b * tp.block_size;
     const int batch_size = static_cast<int>(min(int64_t(tp.block_size), batch_end + 1 - tp.start));
     if (batch_end - tp.tr >= tp.start) batch.load(a, tp.tr, batch_end - tp.tr);
     __syncthreads();
