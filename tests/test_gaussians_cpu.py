@@ -593,3 +593,9 @@ def test_bad_inputs_name_the_argument():
     bad[4] = torch.zeros(2, 4)
     with pytest.raises(RuntimeError, match="`backgrounds` must have shape \\[2, 3\\]"):
         ops.gs_rasterize_fwd(*bad)
+    col, alp, last, trans = ops.gs_rasterize_fwd(*args)
+    v = (torch.ones_like(col), torch.ones_like(alp))
+    with pytest.raises(RuntimeError, match="`final_transmittances` must have shape"):
+        ops.gs_rasterize_bwd(*args, trans[..., 0], last, *v, False)
+    with pytest.raises(RuntimeError, match="`final_transmittances` must be"):
+        ops.gs_rasterize_bwd(*args, trans.double(), last, *v, False)

@@ -305,8 +305,8 @@ def test_rasterize(case):
     bg = bg if use_bg else None
     args = (width, height, ts)
     out_c, out_a, last, trans = ops.gs_rasterize_fwd_triton(*to(DEVICE, m2d, con, colors, opac),
-                                                     bg.to(DEVICE) if use_bg else None, *args,
-                                                     *to(DEVICE, offsets, flat))
+                                                            bg.to(DEVICE) if use_bg else None, *args,
+                                                            *to(DEVICE, offsets, flat))
     out_c, out_a, last, trans = out_c.cpu(), out_a.cpu(), last.cpu(), trans.cpu()
     leaves = [t.double().requires_grad_() for t in (m2d, con, colors, opac)]
     bg64 = bg.double().requires_grad_() if use_bg else None
@@ -381,6 +381,10 @@ def test_rasterize_errors():
         ops.gs_rasterize_fwd_triton(m2d, con[..., :2], colors, opac, None, 16, 16, 16, offsets, flat)
     with pytest.raises(TypeError, match="float64"):
         ops.gs_rasterize_fwd_triton(m2d.double(), con, colors, opac, None, 16, 16, 16, offsets, flat)
+    col, alp, last, trans = ops.gs_rasterize_fwd_triton(m2d, con, colors, opac, None, 16, 16, 16, offsets, flat)
+    with pytest.raises(ValueError, match="final_transmittances"):
+        ops.gs_rasterize_bwd_triton(m2d, con, colors, opac, None, 16, 16, 16, offsets, flat, trans[..., 0], last,
+                                    torch.ones_like(col), torch.ones_like(alp), False)
 
 
 

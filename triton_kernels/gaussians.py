@@ -618,8 +618,7 @@ def _chunk_alpha(means2d_ptr, conics_ptr, opac_ptr, flat_ptr, k, km, px, py):
 @triton.jit
 def _gs_rasterize_fwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_ptr, offsets_ptr, flat_ptr,
                              out_colors_ptr, out_alphas_ptr, last_ids_ptr, out_trans_ptr, n_isects, tile_w, tile_h,
-                             width, height,
-                             D, HAS_BG: tl.constexpr, TILE: tl.constexpr, TILE_P2: tl.constexpr,
+                             width, height, D, HAS_BG: tl.constexpr, TILE: tl.constexpr, TILE_P2: tl.constexpr,
                              BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
     P: tl.constexpr = TILE_P2 * TILE_P2
     cam, inside, pix, px, py, start, end = _tile_setup(offsets_ptr, n_isects, tile_w, tile_h, width,
