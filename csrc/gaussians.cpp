@@ -102,7 +102,7 @@ IntersectInputs prepare_intersect(const at::Tensor& means2d, const at::Tensor& r
 RasterInputs prepare_rasterize(const char* op, const at::Tensor& means2d, const at::Tensor& conics,
                                const at::Tensor& colors, const at::Tensor& opacities,
                                const std::optional<at::Tensor>& backgrounds, int64_t width, int64_t height,
-                               int64_t tile_size, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
+                               int64_t tile_size, const at::Tensor& isect_offsets, const at::Tensor& flatten_ids,
                                c10::DeviceType device_type) {
   RasterInputs p;
   p.colors = checked(colors, op, "colors", device_type, {-1, -1, -1});
@@ -120,18 +120,18 @@ RasterInputs prepare_rasterize(const char* op, const at::Tensor& means2d, const 
   check_size(op, "tile_size", tile_size, 1);
   p.tile_width = num_tiles(width, tile_size);
   p.tile_height = num_tiles(height, tile_size);
-  p.tile_offsets = checked(tile_offsets, op, "tile_offsets", device_type, {p.c, p.tile_height, p.tile_width},
+  p.isect_offsets = checked(isect_offsets, op, "isect_offsets", device_type, {p.c, p.tile_height, p.tile_width},
                            at::kInt);
   p.flatten_ids = checked(flatten_ids, op, "flatten_ids", device_type, {-1}, at::kInt);
   p.m = p.flatten_ids.size(0);
   TORCH_CHECK(p.m <= std::numeric_limits<int32_t>::max(), op, ": `flatten_ids` has ", p.m,
               " entries, more than int32 offsets can index");
   if (device_type == c10::DeviceType::CPU) {
-    const int32_t* off = p.tile_offsets.data_ptr<int32_t>();
-    const int64_t n_off = p.tile_offsets.numel();
+    const int32_t* off = p.isect_offsets.data_ptr<int32_t>();
+    const int64_t n_off = p.isect_offsets.numel();
     for (int64_t i = 0; i < n_off; ++i) {
       TORCH_CHECK(off[i] >= 0 && off[i] <= p.m && (i == 0 || off[i] >= off[i - 1]), op,
-                  ": `tile_offsets` must be non-decreasing in [0, ", p.m, "] (the start of each tile's range in "
+                  ": `isect_offsets` must be non-decreasing in [0, ", p.m, "] (the start of each tile's range in "
                   "flatten_ids); entry ", i, " is ", off[i]);
     }
     const int32_t* ids = p.flatten_ids.data_ptr<int32_t>();

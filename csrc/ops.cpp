@@ -46,21 +46,22 @@ TORCH_LIBRARY(pyops, m) {
       "gs_intersect_tiles(Tensor means2d, Tensor radii, Tensor depths, int tile_size, int tile_width, "
       "int tile_height) -> (Tensor, Tensor, Tensor)");
   // First intersection of every (camera, tile) in the sorted isect_ids: [C, tile_height, tile_width] int32.
-  m.def("gs_tile_offsets(Tensor isect_ids, int n_cameras, int tile_width, int tile_height) -> Tensor");
+  m.def("gs_isect_offsets(Tensor isect_ids, int n_cameras, int tile_width, int tile_height) -> Tensor");
   // Front-to-back blending per tile: means2d [C, N, 2], conics [C, N, 3], colors [C, N, D],
-  // opacities [C, N], backgrounds [C, D] or None -> (render_colors [C, H, W, D], render_alphas
+  // opacities [C, N], backgrounds [C, D] or None; absgrad only tells autograd to also return the summed
+  // |per-pixel v_means2d| (the kernels ignore it) -> (render_colors [C, H, W, D], render_alphas
   // [C, H, W, 1], last_ids [C, H, W] int32: index into flatten_ids of the last blended Gaussian, -1: none,
   // final_transmittances [C, H, W, 1]: T after the last one, which 1 - render_alphas only approximates when T
   // is small; the backward recovers every earlier T from it).
   m.def(
       "gs_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
-      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids) "
+      "int width, int height, int tile_size, Tensor isect_offsets, Tensor flatten_ids, bool absgrad=False) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // Back to front from last_ids and final_transmittances. Returns (v_means2d, v_conics, v_colors, v_opacities, v_backgrounds (empty
   // without backgrounds), v_means2d_abs (|per-pixel v_means2d| summed; empty unless absgrad)).
   m.def(
       "gs_rasterize_bwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
-      "int width, int height, int tile_size, Tensor tile_offsets, Tensor flatten_ids, Tensor final_transmittances, "
+      "int width, int height, int tile_size, Tensor isect_offsets, Tensor flatten_ids, Tensor final_transmittances, "
       "Tensor last_ids, Tensor v_render_colors, Tensor v_render_alphas, bool absgrad) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -51,18 +51,18 @@ def _fake_intersect_tiles(means2d, radii, depths, tile_size, tile_width, tile_he
             depths.new_empty(m, dtype=torch.int32))
 
 
-def _fake_tile_offsets(isect_ids, n_cameras, tile_width, tile_height):
+def _fake_isect_offsets(isect_ids, n_cameras, tile_width, tile_height):
     return isect_ids.new_empty(n_cameras, tile_height, tile_width, dtype=torch.int32)
 
 
-def _fake_rasterize_fwd(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, tile_offsets,
-                        flatten_ids):
+def _fake_rasterize_fwd(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
+                        flatten_ids, absgrad=False):
     c, d = colors.shape[0], colors.shape[-1]
     return (colors.new_empty(c, height, width, d), colors.new_empty(c, height, width, 1),
             colors.new_empty(c, height, width, dtype=torch.int32), colors.new_empty(c, height, width, 1))
 
 
-def _fake_rasterize_bwd(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, tile_offsets,
+def _fake_rasterize_bwd(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
                         flatten_ids, final_transmittances, last_ids, v_render_colors, v_render_alphas, absgrad):
     v_bg = torch.empty_like(backgrounds) if backgrounds is not None else colors.new_empty(0)
     v_abs = torch.empty_like(means2d) if absgrad else means2d.new_empty(0)
@@ -109,12 +109,15 @@ def _register_sh_autograd(fwd: str, bwd_op) -> None:
 
 def _register_rasterize_autograd(fwd: str, bwd_op) -> None:
     def setup_context(ctx, inputs, output):
-        means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids = inputs
+        means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids, absgrad = (
+            inputs)
         _, _, last_ids, final_trans = output
         ctx.save_for_backward(means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, final_trans,
                               last_ids)
         ctx.args = (width, height, tile_size)
-        ctx.absgrad_to = means2d if getattr(means2d, "_pyops_absgrad", False) else None  # rasterize_to_pixels
+        # gsplat's convention: the backward stores the result as means2d.absgrad (the input tensor itself, not
+        # the detached alias autograd saves, so the caller's tensor carries it).
+        ctx.absgrad_to = means2d if absgrad else None
 
     def backward(ctx, g_colors, g_alphas, _g_last, g_trans):
         means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, trans, last_ids = ctx.saved_tensors
@@ -129,7 +132,7 @@ def _register_rasterize_autograd(fwd: str, bwd_op) -> None:
         if ctx.absgrad_to is not None:
             ctx.absgrad_to.absgrad = v_abs  # gsplat's convention: meta["means2d"].absgrad
         return (v_means2d, v_conics, v_colors, v_opacities, v_bg if backgrounds is not None else None,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
@@ -144,7 +147,7 @@ def _register_all(suffix: str) -> None:
 if _backend._NATIVE_ERROR is None:
     for _name, _fake in (("gs_project_fwd", _fake_project_fwd), ("gs_project_bwd", _fake_project_bwd),
                          ("gs_sh_fwd", _fake_sh_fwd), ("gs_sh_bwd", _fake_sh_bwd),
-                         ("gs_intersect_tiles", _fake_intersect_tiles), ("gs_tile_offsets", _fake_tile_offsets),
+                         ("gs_intersect_tiles", _fake_intersect_tiles), ("gs_isect_offsets", _fake_isect_offsets),
                          ("gs_rasterize_fwd", _fake_rasterize_fwd), ("gs_rasterize_bwd", _fake_rasterize_bwd)):
         torch.library.register_fake(f"pyops::{_name}")(_fake)
     _register_all("")
@@ -289,13 +292,16 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: i
                                            tile_width, tile_height)
 
 
-def tile_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height: int, *,
-                 backend: Optional[str] = None) -> Tensor:
+def isect_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height: int, *,
+                  backend: Optional[str] = None) -> Tensor:
     """Index of each (camera, tile)'s first intersection in the sorted ``isect_ids``: ``(C, th, tw)`` int32."""
-    which = _backend.resolve(backend, isect_ids.device, "gs_tile_offsets")
+    which = _backend.resolve(backend, isect_ids.device, "gs_isect_offsets")
     if which == "torch":
         return reference.isect_offsets(isect_ids, n_cameras, tile_width, tile_height)
-    return _op(which, "gs_tile_offsets")(isect_ids.contiguous(), n_cameras, tile_width, tile_height)
+    return _op(which, "gs_isect_offsets")(isect_ids.contiguous(), n_cameras, tile_width, tile_height)
+
+
+tile_offsets = isect_offsets  # the name before 0.2; kept so existing callers work
 
 
 def rasterize_to_pixels(
@@ -345,12 +351,10 @@ def rasterize_to_pixels(
                              "per-pixel gradients of the torch reference)")
         return reference.rasterize_tiles(means2d, conics, colors, opacities, width, height, tile_size,
                                          isect_offsets, flatten_ids, backgrounds)
-    if absgrad:  # the autograd's setup_context reads this flag (an attribute, as gsplat sets means2d.absgrad)
-        means2d._pyops_absgrad = True
     render, alphas, _, _ = _op(which, "gs_rasterize_fwd")(
         means2d.contiguous(), conics.contiguous(), colors.contiguous(), opacities.contiguous(),
         None if backgrounds is None else backgrounds.contiguous(), width, height, tile_size,
-        isect_offsets.contiguous(), flatten_ids.to(torch.int32).contiguous())
+        isect_offsets.contiguous(), flatten_ids.to(torch.int32).contiguous(), absgrad)
     return render, alphas
 
 
@@ -429,7 +433,7 @@ def rasterize_gaussians(
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tiles_per_gauss, isect_ids, flatten_ids = intersect_tiles(means2d, radii, depths, tile_size, tw, th,
                                                               backend=backend)
-    offsets = tile_offsets(isect_ids, c, tw, th, backend=backend)
+    offsets = isect_offsets(isect_ids, c, tw, th, backend=backend)
     render, alphas = rasterize_to_pixels(means2d, conics, feats, opac, width, height, tile_size, offsets,
                                          flatten_ids, backgrounds=backgrounds, absgrad=absgrad, backend=backend)
     render = reference.expected_depth(render, alphas, render_mode)

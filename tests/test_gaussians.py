@@ -100,7 +100,7 @@ def test_stages_match_reference(device, backend):
     tiles, isect_ids, flatten_ids = pyops.intersect_tiles(means2d, radii, depths, 8, 5, 4, backend=backend)
     w_tiles, w_ids, w_flat = ref.intersect_tiles(means2d, radii, depths, 8, 5, 4)
     assert torch.equal(tiles, w_tiles) and torch.equal(isect_ids, w_ids) and torch.equal(flatten_ids.long(), w_flat)
-    offsets = pyops.tile_offsets(isect_ids, 2, 5, 4, backend=backend)
+    offsets = pyops.isect_offsets(isect_ids, 2, 5, 4, backend=backend)
     assert torch.equal(offsets, ref.isect_offsets(w_ids, 2, 5, 4))
     dirs = torch.randn(33, 3, device=device)
     coeffs = torch.randn(33, 16, 3, device=device)
@@ -207,7 +207,7 @@ def test_opcheck_and_compile(device, backend):
     torch.library.opcheck(getattr(ops, "gs_project_fwd" + suffix).default, proj)
     radii, means2d, depths, conics, _ = getattr(ops, "gs_project_fwd" + suffix)(*proj)
     _, ids, flat = pyops.intersect_tiles(means2d, radii, depths, 16, 3, 2, backend=backend)
-    offsets = pyops.tile_offsets(ids, 2, 3, 2, backend=backend)
+    offsets = pyops.isect_offsets(ids, 2, 3, 2, backend=backend)
     colors = torch.rand(2, 40, 3, device=device)
     opac = s["opacities"][None].expand(2, -1).contiguous()
     torch.library.opcheck(getattr(ops, "gs_rasterize_fwd" + suffix).default,
@@ -292,8 +292,8 @@ def test_cuda_stages_match_cpu(dtype, antialiased, tile_size, channels):
     for name, a, b in zip(("tiles_per_gauss", "isect_ids", "flatten_ids"), got_isect, want_isect):
         assert torch.equal(a.cpu(), b), name
     _, isect_ids, flatten_ids = want_isect
-    offsets = ops.gs_tile_offsets(isect_ids, c, tw, th)
-    assert torch.equal(ops.gs_tile_offsets(cu(isect_ids), c, tw, th).cpu(), offsets), "tile_offsets"
+    offsets = ops.gs_isect_offsets(isect_ids, c, tw, th)
+    assert torch.equal(ops.gs_isect_offsets(cu(isect_ids), c, tw, th).cpu(), offsets), "isect_offsets"
 
     # Rasterization, forward and backward, with and without backgrounds, absgrad on.
     colors = torch.rand(c, n, channels, generator=g, dtype=torch.float64).to(dtype)
@@ -337,4 +337,4 @@ def test_cuda_stage_errors():
                                               torch.zeros(2, 0, 2, dtype=torch.int32, device="cuda"),
                                               torch.zeros(2, 0, device="cuda"), 16, 3, 2)
     assert tpg.shape == (2, 0) and isect.numel() == 0 and flat.numel() == 0
-    assert ops.gs_tile_offsets(isect, 2, 3, 2).eq(0).all()
+    assert ops.gs_isect_offsets(isect, 2, 3, 2).eq(0).all()

@@ -206,7 +206,7 @@ def test_intersect_and_offsets(dtype, image):
     assert torch.equal(tpg, r_tpg)
     assert torch.equal(isect_ids, r_ids)
     assert torch.equal(flatten_ids, r_flat)
-    offsets = ops.gs_tile_offsets(isect_ids, 3, tw, th)
+    offsets = ops.gs_isect_offsets(isect_ids, 3, tw, th)
     assert torch.equal(offsets, gsplat_impl._isect_offset_encode(r_ids, 3, tw, th))
 
 
@@ -226,7 +226,7 @@ def test_intersect_empty_and_errors():
     z = torch.zeros(2, 0)
     tpg, ids, flat = ops.gs_intersect_tiles(torch.zeros(2, 0, 2), torch.zeros(2, 0, 2, dtype=torch.int32), z, 16, 3, 2)
     assert tpg.shape == (2, 0) and ids.numel() == 0 and flat.numel() == 0
-    assert ops.gs_tile_offsets(ids, 2, 3, 2).eq(0).all()
+    assert ops.gs_isect_offsets(ids, 2, 3, 2).eq(0).all()
     with pytest.raises(RuntimeError, match="`radii` must be Int"):
         ops.gs_intersect_tiles(torch.zeros(1, 3, 2), torch.zeros(1, 3, 2), torch.zeros(1, 3), 16, 3, 2)
     with pytest.raises(RuntimeError, match="`means2d` must have shape"):
@@ -235,7 +235,7 @@ def test_intersect_empty_and_errors():
         ops.gs_intersect_tiles(torch.zeros(2, 1, 2), torch.zeros(2, 1, 2, dtype=torch.int32), torch.zeros(2, 1), 1,
                                1 << 15, 1 << 15)
     with pytest.raises(RuntimeError, match="must be sorted"):
-        ops.gs_tile_offsets(torch.tensor([5 << 32, 1 << 32]), 1, 4, 2)
+        ops.gs_isect_offsets(torch.tensor([5 << 32, 1 << 32]), 1, 4, 2)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def raster_inputs(dtype, n, c, image, seed, d=3, dense=False, with_bg=True):
     w, h, _ = image
     tw, th = (w + ts - 1) // ts, (h + ts - 1) // ts
     _, isect_ids, flatten_ids = ops.gs_intersect_tiles(means2d, radii, depths, ts, tw, th)
-    offsets = ops.gs_tile_offsets(isect_ids, c, tw, th)
+    offsets = ops.gs_isect_offsets(isect_ids, c, tw, th)
     g = torch.Generator().manual_seed(seed + 1)
     colors = torch.rand(c, n, d, generator=g, dtype=torch.float64).to(dtype)
     opac = s["opacities"][None].expand(c, n).contiguous()
@@ -504,7 +504,7 @@ def test_opcheck():
     torch.library.opcheck(ops.gs_intersect_tiles.default, (m2d, radii, dep, 16, 3, 2),
                           test_utils=("test_schema", "test_autograd_registration", "test_aot_dispatch_dynamic"))
     _, ids, flat = ops.gs_intersect_tiles(m2d, radii, dep, 16, 3, 2)
-    torch.library.opcheck(ops.gs_tile_offsets.default, (ids, 2, 3, 2))
+    torch.library.opcheck(ops.gs_isect_offsets.default, (ids, 2, 3, 2))
     args = raster_inputs(torch.float32, 40, 2, IMAGES[0], seed=2)
     torch.library.opcheck(ops.gs_rasterize_fwd.default, tuple(args))
     col, alp, last, trans = ops.gs_rasterize_fwd(*args)
@@ -544,7 +544,7 @@ def test_degenerate_inputs(dtype):
                                                           40, 27, EPS2D, False, *outs[:1], outs[3], outs[4],
                                                           outs[1], outs[2], outs[3], outs[4]))
     _, ids, flat = ops.gs_intersect_tiles(m2d, radii, dep, 16, 3, 2)
-    offsets = ops.gs_tile_offsets(ids, 2, 3, 2)
+    offsets = ops.gs_isect_offsets(ids, 2, 3, 2)
     colors, opac = torch.rand(2, 12, 3, dtype=dtype), torch.rand(2, 12, dtype=dtype)
     col, alp, last, trans = ops.gs_rasterize_fwd(m2d, con, colors, opac, None, 40, 27, 16, offsets, flat)
     assert torch.isfinite(col).all() and torch.isfinite(alp).all()
@@ -581,7 +581,7 @@ def test_bad_inputs_name_the_argument():
     args = raster_inputs(torch.float32, 30, 2, IMAGES[0], seed=3)
     bad = list(args)
     bad[8] = args[8][:, :1].contiguous()
-    with pytest.raises(RuntimeError, match="`tile_offsets` must have shape \\[2, 2, 3\\]"):
+    with pytest.raises(RuntimeError, match="`isect_offsets` must have shape \\[2, 2, 3\\]"):
         ops.gs_rasterize_fwd(*bad)
     bad = list(args)
     bad[9] = args[9].clone()

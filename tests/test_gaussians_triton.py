@@ -210,11 +210,11 @@ def test_intersect_matches_gsplat():
         tpg, ids, flat = ops.gs_intersect_tiles_triton(m2d, radii, dep, ts, tw, th)
         r_tpg, r_ids, r_flat = _impl._isect_tiles(m2d.cpu(), radii.cpu(), dep.cpu(), ts, tw, th)
         assert torch.equal(tpg.cpu(), r_tpg) and torch.equal(ids.cpu(), r_ids) and torch.equal(flat.cpu(), r_flat)
-        off = ops.gs_tile_offsets_triton(ids, 3, tw, th)
+        off = ops.gs_isect_offsets_triton(ids, 3, tw, th)
         assert torch.equal(off.cpu(), _impl._isect_offset_encode(r_ids, 3, tw, th))
 
 
-def oracle_rasterize(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, tile_offsets,
+def oracle_rasterize(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
                      flatten_ids, per_pixel_means=None):
     """gsplat's CUDA blending replayed densely in torch: per camera, every tile's depth-sorted list, one
     Gaussian at a time over all pixels (the skip and stop decisions detached, the blend differentiable).
@@ -222,8 +222,8 @@ def oracle_rasterize(means2d, conics, colors, opacities, backgrounds, width, hei
     c, n, d = colors.shape
     dev = means2d.device
     n_isects = flatten_ids.shape[0]
-    offs = torch.cat([tile_offsets.flatten().long(), torch.tensor([n_isects], device=dev)])
-    tw = tile_offsets.shape[-1]
+    offs = torch.cat([isect_offsets.flatten().long(), torch.tensor([n_isects], device=dev)])
+    tw = isect_offsets.shape[-1]
     ys, xs = torch.meshgrid(torch.arange(height, device=dev), torch.arange(width, device=dev), indexing="ij")
     tile_of = ((ys // tile_size) * tw + xs // tile_size).flatten()  # [HW]
     px, py = xs.flatten() + 0.5, ys.flatten() + 0.5
@@ -231,7 +231,7 @@ def oracle_rasterize(means2d, conics, colors, opacities, backgrounds, width, hei
     for ci in range(c):
         hw = height * width
         # rank of each (tile, Gaussian) in the tile's list, then a per-pixel [HW, L] list of Gaussians.
-        ntile = tile_offsets[ci].numel()
+        ntile = isect_offsets[ci].numel()
         starts = offs[ci * ntile:(ci + 1) * ntile + 1]
         lens = (starts[1:] - starts[:-1])[tile_of]  # [HW]
         L = int(lens.max()) if hw else 0
@@ -294,7 +294,7 @@ def raster_inputs(seed, n, c, width, height, tile_size, channels, degenerate=Fal
     tw, th = triton.cdiv(width, tile_size), triton.cdiv(height, tile_size)
     _, _, flat = ops.gs_intersect_tiles_triton(m2d, radii, dep, tile_size, tw, th)
     ids = ops.gs_intersect_tiles_triton(m2d, radii, dep, tile_size, tw, th)[1]
-    offsets = ops.gs_tile_offsets_triton(ids, c, tw, th)
+    offsets = ops.gs_isect_offsets_triton(ids, c, tw, th)
     return m2d, con, colors, opac, bg, offsets, flat
 
 
@@ -375,7 +375,7 @@ def test_rasterize_degenerate_and_empty():
 
 def test_rasterize_errors():
     m2d, con, colors, opac, bg, offsets, flat = to(DEVICE, *raster_inputs(0, 10, 1, 16, 16, 16, 3))
-    with pytest.raises(ValueError, match="tile_offsets"):
+    with pytest.raises(ValueError, match="isect_offsets"):
         ops.gs_rasterize_fwd_triton(m2d, con, colors, opac, None, 16, 16, 8, offsets, flat)
     with pytest.raises(ValueError, match="conics"):
         ops.gs_rasterize_fwd_triton(m2d, con[..., :2], colors, opac, None, 16, 16, 16, offsets, flat)

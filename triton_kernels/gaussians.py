@@ -982,13 +982,13 @@ def _(means2d, radii, depths, tile_size, tile_width, tile_height):
             depths.new_empty(m, dtype=torch.int32))
 
 
-@torch.library.custom_op("pyops::gs_tile_offsets_triton", mutates_args=())
-def gs_tile_offsets_triton(
+@torch.library.custom_op("pyops::gs_isect_offsets_triton", mutates_args=())
+def gs_isect_offsets_triton(
     isect_ids: Tensor,  # [M] int64, sorted
     n_cameras: int, tile_width: int, tile_height: int,
 ) -> Tensor:
     """First intersection of every (camera, tile), [C, tile_height, tile_width] int32 (searchsorted)."""
-    _check("gs_tile_offsets_triton", "isect_ids", isect_ids, (None,), dtype=torch.long)
+    _check("gs_isect_offsets_triton", "isect_ids", isect_ids, (None,), dtype=torch.long)
     n_tiles = tile_width * tile_height
     tile_bits = n_tiles.bit_length()
     cam = torch.arange(n_cameras, device=isect_ids.device)[:, None]
@@ -998,7 +998,7 @@ def gs_tile_offsets_triton(
     return offsets.int().reshape(n_cameras, tile_height, tile_width)
 
 
-@gs_tile_offsets_triton.register_fake
+@gs_isect_offsets_triton.register_fake
 def _(isect_ids, n_cameras, tile_width, tile_height):
     return isect_ids.new_empty(n_cameras, tile_height, tile_width, dtype=torch.int32)
 
@@ -1020,7 +1020,7 @@ def _raster_settings(tile_size: int, channels: int, cuda: bool, backward: bool =
     return tile_p2, block_g, block_d, warps
 
 
-def _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height, tile_size, tile_offsets,
+def _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
                   flatten_ids):
     _check(op, "means2d", means2d, (None, None, 2))
     c, n = means2d.shape[:2]
@@ -1033,7 +1033,7 @@ def _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, he
     if tile_size <= 0 or width < 0 or height < 0:
         raise ValueError(f"{op}: tile_size must be positive and width, height non-negative")
     tile_h, tile_w = triton.cdiv(height, tile_size), triton.cdiv(width, tile_size)
-    _check(op, "tile_offsets", tile_offsets, (c, tile_h, tile_w), dtype=torch.int32, device=dev)
+    _check(op, "isect_offsets", isect_offsets, (c, tile_h, tile_w), dtype=torch.int32, device=dev)
     _check(op, "flatten_ids", flatten_ids, (None,), dtype=torch.int32, device=dev)
     return c, n, colors.shape[2], tile_h, tile_w
 
@@ -1046,8 +1046,9 @@ def gs_rasterize_fwd_triton(
     opacities: Tensor,  # [C, N]
     backgrounds: Optional[Tensor],  # [C, D]
     width: int, height: int, tile_size: int,
-    tile_offsets: Tensor,  # [C, tile_height, tile_width] int32
+    isect_offsets: Tensor,  # [C, tile_height, tile_width] int32
     flatten_ids: Tensor,  # [M] int32
+    absgrad: bool = False,  # read by autograd only
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Front-to-back blending with gsplat's rules.
 
@@ -1058,9 +1059,9 @@ def gs_rasterize_fwd_triton(
     """
     op = "gs_rasterize_fwd_triton"
     c, n, d, tile_h, tile_w = _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height,
-                                            tile_size, tile_offsets, flatten_ids)
-    means2d, conics, colors, opacities, tile_offsets, flatten_ids = (
-        t.contiguous() for t in (means2d, conics, colors, opacities, tile_offsets, flatten_ids))
+                                            tile_size, isect_offsets, flatten_ids)
+    means2d, conics, colors, opacities, isect_offsets, flatten_ids = (
+        t.contiguous() for t in (means2d, conics, colors, opacities, isect_offsets, flatten_ids))
     bg = backgrounds.contiguous() if backgrounds is not None else colors
     out_colors = colors.new_empty(c, height, width, d)
     out_alphas = colors.new_empty(c, height, width, 1)
@@ -1074,7 +1075,7 @@ def gs_rasterize_fwd_triton(
         return out_colors, out_alphas, last_ids, out_trans
     tile_p2, block_g, block_d, warps = _raster_settings(tile_size, d, colors.is_cuda)
     torch.library.wrap_triton(_gs_rasterize_fwd_kernel)[(tile_h * tile_w, c)](
-        means2d, conics, colors, opacities, bg, tile_offsets, flatten_ids, out_colors, out_alphas, last_ids,
+        means2d, conics, colors, opacities, bg, isect_offsets, flatten_ids, out_colors, out_alphas, last_ids,
         out_trans, flatten_ids.shape[0], tile_w, tile_h, width, height, d, HAS_BG=backgrounds is not None,
         TILE=tile_size, TILE_P2=tile_p2, BLOCK_G=block_g, BLOCK_D=block_d, num_warps=warps)
     return out_colors, out_alphas, last_ids, out_trans
@@ -1088,7 +1089,7 @@ def gs_rasterize_bwd_triton(
     opacities: Tensor,  # [C, N]
     backgrounds: Optional[Tensor],  # [C, D]
     width: int, height: int, tile_size: int,
-    tile_offsets: Tensor,  # [C, tile_height, tile_width] int32
+    isect_offsets: Tensor,  # [C, tile_height, tile_width] int32
     flatten_ids: Tensor,  # [M] int32
     final_transmittances: Tensor,  # [C, H, W, 1]
     last_ids: Tensor,  # [C, H, W] int32
@@ -1104,15 +1105,15 @@ def gs_rasterize_bwd_triton(
     """
     op = "gs_rasterize_bwd_triton"
     c, n, d, tile_h, tile_w = _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height,
-                                            tile_size, tile_offsets, flatten_ids)
+                                            tile_size, isect_offsets, flatten_ids)
     dev = means2d.device
     _check(op, "final_transmittances", final_transmittances, (c, height, width, 1), device=dev)
     _check(op, "last_ids", last_ids, (c, height, width), dtype=torch.int32, device=dev)
     _check(op, "v_render_colors", v_render_colors, (c, height, width, d), device=dev)
     _check(op, "v_render_alphas", v_render_alphas, (c, height, width, 1), device=dev)
-    tensors = (means2d, conics, colors, opacities, tile_offsets, flatten_ids, final_transmittances, last_ids,
+    tensors = (means2d, conics, colors, opacities, isect_offsets, flatten_ids, final_transmittances, last_ids,
                v_render_colors, v_render_alphas)
-    (means2d, conics, colors, opacities, tile_offsets, flatten_ids, final_transmittances, last_ids, v_render_colors,
+    (means2d, conics, colors, opacities, isect_offsets, flatten_ids, final_transmittances, last_ids, v_render_colors,
      v_render_alphas) = (t.contiguous() for t in tensors)
     bg = backgrounds.contiguous() if backgrounds is not None else colors
     # Zero-filled: every tile adds its Gaussians' gradients with atomics.
@@ -1126,7 +1127,7 @@ def gs_rasterize_bwd_triton(
         return v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs
     tile_p2, block_g, block_d, warps = _raster_settings(tile_size, d, colors.is_cuda, backward=True)
     torch.library.wrap_triton(_gs_rasterize_bwd_kernel)[(tile_h * tile_w, c)](
-        means2d, conics, colors, opacities, bg, tile_offsets, flatten_ids, final_transmittances, last_ids,
+        means2d, conics, colors, opacities, bg, isect_offsets, flatten_ids, final_transmittances, last_ids,
         v_render_colors, v_render_alphas, v_means2d, v_conics, v_colors, v_opacities,
         v_bg if backgrounds is not None else v_means2d, v_abs if absgrad else v_means2d, flatten_ids.shape[0],
         tile_w, tile_h, width, height, d, DC=d if d <= SMALL_D else 0, HAS_BG=backgrounds is not None,

@@ -1,4 +1,4 @@
-// CPU backend of pyops::gs_intersect_tiles / gs_tile_offsets / gs_rasterize_fwd / gs_rasterize_bwd.
+// CPU backend of pyops::gs_intersect_tiles / gs_isect_offsets / gs_rasterize_fwd / gs_rasterize_bwd.
 //
 // Tiles are the unit of parallel work. The backward pass writes each (tile, Gaussian) intersection's gradient
 // into its own slot of a per-intersection buffer (a tile owns a contiguous range of intersections, so no two
@@ -150,9 +150,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
   return {tiles_per_gauss, isect_ids, flatten_ids};
 }
 
-at::Tensor tile_offsets_cpu(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
+at::Tensor isect_offsets_cpu(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
                             int64_t tile_width, int64_t tile_height) {
-  const char* op = "gs_tile_offsets";
+  const char* op = "gs_isect_offsets";
   const at::Tensor ids = checked(isect_ids, op, "isect_ids", c10::DeviceType::CPU, {-1}, at::kLong);
   TORCH_CHECK(n_cameras >= 0, op, ": n_cameras=", n_cameras, " must be >= 0");
   TORCH_CHECK(tile_width >= 1 && tile_height >= 1, op, ": tile_width and tile_height must be >= 1, got ",
@@ -218,7 +218,7 @@ RasterData<T> raster_data(const RasterInputs& p) {
           p.colors.data_ptr<T>(),
           p.opacities.data_ptr<T>(),
           p.backgrounds.has_value() ? p.backgrounds->data_ptr<T>() : nullptr,
-          p.tile_offsets.data_ptr<int32_t>(),
+          p.isect_offsets.data_ptr<int32_t>(),
           p.flatten_ids.data_ptr<int32_t>(),
           p.d,
           p.m};
@@ -292,11 +292,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(
     const at::Tensor& opacities,  // [C, N]
     const std::optional<at::Tensor>& backgrounds,  // [C, D]
     int64_t width, int64_t height, int64_t tile_size,
-    const at::Tensor& tile_offsets,  // [C, TH, TW] int32
-    const at::Tensor& flatten_ids)   // [M] int32
+    const at::Tensor& isect_offsets,  // [C, TH, TW] int32
+    const at::Tensor& flatten_ids,    // [M] int32
+    bool /*absgrad: read by autograd only*/)
 {
   const RasterInputs p = prepare_rasterize("gs_rasterize_fwd", means2d, conics, colors, opacities, backgrounds, width,
-                                           height, tile_size, tile_offsets, flatten_ids, c10::DeviceType::CPU);
+                                           height, tile_size, isect_offsets, flatten_ids, c10::DeviceType::CPU);
   const auto opt = p.colors.options();
   at::Tensor render_colors = at::empty({p.c, height, width, p.d}, opt);
   at::Tensor render_alphas = at::empty({p.c, height, width, 1}, opt);
@@ -443,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& opacities,  // [C, N]
     const std::optional<at::Tensor>& backgrounds,  // [C, D]
     int64_t width, int64_t height, int64_t tile_size,
-    const at::Tensor& tile_offsets,     // [C, TH, TW] int32
+    const at::Tensor& isect_offsets,     // [C, TH, TW] int32
     const at::Tensor& flatten_ids,      // [M] int32
     const at::Tensor& final_trans,      // [C, H, W, 1]
     const at::Tensor& last_ids,         // [C, H, W] int32
@@ -453,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const char* op = "gs_rasterize_bwd";
   const auto cpu = c10::DeviceType::CPU;
   const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
-                                           tile_size, tile_offsets, flatten_ids, cpu);
+                                           tile_size, isect_offsets, flatten_ids, cpu);
   const auto dt = p.colors.scalar_type();
   // Checked but not read: the replay recomputes every transmittance (see the kernel).
   checked(final_trans, op, "final_transmittances", cpu, {p.c, height, width, 1}, dt);
@@ -485,7 +486,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 TORCH_LIBRARY_IMPL(pyops, CPU, m) {
   m.impl("gs_intersect_tiles", &intersect_tiles_cpu);
-  m.impl("gs_tile_offsets", &tile_offsets_cpu);
+  m.impl("gs_isect_offsets", &isect_offsets_cpu);
   m.impl("gs_rasterize_fwd", &rasterize_fwd_cpu);
   m.impl("gs_rasterize_bwd", &rasterize_bwd_cpu);
 }

@@ -1,4 +1,4 @@
-// CUDA backend of pyops::gs_intersect_tiles / gs_tile_offsets / gs_rasterize_fwd / gs_rasterize_bwd, after
+// CUDA backend of pyops::gs_intersect_tiles / gs_isect_offsets / gs_rasterize_fwd / gs_rasterize_bwd, after
 // gsplat's IntersectTile.cu and RasterizeToPixels3DGS{Fwd,Bwd}.cu, with the semantics of
 // csrc/cpu/gaussians_raster.cpp (key layout, tie order, cut order, last_ids) and the per-pixel math of
 // pyops/gaussian_math.h (evaluate_hit, hit_vjp), so both backends make the same blend decisions.
@@ -169,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cuda(const at::Te
 // first key fills the buckets before it with 0 and the last fills those after it with M. Buckets decoded
 // outside the grid are clamped to it (no out-of-bounds write; the CPU op rejects such keys, this one cannot
 // without a host sync).
-__global__ void tile_offsets_kernel(int64_t m, int64_t n_buckets, int64_t n_tiles, int64_t tile_bits,
+__global__ void isect_offsets_kernel(int64_t m, int64_t n_buckets, int64_t n_tiles, int64_t tile_bits,
                                     const int64_t* __restrict__ isect_ids, int32_t* __restrict__ offsets) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= m) return;
@@ -186,9 +186,9 @@ __global__ void tile_offsets_kernel(int64_t m, int64_t n_buckets, int64_t n_tile
     for (int64_t t = b + 1; t < n_buckets; ++t) offsets[t] = static_cast<int32_t>(m);
 }
 
-at::Tensor tile_offsets_cuda(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
+at::Tensor isect_offsets_cuda(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
                              int64_t tile_width, int64_t tile_height) {
-  const char* op = "gs_tile_offsets";
+  const char* op = "gs_isect_offsets";
   const at::Tensor ids = checked(isect_ids, op, "isect_ids", c10::DeviceType::CUDA, {-1}, at::kLong);
   TORCH_CHECK(n_cameras >= 0, op, ": n_cameras=", n_cameras, " must be >= 0");
   TORCH_CHECK(tile_width >= 1 && tile_height >= 1, op, ": tile_width and tile_height must be >= 1, got ",
@@ -200,7 +200,7 @@ at::Tensor tile_offsets_cuda(const at::Tensor& isect_ids /* [M] int64, sorted */
   at::Tensor offsets = at::zeros({n_cameras, tile_height, tile_width}, ids.options().dtype(at::kInt));
   if (m == 0 || n_buckets == 0) return offsets;  // no intersections: every tile starts (and ends) at 0
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  tile_offsets_kernel<<<blocks_for(m), kThreads, 0, stream>>>(m, n_buckets, n_tiles, bit_length(n_tiles),
+  isect_offsets_kernel<<<blocks_for(m), kThreads, 0, stream>>>(m, n_buckets, n_tiles, bit_length(n_tiles),
                                                               ids.data_ptr<int64_t>(), offsets.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return offsets;
@@ -229,7 +229,7 @@ RasterArgs<T> raster_args(const RasterInputs& p, int64_t width, int64_t height, 
           p.colors.data_ptr<T>(),
           p.opacities.data_ptr<T>(),
           p.backgrounds.has_value() ? p.backgrounds->data_ptr<T>() : nullptr,
-          p.tile_offsets.data_ptr<int32_t>(),
+          p.isect_offsets.data_ptr<int32_t>(),
           p.flatten_ids.data_ptr<int32_t>(),
           p.d,
           p.m,
@@ -401,12 +401,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
     const at::Tensor& opacities,                   // [C, N]
     const std::optional<at::Tensor>& backgrounds,  // [C, D]
     int64_t width, int64_t height, int64_t tile_size,
-    const at::Tensor& tile_offsets,  // [C, TH, TW] int32
-    const at::Tensor& flatten_ids)   // [M] int32
+    const at::Tensor& isect_offsets,  // [C, TH, TW] int32
+    const at::Tensor& flatten_ids,    // [M] int32
+    bool /*absgrad: read by autograd only*/)
 {
   const char* op = "gs_rasterize_fwd";
   const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
-                                           tile_size, tile_offsets, flatten_ids, c10::DeviceType::CUDA);
+                                           tile_size, isect_offsets, flatten_ids, c10::DeviceType::CUDA);
   check_tiles(op, tile_size, p.c * p.tile_width * p.tile_height);
   const c10::cuda::CUDAGuard guard(p.colors.device());
   const auto opt = p.colors.options();
@@ -660,7 +661,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& opacities,                   // [C, N]
     const std::optional<at::Tensor>& backgrounds,  // [C, D]
     int64_t width, int64_t height, int64_t tile_size,
-    const at::Tensor& tile_offsets,     // [C, TH, TW] int32
+    const at::Tensor& isect_offsets,     // [C, TH, TW] int32
     const at::Tensor& flatten_ids,      // [M] int32
     const at::Tensor& final_trans,      // [C, H, W, 1]
     const at::Tensor& last_ids,         // [C, H, W] int32
@@ -670,7 +671,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const char* op = "gs_rasterize_bwd";
   const auto cuda = c10::DeviceType::CUDA;
   const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
-                                           tile_size, tile_offsets, flatten_ids, cuda);
+                                           tile_size, isect_offsets, flatten_ids, cuda);
   check_tiles(op, tile_size, p.c * p.tile_width * p.tile_height);
   const auto dt = p.colors.scalar_type();
   const at::Tensor trans_c = checked(final_trans, op, "final_transmittances", cuda, {p.c, height, width, 1}, dt);
@@ -714,7 +715,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
   m.impl("gs_intersect_tiles", &intersect_tiles_cuda);
-  m.impl("gs_tile_offsets", &tile_offsets_cuda);
+  m.impl("gs_isect_offsets", &isect_offsets_cuda);
   m.impl("gs_rasterize_fwd", &rasterize_fwd_cuda);
   m.impl("gs_rasterize_bwd", &rasterize_bwd_cuda);
 }

@@ -49,7 +49,7 @@ IntersectInputs prepare_intersect(const at::Tensor& means2d, const at::Tensor& r
 struct RasterInputs {
   at::Tensor means2d, conics, colors, opacities;  // [C, N, 2], [C, N, 3], [C, N, D], [C, N]
   std::optional<at::Tensor> backgrounds;          // [C, D]
-  at::Tensor tile_offsets, flatten_ids;           // [C, TH, TW] int32, [M] int32
+  at::Tensor isect_offsets, flatten_ids;           // [C, TH, TW] int32, [M] int32
   int64_t c = 0, n = 0, d = 0, m = 0, tile_width = 0, tile_height = 0;
 };
 
@@ -58,7 +58,7 @@ struct RasterInputs {
 RasterInputs prepare_rasterize(const char* op, const at::Tensor& means2d, const at::Tensor& conics,
                                const at::Tensor& colors, const at::Tensor& opacities,
                                const std::optional<at::Tensor>& backgrounds, int64_t width, int64_t height,
-                               int64_t tile_size, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
+                               int64_t tile_size, const at::Tensor& isect_offsets, const at::Tensor& flatten_ids,
                                c10::DeviceType device_type);
 
 // Bit length of v (0 for 0), as gsplat sizes the camera and tile fields of an intersection key.
