@@ -104,7 +104,8 @@ class Context:
     quick: bool = False
     copy_gbps: float = float("nan")
     matmul_rates: Dict[torch.dtype, float] = field(default_factory=dict)  # TFLOP/s, measured on first use
-    notes: List[str] = field(default_factory=list)
+    op: str = ""  # the op being benchmarked: notes and failures are filed under it
+    notes: Dict[str, List[str]] = field(default_factory=dict)
     failures: List[str] = field(default_factory=list)
     started: Tuple[float, Optional[Tuple[float, float]]] = field(
         default_factory=lambda: (time.perf_counter(), _cpu_seconds()))  # for the share of CPU others took
@@ -184,7 +185,7 @@ class Context:
 
     def note(self, msg: str) -> None:
         print(f"note: {msg}", file=sys.stderr, flush=True)
-        self.notes.append(msg)
+        self.notes.setdefault(self.op, []).append(msg)
 
     def fail(self, what: str, exc: BaseException, ours: bool = True) -> None:
         """A provider that raised: noted in the results; a failure of ours makes the run exit non-zero."""
@@ -275,8 +276,9 @@ def markdown_tables(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
-def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> List[Path]:
-    """<stem>.md, .json, .csv and one <stem>-<kernel>.png per kernel in out_dir; returns the paths."""
+def write_results(rows: List[dict], meta: dict, out_dir: Path, op: str) -> List[Path]:
+    """One op's results: <op>.md, .json, .csv and .png in out_dir (results/<device>/), so a run of some ops
+    never overwrites another op's files; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
@@ -287,7 +289,7 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> Lis
         tmp.replace(path)
         paths.append(path)
 
-    header = [f"# pyops benchmarks: {meta['device']['description']}", "",
+    header = [f"# pyops {op} benchmarks: {meta['device']['description']}", "",
               f"- date: {meta['date']}, commit: {meta['git_commit']}, torch {meta['torch']}, "
               f"triton {meta['triton']}, python {meta['python']}",
               f"- measured copy bandwidth (read + write): {meta['copy_gbps']:.1f} GB/s"
@@ -297,20 +299,19 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, stem: str) -> Lis
               "- time / pyops best: a row's median over the fastest pyops backend's (> 1: pyops is faster); "
               "GB/s counts each tensor pass (x, y, dy, dx) once", ""]
     notes = [f"- {n}" for n in meta["notes"]]
-    write(f"{stem}.md", "\n".join(header + (["## Notes", ""] + notes + [""] if notes else [])
-                                  + ["## Results", "", markdown_tables(rows)]))
-    write(f"{stem}.json", json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
+    write(f"{op}.md", "\n".join(header + (["## Notes", ""] + notes + [""] if notes else [])
+                                + ["## Results", "", markdown_table(rows) if rows else "(no results)", ""]))
+    write(f"{op}.json", json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, (list(rows[0]) if rows else []) + ["device", "timestamp", "git_commit"])
     w.writeheader()
     for r in rows:
         w.writerow({**r, "extra_benchmark_config": json.dumps(r["extra_benchmark_config"]),
                     "device": meta["device"]["name"], "timestamp": meta["date"], "git_commit": meta["git_commit"]})
-    write(f"{stem}.csv", buf.getvalue())
-    for kernel in dict.fromkeys(r["kernel_name"] for r in rows):
-        path = out_dir / f"{stem}-{kernel}.png"
-        plot(kernel, [r for r in rows if r["kernel_name"] == kernel], meta, path)
-        paths.append(path)
+    write(f"{op}.csv", buf.getvalue())
+    if rows:
+        plot(op, rows, meta, out_dir / f"{op}.png")
+        paths.append(out_dir / f"{op}.png")
     return paths
 
 
@@ -349,7 +350,8 @@ def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def metadata(ctx: Context, wall_s: float) -> dict:
+def metadata(ctx: Context, op: str, wall_s: float) -> dict:
+    """The run's facts for one op's result files (its notes: the op's own plus the run-wide ones)."""
     try:
         import triton
 
@@ -366,9 +368,10 @@ def metadata(ctx: Context, wall_s: float) -> dict:
         # CPU time the whole machine spent busy, less ours: the share other work took while we were timing.
         others_s = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])
         other = max(0.0, others_s) / ((os.cpu_count() or 1) * (time.perf_counter() - t0))
-        if other > 0.1 and ctx.device.type == "cpu":
-            ctx.note(f"other processes used {100 * other:.0f}% of the CPU during the run: CPU timings are skewed")
     return {"device": device_info(ctx.device), "date": date, "git_commit": git_commit(), "torch": torch.__version__,
             "triton": triton_version, "python": platform.python_version(), "copy_gbps": ctx.copy_gbps,
             "quick": ctx.quick, "timing": timing,
-            "wall_s": wall_s, "other_cpu_frac": other, "notes": ctx.notes, "failures": ctx.failures}
+            "wall_s": wall_s, "other_cpu_frac": other, "notes": ctx.notes.get("", []) + ctx.notes.get(op, []) + (
+                [f"other processes used {100 * other:.0f}% of the CPU during the run: CPU timings are skewed"]
+                if other and other > 0.1 and ctx.device.type == "cpu" else []),
+            "failures": [f for f in ctx.failures if f.startswith(op)]}

@@ -87,6 +87,6 @@ if [ -n "$gsplat_pid" ]; then
 fi
 has tune && step tune "${TUNE_S:-150}" python3 benchmarks/tune_vq_triton.py
 has bench && step bench "$(left)" python3 benchmarks/run.py --out "$LOGS/results" ${BENCH_ARGS:-}
-cp "$LOGS"/results/*.md "$OUT"/ 2>/dev/null
+cp "$LOGS"/results/*/*.md "$OUT"/ 2>/dev/null
 tar -czf "$OUT/gpu-run.tgz" -C "$LOGS" .
 exit $status

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The benchmark suite (`make bench`): every benchmarks/bench_<op>.py on the best device present.
 
-Prints a markdown table and writes benchmarks/results/<device-slug>.md, .json, .csv and one plot per op
-(<device-slug>-<op>.png; --quick runs write <device-slug>-quick.* instead, so they never overwrite a full run).
+Prints a markdown table per op and writes benchmarks/results/<device-slug>/<op>.md, .json, .csv and .png
+(--quick runs write to <device-slug>-quick/ instead, so they never overwrite a full run; ignored by git).
 
 A new op adds one module, bench_<op>.py, with ``run(ctx: common.Context) -> list[row]``; nothing here changes.
 
@@ -32,11 +32,6 @@ import common  # noqa: E402
 BENCHMARKS = {p.stem[len("bench_"):]: p.stem for p in sorted(HERE.glob("bench_*.py"))}  # op -> module
 
 
-def write(ctx, rows, out, stem, start):
-    common.add_ratios(rows)
-    return common.write_results(rows, common.metadata(ctx, wall_s=time.perf_counter() - start), out, stem)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available, else cpu)")
@@ -55,23 +50,27 @@ def main(argv=None) -> int:
     ctx = common.Context.create(device, quick=args.quick)
     print(f"copy bandwidth (read + write): {ctx.copy_gbps:.1f} GB/s", file=sys.stderr)
 
-    stem = info["slug"] + ("-quick" if args.quick else "")
+    out = args.out / (info["slug"] + ("-quick" if args.quick else ""))
     rows, paths = [], []
     for op in args.only or sorted(BENCHMARKS):
         print(f"[{op}]", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
+        ctx.op, t0 = op, time.perf_counter()
         try:
-            rows += importlib.import_module(BENCHMARKS[op]).run(ctx)
+            op_rows = importlib.import_module(BENCHMARKS[op]).run(ctx)
         except Exception as e:  # noqa: BLE001  (report it, run the other ops, exit non-zero)
             traceback.print_exc()
             ctx.fail(op, e)
-        print(f"[{op}] {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            op_rows = []
+        wall_s = time.perf_counter() - t0
+        print(f"[{op}] {wall_s:.0f} s", file=sys.stderr, flush=True)
         # Written after every op, so a run stopped by a time box still leaves the ops it finished.
-        paths = write(ctx, rows, args.out, stem, start)
+        common.add_ratios(op_rows)
+        paths += common.write_results(op_rows, common.metadata(ctx, op, wall_s), out, op)
+        rows += op_rows
 
     print(f"\n## {info['description']}; copy bandwidth {ctx.copy_gbps:.1f} GB/s\n")
     print(common.markdown_tables(rows) if rows else "(no results)")
-    for n in ctx.notes:
+    for n in (n for notes in ctx.notes.values() for n in notes):
         print(f"- {n}")
     print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 1 if ctx.failures else 0
