@@ -215,7 +215,7 @@ void test_sh_values() {
   // b_0 is the constant 1 / (2 sqrt(pi)); on a unit direction the degree-1 bases are -a y, a z, -a x.
   double b[kMaxShBases];
   sh_bases(3, 0.6, 0.0, 0.8, b);
-  expect_near("sh_bases b0", 0, b[0], 0.5 / std::sqrt(M_PI), 1e-12);
+  expect_near("sh_bases b0", 0, b[0], 0.5 / std::sqrt(std::acos(-1.0)), 1e-12);
   expect_near("sh_bases b2", 2, b[2], 0.48860251190292 * 0.8, 1e-12);
   expect_near("sh_bases b3", 3, b[3], -0.48860251190292 * 0.6, 1e-12);
 }
