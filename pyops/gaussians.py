@@ -1,5 +1,5 @@
 """Gaussian-splatting rasterizer (gsplat's conventions and stages): projection, spherical harmonics, tile
-intersection and sort, tile offsets and per-tile front-to-back blending, forward and backward.
+intersection and sort, isect offsets and per-tile front-to-back blending, forward and backward.
 
 `pyops/reference/gaussians.py` is the spec (and the "torch" backend); the native CPU/CUDA kernels register
 on the schemas in csrc/ops.cpp, the Triton ones as ``pyops::<op>_triton``. `rasterize_gaussians` composes

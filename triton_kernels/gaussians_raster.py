@@ -221,8 +221,8 @@ def _gs_rasterize_bwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
 def _raster_settings(tile_size: int, channels: int, cuda: bool, backward: bool = False):
     """(TILE_P2, BLOCK_G, BLOCK_D, num_warps): pixels padded to a power-of-two square; Gaussian chunks sized so
     a [P, BLOCK_G] fp32 array is 16 values per thread in the forward and 8 in the backward, which holds about
-    twice as many (no register spills on sm_90, see the report in tests/test_gaussians_triton.py); channels
-    padded to a power of two >= 16 (tl.dot operands)."""
+    twice as many (no register spills on sm_90: the ptxas report of tests/gaussians_triton_compile.py);
+    channels padded to a power of two >= 16 (tl.dot operands)."""
     tile_p2 = triton.next_power_of_2(tile_size)
     p = tile_p2 * tile_p2
     # The backward walks channels in blocks of 16; the forward keeps all of them as accumulators.
