@@ -348,7 +348,8 @@ def test_convert_timm_vit(device, backend):
     with torch.no_grad():
         fused = set_backend(vit, backend)(images)
         ref = set_backend(vit, "torch")(images)
-    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+        exact = set_backend(vit.double(), "torch")(images.double())
+    assert_close("ViT logits", fused, exact, ref, torch.float32)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -357,13 +358,13 @@ def test_convergence_matches_reference(device, backend, block):
     """30 Adam steps on synthetic data give the same loss curve with the reference and fused Derf."""
     from pyops import models
 
-    def train(backend):
+    def train(backend, dtype=torch.float32):
         torch.manual_seed(0)
-        model = nn.Sequential(*[getattr(models, block)(32, 4, backend=backend) for _ in range(2)]).to(device)
+        model = nn.Sequential(*[getattr(models, block)(32, 4, backend=backend) for _ in range(2)]).to(device, dtype)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         g = torch.Generator().manual_seed(1)
-        x = torch.randn(8, 12, 32, generator=g).to(device)
-        target = torch.randn(8, 12, 32, generator=g).to(device)
+        x = torch.randn(8, 12, 32, generator=g).to(device, dtype)
+        target = torch.randn(8, 12, 32, generator=g).to(device, dtype)
         losses = []
         for _ in range(30):
             loss = torch.nn.functional.mse_loss(model(x), target)
@@ -371,9 +372,10 @@ def test_convergence_matches_reference(device, backend, block):
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        return losses
+        return torch.tensor(losses, dtype=torch.float64)
 
-    ref, fused = train("torch"), train(backend)
+    ref, fused, exact = train("torch"), train(backend), train("torch", torch.float64)
     assert ref[-1] < 0.8 * ref[0]  # it learns
-    # fp32 kernels differ from torch's erf by a few ulp; after 30 steps the curves agree to ~1e-5.
-    torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=1e-3, atol=1e-4)
+    # The 3x rule on the whole loss curve: fp32 kernels differ from torch's erf by a few ulp, and after 30
+    # steps the curves are as close to the float64 run as torch's own fp32 run (measured: ~2e-7 both).
+    assert_close("losses", fused, exact, ref, torch.float32)
