@@ -63,7 +63,8 @@ def _check_args(x, alpha, shift, weight, bias, channel_dim) -> int:
     channel_dim made non-negative.
 
     Hot path (one call per Derf layer per step): the conditions are tested inline and the _checks helpers
-    only run, to raise, when one fails; calling them unconditionally costs ~2 us per call."""
+    only run, to raise, when one fails (calling them unconditionally measured +7 us per call on a loaded
+    2-core machine)."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         check_tensor("derf", "x", x, floating=True)
     ndim = x.dim()
