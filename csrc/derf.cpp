@@ -8,12 +8,12 @@ namespace {
 
 void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t channels,
                  bool allow_scalar) {
-  TORCH_CHECK(t.device() == x.device(), "derf: `", name, "` is on ", t.device(), " but x is on ", x.device());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "derf: `", name, "` must be a floating-point tensor, got ",
-              t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), "derf: ", name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "derf: ", name, " must be a floating-point tensor, got ",
+                   t.scalar_type());
   const bool ok = t.numel() == channels || (allow_scalar && t.numel() == 1);
-  TORCH_CHECK(ok && t.dim() <= 1, "derf: `", name, "` must have ", allow_scalar ? "1 or " : "", channels,
-              " elements (one per channel) in at most one dimension, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(ok && t.dim() <= 1, "derf: ", name, " must have ", allow_scalar ? "1 or " : "", channels,
+                    " elements (one per channel) in at most one dimension, got shape ", t.sizes());
 }
 
 }  // namespace
@@ -21,14 +21,16 @@ void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int
 Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                 int64_t channel_dim, c10::DeviceType device_type) {
-  TORCH_CHECK(x.device().type() == device_type, "derf: x is on ", x.device(), ", expected a ",
-              c10::DeviceTypeName(device_type), " tensor for this backend");
+  TORCH_CHECK_VALUE(x.device().type() == device_type, "derf: x is on ", x.device(), ", expected a ",
+                    c10::DeviceTypeName(device_type), " tensor for this backend");
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
-                  (dtype == at::kDouble && device_type == c10::DeviceType::CPU),
-              "derf: x must be float32, float16 or bfloat16 (float64 on CPU), got ", dtype);
-  TORCH_CHECK(x.dim() >= 1, "derf: x must have at least one dimension (the channels)");
-  const int64_t dim = c10::maybe_wrap_dim(channel_dim, x.dim());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
+                       (dtype == at::kDouble && device_type == c10::DeviceType::CPU),
+                   "derf: x must be float32, float16 or bfloat16 (float64 on CPU), got ", dtype);
+  TORCH_CHECK_VALUE(x.dim() >= 1, "derf: x must have at least one dimension (the channels), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(channel_dim >= -x.dim() && channel_dim < x.dim(), "derf: channel_dim=", channel_dim,
+                    " is out of range [", -x.dim(), ", ", x.dim() - 1, "]");
+  const int64_t dim = channel_dim < 0 ? channel_dim + x.dim() : channel_dim;
 
   Problem p;
   p.x = x.contiguous();
@@ -54,13 +56,14 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
   return p;
 }
 
-at::Tensor prepare_grad(const at::Tensor& grad_out, const Problem& p) {
-  TORCH_CHECK(grad_out.sizes() == p.x.sizes(), "derf backward: grad_out has shape ", grad_out.sizes(),
-              " but x has shape ", p.x.sizes());
-  TORCH_CHECK(grad_out.device() == p.x.device(), "derf backward: grad_out is on ", grad_out.device(),
-              " but x is on ", p.x.device());
-  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), "derf backward: grad_out must be floating point");
-  return grad_out.to(p.x.scalar_type()).contiguous();
+at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p) {
+  TORCH_CHECK_VALUE(v_y.device() == p.x.device(), "derf_bwd: v_y is on ", v_y.device(), " but x is on ",
+                    p.x.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(v_y.scalar_type()), "derf_bwd: v_y must be a floating-point tensor, got ",
+                   v_y.scalar_type());
+  TORCH_CHECK_VALUE(v_y.sizes() == p.x.sizes(), "derf_bwd: v_y has shape ", v_y.sizes(), " but x has shape ",
+                    p.x.sizes());
+  return v_y.to(p.x.scalar_type()).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(
@@ -76,8 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(
   auto optional_grad = [&](int row, const std::optional<at::Tensor>& param) {
     return param.has_value() ? as_param(row, *param) : at::empty({0}, alpha.options());
   };
-  return {as_param(kSumGradZTimesX, alpha), as_param(kSumGradZ, shift),
-          optional_grad(kSumGradYTimesErf, weight), optional_grad(kSumGradY, bias)};
+  return {as_param(kSumVZTimesX, alpha), as_param(kSumVZ, shift),
+          optional_grad(kSumVYTimesErf, weight), optional_grad(kSumVY, bias)};
 }
 
 }  // namespace derf

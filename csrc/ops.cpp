@@ -4,9 +4,9 @@
 TORCH_LIBRARY(pyops, m) {
   // Derf: y = weight * erf(alpha * x + shift) + bias, channels on `channel_dim`.
   m.def("derf_fwd(Tensor x, Tensor alpha, Tensor shift, Tensor? weight, Tensor? bias, int channel_dim) -> Tensor");
-  // Returns (grad_x, grad_alpha, grad_shift, grad_weight, grad_bias); absent weight/bias give empty grads.
+  // v_y: the gradient w.r.t. y. Returns (v_x, v_alpha, v_shift, v_weight, v_bias); absent weight/bias give empty ones.
   m.def(
-      "derf_bwd(Tensor grad_out, Tensor x, Tensor alpha, Tensor shift, Tensor? weight, Tensor? bias, "
+      "derf_bwd(Tensor v_y, Tensor x, Tensor alpha, Tensor shift, Tensor? weight, Tensor? bias, "
       "int channel_dim) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // Nearest-code search: the k nearest rows of codebook [K, D] for each row of x [N, D] (both contiguous,

@@ -5,13 +5,13 @@ namespace vq {
 namespace {
 
 void check_float(const at::Tensor& t, const char* op, const char* name, c10::DeviceType device_type) {
-  TORCH_CHECK(t.device().type() == device_type, op, ": `", name, "` is on ", t.device(), ", expected a ",
-              c10::DeviceTypeName(device_type), " tensor for this backend");
+  TORCH_CHECK_VALUE(t.device().type() == device_type, op, ": ", name, " is on ", t.device(), ", expected a ",
+                    c10::DeviceTypeName(device_type), " tensor for this backend");
   const auto dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
-                  (dtype == at::kDouble && device_type == c10::DeviceType::CPU),
-              op, ": `", name, "` must be float32, float16 or bfloat16 (float64 on CPU), got ", dtype);
-  TORCH_CHECK(t.dim() == 2, op, ": `", name, "` must be 2-D, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
+                       (dtype == at::kDouble && device_type == c10::DeviceType::CPU),
+                   op, ": ", name, " must be float32, float16 or bfloat16 (float64 on CPU), got ", dtype);
+  TORCH_CHECK_VALUE(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
 }
 
 }  // namespace
@@ -19,23 +19,23 @@ void check_float(const at::Tensor& t, const char* op, const char* name, c10::Dev
 Metric parse_metric(std::string_view metric) {
   if (metric == "l2") return Metric::kL2;
   if (metric == "cosine") return Metric::kCosine;
-  if (metric == "ip") return Metric::kIp;
-  TORCH_CHECK(false, "vq_search: unknown metric '", metric, "'; expected 'l2', 'cosine' or 'ip'");
+  TORCH_CHECK_VALUE(metric == "ip", "vq_search: unknown metric '", metric, "'; expected 'l2', 'cosine' or 'ip'");
+  return Metric::kIp;
 }
 
 SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k,
                              std::string_view metric, bool exact, c10::DeviceType device_type) {
   check_float(x, "vq_search", "x", device_type);
   check_float(codebook, "vq_search", "codebook", device_type);
-  TORCH_CHECK(codebook.device() == x.device(), "vq_search: `codebook` is on ", codebook.device(),
-              " but x is on ", x.device());
-  TORCH_CHECK(codebook.scalar_type() == x.scalar_type(), "vq_search: `codebook` has dtype ",
-              codebook.scalar_type(), " but x has ", x.scalar_type());
-  TORCH_CHECK(codebook.size(1) == x.size(1), "vq_search: `codebook` has dimension ", codebook.size(1),
-              " but x has ", x.size(1));
-  TORCH_CHECK(codebook.size(0) >= 1, "vq_search: `codebook` is empty");
-  TORCH_CHECK(k >= 1 && k <= codebook.size(0) && k <= kMaxK, "vq_search: k=", k,
-              " must be in [1, min(K, ", kMaxK, ")] for a codebook of K=", codebook.size(0), " codes");
+  TORCH_CHECK_VALUE(codebook.device() == x.device(), "vq_search: codebook is on ", codebook.device(),
+                    " but x is on ", x.device());
+  TORCH_CHECK_TYPE(codebook.scalar_type() == x.scalar_type(), "vq_search: codebook has dtype ",
+                   codebook.scalar_type(), " but x has ", x.scalar_type());
+  TORCH_CHECK_VALUE(codebook.size(1) == x.size(1), "vq_search: codebook has dimension ", codebook.size(1),
+                    " but x has ", x.size(1));
+  TORCH_CHECK_VALUE(codebook.size(0) >= 1, "vq_search: codebook is empty");
+  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0) && k <= kMaxK, "vq_search: k=", k,
+                    " is out of range [1, min(K, ", kMaxK, ")] for a codebook of K=", codebook.size(0), " codes");
   SearchProblem p;
   p.metric = parse_metric(metric);
   p.x = x.contiguous();
@@ -57,13 +57,14 @@ std::tuple<at::Tensor, at::Tensor> empty_search_outputs(const SearchProblem& p) 
 SegmentProblem prepare_segment_sum(const at::Tensor& values, const at::Tensor& indices, int64_t num_segments,
                                    c10::DeviceType device_type) {
   check_float(values, "vq_segment_sum", "values", device_type);
-  TORCH_CHECK(indices.device() == values.device(), "vq_segment_sum: `indices` is on ", indices.device(),
-              " but values is on ", values.device());
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "vq_segment_sum: `indices` must be int64, got ",
-              indices.scalar_type());
-  TORCH_CHECK(indices.dim() == 1 && indices.size(0) == values.size(0), "vq_segment_sum: `indices` must have shape [",
-              values.size(0), "] (one per row of values), got ", indices.sizes());
-  TORCH_CHECK(num_segments >= 0, "vq_segment_sum: num_segments=", num_segments, " must be >= 0");
+  TORCH_CHECK_VALUE(indices.device() == values.device(), "vq_segment_sum: indices is on ", indices.device(),
+                    " but values is on ", values.device());
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "vq_segment_sum: indices must be int64, got ",
+                   indices.scalar_type());
+  TORCH_CHECK_VALUE(indices.dim() == 1 && indices.size(0) == values.size(0),
+                    "vq_segment_sum: indices must have shape [", values.size(0), "] (one per row of values), got ",
+                    indices.sizes());
+  TORCH_CHECK_VALUE(num_segments >= 0, "vq_segment_sum: num_segments=", num_segments, " is out of range [0, inf]");
   SegmentProblem p;
   p.values = values.contiguous();
   p.indices = indices.contiguous();

@@ -7,6 +7,10 @@ The policy (C++ host code follows it too, with TORCH_CHECK_TYPE / TORCH_CHECK_VA
 - ``RuntimeError`` only for a backend that cannot run (``pyops._backend.resolve``).
 
 Every message starts with the op's name and names the argument: ``"vq_search: codebook has dtype ..."``.
+
+Per-call host cost: a wrapper on a hot path (``pyops.derf``, one call per layer per step) may test the
+conditions inline and call these helpers only when one fails, so the message and exception still come from
+here and nothing is formatted unless it raises.
 """
 
 from typing import Iterable, Optional, Sequence, Tuple, Union

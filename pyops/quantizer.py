@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_choice, check_int, check_tensor
 from .vq import METRICS, vq_search, vq_segment_sum
 
 CODEBOOKS = ("learned", "ema", "simvq")
@@ -58,14 +59,14 @@ class _SumFromShards(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad, None
+    def backward(ctx, v_out: Tensor):
+        return v_out, None
 
 
-def _all_reduce_grad(grad: Tensor, group) -> Tensor:
-    grad = grad.clone()
-    dist.all_reduce(grad, group=group)
-    return grad
+def _all_reduce_grad(v_weight: Tensor, group) -> Tensor:
+    v_weight = v_weight.clone()
+    dist.all_reduce(v_weight, group=group)
+    return v_weight
 
 
 def _rotate_to(e: Tensor, q: Tensor) -> Tensor:  # [N, D], [N, D] -> [N, D]
@@ -160,17 +161,12 @@ class VectorQuantizer(nn.Module):
     ):
         super().__init__()
         for name, value in (("dim", dim), ("codebook_size", codebook_size), ("usage_window", usage_window)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"VectorQuantizer: {name}={value!r} must be a positive int")
-        if metric not in METRICS:
-            raise ValueError(f"VectorQuantizer: unknown metric {metric!r}; expected one of {METRICS}")
-        if codebook not in CODEBOOKS:
-            raise ValueError(f"VectorQuantizer: unknown codebook {codebook!r}; expected one of {CODEBOOKS}")
+            check_int("VectorQuantizer", name, value, 1)
+        check_choice("VectorQuantizer", "metric", metric, METRICS)
+        check_choice("VectorQuantizer", "codebook", codebook, CODEBOOKS)
+        check_choice("VectorQuantizer", "distributed", distributed, (None,) + DISTRIBUTED)
         if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"VectorQuantizer: ema_decay={ema_decay} must be in [0, 1)")
-        if distributed not in (None,) + DISTRIBUTED:
-            raise ValueError(f"VectorQuantizer: unknown distributed {distributed!r}; expected None or one of "
-                             f"{DISTRIBUTED}")
+            raise ValueError(f"VectorQuantizer: ema_decay={ema_decay} is out of range [0, 1)")
         self.dim, self.codebook_size, self.metric = dim, codebook_size, metric
         self.commitment_weight, self.kind = commitment_weight, codebook
         self.ema_decay, self.ema_eps = ema_decay, ema_eps
@@ -269,12 +265,10 @@ class VectorQuantizer(nn.Module):
         Returns:
             ``(quantized (..., dim) like x, indices x.shape[:-1] int64, loss () fp32)``.
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"VectorQuantizer: x must be a Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"VectorQuantizer: x must be a floating-point tensor, got {x.dtype}")
+        codes_at = self.basis if self.kind == "simvq" else self.embed  # where the codebook lives
+        check_tensor("VectorQuantizer", "x", x, floating=True, like=("codebook", codes_at), same_dtype=False)
         if x.dim() == 0 or x.shape[-1] != self.dim:
-            raise ValueError(f"VectorQuantizer: x must be (..., dim) with dim={self.dim}, got shape "
+            raise ValueError(f"VectorQuantizer: x must have shape (..., dim) with dim={self.dim}, got "
                              f"{tuple(x.shape)}")
         if self._needs_sync:
             self._sync_from_rank0()

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
+from ._checks import check_choice, check_int, check_tensor
 from .reference import vq as reference
 
 if _backend.HAS_TRITON:
@@ -103,13 +104,6 @@ def _segment_sum_torch(values: Tensor, indices: Tensor, num_segments: int) -> Tu
 # The public functional ops.
 
 
-def _check_float(op: str, name: str, t) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
-
-
 def vq_search(
     x: Tensor,  # [..., D]
     codebook: Tensor,  # [K, D]
@@ -135,22 +129,14 @@ def vq_search(
         ``torch.argmin``). Distances are exact fp32 (fp64 for fp64 inputs); indices are int64. Not
         differentiable: gather ``codebook[indices]`` to build a loss.
     """
-    _check_float("vq_search", "x", x)
-    _check_float("vq_search", "codebook", codebook)
-    if codebook.dim() != 2:
-        raise ValueError(f"vq_search: codebook must be (K, D), got shape {tuple(codebook.shape)}")
+    check_tensor("vq_search", "x", x, floating=True)
+    check_tensor("vq_search", "codebook", codebook, (None, None), floating=True, like=("x", x))
     if x.dim() == 0 or x.shape[-1] != codebook.shape[1]:
-        raise ValueError(f"vq_search: x must be (..., D) with D={codebook.shape[1]} (the codebook's), "
-                         f"got shape {tuple(x.shape)}")
-    if x.device != codebook.device:
-        raise RuntimeError(f"vq_search: codebook is on {codebook.device} but x is on {x.device}")
-    if x.dtype != codebook.dtype:
-        raise TypeError(f"vq_search: codebook has dtype {codebook.dtype} but x has {x.dtype}")
-    if metric not in METRICS:
-        raise ValueError(f"vq_search: unknown metric {metric!r}; expected one of {METRICS}")
+        raise ValueError(f"vq_search: x must have shape (..., D) with D={codebook.shape[1]} (the codebook's), "
+                         f"got {tuple(x.shape)}")
+    check_choice("vq_search", "metric", metric, METRICS)
     num_codes = codebook.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(num_codes, MAX_K):
-        raise ValueError(f"vq_search: k={k!r} must be an int in [1, min(K, {MAX_K})], K={num_codes}")
+    check_int("vq_search", "k", k, 1, min(num_codes, MAX_K))
     _backend.check_finite("vq_search", "codebook", codebook)
     _backend.check_finite("vq_search", "x", x)
 
@@ -183,17 +169,10 @@ def vq_segment_sum(
     Returns:
         ``(sums (num_segments, D), counts (num_segments,))`` in fp32 (fp64 for fp64 values).
     """
-    _check_float("vq_segment_sum", "values", values)
-    if values.dim() != 2:
-        raise ValueError(f"vq_segment_sum: values must be (N, D), got shape {tuple(values.shape)}")
-    if not isinstance(indices, Tensor) or indices.dtype != torch.long:
-        raise TypeError(f"vq_segment_sum: indices must be an int64 Tensor, got {getattr(indices, 'dtype', type(indices))}")
-    if indices.shape != values.shape[:1]:
-        raise ValueError(f"vq_segment_sum: indices must have shape ({values.shape[0]},), got {tuple(indices.shape)}")
-    if indices.device != values.device:
-        raise RuntimeError(f"vq_segment_sum: indices is on {indices.device} but values is on {values.device}")
-    if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 0:
-        raise ValueError(f"vq_segment_sum: num_segments={num_segments!r} must be a non-negative int")
+    check_tensor("vq_segment_sum", "values", values, (None, None), floating=True)
+    check_tensor("vq_segment_sum", "indices", indices, (values.shape[0],), dtype=torch.long, like=("values", values),
+                 same_dtype=False)
+    check_int("vq_segment_sum", "num_segments", num_segments, 0)
     values, indices = values.detach(), indices.detach()
     which = _backend.resolve(backend, values.device, "vq_segment_sum")
     if which == "torch":

@@ -49,7 +49,7 @@ def check_against_reference(x, params, dy, channel_dim, device, backend, dtype):
     ref_y, ref_grads = run(x, params, dy, channel_dim, "torch")
     assert y.device.type == device
     assert_close("y", y, exact_y, ref_y, dtype)
-    names = ["grad_x"] + [n for n, p in zip(["alpha", "shift", "weight", "bias"], params) if p is not None]
+    names = ["v_x"] + [f"v_{n}" for n, p in zip(["alpha", "shift", "weight", "bias"], params) if p is not None]
     for name, g, e, r in zip(names, grads, exact_grads, ref_grads):
         assert_close(name, g, e, r, dtype)
 
@@ -192,24 +192,71 @@ def test_bad_input_names_the_argument(backend):
         pyops.derf(torch.ones(4, 5, dtype=torch.int32), a, s, w, b, backend=backend)
     with pytest.raises(TypeError, match="bias must be a floating-point"):
         pyops.derf(x, a, s, w, torch.zeros(5, dtype=torch.int64), backend=backend)
-    with pytest.raises(RuntimeError, match="bias is on meta but x is on cpu"):
+    with pytest.raises(TypeError, match="alpha must be a Tensor, got float"):
+        pyops.derf(x, 0.5, s, w, b, backend=backend)
+    with pytest.raises(ValueError, match="bias is on meta but x is on cpu"):
         pyops.derf(x, a, s, w, b.to("meta"), backend=backend)
-    with pytest.raises(ValueError, match="channel_dim=2 is out of range"):
+    with pytest.raises(ValueError, match=r"channel_dim=2 is out of range \[-2, 1\]"):
         pyops.derf(x, a, s, w, b, channel_dim=2, backend=backend)
+    with pytest.raises(TypeError, match="channel_dim must be an int"):
+        pyops.derf(x, a, s, w, b, channel_dim=1.0, backend=backend)
+    with pytest.raises(ValueError, match="x must have at least one dimension"):
+        pyops.derf(torch.tensor(1.0), a, s, backend=backend)
     with pytest.raises(ValueError, match="alpha has non-finite values"):
         pyops.derf(x, torch.tensor([float("nan")]), s, w, b, backend=backend)
 
 
 def test_native_op_checks_its_arguments():
+    """The C++ host checks follow the same policy: TORCH_CHECK_TYPE -> TypeError, TORCH_CHECK_VALUE ->
+    ValueError, each message naming the argument."""
     x = torch.randn(4, 5)
-    with pytest.raises(RuntimeError, match="`weight` must have 5 elements"):
-        torch.ops.pyops.derf_fwd(x, torch.ones(1), torch.zeros(1), torch.ones(4), None, -1)
-    with pytest.raises(RuntimeError, match="`alpha` must have 1 or 5 elements"):
-        torch.ops.pyops.derf_fwd(x, torch.ones(2), torch.zeros(1), None, None, -1)
-    with pytest.raises(RuntimeError, match="x must be float32, float16 or bfloat16"):
-        torch.ops.pyops.derf_fwd(x.int(), torch.ones(1), torch.zeros(1), None, None, -1)
-    with pytest.raises(RuntimeError, match="grad_out has shape"):
-        torch.ops.pyops.derf_bwd(torch.ones(3), x, torch.ones(1), torch.zeros(1), None, None, -1)
+    one, zero = torch.ones(1), torch.zeros(1)
+    with pytest.raises(ValueError, match="derf: weight must have 5 elements"):
+        torch.ops.pyops.derf_fwd(x, one, zero, torch.ones(4), None, -1)
+    with pytest.raises(ValueError, match="derf: alpha must have 1 or 5 elements"):
+        torch.ops.pyops.derf_fwd(x, torch.ones(2), zero, None, None, -1)
+    with pytest.raises(TypeError, match="derf: x must be float32, float16 or bfloat16"):
+        torch.ops.pyops.derf_fwd(x.int(), one, zero, None, None, -1)
+    with pytest.raises(TypeError, match="derf: shift must be a floating-point tensor"):
+        torch.ops.pyops.derf_fwd(x, one, torch.zeros(1, dtype=torch.int64), None, None, -1)
+    with pytest.raises(ValueError, match=r"derf: channel_dim=2 is out of range \[-2, 1\]"):
+        torch.ops.pyops.derf_fwd(x, one, zero, None, None, 2)
+    with pytest.raises(ValueError, match="derf_bwd: v_y has shape"):
+        torch.ops.pyops.derf_bwd(torch.ones(3), x, one, zero, None, None, -1)
+    with pytest.raises(TypeError, match="derf_bwd: v_y must be a floating-point tensor"):
+        torch.ops.pyops.derf_bwd(torch.ones(4, 5, dtype=torch.int32), x, one, zero, None, None, -1)
+
+
+@pytest.mark.parametrize("entry", ["derf", "Derf"])
+def test_device_mismatch_and_dtype_errors(entry):
+    """Every public entry point: a tensor on another device is a ValueError naming both arguments, raised
+    before any kernel runs ("meta" stands in for a second device: no kernel could run on it); a wrong
+    dtype is a TypeError naming the argument."""
+    x, (a, s, w, b), _ = make_inputs((3, 6), -1, True, True, True, torch.float32, "cpu")
+    if entry == "derf":
+        for i, name in enumerate(["alpha", "shift", "weight", "bias"]):
+            args = [a, s, w, b]
+            args[i] = args[i].to("meta")
+            with pytest.raises(ValueError, match=f"^derf: {name} is on meta but x is on cpu$"):
+                pyops.derf(x, *args)
+        with pytest.raises(ValueError, match="^derf: alpha is on cpu but x is on meta$"):
+            pyops.derf(x.to("meta"), a, s, w, b)
+        with pytest.raises(TypeError, match="^derf: x must be a floating-point tensor, got torch.int64$"):
+            pyops.derf(x.long(), a, s, w, b)
+        with pytest.raises(TypeError, match="^derf: weight must be a floating-point tensor, got torch.int32$"):
+            pyops.derf(x, a, s, w.int(), b)
+    else:
+        m = pyops.Derf(6)
+        with pytest.raises(ValueError, match="^derf: alpha is on cpu but x is on meta$"):
+            m(x.to("meta"))
+        with pytest.raises(TypeError, match="^derf: x must be a floating-point tensor, got torch.int64$"):
+            m(x.long())
+        with pytest.raises(ValueError, match="^derf: alpha is on meta but x is on cpu$"):
+            m.to("meta")(x)
+        with pytest.raises(ValueError, match="Derf: num_features=0 is out of range"):
+            pyops.Derf(0)
+        with pytest.raises(TypeError, match="Derf: num_features must be an int"):
+            pyops.Derf(6.0)
 
 
 def test_backend_choice(monkeypatch):
@@ -301,7 +348,8 @@ def test_convert_timm_vit(device, backend):
     with torch.no_grad():
         fused = set_backend(vit, backend)(images)
         ref = set_backend(vit, "torch")(images)
-    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+        exact = set_backend(vit.double(), "torch")(images.double())
+    assert_close("ViT logits", fused, exact, ref, torch.float32)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -310,13 +358,13 @@ def test_convergence_matches_reference(device, backend, block):
     """30 Adam steps on synthetic data give the same loss curve with the reference and fused Derf."""
     from pyops import models
 
-    def train(backend):
+    def train(backend, dtype=torch.float32):
         torch.manual_seed(0)
-        model = nn.Sequential(*[getattr(models, block)(32, 4, backend=backend) for _ in range(2)]).to(device)
+        model = nn.Sequential(*[getattr(models, block)(32, 4, backend=backend) for _ in range(2)]).to(device, dtype)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         g = torch.Generator().manual_seed(1)
-        x = torch.randn(8, 12, 32, generator=g).to(device)
-        target = torch.randn(8, 12, 32, generator=g).to(device)
+        x = torch.randn(8, 12, 32, generator=g).to(device, dtype)
+        target = torch.randn(8, 12, 32, generator=g).to(device, dtype)
         losses = []
         for _ in range(30):
             loss = torch.nn.functional.mse_loss(model(x), target)
@@ -324,9 +372,10 @@ def test_convergence_matches_reference(device, backend, block):
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        return losses
+        return torch.tensor(losses, dtype=torch.float64)
 
-    ref, fused = train("torch"), train(backend)
+    ref, fused, exact = train("torch"), train(backend), train("torch", torch.float64)
     assert ref[-1] < 0.8 * ref[0]  # it learns
-    # fp32 kernels differ from torch's erf by a few ulp; after 30 steps the curves agree to ~1e-5.
-    torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=1e-3, atol=1e-4)
+    # The 3x rule on the whole loss curve: fp32 kernels differ from torch's erf by a few ulp, and after 30
+    # steps the curves are as close to the float64 run as torch's own fp32 run (measured: ~2e-7 both).
+    assert_close("losses", fused, exact, ref, torch.float32)

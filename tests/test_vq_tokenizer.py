@@ -1,5 +1,6 @@
 """VQTokenizer: a few training steps on synthetic images lower the loss and keep most codes in use."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,3 +47,12 @@ def test_tokenizer_trains_and_uses_its_codes():
     with torch.no_grad():
         out = model(images)
         torch.testing.assert_close(model.decode(model.encode(images)), out.recon)
+
+
+def test_bad_encoder_output_and_sizes_are_named():
+    model = VQTokenizer(PatchEncoder(16), 32, 16, code_dim=8, codebook_size=4, decoder_depth=1, decoder_heads=2)
+    with pytest.raises(ValueError, match=r"VQTokenizer: features \(the encoder's output\) must have shape "
+                                         r"\(\*, \*, 32\)"):
+        model(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="Attention: dim=32 is not divisible by num_heads=3"):
+        VQTokenizer(PatchEncoder(), 32, 16, code_dim=8, codebook_size=4, decoder_depth=1, decoder_heads=3)

@@ -50,23 +50,23 @@ def _derf_fwd_kernel(x_ptr, y_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, r
 
 
 @triton.jit
-def _grad_tile(x_ptr, dy_ptr, dx_ptr, offs, mask, a, s, w):
-    """Writes dx for one tile; returns its per-element terms of dalpha, dshift, dweight and dbias."""
+def _grad_tile(x_ptr, v_y_ptr, v_x_ptr, offs, mask, a, s, w):
+    """Writes v_x for one tile; returns its per-element terms of v_alpha, v_shift, v_weight and v_bias."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v_y = tl.load(v_y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     z = a * x + s
-    g = dy * w * TWO_OVER_SQRT_PI * tl.exp(-z * z)  # dL/dz
-    tl.store(dx_ptr + offs, (g * a).to(dx_ptr.dtype.element_ty), mask=mask)
-    return g * x, g, dy * tl.math.erf(z), dy
+    v_z = v_y * w * TWO_OVER_SQRT_PI * tl.exp(-z * z)
+    tl.store(v_x_ptr + offs, (v_z * a).to(v_x_ptr.dtype.element_ty), mask=mask)
+    return v_z * x, v_z, v_y * tl.math.erf(z), v_y
 
 
 @triton.jit
-def _derf_bwd_kernel(dy_ptr, x_ptr, dx_ptr, part_ptr, alpha_ptr, shift_ptr, weight_ptr, outer, C, inner,
+def _derf_bwd_kernel(v_y_ptr, x_ptr, v_x_ptr, part_ptr, alpha_ptr, shift_ptr, weight_ptr, outer, C, inner,
                      outer_per_prog, ALPHA_PER_C: tl.constexpr, SHIFT_PER_C: tl.constexpr,
                      HAS_WEIGHT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr):
     # Program (p, cb) covers outer rows [p * outer_per_prog, +outer_per_prog) and channels block cb, writes
-    # dx there and its four partial sums per channel into part[p, :, channels]. Tiles are [BLOCK_R, BLOCK_N]:
+    # v_x there and its four partial sums per channel into part[p, :, channels]. Tiles are [BLOCK_R, BLOCK_N]:
     # channels-last: (tokens, channels); channels-first: (channels, inner positions), one outer row at a time.
     p = tl.program_id(0)
     o_start = p.to(tl.int64) * outer_per_prog
@@ -81,38 +81,38 @@ def _derf_bwd_kernel(dy_ptr, x_ptr, dx_ptr, part_ptr, alpha_ptr, shift_ptr, weig
         c_mask = c < C
         a, s, w, _b = _load_params(alpha_ptr, shift_ptr, weight_ptr, weight_ptr, c, c_mask, ALPHA_PER_C,
                                    SHIFT_PER_C, HAS_WEIGHT, False)
-    acc_gx = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
-    acc_g = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
-    acc_dye = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
-    acc_dy = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
+    acc_v_zx = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
+    acc_v_z = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
+    acc_v_ye = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
+    acc_v_y = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
     if CHANNELS_LAST:
         for o0 in range(o_start, o_end, BLOCK_R):
             o = o0 + tl.arange(0, BLOCK_R)[:, None]
             mask = (o < o_end) & c_mask
-            gx, g, dye, dy = _grad_tile(x_ptr, dy_ptr, dx_ptr, o * C + c, mask, a, s, w)
-            acc_gx += gx
-            acc_g += g
-            acc_dye += dye
-            acc_dy += dy
+            v_zx, v_z, v_ye, v_y = _grad_tile(x_ptr, v_y_ptr, v_x_ptr, o * C + c, mask, a, s, w)
+            acc_v_zx += v_zx
+            acc_v_z += v_z
+            acc_v_ye += v_ye
+            acc_v_y += v_y
     else:
         for o in range(o_start, o_end):
             for i0 in range(0, inner, BLOCK_N):
                 i = i0 + tl.arange(0, BLOCK_N)[None, :]
                 mask = c_mask & (i < inner)
-                gx, g, dye, dy = _grad_tile(x_ptr, dy_ptr, dx_ptr, (o * C + c) * inner + i, mask, a, s, w)
-                acc_gx += gx
-                acc_g += g
-                acc_dye += dye
-                acc_dy += dy
+                v_zx, v_z, v_ye, v_y = _grad_tile(x_ptr, v_y_ptr, v_x_ptr, (o * C + c) * inner + i, mask, a, s, w)
+                acc_v_zx += v_zx
+                acc_v_z += v_z
+                acc_v_ye += v_ye
+                acc_v_y += v_y
     # Reduce the tile over the non-channel axis and write this program's row of partials.
     axis: tl.constexpr = 0 if CHANNELS_LAST else 1
     cc = tl.reshape(c, (BLOCK_N,)) if CHANNELS_LAST else tl.reshape(c, (BLOCK_R,))
     out = part_ptr + p.to(tl.int64) * 4 * C + cc
     m = cc < C
-    tl.store(out, tl.sum(acc_gx, axis=axis), mask=m)
-    tl.store(out + C, tl.sum(acc_g, axis=axis), mask=m)
-    tl.store(out + 2 * C, tl.sum(acc_dye, axis=axis), mask=m)
-    tl.store(out + 3 * C, tl.sum(acc_dy, axis=axis), mask=m)
+    tl.store(out, tl.sum(acc_v_zx, axis=axis), mask=m)
+    tl.store(out + C, tl.sum(acc_v_z, axis=axis), mask=m)
+    tl.store(out + 2 * C, tl.sum(acc_v_ye, axis=axis), mask=m)
+    tl.store(out + 3 * C, tl.sum(acc_v_y, axis=axis), mask=m)
 
 
 def _canonical(x: Tensor, channel_dim: int):
@@ -160,11 +160,11 @@ def _num_programs(device: torch.device) -> int:
 
 
 @torch.library.triton_op("pyops::derf_bwd_triton", mutates_args=())
-def derf_bwd_triton(grad_out: Tensor, x: Tensor, alpha: Tensor, shift: Tensor, weight: Optional[Tensor],
+def derf_bwd_triton(v_y: Tensor, x: Tensor, alpha: Tensor, shift: Tensor, weight: Optional[Tensor],
                     bias: Optional[Tensor], channel_dim: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     xc, outer, C, inner = _canonical(x, channel_dim)
-    dy = grad_out.to(x.dtype).contiguous()
-    dx = torch.empty_like(xc)
+    v_y = v_y.to(x.dtype).contiguous()
+    v_x = torch.empty_like(xc)
     a, s, w, _b, flags = _params(x, alpha, shift, weight, bias)
     channels_last = inner == 1
     if channels_last:
@@ -183,14 +183,14 @@ def derf_bwd_triton(grad_out: Tensor, x: Tensor, alpha: Tensor, shift: Tensor, w
     partials = torch.zeros(programs, 4, C, dtype=torch.float32, device=x.device)
     if xc.numel() != 0:
         torch.library.wrap_triton(_derf_bwd_kernel)[(programs, channel_blocks)](
-            dy, xc, dx, partials, a, s, w, outer, C, inner, outer_per_prog, BLOCK_R=block_r, BLOCK_N=block_n,
+            v_y, xc, v_x, partials, a, s, w, outer, C, inner, outer_per_prog, BLOCK_R=block_r, BLOCK_N=block_n,
             CHANNELS_LAST=channels_last, num_warps=warps, **flags)
     totals = partials.sum(0)  # the deterministic second stage
 
-    def grad(row: int, param: Optional[Tensor]) -> Tensor:
+    def v_param(row: int, param: Optional[Tensor]) -> Tensor:
         if param is None:
             return torch.empty(0, dtype=alpha.dtype, device=x.device)
         g = totals[row] if param.numel() > 1 or C == 1 else totals[row].sum()
         return g.to(param.dtype).reshape(param.shape).clone()
 
-    return dx, grad(0, alpha), grad(1, shift), grad(2, weight), grad(3, bias)
+    return v_x, v_param(0, alpha), v_param(1, shift), v_param(2, weight), v_param(3, bias)

@@ -1,10 +1,9 @@
 // CUDA backend of pyops::derf_fwd / derf_bwd. x is the contiguous [outer, C, inner] view from prepare().
 //  - channels-last (inner == 1): threads own VEC adjacent channels, keep their parameters in registers
-//    and walk rows, so every load of x/dy/y/dx is a 16-byte vector and parameters are read once.
+//    and walk rows, so every load of x/v_y/y/v_x is a 16-byte vector and parameters are read once.
 //  - channels-first (inner > 1): each run of `inner` elements shares one channel; forward is a flat
 //    vectorised loop, backward gives each block one channel and a slice of `outer`.
-// Backward writes dx and per-block fp32 partial sums [P, 4, C] (no atomics); reduce_partials() sums them.
-#include <ATen/Dispatch.h>
+// Backward writes v_x and per-block fp32 partial sums [P, 4, C] (no atomics); reduce_partials() sums them.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -12,17 +11,13 @@
 
 #include "pyops/derf.h"
 #include "pyops/derf_math.h"
+#include "pyops/dispatch.h"
 
 namespace pyops {
 namespace derf {
 namespace {
 
 constexpr int kThreads = 256;
-
-// The storage types the CUDA kernels take (prepare() rejects float64 on CUDA).
-#define PYOPS_DISPATCH_FLOAT_HALF_BF16(TYPE, NAME, ...)                                                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
-                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -93,8 +88,8 @@ __global__ void fwd_runs_kernel(const scalar_t* __restrict__ x, scalar_t* __rest
 // Channels-last: block (TX, TY) threads; grid (ceil(C / (VEC * TX)), P). Thread (tx, ty) owns VEC channels
 // and rows ty, ty + TY, ... of the block's row slice; the TY partial sums meet in shared memory.
 template <typename scalar_t, int VEC>
-__global__ void bwd_rows_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
-                                scalar_t* __restrict__ dx, float* __restrict__ partials, Params prm, int64_t rows,
+__global__ void bwd_rows_kernel(const scalar_t* __restrict__ v_y, const scalar_t* __restrict__ x,
+                                scalar_t* __restrict__ v_x, float* __restrict__ partials, Params prm, int64_t rows,
                                 int64_t C, int64_t rows_per_block) {
   extern __shared__ float smem[];  // [TY][kNumPartials][TX * VEC]
   const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
@@ -108,19 +103,19 @@ __global__ void bwd_rows_kernel(const scalar_t* __restrict__ dy, const scalar_t*
     const int64_t r_end = std::min(rows, (int64_t(blockIdx.y) + 1) * rows_per_block);
     for (int64_t r = int64_t(blockIdx.y) * rows_per_block + ty; r < r_end; r += TY) {
       const auto xin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + r * C + c0);
-      const auto gin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(dy + r * C + c0);
+      const auto gin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(v_y + r * C + c0);
       Pack<scalar_t, VEC> out;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float xv = static_cast<float>(xin.v[j]), gv = static_cast<float>(gin.v[j]);
         const auto e = backward(xv, gv, a[j], s[j], w[j]);
         out.v[j] = static_cast<scalar_t>(e.dx);
-        acc[kSumGradZTimesX][j] += e.grad_z_times_x;
-        acc[kSumGradZ][j] += e.grad_z;
-        acc[kSumGradYTimesErf][j] += e.grad_y_times_erf;
-        acc[kSumGradY][j] += gv;
+        acc[kSumVZTimesX][j] += e.grad_z_times_x;
+        acc[kSumVZ][j] += e.grad_z;
+        acc[kSumVYTimesErf][j] += e.grad_y_times_erf;
+        acc[kSumVY][j] += gv;
       }
-      *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + r * C + c0) = out;
+      *reinterpret_cast<Pack<scalar_t, VEC>*>(v_x + r * C + c0) = out;
     }
   }
   const int width = TX * VEC;
@@ -144,8 +139,8 @@ __global__ void bwd_rows_kernel(const scalar_t* __restrict__ dy, const scalar_t*
 // Channels-first: grid (C, P); block kThreads threads over the runs of channel blockIdx.x in its slice of
 // `outer`, VEC elements per load (inner % VEC == 0).
 template <typename scalar_t, int VEC>
-__global__ void bwd_runs_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
-                                scalar_t* __restrict__ dx, float* __restrict__ partials, Params prm, int64_t outer,
+__global__ void bwd_runs_kernel(const scalar_t* __restrict__ v_y, const scalar_t* __restrict__ x,
+                                scalar_t* __restrict__ v_x, float* __restrict__ partials, Params prm, int64_t outer,
                                 int64_t C, int64_t inner, int64_t outer_per_block) {
   const int64_t c = blockIdx.x;
   const float a = prm.a(c), s = prm.s(c), w = prm.w(c);
@@ -156,19 +151,19 @@ __global__ void bwd_runs_kernel(const scalar_t* __restrict__ dy, const scalar_t*
     const int64_t base = (o * C + c) * inner;
     for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
       const auto xin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + base + k * VEC);
-      const auto gin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(dy + base + k * VEC);
+      const auto gin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(v_y + base + k * VEC);
       Pack<scalar_t, VEC> out;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float xv = static_cast<float>(xin.v[j]), gv = static_cast<float>(gin.v[j]);
         const auto e = backward(xv, gv, a, s, w);
         out.v[j] = static_cast<scalar_t>(e.dx);
-        acc[kSumGradZTimesX] += e.grad_z_times_x;
-        acc[kSumGradZ] += e.grad_z;
-        acc[kSumGradYTimesErf] += e.grad_y_times_erf;
-        acc[kSumGradY] += gv;
+        acc[kSumVZTimesX] += e.grad_z_times_x;
+        acc[kSumVZ] += e.grad_z;
+        acc[kSumVYTimesErf] += e.grad_y_times_erf;
+        acc[kSumVY] += gv;
       }
-      *reinterpret_cast<Pack<scalar_t, VEC>*>(dx + base + k * VEC) = out;
+      *reinterpret_cast<Pack<scalar_t, VEC>*>(v_x + base + k * VEC) = out;
     }
   }
   // Block reduction in a fixed order: warp shuffles, then warp 0 over the per-warp sums.
@@ -265,12 +260,12 @@ at::Tensor derf_fwd_cuda(const at::Tensor& x,  // [..., C, ...]
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> derf_bwd_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
+    const at::Tensor& v_y, const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, int64_t channel_dim) {
   const Problem p = prepare(x, alpha, shift, weight, bias, channel_dim, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(p.x.device());
-  const at::Tensor dy = prepare_grad(grad_out, p);
-  at::Tensor dx = at::empty_like(p.x);
+  const at::Tensor v_y_c = prepare_grad(v_y, p);  // contiguous, x's dtype
+  at::Tensor v_x = at::empty_like(p.x);
   const Params prm = make_params(p);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor partials;
@@ -278,10 +273,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> derf_bwd_
   if (p.x.numel() != 0) {
     PYOPS_DISPATCH_FLOAT_HALF_BF16(p.x.scalar_type(), "derf_bwd_cuda", [&] {
       const auto* xp = p.x.data_ptr<scalar_t>();
-      const auto* gp = dy.data_ptr<scalar_t>();
-      auto* dxp = dx.data_ptr<scalar_t>();
+      const auto* v_y_p = v_y_c.data_ptr<scalar_t>();
+      auto* v_x_p = v_x.data_ptr<scalar_t>();
       if (p.inner == 1) {
-        with_vec<scalar_t>(p.channels, {xp, gp, dxp}, [&](auto vec) {
+        with_vec<scalar_t>(p.channels, {xp, v_y_p, v_x_p}, [&](auto vec) {
           constexpr int VEC = decltype(vec)::value;
           const int64_t col_threads = (p.channels + VEC - 1) / VEC;
           // Narrow blocks (<= 64 channel threads, 4+ row threads) give more column blocks, hence fewer
@@ -295,26 +290,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> derf_bwd_
           partials = at::empty({blocks_y, kNumPartials, p.channels}, p.alpha.options());
           const size_t smem = size_t(ty) * kNumPartials * tx * VEC * sizeof(float);
           bwd_rows_kernel<scalar_t, VEC><<<dim3(unsigned(col_blocks), unsigned(blocks_y)), dim3(tx, ty), smem, stream>>>(
-              gp, xp, dxp, partials.data_ptr<float>(), prm, p.outer, p.channels, rows_per_block);
+              v_y_p, xp, v_x_p, partials.data_ptr<float>(), prm, p.outer, p.channels, rows_per_block);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       } else {
-        with_vec<scalar_t>(p.inner, {xp, gp, dxp}, [&](auto vec) {
+        with_vec<scalar_t>(p.inner, {xp, v_y_p, v_x_p}, [&](auto vec) {
           constexpr int VEC = decltype(vec)::value;
-          TORCH_CHECK(p.channels <= INT32_MAX, "derf: too many channels for the CUDA grid");
+          TORCH_CHECK_VALUE(p.channels <= INT32_MAX, "derf_bwd: x has ", p.channels,
+                            " channels, more than the CUDA grid takes (2^31 - 1)");
           const int64_t slices = std::min<int64_t>(row_slices(p.outer, p.channels), 65535);
           const int64_t outer_per_block = (p.outer + slices - 1) / slices;
           const int64_t blocks_y = (p.outer + outer_per_block - 1) / outer_per_block;
           partials = at::empty({blocks_y, kNumPartials, p.channels}, p.alpha.options());
           bwd_runs_kernel<scalar_t, VEC><<<dim3(unsigned(p.channels), unsigned(blocks_y)), kThreads, 0, stream>>>(
-              gp, xp, dxp, partials.data_ptr<float>(), prm, p.outer, p.channels, p.inner, outer_per_block);
+              v_y_p, xp, v_x_p, partials.data_ptr<float>(), prm, p.outer, p.channels, p.inner, outer_per_block);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       }
     });
   }
-  auto [ga, gs, gw, gb] = reduce_partials(partials, p, alpha, shift, weight, bias);
-  return {dx, ga, gs, gw, gb};
+  auto [v_alpha, v_shift, v_weight, v_bias] = reduce_partials(partials, p, alpha, shift, weight, bias);
+  return {v_x, v_alpha, v_shift, v_weight, v_bias};
 }
 
 }  // namespace

@@ -18,7 +18,6 @@
 // vq_segment_sum scatters with fp32 atomicAdd: the order of the additions, hence the last bits of the sums,
 // can change from run to run (counts are exact below 2^24 rows per segment).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -35,6 +34,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "pyops/dispatch.h"
 #include "pyops/vq.h"
 #include "pyops/vq_math.h"
 
@@ -51,11 +51,6 @@ namespace wmma = nvcuda::wmma;
 #else
 #define PYOPS_VQ_SM80 0
 #endif
-
-// The storage types the CUDA kernels take (prepare_search rejects float64 on CUDA).
-#define PYOPS_DISPATCH_FLOAT_HALF_BF16(TYPE, NAME, ...)                                                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
-                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 // Search tiling: 8 warps, a 128 x 128 score tile per step, D in chunks of 128 bytes per row (Traits::BK).
 constexpr int kThreads = 256;
@@ -564,7 +559,8 @@ void launch_search(const SearchProblem& p, const float* coef, float* ws_score, i
               smem, " bytes of shared memory per block, more than this GPU allows");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int64_t blocks = (p.n + BM - 1) / BM * splits;
-  TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "vq_search: too many rows (", p.n, ") for one launch");
+  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int>::max(), "vq_search: x has too many rows (", p.n,
+                    ") for one launch");
   kernel<<<unsigned(blocks), kThreads, smem, stream>>>(p.x.data_ptr<scalar_t>(), p.codebook.data_ptr<scalar_t>(), coef,
                                                        ws_score, ws_index, p.n, p.num_codes, p.dim, int(p.candidates),
                                                        splits, tiles_per_split);
@@ -582,7 +578,8 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
               "and cp.async), this GPU has ", major, ".x; use backend='torch' or 'triton'");
   auto [out_dist, out_index] = empty_search_outputs(p);
   if (p.n == 0) return {out_dist, out_index};
-  TORCH_CHECK(p.num_codes < kNoCode, "vq_search: the CUDA kernel takes fewer than 2^31 - 1 codes, got ", p.num_codes);
+  TORCH_CHECK_VALUE(p.num_codes < kNoCode, "vq_search: the CUDA kernel takes fewer than 2^31 - 1 codes, codebook has ",
+                    p.num_codes);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto f32 = p.x.options().dtype(at::kFloat);
 

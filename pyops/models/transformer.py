@@ -9,13 +9,15 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..derf import Derf
 
 
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, causal: bool):
         super().__init__()
-        if dim % num_heads:
+        check_int("Attention", "num_heads", num_heads, 1)
+        if check_int("Attention", "dim", dim, 1) % num_heads:
             raise ValueError(f"Attention: dim={dim} is not divisible by num_heads={num_heads}")
         self.num_heads, self.causal = num_heads, causal
         self.qkv = nn.Linear(dim, 3 * dim)

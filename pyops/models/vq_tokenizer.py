@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_tensor
 from ..derf import Derf
 from ..quantizer import VectorQuantizer
 from .transformer import ViTBlock
@@ -78,11 +79,9 @@ class VQTokenizer(nn.Module):
 
     @torch.no_grad()
     def features(self, inputs: Tensor) -> Tensor:  # -> [B, T, C]
-        feats = self.encoder(inputs)
-        if feats.dim() != 3 or feats.shape[-1] != self.encoder_dim:
-            raise ValueError(f"VQTokenizer: the encoder must return (B, T, {self.encoder_dim}) features, got "
-                             f"shape {tuple(feats.shape)}")
-        return feats
+        # The encoder's output is the tokenizer's first tensor: its shape and kind are checked here, by name.
+        return check_tensor("VQTokenizer", "features (the encoder's output)", self.encoder(inputs),
+                            (None, None, self.encoder_dim), floating=True)
 
     def encode(self, inputs: Tensor) -> Tensor:  # -> [B, T] code indices
         return self.quantizer(self.to_code(self.features(inputs)))[1]

@@ -23,7 +23,7 @@ def distances(x: Tensor, codebook: Tensor, metric: str) -> Tensor:  # [N, D], [K
         return 1 - F.normalize(x, dim=1, eps=NORM_EPS) @ F.normalize(c, dim=1, eps=NORM_EPS).T
     if metric == "ip":
         return -(x @ c.T)
-    raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    raise ValueError(f"vq reference: unknown metric {metric!r}; expected one of {METRICS}")
 
 
 def vq_search(x: Tensor, codebook: Tensor, k: int = 1, metric: str = "l2") -> Tuple[Tensor, Tensor]:

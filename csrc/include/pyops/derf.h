@@ -25,13 +25,14 @@ struct Problem {
 };
 
 // Validates the arguments (naming the offending one) and builds the canonical problem. `device_type` is
-// the backend's device; every tensor must be on x's device.
+// the backend's device; every tensor must be on x's device. Errors follow pyops/_checks.py's policy: a
+// wrong dtype throws c10::TypeError (Python TypeError), a wrong shape, value or device c10::ValueError.
 Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                 int64_t channel_dim, c10::DeviceType device_type);
 
-// Checks grad_out against x and returns it contiguous.
-at::Tensor prepare_grad(const at::Tensor& grad_out, const Problem& p);
+// Checks v_y (the gradient w.r.t. the forward's output) against x; returns it contiguous in x's dtype.
+at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p);
 
 // Second, deterministic stage of the parameter-gradient reduction: sums the per-block partials
 // [P, kNumPartials, C] (math dtype) over P, folds scalar alpha/shift over C, and casts each gradient to its

@@ -2,8 +2,8 @@
 // backend runs the same formulas. Math type T is float (fp32/fp16/bf16 storage) or double (fp64 on CPU).
 //
 //   z = alpha * x + shift,   e = erf(z),   y = weight * e + bias
-//   g = dy * weight * 2/sqrt(pi) * exp(-z^2)        (dL/dz)
-//   dx = g * alpha,  dalpha += g * x,  dshift += g,  dweight += dy * e,  dbias += dy
+//   v_z = v_y * weight * 2/sqrt(pi) * exp(-z^2)     (v_t: the gradient of the loss w.r.t. t)
+//   v_x = v_z * alpha,  v_alpha += v_z * x,  v_shift += v_z,  v_weight += v_y * e,  v_bias += v_y
 #pragma once
 
 #include <cmath>
@@ -14,7 +14,7 @@ namespace pyops {
 namespace derf {
 
 // Rows of the per-block partial-sum buffer [P, kNumPartials, C] the backward kernels write.
-enum Partial : int { kSumGradZTimesX = 0, kSumGradZ = 1, kSumGradYTimesErf = 2, kSumGradY = 3, kNumPartials = 4 };
+enum Partial : int { kSumVZTimesX = 0, kSumVZ = 1, kSumVYTimesErf = 2, kSumVY = 3, kNumPartials = 4 };
 
 template <typename T>
 struct TwoOverSqrtPi {
@@ -27,19 +27,21 @@ PYOPS_HOST_DEVICE T forward(T x, T alpha, T shift, T weight, T bias) {
   return weight * erf(alpha * x + shift) + bias;
 }
 
-// One element of the backward pass: returns dx and the four per-element terms of the parameter gradients.
+// One element of the backward pass: v_x and the per-element terms of v_alpha (v_z * x), v_shift (v_z) and
+// v_weight (v_y * erf(z)); v_bias's term is v_y itself. (The field names predate the v_<name> convention and
+// are kept because tests/cpp/test_derf_math.cpp reads them: dx is v_x, grad_z is v_z.)
 template <typename T>
 struct ElementGrad {
   T dx, grad_z_times_x, grad_z, grad_y_times_erf;
 };
 
 template <typename T>
-PYOPS_HOST_DEVICE ElementGrad<T> backward(T x, T dy, T alpha, T shift, T weight) {
+PYOPS_HOST_DEVICE ElementGrad<T> backward(T x, T v_y, T alpha, T shift, T weight) {
   using std::erf;
   using std::exp;
   const T z = alpha * x + shift;
-  const T grad_z = dy * weight * TwoOverSqrtPi<T>::value * exp(-z * z);
-  return {grad_z * alpha, grad_z * x, grad_z, dy * erf(z)};
+  const T v_z = v_y * weight * TwoOverSqrtPi<T>::value * exp(-z * z);
+  return {v_z * alpha, v_z * x, v_z, v_y * erf(z)};
 }
 
 }  // namespace derf

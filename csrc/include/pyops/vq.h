@@ -1,6 +1,7 @@
 // Host-side pieces of the nearest-code search and segment-sum ops shared by the CPU and CUDA backends:
 // argument checks (naming the offending argument) and the output allocation. Kernels trust what these
-// hand them.
+// hand them. Errors follow pyops/_checks.py's policy: a wrong dtype throws c10::TypeError (Python
+// TypeError), a wrong shape, value, range or device c10::ValueError (Python ValueError).
 #pragma once
 
 #include <ATen/ATen.h>
