@@ -429,6 +429,7 @@ def test_rasterize_to_pixels_matches_reference(device, backend, case):
             assert (out["render_alphas"] > 1 - 1e-3).any()
 
         # The raw op: last_ids exactly, final_transmittances = 1 - render_alphas.
+        xd = cast(x, device, dtype)
         args = (xd["means2d"], xd["conics"], xd["colors"], xd["opacities"], xd["backgrounds"], width, height, ts,
                 xd["isect_offsets"], xd["flatten_ids"])
         render, alphas, last_ids, trans = raw("gs_rasterize_fwd", backend)(*args)
