@@ -18,7 +18,9 @@ TORCH_LIBRARY(pyops, m) {
   // indices [N] (int64 in [0, S)); fp32 outputs (fp64 for fp64 values).
   m.def("vq_segment_sum(Tensor values, Tensor indices, int num_segments) -> (Tensor, Tensor)");
 
-  // Gaussian splatting, gsplat's conventions and stages (pyops/reference/gaussians.py is the spec).
+  // Gaussian splatting, gsplat's conventions and stages (pyops/reference/gaussians.py is the spec; the shared
+  // host checks are in csrc/gaussians.cpp, the shared math in csrc/include/pyops/gaussians_math.h). A bad argument
+  // raises TypeError (dtype) or ValueError (shape, value, index range, device).
   // Projection: means [N, 3], quats [N, 4] (wxyz, any norm), scales [N, 3], opacities [N] or None,
   // viewmats [C, 4, 4] (world-to-camera), Ks [C, 3, 3] -> (radii [C, N, 2] int32 (0: culled), means2d
   // [C, N, 2], depths [C, N], conics [C, N, 3], compensations [C, N] (ones unless antialiased)). With
@@ -26,8 +28,7 @@ TORCH_LIBRARY(pyops, m) {
   // the opacity-aware extent, as gsplat's rasterization() does.
   m.def(
       "gs_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor? opacities, Tensor viewmats, Tensor Ks, "
-      "int width, "
-      "int height, float eps2d, float near_plane, float far_plane, float radius_clip, bool antialiased) "
+      "int width, int height, float eps2d, float near_plane, float far_plane, float radius_clip, bool antialiased) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Returns (v_means, v_quats, v_scales); culled (camera, Gaussian) pairs contribute nothing.
   m.def(
@@ -57,8 +58,9 @@ TORCH_LIBRARY(pyops, m) {
       "gs_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
       "int width, int height, int tile_size, Tensor isect_offsets, Tensor flatten_ids, bool absgrad=False) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
-  // Back to front from last_ids and final_transmittances. Returns (v_means2d, v_conics, v_colors, v_opacities, v_backgrounds (empty
-  // without backgrounds), v_means2d_abs (|per-pixel v_means2d| summed; empty unless absgrad)).
+  // Back to front from last_ids (CUDA divides final_transmittances by 1 - alpha Gaussian by Gaussian; the CPU
+  // replays the forward's transmittances instead). Returns (v_means2d, v_conics, v_colors, v_opacities,
+  // v_backgrounds (empty without backgrounds), v_means2d_abs (|per-pixel v_means2d| summed; empty unless absgrad)).
   m.def(
       "gs_rasterize_bwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor? backgrounds, "
       "int width, int height, int tile_size, Tensor isect_offsets, Tensor flatten_ids, Tensor final_transmittances, "

@@ -1,10 +1,11 @@
 // CPU backend of pyops::gs_project_fwd / gs_project_bwd / gs_sh_fwd / gs_sh_bwd: per-(camera, Gaussian)
-// projection and per-row spherical harmonics, with the math in pyops/gaussian_math.h.
+// projection and per-row spherical harmonics, with the math in pyops/gaussians_math.h and the argument checks
+// and output allocation in pyops/gaussians.h (shared with the CUDA backend).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "pyops/gaussian_math.h"
+#include "pyops/gaussians_math.h"
 #include "pyops/gaussians.h"
 
 namespace pyops {
@@ -15,50 +16,28 @@ constexpr int64_t kProjectGrain = 256;
 constexpr int64_t kShGrain = 1024;
 
 template <typename T>
-struct Camera {
-  Mat3<T> r;  // world -> camera rotation (top-left of the view matrix)
-  Vec3<T> t;
-  Pinhole<T> pinhole;
-};
-
-template <typename T>
-Camera<T> load_camera(const T* viewmat, const T* K, int64_t width, int64_t height) {
-  Camera<T> cam;
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) cam.r.m[i][j] = viewmat[i * 4 + j];
-  cam.t = {viewmat[3], viewmat[7], viewmat[11]};
-  cam.pinhole = {K[0], K[4], K[2], K[5], static_cast<T>(width), static_cast<T>(height)};
-  return cam;
-}
-
-template <typename T>
-Mat3<T> world_covar(const T* quat, const T* scale) {
-  const Vec4<T> q = normalize_quat(Vec4<T>{quat[0], quat[1], quat[2], quat[3]});
-  return covar_from_rotmat_scale(rotmat_from_unit_quat(q), Vec3<T>{scale[0], scale[1], scale[2]});
-}
-
-template <typename T>
-void project_fwd_kernel(const ProjectInputs& p, const T* opacities, int64_t width, int64_t height, T eps2d,
-                        T near_plane, T far_plane, T radius_clip, bool antialiased, at::Tensor& radii,
-                        at::Tensor& means2d, at::Tensor& depths, at::Tensor& conics, at::Tensor& compensations) {
+void project_fwd_kernel(const ProjectInputs& p, T eps2d, T near_plane, T far_plane, T radius_clip, bool antialiased,
+                        ProjectOutputs& o) {
   const T* means = p.means.data_ptr<T>();
   const T* quats = p.quats.data_ptr<T>();
   const T* scales = p.scales.data_ptr<T>();
   const T* viewmats = p.viewmats.data_ptr<T>();
   const T* Ks = p.Ks.data_ptr<T>();
-  int32_t* radii_out = radii.data_ptr<int32_t>();
-  T* means2d_out = means2d.data_ptr<T>();
-  T* depths_out = depths.data_ptr<T>();
-  T* conics_out = conics.data_ptr<T>();
-  T* comp_out = compensations.data_ptr<T>();
+  const T* opacities = p.opacities.defined() ? p.opacities.data_ptr<T>() : nullptr;
+  int32_t* radii_out = o.radii.data_ptr<int32_t>();
+  T* means2d_out = o.means2d.data_ptr<T>();
+  T* depths_out = o.depths.data_ptr<T>();
+  T* conics_out = o.conics.data_ptr<T>();
+  T* comp_out = o.compensations.data_ptr<T>();
   const int64_t n = p.n;
-  const T w = static_cast<T>(width), h = static_cast<T>(height);
+  const T w = static_cast<T>(p.width), h = static_cast<T>(p.height);
   // Culled pairs keep the zeros (ones for compensations without antialiasing) the outputs start with.
   at::parallel_for(0, p.c * n, kProjectGrain, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t c = idx / n, g = idx % n;
-      const Camera<T> cam = load_camera(viewmats + c * 16, Ks + c * 9, width, height);
-      const Vec3<T> mean_c = point_world_to_cam(cam.r, cam.t, Vec3<T>{means[g * 3], means[g * 3 + 1], means[g * 3 + 2]});
+      const Camera<T> cam = load_camera(viewmats + c * 16, Ks + c * 9, w, h);
+      const T* mp = means + g * 3;
+      const Vec3<T> mean_c = point_world_to_cam(cam.r, cam.t, Vec3<T>{mp[0], mp[1], mp[2]});
       // Written as !(inside) so that NaN depths are culled too.
       if (!(mean_c.z >= near_plane && mean_c.z <= far_plane)) continue;
       const Mat3<T> covar_c = covar_world_to_cam(cam.r, world_covar(quats + g * 4, scales + g * 3));
@@ -92,58 +71,48 @@ void project_fwd_kernel(const ProjectInputs& p, const T* opacities, int64_t widt
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_fwd_cpu(
-    const at::Tensor& means,     // [N, 3]
-    const at::Tensor& quats,     // [N, 4]
-    const at::Tensor& scales,    // [N, 3]
+    const at::Tensor& means,                     // [N, 3]
+    const at::Tensor& quats,                     // [N, 4]
+    const at::Tensor& scales,                    // [N, 3]
     const std::optional<at::Tensor>& opacities,  // [N]
-    const at::Tensor& viewmats,  // [C, 4, 4]
-    const at::Tensor& Ks,        // [C, 3, 3]
+    const at::Tensor& viewmats,                  // [C, 4, 4]
+    const at::Tensor& Ks,                        // [C, 3, 3]
     int64_t width, int64_t height, double eps2d, double near_plane, double far_plane, double radius_clip,
     bool antialiased) {
-  const ProjectInputs p =
-      prepare_project("gs_project_fwd", means, quats, scales, viewmats, Ks, width, height, c10::DeviceType::CPU);
-  const at::Tensor opac = opacities.has_value()
-      ? checked(*opacities, "gs_project_fwd", "opacities", c10::DeviceType::CPU, {p.n}, p.means.scalar_type())
-      : at::Tensor();
-  const auto opt = p.means.options();
-  at::Tensor radii = at::zeros({p.c, p.n, 2}, opt.dtype(at::kInt));
-  at::Tensor means2d = at::zeros({p.c, p.n, 2}, opt);
-  at::Tensor depths = at::zeros({p.c, p.n}, opt);
-  at::Tensor conics = at::zeros({p.c, p.n, 3}, opt);
-  at::Tensor compensations = antialiased ? at::zeros({p.c, p.n}, opt) : at::ones({p.c, p.n}, opt);
-  if (p.c * p.n == 0) return {radii, means2d, depths, conics, compensations};
+  const ProjectInputs p = prepare_project("gs_project_fwd", means, quats, scales, opacities, viewmats, Ks, width,
+                                          height, c10::DeviceType::CPU);
+  ProjectOutputs o = allocate_project_outputs(p, antialiased);
+  if (p.c * p.n == 0) return o.as_tuple();
   AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_fwd_cpu", [&] {
-    project_fwd_kernel<scalar_t>(p, opac.defined() ? opac.data_ptr<scalar_t>() : nullptr, width, height, static_cast<scalar_t>(eps2d), static_cast<scalar_t>(near_plane),
-                                 static_cast<scalar_t>(far_plane), static_cast<scalar_t>(radius_clip), antialiased,
-                                 radii, means2d, depths, conics, compensations);
+    using T = scalar_t;
+    project_fwd_kernel<T>(p, static_cast<T>(eps2d), static_cast<T>(near_plane), static_cast<T>(far_plane),
+                          static_cast<T>(radius_clip), antialiased, o);
   });
-  return {radii, means2d, depths, conics, compensations};
+  return o.as_tuple();
 }
 
 // One task per Gaussian, looping over the cameras: each Gaussian's gradients are summed in camera order by one
 // thread, so the result is deterministic and needs no atomics or reduction buffers.
 template <typename T>
-void project_bwd_kernel(const ProjectInputs& p, int64_t width, int64_t height, T eps2d, bool antialiased,
-                        const at::Tensor& radii, const at::Tensor& conics, const at::Tensor& compensations,
-                        const at::Tensor& v_means2d, const at::Tensor& v_depths, const at::Tensor& v_conics,
-                        const at::Tensor& v_compensations, at::Tensor& v_means, at::Tensor& v_quats,
-                        at::Tensor& v_scales) {
+void project_bwd_kernel(const ProjectInputs& p, T eps2d, bool antialiased, const ProjectGradInputs& in,
+                        ProjectGradOutputs& out) {
   const T* means = p.means.data_ptr<T>();
   const T* quats = p.quats.data_ptr<T>();
   const T* scales = p.scales.data_ptr<T>();
   const T* viewmats = p.viewmats.data_ptr<T>();
   const T* Ks = p.Ks.data_ptr<T>();
-  const int32_t* radii_in = radii.data_ptr<int32_t>();
-  const T* conics_in = conics.data_ptr<T>();
-  const T* comp_in = antialiased ? compensations.data_ptr<T>() : nullptr;
-  const T* v_m2d = v_means2d.data_ptr<T>();
-  const T* v_dep = v_depths.data_ptr<T>();
-  const T* v_con = v_conics.data_ptr<T>();
-  const T* v_comp = antialiased ? v_compensations.data_ptr<T>() : nullptr;
-  T* v_means_out = v_means.data_ptr<T>();
-  T* v_quats_out = v_quats.data_ptr<T>();
-  T* v_scales_out = v_scales.data_ptr<T>();
+  const int32_t* radii_in = in.radii.data_ptr<int32_t>();
+  const T* conics_in = in.conics.data_ptr<T>();
+  const T* comp_in = antialiased ? in.compensations.data_ptr<T>() : nullptr;
+  const T* v_m2d = in.v_means2d.data_ptr<T>();
+  const T* v_dep = in.v_depths.data_ptr<T>();
+  const T* v_con = in.v_conics.data_ptr<T>();
+  const T* v_comp = antialiased ? in.v_compensations.data_ptr<T>() : nullptr;
+  T* v_means_out = out.v_means.data_ptr<T>();
+  T* v_quats_out = out.v_quats.data_ptr<T>();
+  T* v_scales_out = out.v_scales.data_ptr<T>();
   const int64_t n = p.n, n_cams = p.c;
+  const T w = static_cast<T>(p.width), h = static_cast<T>(p.height);
   at::parallel_for(0, n, kProjectGrain, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const Vec3<T> mean = {means[g * 3], means[g * 3 + 1], means[g * 3 + 2]};
@@ -160,7 +129,7 @@ void project_bwd_kernel(const ProjectInputs& p, int64_t width, int64_t height, T
           have_covar = true;
         }
         any = true;
-        const Camera<T> cam = load_camera(viewmats + c * 16, Ks + c * 9, width, height);
+        const Camera<T> cam = load_camera(viewmats + c * 16, Ks + c * 9, w, h);
         const Vec3<T> conic = {conics_in[idx * 3], conics_in[idx * 3 + 1], conics_in[idx * 3 + 2]};
         Mat2<T> v_cov2d =
             conic_vjp(conic, Vec3<T>{v_con[idx * 3], v_con[idx * 3 + 1], v_con[idx * 3 + 2]});
@@ -219,38 +188,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
     const at::Tensor& v_conics,         // [C, N, 3]
     const at::Tensor& v_compensations)  // [C, N]
 {
-  const char* op = "gs_project_bwd";
-  const ProjectInputs p = prepare_project(op, means, quats, scales, viewmats, Ks, width, height, c10::DeviceType::CPU);
-  const auto cpu = c10::DeviceType::CPU;
-  const auto dt = p.means.scalar_type();
-  const at::Tensor radii_c = checked(radii, op, "radii", cpu, {p.c, p.n, 2}, at::kInt);
-  const at::Tensor conics_c = checked(conics, op, "conics", cpu, {p.c, p.n, 3}, dt);
-  const at::Tensor v_means2d_c = checked(v_means2d, op, "v_means2d", cpu, {p.c, p.n, 2}, dt);
-  const at::Tensor v_depths_c = checked(v_depths, op, "v_depths", cpu, {p.c, p.n}, dt);
-  const at::Tensor v_conics_c = checked(v_conics, op, "v_conics", cpu, {p.c, p.n, 3}, dt);
-  // Without antialiasing the compensations are constant ones: neither they nor their cotangent are read.
-  at::Tensor comp_c, v_comp_c;
-  if (antialiased) {
-    comp_c = checked(compensations, op, "compensations", cpu, {p.c, p.n}, dt);
-    v_comp_c = checked(v_compensations, op, "v_compensations", cpu, {p.c, p.n}, dt);
-  }
-  at::Tensor v_means = at::zeros_like(p.means);
-  at::Tensor v_quats = at::zeros_like(p.quats);
-  at::Tensor v_scales = at::zeros_like(p.scales);
-  if (p.c * p.n == 0) return {v_means, v_quats, v_scales};
-  AT_DISPATCH_FLOATING_TYPES(dt, "gs_project_bwd_cpu", [&] {
-    project_bwd_kernel<scalar_t>(p, width, height, static_cast<scalar_t>(eps2d), antialiased, radii_c, conics_c,
-                                 comp_c, v_means2d_c, v_depths_c, v_conics_c, v_comp_c, v_means, v_quats, v_scales);
+  const ProjectInputs p = prepare_project("gs_project_bwd", means, quats, scales, std::nullopt, viewmats, Ks, width,
+                                          height, c10::DeviceType::CPU);
+  const ProjectGradInputs in = prepare_project_grad(p, antialiased, radii, conics, compensations, v_means2d,
+                                                    v_depths, v_conics, v_compensations);
+  ProjectGradOutputs out = allocate_project_grads(p);
+  if (p.c * p.n == 0) return out.as_tuple();
+  AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_bwd_cpu", [&] {
+    project_bwd_kernel<scalar_t>(p, static_cast<scalar_t>(eps2d), antialiased, in, out);
   });
-  return {v_means, v_quats, v_scales};
+  return out.as_tuple();
 }
 
 template <typename T>
-void sh_fwd_kernel(int degree, const ShInputs& p, at::Tensor& colors) {
+void sh_fwd_kernel(const ShInputs& p, at::Tensor& colors) {
   const T* dirs = p.dirs.data_ptr<T>();
   const T* coeffs = p.coeffs.data_ptr<T>();
   T* out = colors.data_ptr<T>();
-  const int nb = sh_num_bases(degree);
+  const int degree = static_cast<int>(p.degree), nb = sh_num_bases(degree);
   const int64_t k = p.k;
   at::parallel_for(0, p.m, kShGrain, [&](int64_t begin, int64_t end) {
     T b[kMaxShBases];
@@ -269,14 +224,13 @@ void sh_fwd_kernel(int degree, const ShInputs& p, at::Tensor& colors) {
 }
 
 template <typename T>
-void sh_bwd_kernel(int degree, const ShInputs& p, const at::Tensor& v_colors, at::Tensor& v_coeffs,
-                   at::Tensor& v_dirs) {
+void sh_bwd_kernel(const ShInputs& p, const at::Tensor& v_colors, at::Tensor& v_coeffs, at::Tensor& v_dirs) {
   const T* dirs = p.dirs.data_ptr<T>();
   const T* coeffs = p.coeffs.data_ptr<T>();
   const T* vc = v_colors.data_ptr<T>();
   T* v_co = v_coeffs.data_ptr<T>();
   T* v_d = v_dirs.data_ptr<T>();
-  const int nb = sh_num_bases(degree);
+  const int degree = static_cast<int>(p.degree), nb = sh_num_bases(degree);
   const int64_t k = p.k;
   at::parallel_for(0, p.m, kShGrain, [&](int64_t begin, int64_t end) {
     T b[kMaxShBases], gb[kMaxShBases];
@@ -302,10 +256,9 @@ void sh_bwd_kernel(int degree, const ShInputs& p, const at::Tensor& v_colors, at
 
 at::Tensor sh_fwd_cpu(int64_t degree, const at::Tensor& dirs /* [M, 3] */, const at::Tensor& coeffs /* [M, K, 3] */) {
   const ShInputs p = prepare_sh("gs_sh_fwd", degree, dirs, coeffs, c10::DeviceType::CPU);
-  at::Tensor colors = at::empty({p.m, 3}, p.dirs.options());
+  at::Tensor colors = allocate_sh_colors(p);
   if (p.m == 0) return colors;
-  AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_fwd_cpu",
-                             [&] { sh_fwd_kernel<scalar_t>(static_cast<int>(degree), p, colors); });
+  AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_fwd_cpu", [&] { sh_fwd_kernel<scalar_t>(p, colors); });
   return colors;
 }
 
@@ -313,13 +266,12 @@ std::tuple<at::Tensor, at::Tensor> sh_bwd_cpu(int64_t degree, const at::Tensor& 
                                               const at::Tensor& v_colors /* [M, 3] */) {
   const char* op = "gs_sh_bwd";
   const ShInputs p = prepare_sh(op, degree, dirs, coeffs, c10::DeviceType::CPU);
-  const at::Tensor v_colors_c = checked(v_colors, op, "v_colors", c10::DeviceType::CPU, {p.m, 3}, p.dirs.scalar_type());
-  at::Tensor v_coeffs = at::zeros_like(p.coeffs);
-  at::Tensor v_dirs = at::zeros_like(p.dirs);
+  const at::Tensor v_colors_c = prepare_sh_grad(op, p, v_colors);
+  at::Tensor v_coeffs, v_dirs;
+  std::tie(v_coeffs, v_dirs) = allocate_sh_grads(p);
   if (p.m == 0) return {v_coeffs, v_dirs};
-  AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_bwd_cpu", [&] {
-    sh_bwd_kernel<scalar_t>(static_cast<int>(degree), p, v_colors_c, v_coeffs, v_dirs);
-  });
+  AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_bwd_cpu",
+                             [&] { sh_bwd_kernel<scalar_t>(p, v_colors_c, v_coeffs, v_dirs); });
   return {v_coeffs, v_dirs};
 }
 

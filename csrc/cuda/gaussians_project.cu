@@ -1,6 +1,7 @@
 // CUDA backend of pyops::gs_project_fwd / gs_project_bwd / gs_sh_fwd / gs_sh_bwd. Same semantics as
 // csrc/cpu/gaussians_project.cpp (culls, their order, culled outputs, compensations = 1 unless antialiased) with
-// the math from pyops/gaussian_math.h, so both backends run the same formulas.
+// the math from pyops/gaussians_math.h and the host checks and allocation from pyops/gaussians.h, so both
+// backends run the same formulas on the same validated inputs.
 //  - projection: one thread per (camera, Gaussian). The backward pass sends each pair's gradient through the
 //    covariance VJP itself and sums over cameras with atomicAdd (the CPU sums the world-space cotangents first
 //    and runs one VJP per Gaussian; both are exact, they only round differently).
@@ -14,45 +15,13 @@
 
 #include <type_traits>
 
-#include "pyops/gaussian_math.h"
+#include "gaussians_launch.h"
 #include "pyops/gaussians.h"
+#include "pyops/gaussians_math.h"
 
 namespace pyops {
 namespace gs {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  TORCH_CHECK(b <= std::numeric_limits<int32_t>::max(), "gaussians (CUDA): ", n, " work items exceed the grid limit");
-  return static_cast<unsigned>(b);
-}
-
-template <typename T>
-struct Camera {
-  Mat3<T> r;  // world -> camera rotation (top-left of the view matrix)
-  Vec3<T> t;
-  Pinhole<T> pinhole;
-};
-
-template <typename T>
-__device__ __forceinline__ Camera<T> load_camera(const T* viewmat, const T* K, T width, T height) {
-  Camera<T> cam;
-#pragma unroll
-  for (int i = 0; i < 3; ++i)
-#pragma unroll
-    for (int j = 0; j < 3; ++j) cam.r.m[i][j] = viewmat[i * 4 + j];
-  cam.t = {viewmat[3], viewmat[7], viewmat[11]};
-  cam.pinhole = {K[0], K[4], K[2], K[5], width, height};
-  return cam;
-}
-
-template <typename T>
-__device__ __forceinline__ Mat3<T> world_covar(const T* quat, const T* scale) {
-  const Vec4<T> q = normalize_quat(Vec4<T>{quat[0], quat[1], quat[2], quat[3]});
-  return covar_from_rotmat_scale(rotmat_from_unit_quat(q), Vec3<T>{scale[0], scale[1], scale[2]});
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Projection
@@ -115,33 +84,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_f
     const at::Tensor& Ks,                        // [C, 3, 3]
     int64_t width, int64_t height, double eps2d, double near_plane, double far_plane, double radius_clip,
     bool antialiased) {
-  const auto cuda = c10::DeviceType::CUDA;
-  const ProjectInputs p = prepare_project("gs_project_fwd", means, quats, scales, viewmats, Ks, width, height, cuda);
-  const at::Tensor opac = opacities.has_value()
-      ? checked(*opacities, "gs_project_fwd", "opacities", cuda, {p.n}, p.means.scalar_type())
-      : at::Tensor();
+  const ProjectInputs p = prepare_project("gs_project_fwd", means, quats, scales, opacities, viewmats, Ks, width,
+                                          height, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(p.means.device());
-  const auto opt = p.means.options();
-  at::Tensor radii = at::zeros({p.c, p.n, 2}, opt.dtype(at::kInt));
-  at::Tensor means2d = at::zeros({p.c, p.n, 2}, opt);
-  at::Tensor depths = at::zeros({p.c, p.n}, opt);
-  at::Tensor conics = at::zeros({p.c, p.n, 3}, opt);
-  at::Tensor compensations = antialiased ? at::zeros({p.c, p.n}, opt) : at::ones({p.c, p.n}, opt);
-  if (p.c * p.n == 0) return {radii, means2d, depths, conics, compensations};
+  ProjectOutputs o = allocate_project_outputs(p, antialiased);
+  if (p.c * p.n == 0) return o.as_tuple();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_fwd_cuda", [&] {
     using T = scalar_t;
     const ProjectFwdArgs<T> a = {p.means.data_ptr<T>(), p.quats.data_ptr<T>(), p.scales.data_ptr<T>(),
-                                 opac.defined() ? opac.data_ptr<T>() : nullptr, p.viewmats.data_ptr<T>(),
-                                 p.Ks.data_ptr<T>(), p.c, p.n, static_cast<T>(width), static_cast<T>(height),
-                                 static_cast<T>(eps2d), static_cast<T>(near_plane), static_cast<T>(far_plane),
-                                 static_cast<T>(radius_clip), antialiased};
+                                 p.opacities.defined() ? p.opacities.data_ptr<T>() : nullptr,
+                                 p.viewmats.data_ptr<T>(), p.Ks.data_ptr<T>(), p.c, p.n, static_cast<T>(width),
+                                 static_cast<T>(height), static_cast<T>(eps2d), static_cast<T>(near_plane),
+                                 static_cast<T>(far_plane), static_cast<T>(radius_clip), antialiased};
     project_fwd_kernel<T><<<blocks_for(p.c * p.n), kThreads, 0, stream>>>(
-        a, radii.data_ptr<int32_t>(), means2d.data_ptr<T>(), depths.data_ptr<T>(), conics.data_ptr<T>(),
-        compensations.data_ptr<T>());
+        a, o.radii.data_ptr<int32_t>(), o.means2d.data_ptr<T>(), o.depths.data_ptr<T>(), o.conics.data_ptr<T>(),
+        o.compensations.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {radii, means2d, depths, conics, compensations};
+  return o.as_tuple();
 }
 
 template <typename T>
@@ -212,40 +173,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
     const at::Tensor& v_conics,         // [C, N, 3]
     const at::Tensor& v_compensations)  // [C, N]
 {
-  const char* op = "gs_project_bwd";
-  const auto cuda = c10::DeviceType::CUDA;
-  const ProjectInputs p = prepare_project(op, means, quats, scales, viewmats, Ks, width, height, cuda);
-  const auto dt = p.means.scalar_type();
-  const at::Tensor radii_c = checked(radii, op, "radii", cuda, {p.c, p.n, 2}, at::kInt);
-  const at::Tensor conics_c = checked(conics, op, "conics", cuda, {p.c, p.n, 3}, dt);
-  const at::Tensor v_means2d_c = checked(v_means2d, op, "v_means2d", cuda, {p.c, p.n, 2}, dt);
-  const at::Tensor v_depths_c = checked(v_depths, op, "v_depths", cuda, {p.c, p.n}, dt);
-  const at::Tensor v_conics_c = checked(v_conics, op, "v_conics", cuda, {p.c, p.n, 3}, dt);
-  // Without antialiasing the compensations are constant ones: neither they nor their cotangent are read.
-  at::Tensor comp_c, v_comp_c;
-  if (antialiased) {
-    comp_c = checked(compensations, op, "compensations", cuda, {p.c, p.n}, dt);
-    v_comp_c = checked(v_compensations, op, "v_compensations", cuda, {p.c, p.n}, dt);
-  }
+  const ProjectInputs p = prepare_project("gs_project_bwd", means, quats, scales, std::nullopt, viewmats, Ks, width,
+                                          height, c10::DeviceType::CUDA);
+  const ProjectGradInputs in = prepare_project_grad(p, antialiased, radii, conics, compensations, v_means2d,
+                                                    v_depths, v_conics, v_compensations);
   const c10::cuda::CUDAGuard guard(p.means.device());
-  at::Tensor v_means = at::zeros_like(p.means);
-  at::Tensor v_quats = at::zeros_like(p.quats);
-  at::Tensor v_scales = at::zeros_like(p.scales);
-  if (p.c * p.n == 0) return {v_means, v_quats, v_scales};
+  ProjectGradOutputs out = allocate_project_grads(p);
+  if (p.c * p.n == 0) return out.as_tuple();
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(dt, "gs_project_bwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_bwd_cuda", [&] {
     using T = scalar_t;
     const ProjectBwdArgs<T> a = {p.means.data_ptr<T>(), p.quats.data_ptr<T>(), p.scales.data_ptr<T>(),
-                                 p.viewmats.data_ptr<T>(), p.Ks.data_ptr<T>(), radii_c.data_ptr<int32_t>(),
-                                 conics_c.data_ptr<T>(), antialiased ? comp_c.data_ptr<T>() : nullptr,
-                                 v_means2d_c.data_ptr<T>(), v_depths_c.data_ptr<T>(), v_conics_c.data_ptr<T>(),
-                                 antialiased ? v_comp_c.data_ptr<T>() : nullptr, p.c, p.n, static_cast<T>(width),
-                                 static_cast<T>(height), static_cast<T>(eps2d)};
-    project_bwd_kernel<T><<<blocks_for(p.c * p.n), kThreads, 0, stream>>>(a, v_means.data_ptr<T>(),
-                                                                         v_quats.data_ptr<T>(), v_scales.data_ptr<T>());
+                                 p.viewmats.data_ptr<T>(), p.Ks.data_ptr<T>(), in.radii.data_ptr<int32_t>(),
+                                 in.conics.data_ptr<T>(), antialiased ? in.compensations.data_ptr<T>() : nullptr,
+                                 in.v_means2d.data_ptr<T>(), in.v_depths.data_ptr<T>(), in.v_conics.data_ptr<T>(),
+                                 antialiased ? in.v_compensations.data_ptr<T>() : nullptr, p.c, p.n,
+                                 static_cast<T>(width), static_cast<T>(height), static_cast<T>(eps2d)};
+    project_bwd_kernel<T><<<blocks_for(p.c * p.n), kThreads, 0, stream>>>(
+        a, out.v_means.data_ptr<T>(), out.v_quats.data_ptr<T>(), out.v_scales.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {v_means, v_quats, v_scales};
+  return out.as_tuple();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -316,14 +264,13 @@ void with_degree(int64_t degree, F&& f) {
 at::Tensor sh_fwd_cuda(int64_t degree, const at::Tensor& dirs /* [M, 3] */, const at::Tensor& coeffs /* [M, K, 3] */) {
   const ShInputs p = prepare_sh("gs_sh_fwd", degree, dirs, coeffs, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(p.dirs.device());
-  at::Tensor colors = at::empty({p.m, 3}, p.dirs.options());
+  at::Tensor colors = allocate_sh_colors(p);
   if (p.m == 0) return colors;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_fwd_cuda", [&] {
     with_degree(degree, [&](auto deg) {
       sh_fwd_kernel<scalar_t, decltype(deg)::value><<<blocks_for(p.m), kThreads, 0, stream>>>(
-        p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(),
-        colors.data_ptr<scalar_t>());
+          p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -334,18 +281,17 @@ std::tuple<at::Tensor, at::Tensor> sh_bwd_cuda(int64_t degree, const at::Tensor&
                                                const at::Tensor& v_colors /* [M, 3] */) {
   const char* op = "gs_sh_bwd";
   const ShInputs p = prepare_sh(op, degree, dirs, coeffs, c10::DeviceType::CUDA);
-  const at::Tensor v_colors_c =
-      checked(v_colors, op, "v_colors", c10::DeviceType::CUDA, {p.m, 3}, p.dirs.scalar_type());
+  const at::Tensor v_colors_c = prepare_sh_grad(op, p, v_colors);
   const c10::cuda::CUDAGuard guard(p.dirs.device());
-  at::Tensor v_coeffs = at::zeros_like(p.coeffs);
-  at::Tensor v_dirs = at::zeros_like(p.dirs);
+  at::Tensor v_coeffs, v_dirs;
+  std::tie(v_coeffs, v_dirs) = allocate_sh_grads(p);
   if (p.m == 0) return {v_coeffs, v_dirs};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.dirs.scalar_type(), "gs_sh_bwd_cuda", [&] {
     with_degree(degree, [&](auto deg) {
       sh_bwd_kernel<scalar_t, decltype(deg)::value><<<blocks_for(p.m), kThreads, 0, stream>>>(
-        p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(),
-        v_colors_c.data_ptr<scalar_t>(), v_coeffs.data_ptr<scalar_t>(), v_dirs.data_ptr<scalar_t>());
+          p.m, p.k, p.dirs.data_ptr<scalar_t>(), p.coeffs.data_ptr<scalar_t>(), v_colors_c.data_ptr<scalar_t>(),
+          v_coeffs.data_ptr<scalar_t>(), v_dirs.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -1,15 +1,15 @@
-// CUDA backend of pyops::gs_intersect_tiles / gs_isect_offsets / gs_rasterize_fwd / gs_rasterize_bwd, after
-// gsplat's IntersectTile.cu and RasterizeToPixels3DGS{Fwd,Bwd}.cu, with the semantics of
-// csrc/cpu/gaussians_raster.cpp (key layout, tie order, cut order, last_ids) and the per-pixel math of
-// pyops/gaussian_math.h (evaluate_hit, hit_vjp), so both backends make the same blend decisions.
-//  - intersect: count tiles per (camera, Gaussian), scan, write keys in flatten-id order, stable radix sort
-//    over the key bits in use; equal keys keep ascending flatten id, as on the CPU.
-//  - rasterize: one block per (camera, tile), one thread per pixel, Gaussians staged through shared memory in
-//    batches of the block size. The backward pass walks back to front from each pixel's last blended
-//    Gaussian, recovering T by dividing by (1 - alpha) from the forward's exact T_final (gsplat starts from
-//    1 - render_alpha, which has lost most of T's digits once T is ~1e-4), and reduces each Gaussian's
-//    gradients over the warp before the atomics: all of them at once with a reduce-scatter (about one
-//    shuffle per value instead of five), after which the warp's lanes issue one atomicAdd each.
+// CUDA backend of pyops::gs_rasterize_fwd / gs_rasterize_bwd, after gsplat's RasterizeToPixels3DGS{Fwd,Bwd}.cu
+// (the intersection stages are in gaussians_intersect.cu), with the semantics of csrc/cpu/gaussians_raster.cpp
+// (cut order, last_ids), the per-pixel math of pyops/gaussians_math.h (evaluate_hit, hit_vjp), so both backends
+// make the same blend decisions, and the argument checks and allocation of pyops/gaussians.h.
+//  - One block per (camera, tile), one thread per pixel, Gaussians staged through shared memory in batches of
+//    the block size.
+//  - The backward pass walks back to front from each pixel's last blended Gaussian, recovering T by dividing by
+//    (1 - alpha) from the forward's exact T_final (gsplat starts from 1 - render_alpha, which has lost most of
+//    T's digits once T is ~1e-4), and reduces each Gaussian's gradients over the warp before the atomics: all
+//    of them at once with a reduce-scatter (about one shuffle per value instead of five), after which the
+//    warp's lanes issue one atomicAdd each. Its kernel is tuned (register count): change it only with a
+//    benchmark at hand.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -17,194 +17,17 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cub/device/device_radix_sort.cuh>
-
 #include <limits>
 
-#include "pyops/gaussian_math.h"
+#include "gaussians_launch.h"
 #include "pyops/gaussians.h"
+#include "pyops/gaussians_math.h"
 
 namespace pyops {
 namespace gs {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxTileSize = 16;  // a block of tile_size^2 threads, at most kThreads
-
-inline unsigned blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  TORCH_CHECK(b <= std::numeric_limits<int32_t>::max(), "gaussians (CUDA): ", n, " work items exceed the grid limit");
-  return static_cast<unsigned>(b);
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Tile intersection
-// ---------------------------------------------------------------------------------------------------------
-
-struct TileRect {
-  int32_t x0, y0, x1, y1;  // [x0, x1) x [y0, y1) in tiles
-};
-
-// floor/ceil of a tile coordinate clamped to [0, limit]; NaN goes to 0 (an empty range). As the CPU's.
-template <typename T>
-__device__ __forceinline__ int32_t clamp_tile(T v, int64_t limit) {
-  if (!(v > T(0))) return 0;
-  if (v >= static_cast<T>(limit)) return static_cast<int32_t>(limit);
-  return static_cast<int32_t>(v);
-}
-
-template <typename T>
-__device__ __forceinline__ TileRect tile_rect(T mx, T my, int32_t rx, int32_t ry, int64_t tile_size,
-                                              int64_t tile_width, int64_t tile_height) {
-  if (rx <= 0 || ry <= 0) return {0, 0, 0, 0};
-  const T ts = static_cast<T>(tile_size);
-  const T tx = mx / ts, ty = my / ts, trx = static_cast<T>(rx) / ts, try_ = static_cast<T>(ry) / ts;
-  TileRect r;
-  r.x0 = clamp_tile(floor(tx - trx), tile_width);
-  r.y0 = clamp_tile(floor(ty - try_), tile_height);
-  r.x1 = clamp_tile(ceil(tx + trx), tile_width);
-  r.y1 = clamp_tile(ceil(ty + try_), tile_height);
-  if (r.x1 < r.x0) r.x1 = r.x0;
-  if (r.y1 < r.y0) r.y1 = r.y0;
-  return r;
-}
-
-struct IsectArgs {
-  int64_t cn, n, tile_size, tile_width, tile_height, tile_bits;
-};
-
-template <typename T>
-__global__ void count_tiles_kernel(IsectArgs a, const T* __restrict__ means2d, const int32_t* __restrict__ radii,
-                                   int32_t* __restrict__ tiles_per_gauss) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= a.cn) return;
-  const TileRect r = tile_rect(means2d[i * 2], means2d[i * 2 + 1], radii[i * 2], radii[i * 2 + 1], a.tile_size,
-                               a.tile_width, a.tile_height);
-  tiles_per_gauss[i] = (r.x1 - r.x0) * (r.y1 - r.y0);  // <= tile_width * tile_height < 2^31 (prepare_intersect)
-}
-
-// Keys camera << (32 + tile_bits) | tile << 32 | float32 bits of the depth (as the CPU's depth_bits), written
-// per (camera, Gaussian) in flatten-id order and row-major over its tiles: the order a stable sort keeps ties in.
-template <typename T>
-__global__ void write_keys_kernel(IsectArgs a, const T* __restrict__ means2d, const int32_t* __restrict__ radii,
-                                  const T* __restrict__ depths, const int32_t* __restrict__ tiles_per_gauss,
-                                  const int64_t* __restrict__ cum_tiles, uint64_t* __restrict__ keys,
-                                  int32_t* __restrict__ flatten_ids) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= a.cn || tiles_per_gauss[i] == 0) return;
-  const TileRect r = tile_rect(means2d[i * 2], means2d[i * 2 + 1], radii[i * 2], radii[i * 2 + 1], a.tile_size,
-                               a.tile_width, a.tile_height);
-  const uint64_t camera = static_cast<uint64_t>(i / a.n);
-  const uint64_t high = (camera << (32 + a.tile_bits)) | uint64_t(__float_as_uint(static_cast<float>(depths[i])));
-  int64_t cur = cum_tiles[i] - tiles_per_gauss[i];  // exclusive offset from the inclusive scan
-  for (int32_t y = r.y0; y < r.y1; ++y)
-    for (int32_t x = r.x0; x < r.x1; ++x) {
-      const uint64_t tile = uint64_t(y) * uint64_t(a.tile_width) + uint64_t(x);
-      keys[cur] = high | (tile << 32);
-      flatten_ids[cur] = static_cast<int32_t>(i);
-      ++cur;
-    }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cuda(const at::Tensor& means2d,  // [C, N, 2]
-                                                                    const at::Tensor& radii,    // [C, N, 2] int32
-                                                                    const at::Tensor& depths,   // [C, N]
-                                                                    int64_t tile_size, int64_t tile_width,
-                                                                    int64_t tile_height) {
-  const IntersectInputs p =
-      prepare_intersect(means2d, radii, depths, tile_size, tile_width, tile_height, c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(p.depths.device());
-  const auto opt = p.depths.options();
-  const int64_t cn = p.c * p.n;
-  TORCH_CHECK(cn <= int64_t(std::numeric_limits<int32_t>::max()) + 1, "gs_intersect_tiles: C * N = ", cn,
-              " does not fit the int32 flatten ids");
-  at::Tensor tiles_per_gauss = at::zeros({p.c, p.n}, opt.dtype(at::kInt));
-  if (cn == 0)
-    return {tiles_per_gauss, at::empty({0}, opt.dtype(at::kLong)), at::empty({0}, opt.dtype(at::kInt))};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const IsectArgs a = {cn, p.n, tile_size, tile_width, tile_height, p.tile_bits};
-  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cuda_count", [&] {
-    count_tiles_kernel<scalar_t><<<blocks_for(cn), kThreads, 0, stream>>>(
-        a, p.means2d.data_ptr<scalar_t>(), p.radii.data_ptr<int32_t>(), tiles_per_gauss.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  const at::Tensor cum_tiles = at::cumsum(tiles_per_gauss.view({cn}), 0, at::kLong);  // inclusive, [C * N]
-  // The one host sync of the pipeline (gsplat has it too): the output size, and the int32 check, need M.
-  const int64_t m = cum_tiles[cn - 1].item<int64_t>();
-  TORCH_CHECK(m <= std::numeric_limits<int32_t>::max(), "gs_intersect_tiles: ", m,
-              " (camera, Gaussian, tile) intersections do not fit int32 offsets; use fewer Gaussians or cameras, "
-              "larger tiles, or smaller radii");
-  at::Tensor isect_ids = at::empty({m}, opt.dtype(at::kLong));
-  at::Tensor flatten_ids = at::empty({m}, opt.dtype(at::kInt));
-  if (m == 0) return {tiles_per_gauss, isect_ids, flatten_ids};
-  at::Tensor keys_in = at::empty({m}, opt.dtype(at::kLong));
-  at::Tensor ids_in = at::empty({m}, opt.dtype(at::kInt));
-  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cuda_keys", [&] {
-    write_keys_kernel<scalar_t><<<blocks_for(cn), kThreads, 0, stream>>>(
-        a, p.means2d.data_ptr<scalar_t>(), p.radii.data_ptr<int32_t>(), p.depths.data_ptr<scalar_t>(),
-        tiles_per_gauss.data_ptr<int32_t>(), cum_tiles.data_ptr<int64_t>(),
-        reinterpret_cast<uint64_t*>(keys_in.data_ptr<int64_t>()), ids_in.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  // LSD radix sort is stable: equal keys keep the ascending flatten ids they were written in. Only the bits in
-  // use are sorted (32 depth bits + tile bits + camera bits); the keys are non-negative, sorted as unsigned.
-  const int end_bit = static_cast<int>(32 + p.tile_bits + bit_length(p.c));
-  const auto* k_in = reinterpret_cast<const uint64_t*>(keys_in.data_ptr<int64_t>());
-  auto* k_out = reinterpret_cast<uint64_t*>(isect_ids.data_ptr<int64_t>());
-  const int32_t* v_in = ids_in.data_ptr<int32_t>();
-  int32_t* v_out = flatten_ids.data_ptr<int32_t>();
-  const int num_items = static_cast<int>(m);
-  size_t temp_bytes = 0;
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, v_in, v_out, num_items, 0,
-                                                 end_bit, stream));
-  // Temporary storage from the caching allocator, on the current stream.
-  at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, opt.dtype(at::kByte));
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, v_in, v_out, num_items,
-                                                 0, end_bit, stream));
-  return {tiles_per_gauss, isect_ids, flatten_ids};
-}
-
-// One thread per intersection (gsplat's intersect_offset_kernel): where the (camera, tile) bucket changes from
-// the previous key, every bucket in between starts here, so empty tiles point at the next non-empty one; the
-// first key fills the buckets before it with 0 and the last fills those after it with M. Buckets decoded
-// outside the grid are clamped to it (no out-of-bounds write; the CPU op rejects such keys, this one cannot
-// without a host sync).
-__global__ void isect_offsets_kernel(int64_t m, int64_t n_buckets, int64_t n_tiles, int64_t tile_bits,
-                                    const int64_t* __restrict__ isect_ids, int32_t* __restrict__ offsets) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= m) return;
-  const auto bucket_of = [&](int64_t key) -> int64_t {
-    const uint64_t high = static_cast<uint64_t>(key) >> 32;
-    const uint64_t camera = high >> tile_bits, tile = high & ((uint64_t(1) << tile_bits) - 1);
-    const uint64_t b = camera * uint64_t(n_tiles) + tile;
-    return b < uint64_t(n_buckets) ? static_cast<int64_t>(b) : n_buckets;
-  };
-  const int64_t b = bucket_of(isect_ids[i]);
-  const int64_t prev = i == 0 ? -1 : bucket_of(isect_ids[i - 1]);
-  for (int64_t t = prev + 1; t <= b && t < n_buckets; ++t) offsets[t] = static_cast<int32_t>(i);
-  if (i == m - 1)
-    for (int64_t t = b + 1; t < n_buckets; ++t) offsets[t] = static_cast<int32_t>(m);
-}
-
-at::Tensor isect_offsets_cuda(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
-                             int64_t tile_width, int64_t tile_height) {
-  const char* op = "gs_isect_offsets";
-  const at::Tensor ids = checked(isect_ids, op, "isect_ids", c10::DeviceType::CUDA, {-1}, at::kLong);
-  TORCH_CHECK(n_cameras >= 0, op, ": n_cameras=", n_cameras, " must be >= 0");
-  TORCH_CHECK(tile_width >= 1 && tile_height >= 1, op, ": tile_width and tile_height must be >= 1, got ",
-              tile_width, " and ", tile_height);
-  const int64_t m = ids.size(0), n_tiles = tile_width * tile_height;
-  TORCH_CHECK(m <= std::numeric_limits<int32_t>::max(), op, ": ", m, " intersections do not fit int32 offsets");
-  const c10::cuda::CUDAGuard guard(ids.device());
-  const int64_t n_buckets = n_cameras * n_tiles;
-  at::Tensor offsets = at::zeros({n_cameras, tile_height, tile_width}, ids.options().dtype(at::kInt));
-  if (m == 0 || n_buckets == 0) return offsets;  // no intersections: every tile starts (and ends) at 0
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  isect_offsets_kernel<<<blocks_for(m), kThreads, 0, stream>>>(m, n_buckets, n_tiles, bit_length(n_tiles),
-                                                              ids.data_ptr<int64_t>(), offsets.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return offsets;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Rasterization
@@ -223,7 +46,7 @@ struct RasterArgs {
 };
 
 template <typename T>
-RasterArgs<T> raster_args(const RasterInputs& p, int64_t width, int64_t height, int64_t tile_size) {
+RasterArgs<T> raster_args(const RasterInputs& p) {
   return {reinterpret_cast<const Vec2<T>*>(p.means2d.data_ptr<T>()),
           reinterpret_cast<const Vec3<T>*>(p.conics.data_ptr<T>()),
           p.colors.data_ptr<T>(),
@@ -233,9 +56,9 @@ RasterArgs<T> raster_args(const RasterInputs& p, int64_t width, int64_t height, 
           p.flatten_ids.data_ptr<int32_t>(),
           p.d,
           p.m,
-          width,
-          height,
-          tile_size,
+          p.width,
+          p.height,
+          p.tile_size,
           p.tile_width,
           p.tile_width * p.tile_height,
           p.c * p.tile_width * p.tile_height};
@@ -387,11 +210,18 @@ __global__ void __launch_bounds__(kThreads)
     }                                            \
   }()
 
-void check_tiles(const char* op, int64_t tile_size, int64_t total_tiles) {
-  TORCH_CHECK(tile_size <= kMaxTileSize, op, ": tile_size=", tile_size, " is not supported by the CUDA kernels (at most ",
-              kMaxTileSize, ": one thread per pixel of a tile)");
-  TORCH_CHECK(total_tiles <= std::numeric_limits<int32_t>::max(), op, ": ", total_tiles,
-              " (camera, tile) pairs exceed the CUDA grid");
+// The CUDA kernels' own limits (RuntimeError: the CPU backend runs these sizes).
+void check_launch(const char* op, const RasterInputs& p) {
+  TORCH_CHECK(p.tile_size <= kMaxTileSize, op, ": tile_size=", p.tile_size,
+              " is not supported by the CUDA kernels (at most ", kMaxTileSize, ": one thread per pixel of a tile)");
+  TORCH_CHECK(p.c * p.tile_width * p.tile_height <= std::numeric_limits<int32_t>::max(), op, ": ",
+              p.c * p.tile_width * p.tile_height, " (camera, tile) pairs exceed the CUDA grid");
+}
+
+// One block per (camera, tile), one thread per pixel of the tile.
+dim3 raster_grid(const RasterInputs& p) { return dim3(static_cast<unsigned>(p.c * p.tile_width * p.tile_height)); }
+dim3 raster_block(const RasterInputs& p) {
+  return dim3(static_cast<unsigned>(p.tile_size), static_cast<unsigned>(p.tile_size));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
@@ -403,34 +233,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cuda(
     int64_t width, int64_t height, int64_t tile_size,
     const at::Tensor& isect_offsets,  // [C, TH, TW] int32
     const at::Tensor& flatten_ids,    // [M] int32
-    bool /*absgrad: read by autograd only*/)
-{
+    bool /*absgrad: read by autograd only*/) {
   const char* op = "gs_rasterize_fwd";
   const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
                                            tile_size, isect_offsets, flatten_ids, c10::DeviceType::CUDA);
-  check_tiles(op, tile_size, p.c * p.tile_width * p.tile_height);
+  check_launch(op, p);
   const c10::cuda::CUDAGuard guard(p.colors.device());
-  const auto opt = p.colors.options();
-  at::Tensor render_colors = at::empty({p.c, height, width, p.d}, opt);
-  at::Tensor render_alphas = at::empty({p.c, height, width, 1}, opt);
-  at::Tensor last_ids = at::empty({p.c, height, width}, opt.dtype(at::kInt));
-  at::Tensor final_trans = at::empty({p.c, height, width, 1}, opt);
-  if (p.c == 0) return {render_colors, render_alphas, last_ids, final_trans};
+  RasterOutputs o = allocate_raster_outputs(p);
+  if (p.c == 0) return o.as_tuple();
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 block(static_cast<unsigned>(tile_size), static_cast<unsigned>(tile_size));
-  const unsigned grid = static_cast<unsigned>(p.c * p.tile_width * p.tile_height);
   AT_DISPATCH_FLOATING_TYPES(p.colors.scalar_type(), "gs_rasterize_fwd_cuda", [&] {
     using T = scalar_t;
-    const RasterArgs<T> a = raster_args<T>(p, width, height, tile_size);
+    const RasterArgs<T> a = raster_args<T>(p);
     const size_t smem = Batch<T>::bytes(static_cast<int>(tile_size * tile_size));
     PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
-      rasterize_fwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(
-          a, render_colors.data_ptr<T>(), render_alphas.data_ptr<T>(), last_ids.data_ptr<int32_t>(),
-          final_trans.data_ptr<T>());
+      rasterize_fwd_kernel<T, CDIM><<<raster_grid(p), raster_block(p), smem, stream>>>(
+          a, o.render_colors.data_ptr<T>(), o.render_alphas.data_ptr<T>(), o.last_ids.data_ptr<int32_t>(),
+          o.final_transmittances.data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {render_colors, render_alphas, last_ids, final_trans};
+  return o.as_tuple();
 }
 
 // Lanes of this thread's warp that exist (a block of tile_size^2 threads may end in a partial warp).
@@ -661,61 +484,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& opacities,                   // [C, N]
     const std::optional<at::Tensor>& backgrounds,  // [C, D]
     int64_t width, int64_t height, int64_t tile_size,
-    const at::Tensor& isect_offsets,     // [C, TH, TW] int32
-    const at::Tensor& flatten_ids,      // [M] int32
-    const at::Tensor& final_trans,      // [C, H, W, 1]
-    const at::Tensor& last_ids,         // [C, H, W] int32
-    const at::Tensor& v_render_colors,  // [C, H, W, D]
-    const at::Tensor& v_render_alphas,  // [C, H, W, 1]
+    const at::Tensor& isect_offsets,         // [C, TH, TW] int32
+    const at::Tensor& flatten_ids,           // [M] int32
+    const at::Tensor& final_transmittances,  // [C, H, W, 1]
+    const at::Tensor& last_ids,              // [C, H, W] int32
+    const at::Tensor& v_render_colors,       // [C, H, W, D]
+    const at::Tensor& v_render_alphas,       // [C, H, W, 1]
     bool absgrad) {
   const char* op = "gs_rasterize_bwd";
-  const auto cuda = c10::DeviceType::CUDA;
   const RasterInputs p = prepare_rasterize(op, means2d, conics, colors, opacities, backgrounds, width, height,
-                                           tile_size, isect_offsets, flatten_ids, cuda);
-  check_tiles(op, tile_size, p.c * p.tile_width * p.tile_height);
-  const auto dt = p.colors.scalar_type();
-  const at::Tensor trans_c = checked(final_trans, op, "final_transmittances", cuda, {p.c, height, width, 1}, dt);
-  const at::Tensor last_c = checked(last_ids, op, "last_ids", cuda, {p.c, height, width}, at::kInt);
-  const at::Tensor v_rc = checked(v_render_colors, op, "v_render_colors", cuda, {p.c, height, width, p.d}, dt);
-  const at::Tensor v_ra = checked(v_render_alphas, op, "v_render_alphas", cuda, {p.c, height, width, 1}, dt);
+                                           tile_size, isect_offsets, flatten_ids, c10::DeviceType::CUDA);
+  check_launch(op, p);
+  const RasterGradInputs in =
+      prepare_rasterize_grad(op, p, final_transmittances, last_ids, v_render_colors, v_render_alphas);
   const c10::cuda::CUDAGuard guard(p.colors.device());
-  at::Tensor v_means2d = at::zeros_like(p.means2d);
-  at::Tensor v_conics = at::zeros_like(p.conics);
-  at::Tensor v_colors = at::zeros_like(p.colors);
-  at::Tensor v_opacities = at::zeros_like(p.opacities);
-  at::Tensor v_backgrounds = p.backgrounds.has_value() ? at::zeros_like(*p.backgrounds) : p.colors.new_empty({0});
-  at::Tensor v_abs = absgrad ? at::zeros_like(p.means2d) : p.means2d.new_empty({0});
-  if (p.c == 0) return {v_means2d, v_conics, v_colors, v_opacities, v_backgrounds, v_abs};
+  RasterGradOutputs out = allocate_raster_grads(p, absgrad);
+  if (p.c == 0) return out.as_tuple();
   const bool generic_d = p.d < 1 || p.d > 4;
   const at::Tensor scratch = generic_d ? at::zeros({p.c * height * width * p.d}, p.colors.options()) : at::Tensor();
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 block(static_cast<unsigned>(tile_size), static_cast<unsigned>(tile_size));
-  const unsigned grid = static_cast<unsigned>(p.c * p.tile_width * p.tile_height);
-  AT_DISPATCH_FLOATING_TYPES(dt, "gs_rasterize_bwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(p.colors.scalar_type(), "gs_rasterize_bwd_cuda", [&] {
     using T = scalar_t;
-    const RasterArgs<T> a = raster_args<T>(p, width, height, tile_size);
-    const RasterGrads<T> g = {v_means2d.data_ptr<T>(),
-                              v_conics.data_ptr<T>(),
-                              v_colors.data_ptr<T>(),
-                              v_opacities.data_ptr<T>(),
-                              p.backgrounds.has_value() ? v_backgrounds.data_ptr<T>() : nullptr,
-                              absgrad ? v_abs.data_ptr<T>() : nullptr,
+    const RasterArgs<T> a = raster_args<T>(p);
+    const RasterGrads<T> g = {out.v_means2d.data_ptr<T>(),
+                              out.v_conics.data_ptr<T>(),
+                              out.v_colors.data_ptr<T>(),
+                              out.v_opacities.data_ptr<T>(),
+                              p.backgrounds.has_value() ? out.v_backgrounds.data_ptr<T>() : nullptr,
+                              absgrad ? out.v_means2d_abs.data_ptr<T>() : nullptr,
                               generic_d ? scratch.data_ptr<T>() : nullptr};
     PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
       const size_t smem = Batch<T, CDIM>::bytes(static_cast<int>(tile_size * tile_size));
-      rasterize_bwd_kernel<T, CDIM><<<grid, block, smem, stream>>>(a, trans_c.data_ptr<T>(), last_c.data_ptr<int32_t>(),
-                                                                   v_rc.data_ptr<T>(), v_ra.data_ptr<T>(), g);
+      rasterize_bwd_kernel<T, CDIM><<<raster_grid(p), raster_block(p), smem, stream>>>(
+          a, in.final_transmittances.data_ptr<T>(), in.last_ids.data_ptr<int32_t>(),
+          in.v_render_colors.data_ptr<T>(), in.v_render_alphas.data_ptr<T>(), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {v_means2d, v_conics, v_colors, v_opacities, v_backgrounds, v_abs};
+  return out.as_tuple();
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
-  m.impl("gs_intersect_tiles", &intersect_tiles_cuda);
-  m.impl("gs_isect_offsets", &isect_offsets_cuda);
   m.impl("gs_rasterize_fwd", &rasterize_fwd_cuda);
   m.impl("gs_rasterize_bwd", &rasterize_bwd_cuda);
 }

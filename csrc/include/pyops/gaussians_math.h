@@ -1,15 +1,18 @@
-// Inline math of the 3D Gaussian-splatting stages (gsplat 1.5.3 conventions), shared by the CPU kernels and
-// the CUDA kernels: projection (quaternion + scale -> covariance, world -> camera, pinhole EWA Jacobian, eps2d
-// dilation, compensation, conic, radius), spherical harmonics and per-pixel blending, each with its VJP.
+// Inline math of the 3D Gaussian-splatting stages (gsplat 1.5.3 conventions), shared by the CPU kernels, the
+// CUDA kernels and tests/cpp/test_gaussians_math.cpp: projection (quaternion + scale -> covariance, world ->
+// camera, pinhole EWA Jacobian, eps2d dilation, compensation, conic, radius), spherical harmonics, tile
+// intersection (which tiles a Gaussian touches, the sort key) and per-pixel blending, each with its VJP.
 //
 // Everything is templated on the scalar type T (float or double) and written with plain structs so that it
 // compiles for the device: no ATen, no std:: containers, no exceptions. Matrices are row-major (m[row][col]),
 // unlike glm's column-major storage that gsplat uses; the formulas are written out from the math, not
-// transcribed from gsplat.
+// transcribed from gsplat. (About 700 lines on purpose: one header, so that every kernel and the test include
+// the same formulas.)
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "pyops/host_device.h"
 
@@ -76,6 +79,11 @@ template <typename T>
 PYOPS_HOST_DEVICE T ceil_(T x) {
   using std::ceil;
   return ceil(x);
+}
+template <typename T>
+PYOPS_HOST_DEVICE T floor_(T x) {
+  using std::floor;
+  return floor(x);
 }
 template <typename T>
 PYOPS_HOST_DEVICE T log_(T x) {
@@ -177,6 +185,13 @@ PYOPS_HOST_DEVICE Mat3<T> covar_from_rotmat_scale(const Mat3<T>& r, const Vec3<T
   return c;
 }
 
+// World-space covariance of one Gaussian from its stored quaternion [4] (any norm) and scales [3].
+template <typename T>
+PYOPS_HOST_DEVICE Mat3<T> world_covar(const T* quat, const T* scale) {
+  const Vec4<T> q = normalize_quat(Vec4<T>{quat[0], quat[1], quat[2], quat[3]});
+  return covar_from_rotmat_scale(rotmat_from_unit_quat(q), Vec3<T>{scale[0], scale[1], scale[2]});
+}
+
 // VJP of Sigma(q, s) for an arbitrary (not necessarily symmetric) cotangent v_covar; adds into v_quat, v_scale.
 // Sigma = M M^T with M = R diag(s): dL/dM = (G + G^T) M; dL/dR = dL/dM diag(s); dL/ds_j = sum_i R_ij dL/dM_ij.
 template <typename T>
@@ -262,6 +277,25 @@ struct Pinhole {
   T fx, fy, cx, cy;
   T width, height;
 };
+
+// One camera as the projection reads it: [R | t] from the top rows of the row-major 4x4 world-to-camera
+// matrix, the pinhole from the row-major 3x3 intrinsics.
+template <typename T>
+struct Camera {
+  Mat3<T> r;  // world -> camera rotation
+  Vec3<T> t;
+  Pinhole<T> pinhole;
+};
+
+template <typename T>
+PYOPS_HOST_DEVICE Camera<T> load_camera(const T* viewmat /* [4, 4] */, const T* K /* [3, 3] */, T width, T height) {
+  Camera<T> cam;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) cam.r.m[i][j] = viewmat[i * 4 + j];
+  cam.t = {viewmat[3], viewmat[7], viewmat[11]};
+  cam.pinhole = {K[0], K[4], K[2], K[5], width, height};
+  return cam;
+}
 
 // The Jacobian is evaluated with x/z and y/z clamped to 1.3x the field of view (as 3DGS and gsplat do) so
 // that Gaussians far outside the frustum do not get huge screen footprints. The mean itself is not clamped.
@@ -550,6 +584,73 @@ PYOPS_HOST_DEVICE Vec3<T> sh_bases_vjp(int degree, T x, T y, T z, const T* g) {
   d.x += k9 * dc2_dx * g[15];
   d.y += k9 * dc2_dy * g[15];
   return d;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tile intersection
+// ---------------------------------------------------------------------------------------------------------
+
+// A rectangle of tiles [x0, x1) x [y0, y1).
+struct TileRect {
+  int32_t x0, y0, x1, y1;
+  PYOPS_HOST_DEVICE int64_t count() const { return int64_t(x1 - x0) * (y1 - y0); }
+};
+
+// A tile coordinate clamped to [0, limit] and truncated to int; NaN goes to 0 (an empty range).
+template <typename T>
+PYOPS_HOST_DEVICE int32_t clamp_tile(T v, int64_t limit) {
+  if (!(v > T(0))) return 0;
+  if (v >= static_cast<T>(limit)) return static_cast<int32_t>(limit);
+  return static_cast<int32_t>(v);
+}
+
+// The tiles a Gaussian's radius box touches, as gsplat computes them: in units of tiles, [floor(m - r),
+// ceil(m + r)) per axis, clamped to the tile_width x tile_height grid; empty for a zero radius (a culled pair).
+template <typename T>
+PYOPS_HOST_DEVICE TileRect tile_rect(T mx, T my, int32_t rx, int32_t ry, int64_t tile_size, int64_t tile_width,
+                                     int64_t tile_height) {
+  if (rx <= 0 || ry <= 0) return {0, 0, 0, 0};
+  const T ts = static_cast<T>(tile_size);
+  const T tx = mx / ts, ty = my / ts, trx = static_cast<T>(rx) / ts, try_ = static_cast<T>(ry) / ts;
+  TileRect r;
+  r.x0 = clamp_tile(floor_(tx - trx), tile_width);
+  r.y0 = clamp_tile(floor_(ty - try_), tile_height);
+  r.x1 = clamp_tile(ceil_(tx + trx), tile_width);
+  r.y1 = clamp_tile(ceil_(ty + try_), tile_height);
+  if (r.x1 < r.x0) r.x1 = r.x0;
+  if (r.y1 < r.y0) r.y1 = r.y0;
+  return r;
+}
+
+// The depth field of an intersection key: the float32 bit pattern of the depth (gsplat's). Positive floats
+// order like their bit patterns; float64 depths use the float32 value's bits (gsplat's CUDA kernel reinterprets
+// the low half of the double, which is not an order; its torch reference uses float32 too).
+template <typename T>
+PYOPS_HOST_DEVICE uint32_t depth_bits(T depth) {
+  const float f = static_cast<float>(depth);
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+#endif
+}
+
+// Intersection key: camera << (32 + tile_bits) | tile << 32 | depth bits, with tile_bits the bit length of
+// tile_width * tile_height; the camera and tile fields share the upper 32 bits. Keys are non-negative.
+PYOPS_HOST_DEVICE uint64_t isect_key(uint64_t camera, uint64_t tile, int64_t tile_bits, uint32_t depth) {
+  return (camera << (32 + tile_bits)) | (tile << 32) | uint64_t(depth);
+}
+
+// The (camera, tile) fields of a key.
+struct IsectBucket {
+  uint64_t camera, tile;
+};
+
+PYOPS_HOST_DEVICE IsectBucket isect_bucket(uint64_t key, int64_t tile_bits) {
+  const uint64_t high = key >> 32;
+  return {high >> tile_bits, high & ((uint64_t(1) << tile_bits) - 1)};
 }
 
 // ---------------------------------------------------------------------------------------------------------

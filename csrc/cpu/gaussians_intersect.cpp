@@ -1,0 +1,136 @@
+// CPU backend of pyops::gs_intersect_tiles / gs_isect_offsets: which tiles each (camera, Gaussian) touches
+// (tile_rect in pyops/gaussians_math.h, shared with CUDA), the sorted intersection keys, and the start of every
+// (camera, tile) range in them. Argument checks and allocation are pyops/gaussians.h's.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "pyops/gaussians.h"
+#include "pyops/gaussians_math.h"
+
+namespace pyops {
+namespace gs {
+namespace {
+
+constexpr int64_t kGaussGrain = 1024;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Tensor& means2d,  // [C, N, 2]
+                                                                   const at::Tensor& radii,    // [C, N, 2] int32
+                                                                   const at::Tensor& depths,   // [C, N]
+                                                                   int64_t tile_size, int64_t tile_width,
+                                                                   int64_t tile_height) {
+  const IntersectInputs p =
+      prepare_intersect(means2d, radii, depths, tile_size, tile_width, tile_height, c10::DeviceType::CPU);
+  const int64_t cn = p.c * p.n, n_tiles = tile_width * tile_height, n_buckets = p.c * n_tiles;
+  at::Tensor tiles_per_gauss = allocate_tiles_per_gauss(p);
+  std::vector<TileRect> rects(static_cast<size_t>(cn));
+  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cpu_rects", [&] {
+    const scalar_t* m2d = p.means2d.data_ptr<scalar_t>();
+    const int32_t* rad = p.radii.data_ptr<int32_t>();
+    int32_t* tpg = tiles_per_gauss.data_ptr<int32_t>();
+    at::parallel_for(0, cn, kGaussGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        rects[i] = tile_rect(m2d[i * 2], m2d[i * 2 + 1], rad[i * 2], rad[i * 2 + 1], tile_size, tile_width,
+                             tile_height);
+        tpg[i] = static_cast<int32_t>(rects[i].count());  // <= tile_width * tile_height < 2^31 (prepare_intersect)
+      }
+    });
+  });
+
+  // Counting sort on the (camera, tile) part of the key: count per bucket, prefix-sum, scatter. Each camera's
+  // buckets are disjoint, so cameras run in parallel; within a camera Gaussians are visited in index order,
+  // which leaves every bucket in ascending flatten id.
+  std::vector<int64_t> bucket_start(static_cast<size_t>(n_buckets) + 1, 0);
+  at::parallel_for(0, p.c, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t* count = bucket_start.data() + 1 + c * n_tiles;
+      for (int64_t g = 0; g < p.n; ++g) {
+        const TileRect& r = rects[c * p.n + g];
+        for (int32_t y = r.y0; y < r.y1; ++y)
+          for (int32_t x = r.x0; x < r.x1; ++x) ++count[int64_t(y) * tile_width + x];
+      }
+    }
+  });
+  for (int64_t b = 0; b < n_buckets; ++b) bucket_start[b + 1] += bucket_start[b];
+  const int64_t m = bucket_start[n_buckets];
+  at::Tensor isect_ids, flatten_ids;
+  std::tie(isect_ids, flatten_ids) = allocate_intersections(p, m);  // raises when M does not fit int32
+  // (depth bits << 32) | flatten id: one 64-bit word per intersection sorts by depth, then flatten id.
+  std::vector<uint64_t> depth_and_id(static_cast<size_t>(m));
+  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cpu_scatter", [&] {
+    const scalar_t* dep = p.depths.data_ptr<scalar_t>();
+    at::parallel_for(0, p.c, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        std::vector<int64_t> cursor(bucket_start.begin() + c * n_tiles, bucket_start.begin() + (c + 1) * n_tiles);
+        for (int64_t g = 0; g < p.n; ++g) {
+          const int64_t flat = c * p.n + g;
+          const TileRect& r = rects[flat];
+          if (r.count() == 0) continue;
+          const uint64_t word = (uint64_t(depth_bits(dep[flat])) << 32) | uint64_t(uint32_t(flat));
+          for (int32_t y = r.y0; y < r.y1; ++y)
+            for (int32_t x = r.x0; x < r.x1; ++x) depth_and_id[cursor[int64_t(y) * tile_width + x]++] = word;
+        }
+      }
+    });
+  });
+  // Sorting (depth, flatten id) within a bucket equals a stable sort of the full keys from flatten-id order,
+  // which is the order gsplat's (stable) radix sort produces: equal keys stay in ascending flatten id.
+  int64_t* ids_out = isect_ids.data_ptr<int64_t>();
+  int32_t* flat_out = flatten_ids.data_ptr<int32_t>();
+  at::parallel_for(0, n_buckets, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t s = bucket_start[b], e = bucket_start[b + 1];
+      if (s == e) continue;
+      std::sort(depth_and_id.begin() + s, depth_and_id.begin() + e);
+      const uint64_t camera = uint64_t(b / n_tiles), tile = uint64_t(b % n_tiles);
+      for (int64_t i = s; i < e; ++i) {
+        ids_out[i] = static_cast<int64_t>(
+            isect_key(camera, tile, p.tile_bits, static_cast<uint32_t>(depth_and_id[i] >> 32)));
+        flat_out[i] = static_cast<int32_t>(depth_and_id[i] & 0xffffffffu);
+      }
+    }
+  });
+  return {tiles_per_gauss, isect_ids, flatten_ids};
+}
+
+at::Tensor isect_offsets_cpu(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
+                             int64_t tile_width, int64_t tile_height) {
+  const char* op = "gs_isect_offsets";
+  const IsectOffsetsInputs p =
+      prepare_isect_offsets(isect_ids, n_cameras, tile_width, tile_height, c10::DeviceType::CPU);
+  at::Tensor offsets = allocate_isect_offsets(p);
+  const int64_t n_buckets = p.n_cameras * p.n_tiles;
+  // Counts per (camera, tile), then the exclusive prefix sum: an empty tile's offset is where the next
+  // non-empty one starts (and M after the last), as in gsplat.
+  std::vector<int64_t> count(static_cast<size_t>(n_buckets) + 1, 0);
+  const int64_t* k = p.isect_ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < p.m; ++i) {
+    const IsectBucket b = isect_bucket(static_cast<uint64_t>(k[i]), p.tile_bits);
+    TORCH_CHECK_VALUE(k[i] >= 0 && b.camera < uint64_t(p.n_cameras) && b.tile < uint64_t(p.n_tiles), op,
+                      ": `isect_ids` entry ", i, " encodes camera ", b.camera, ", tile ", b.tile, ", outside ",
+                      p.n_cameras, " cameras of ", p.n_tiles, " tiles");
+    TORCH_CHECK_VALUE(i == 0 || k[i] >= k[i - 1], op, ": `isect_ids` must be sorted (entry ", i, " < entry ", i - 1,
+                      ")");
+    ++count[b.camera * p.n_tiles + b.tile];
+  }
+  int32_t* out = offsets.data_ptr<int32_t>();
+  int64_t run = 0;
+  for (int64_t b = 0; b < n_buckets; ++b) {
+    out[b] = static_cast<int32_t>(run);
+    run += count[b];
+  }
+  return offsets;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyops, CPU, m) {
+  m.impl("gs_intersect_tiles", &intersect_tiles_cpu);
+  m.impl("gs_isect_offsets", &isect_offsets_cpu);
+}
+
+}  // namespace gs
+}  // namespace pyops
