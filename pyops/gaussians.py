@@ -1,5 +1,5 @@
 """Gaussian-splatting rasterizer (gsplat's conventions and stages): projection, spherical harmonics, tile
-intersection and sort, tile offsets and per-tile front-to-back blending, forward and backward.
+intersection and sort, isect offsets and per-tile front-to-back blending, forward and backward.
 
 `pyops/reference/gaussians.py` is the spec (and the "torch" backend); the native CPU/CUDA kernels register
 on the schemas in csrc/ops.cpp, the Triton ones as ``pyops::<op>_triton``. `rasterize_gaussians` composes
@@ -13,10 +13,12 @@ import torch
 from torch import Tensor
 
 from . import _backend
+from ._checks import check_choice, check_int, check_tensor
 from .reference import gaussians as reference
 
 if _backend.HAS_TRITON:
-    from .triton_kernels import gaussians as _triton  # noqa: F401  (registers pyops::gs_*_triton)
+    # Imports the stage modules (gaussians_project, _sh, _intersect, _raster): registers pyops::gs_*_triton.
+    from .triton_kernels import gaussians as _triton  # noqa: F401
 
 RENDER_MODES, RASTERIZE_MODES = reference.RENDER_MODES, reference.RASTERIZE_MODES
 
@@ -70,8 +72,9 @@ def _fake_rasterize_bwd(means2d, conics, colors, opacities, backgrounds, width, 
             torch.empty_like(opacities), v_bg, v_abs)
 
 
-def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if g is None else g
+def _zeros_if_none(v: Optional[Tensor], like: Tensor) -> Tensor:
+    """An incoming gradient autograd left out (None: the output was unused) as zeros."""
+    return torch.zeros_like(like) if v is None else v
 
 
 def _register_project_autograd(fwd: str, bwd_op) -> None:
@@ -81,13 +84,13 @@ def _register_project_autograd(fwd: str, bwd_op) -> None:
         ctx.save_for_backward(means, quats, scales, viewmats, Ks, radii, conics, compensations)
         ctx.args = (width, height, eps2d, antialiased)
 
-    def backward(ctx, _g_radii, g_means2d, g_depths, g_conics, g_compensations):
+    def backward(ctx, _v_radii, v_means2d, v_depths, v_conics, v_compensations):
         means, quats, scales, viewmats, Ks, radii, conics, compensations = ctx.saved_tensors
         width, height, eps2d, antialiased = ctx.args
         v_means, v_quats, v_scales = bwd_op(
             means, quats, scales, viewmats, Ks, width, height, eps2d, antialiased, radii, conics, compensations,
-            _zeros_if_none(g_means2d, conics[..., :2]), _zeros_if_none(g_depths, compensations),
-            _zeros_if_none(g_conics, conics), _zeros_if_none(g_compensations, compensations))
+            _zeros_if_none(v_means2d, conics[..., :2]), _zeros_if_none(v_depths, compensations),
+            _zeros_if_none(v_conics, conics), _zeros_if_none(v_compensations, compensations))
         return v_means, v_quats, v_scales, None, None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
@@ -99,9 +102,9 @@ def _register_sh_autograd(fwd: str, bwd_op) -> None:
         ctx.save_for_backward(dirs, coeffs)
         ctx.degree = degree
 
-    def backward(ctx, g_colors):
+    def backward(ctx, v_colors):
         dirs, coeffs = ctx.saved_tensors
-        v_coeffs, v_dirs = bwd_op(ctx.degree, dirs, coeffs, g_colors)
+        v_coeffs, v_dirs = bwd_op(ctx.degree, dirs, coeffs, v_colors)
         return None, v_dirs, v_coeffs
 
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
@@ -119,16 +122,16 @@ def _register_rasterize_autograd(fwd: str, bwd_op) -> None:
         # the detached alias autograd saves, so the caller's tensor carries it).
         ctx.absgrad_to = means2d if absgrad else None
 
-    def backward(ctx, g_colors, g_alphas, _g_last, g_trans):
+    def backward(ctx, v_render_colors, v_render_alphas, _v_last_ids, v_final_transmittances):
         means2d, conics, colors, opacities, backgrounds, offsets, flatten_ids, trans, last_ids = ctx.saved_tensors
         width, height, tile_size = ctx.args
-        g_alphas = _zeros_if_none(g_alphas, trans)
-        if g_trans is not None:  # final_transmittances = 1 - render_alphas
-            g_alphas = g_alphas - g_trans
+        v_render_alphas = _zeros_if_none(v_render_alphas, trans)
+        if v_final_transmittances is not None:  # final_transmittances = 1 - render_alphas
+            v_render_alphas = v_render_alphas - v_final_transmittances
+        v_render_colors = _zeros_if_none(v_render_colors, colors.new_empty(trans.shape[:-1] + colors.shape[-1:]))
         v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs = bwd_op(
             means2d, conics, colors, opacities, backgrounds, width, height, tile_size, offsets, flatten_ids, trans,
-            last_ids, _zeros_if_none(g_colors, colors.new_empty(trans.shape[:-1] + colors.shape[-1:])), g_alphas,
-            ctx.absgrad_to is not None)
+            last_ids, v_render_colors, v_render_alphas, ctx.absgrad_to is not None)
         if ctx.absgrad_to is not None:
             ctx.absgrad_to.absgrad = v_abs  # gsplat's convention: meta["means2d"].absgrad
         return (v_means2d, v_conics, v_colors, v_opacities, v_bg if backgrounds is not None else None,
@@ -156,32 +159,6 @@ if _backend.HAS_TRITON and hasattr(torch.ops.pyops, "gs_rasterize_fwd_triton"):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Argument checks: named errors, never a crash inside a kernel.
-
-
-def _check_tensor(op: str, name: str, t, shape: Tuple, device: Optional[torch.device] = None,
-                  dtype: Optional[torch.dtype] = None) -> None:
-    """t must be a floating Tensor of `shape` (None entries: any size) on `device` with `dtype`."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
-    if t.dim() != len(shape) or any(want is not None and have != want for have, want in zip(t.shape, shape)):
-        want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
-        raise ValueError(f"{op}: {name} must have shape {want}, got {tuple(t.shape)}")
-    if device is not None and t.device != device:
-        raise RuntimeError(f"{op}: {name} is on {t.device} but means is on {device}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{op}: {name} has dtype {t.dtype} but means has {dtype}")
-    _backend.check_finite(op, name, t)
-
-
-def _check_size(op: str, name: str, v, minimum: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{op}: {name}={v!r} must be an int >= {minimum}")
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The stages, each a public op.
 
 
@@ -189,11 +166,18 @@ def _op(which: str, name: str):
     return getattr(torch.ops.pyops, name + ("_triton" if which == "triton" else ""))
 
 
+def _float_tensor(op: str, name: str, t, shape, like: Optional[Tuple[str, Tensor]] = None) -> Tensor:
+    """A floating-point, finite (where checked: `_backend.check_finite`) tensor argument of `shape`, on the
+    device and of the dtype of ``like = (its_name, tensor)``."""
+    return check_tensor(op, name, t, shape, floating=True, like=like, finite=True)
+
+
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     """3D covariances ``R S S^T R^T`` ``(N, 3, 3)`` from quaternions ``(N, 4)`` (wxyz, any norm) and scales
     ``(N, 3)``; plain PyTorch (the fused projection computes it on the fly)."""
-    _check_tensor("quat_scale_to_covar", "quats", quats, (None, 4))
-    _check_tensor("quat_scale_to_covar", "scales", scales, (quats.shape[0], 3), quats.device, quats.dtype)
+    op = "quat_scale_to_covar"
+    _float_tensor(op, "quats", quats, (None, 4))
+    _float_tensor(op, "scales", scales, (quats.shape[0], 3), like=("quats", quats))
     return reference.quat_scale_to_covar(quats, scales)
 
 
@@ -226,17 +210,17 @@ def project_gaussians(
         antialiasing opacity factor (None unless ``antialiased``).
     """
     op = "project_gaussians"
-    _check_tensor(op, "means", means, (None, 3))
-    n, dev, dt = means.shape[0], means.device, means.dtype
-    _check_tensor(op, "quats", quats, (n, 4), dev, dt)
-    _check_tensor(op, "scales", scales, (n, 3), dev, dt)
+    _float_tensor(op, "means", means, (None, 3))
+    n, like = means.shape[0], ("means", means)
+    _float_tensor(op, "quats", quats, (n, 4), like)
+    _float_tensor(op, "scales", scales, (n, 3), like)
     if opacities is not None:
-        _check_tensor(op, "opacities", opacities, (n,), dev, dt)
-    _check_tensor(op, "viewmats", viewmats, (None, 4, 4), dev, dt)
-    _check_tensor(op, "Ks", Ks, (viewmats.shape[0], 3, 3), dev, dt)
-    _check_size(op, "width", width)
-    _check_size(op, "height", height)
-    which = _backend.resolve(backend, dev, "gs_project_fwd")
+        _float_tensor(op, "opacities", opacities, (n,), like)
+    _float_tensor(op, "viewmats", viewmats, (None, 4, 4), like)
+    _float_tensor(op, "Ks", Ks, (viewmats.shape[0], 3, 3), like)
+    check_int(op, "width", width, 1)
+    check_int(op, "height", height, 1)
+    which = _backend.resolve(backend, means.device, "gs_project_fwd")
     if which == "torch":
         return reference.project_ewa(means, reference.quat_scale_to_covar(quats, scales), viewmats, Ks, width,
                                      height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
@@ -255,13 +239,12 @@ def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor, *, backend: O
     """Colors ``(..., 3)`` of SH ``coeffs`` ``(..., K, 3)`` (K >= (degree + 1)^2) in view directions ``dirs``
     ``(..., 3)`` (any norm), gsplat's basis and signs; no +0.5 offset or clamp (`rasterize_gaussians` adds them)."""
     op = "spherical_harmonics"
-    if isinstance(degree, bool) or not isinstance(degree, int) or not 0 <= degree <= 3:
-        raise ValueError(f"{op}: degree={degree!r} must be an int in [0, 3]")
-    _check_tensor(op, "coeffs", coeffs, (None,) * (coeffs.dim() if isinstance(coeffs, Tensor) else 3))
+    check_int(op, "degree", degree, 0, 3)
+    _float_tensor(op, "coeffs", coeffs, None)
     if coeffs.dim() < 2 or coeffs.shape[-1] != 3 or coeffs.shape[-2] < (degree + 1) ** 2:
         raise ValueError(f"{op}: coeffs must be (..., K, 3) with K >= {(degree + 1) ** 2} for degree {degree}, "
                          f"got shape {tuple(coeffs.shape)}")
-    _check_tensor(op, "dirs", dirs, (*coeffs.shape[:-2], 3), coeffs.device, coeffs.dtype)
+    _float_tensor(op, "dirs", dirs, (*coeffs.shape[:-2], 3), ("coeffs", coeffs))
     lead = coeffs.shape[:-2]
     which = _backend.resolve(backend, coeffs.device, "gs_sh_fwd")
     if which == "torch":
@@ -279,12 +262,12 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: i
         ``(tiles_per_gauss (C, N) int32, isect_ids (M,) int64 sorted, flatten_ids (M,) int32 = c * N + g)``.
     """
     op = "intersect_tiles"
-    _check_tensor(op, "means2d", means2d, (None, None, 2))
-    _check_tensor(op, "depths", depths, means2d.shape[:2], means2d.device, means2d.dtype)
-    if not isinstance(radii, Tensor) or radii.dtype != torch.int32 or radii.shape != means2d.shape:
-        raise ValueError(f"{op}: radii must be an int32 tensor of shape {tuple(means2d.shape)}")
+    _float_tensor(op, "means2d", means2d, (None, None, 2))
+    like = ("means2d", means2d)
+    _float_tensor(op, "depths", depths, means2d.shape[:2], like)
+    check_tensor(op, "radii", radii, means2d.shape, dtype=torch.int32, like=like, same_dtype=False)
     for name, v in (("tile_size", tile_size), ("tile_width", tile_width), ("tile_height", tile_height)):
-        _check_size(op, name, v)
+        check_int(op, name, v, 1)
     which = _backend.resolve(backend, means2d.device, "gs_intersect_tiles")
     if which == "torch":
         return reference.intersect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
@@ -294,7 +277,13 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: i
 
 def isect_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_height: int, *,
                   backend: Optional[str] = None) -> Tensor:
-    """Index of each (camera, tile)'s first intersection in the sorted ``isect_ids``: ``(C, th, tw)`` int32."""
+    """Index of each (camera, tile)'s first intersection in the sorted ``isect_ids``: ``(C, th, tw)`` int32 (an
+    empty tile points at the next run)."""
+    op = "isect_offsets"
+    check_tensor(op, "isect_ids", isect_ids, (None,), dtype=torch.int64)
+    check_int(op, "n_cameras", n_cameras, 0)
+    check_int(op, "tile_width", tile_width, 1)
+    check_int(op, "tile_height", tile_height, 1)
     which = _backend.resolve(backend, isect_ids.device, "gs_isect_offsets")
     if which == "torch":
         return reference.isect_offsets(isect_ids, n_cameras, tile_width, tile_height)
@@ -323,28 +312,28 @@ def rasterize_to_pixels(
 
     ``alpha = min(0.999, opacity * exp(-sigma))``; contributions below 1/255 are skipped and a pixel stops
     before the Gaussian that would take its transmittance to 1e-4 or below; ``backgrounds`` is added as
-    ``(1 - alpha) * bg``. With ``absgrad``, backward stores the sum of absolute per-pixel gradients in
-    ``means2d.absgrad`` (gsplat's densification signal).
+    ``(1 - alpha) * bg``.
+
+    Args:
+        absgrad: the backward also stores the summed |per-pixel gradient| in means2d.absgrad
+            (meta["means2d"].absgrad), as gsplat; computed only when asked, nothing left on tensors otherwise.
     """
     op = "rasterize_to_pixels"
-    _check_tensor(op, "means2d", means2d, (None, None, 2))
+    _float_tensor(op, "means2d", means2d, (None, None, 2))
     c, n = means2d.shape[:2]
-    dev, dt = means2d.device, means2d.dtype
-    _check_tensor(op, "conics", conics, (c, n, 3), dev, dt)
-    _check_tensor(op, "colors", colors, (c, n, None), dev, dt)
-    _check_tensor(op, "opacities", opacities, (c, n), dev, dt)
+    like = ("means2d", means2d)
+    _float_tensor(op, "conics", conics, (c, n, 3), like)
+    _float_tensor(op, "colors", colors, (c, n, None), like)
+    _float_tensor(op, "opacities", opacities, (c, n), like)
     if backgrounds is not None:
-        _check_tensor(op, "backgrounds", backgrounds, (c, colors.shape[-1]), dev, dt)
+        _float_tensor(op, "backgrounds", backgrounds, (c, colors.shape[-1]), like)
     for name, v in (("width", width), ("height", height), ("tile_size", tile_size)):
-        _check_size(op, name, v)
+        check_int(op, name, v, 1)
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    if isect_offsets.shape != (c, th, tw) or isect_offsets.dtype != torch.int32:
-        raise ValueError(f"{op}: isect_offsets must be int32 of shape {(c, th, tw)}, got "
-                         f"{isect_offsets.dtype} {tuple(isect_offsets.shape)}")
-    if flatten_ids.dim() != 1 or flatten_ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"{op}: flatten_ids must be a 1-D int32 or int64 tensor, got {flatten_ids.dtype} "
-                         f"{tuple(flatten_ids.shape)}")
-    which = _backend.resolve(backend, dev, "gs_rasterize_fwd")
+    check_tensor(op, "isect_offsets", isect_offsets, (c, th, tw), dtype=torch.int32, like=like, same_dtype=False)
+    check_tensor(op, "flatten_ids", flatten_ids, (None,), dtype=(torch.int32, torch.int64), like=like,
+                 same_dtype=False)
+    which = _backend.resolve(backend, means2d.device, "gs_rasterize_fwd")
     if which == "torch":
         if absgrad:
             raise ValueError(f"{op}: absgrad needs the cpu, cuda or triton backend (autograd cannot see the "
@@ -394,7 +383,8 @@ def rasterize_gaussians(
         render_mode: "RGB", "D" (accumulated depth), "ED" (expected depth: accumulated depth / alpha),
             "RGB+D" or "RGB+ED"; depth is appended as the last channel.
         rasterize_mode: "classic" or "antialiased" (opacities scaled by the eps2d blur's compensation).
-        absgrad: also store the sum of absolute per-pixel gradients in ``meta["means2d"].absgrad``.
+        absgrad: the backward also stores the summed |per-pixel gradient| in means2d.absgrad
+            (meta["means2d"].absgrad), as gsplat; computed only when asked, nothing left on tensors otherwise.
         backend: "cuda", "triton", "cpu", "torch" or None (fastest available).
 
     Returns:
@@ -403,21 +393,16 @@ def rasterize_gaussians(
         flatten_ids, isect_offsets, width, height, tile_size and n_cameras.
     """
     op = "rasterize_gaussians"
-    if render_mode not in RENDER_MODES:
-        raise ValueError(f"{op}: unknown render_mode {render_mode!r}; expected one of {RENDER_MODES}")
-    if rasterize_mode not in RASTERIZE_MODES:
-        raise ValueError(f"{op}: unknown rasterize_mode {rasterize_mode!r}; expected one of {RASTERIZE_MODES}")
-    _check_tensor(op, "means", means, (None, 3))
-    n, dev, dt = means.shape[0], means.device, means.dtype
-    _check_tensor(op, "opacities", opacities, (n,), dev, dt)
-    if sh_degree is None:
-        _check_tensor(op, "colors", colors, (n, None), dev, dt)
-    else:
-        _check_tensor(op, "colors", colors, (n, None, 3), dev, dt)
-    _check_size(op, "tile_size", tile_size)
+    check_choice(op, "render_mode", render_mode, RENDER_MODES)
+    check_choice(op, "rasterize_mode", rasterize_mode, RASTERIZE_MODES)
+    _float_tensor(op, "means", means, (None, 3))
+    n, like = means.shape[0], ("means", means)
+    _float_tensor(op, "opacities", opacities, (n,), like)
+    _float_tensor(op, "colors", colors, (n, None) if sh_degree is None else (n, None, 3), like)
+    check_int(op, "tile_size", tile_size, 1)
     c = viewmats.shape[0] if isinstance(viewmats, Tensor) else 0
     if backend is None:  # one choice for every stage, so the stages agree on device support
-        backend = _backend.resolve(None, dev, "gs_rasterize_fwd")
+        backend = _backend.resolve(None, means.device, "gs_rasterize_fwd")
 
     radii, means2d, depths, conics, compensations = project_gaussians(
         means, quats, scales, viewmats, Ks, width, height, opacities=opacities, eps2d=eps2d, near_plane=near_plane,

@@ -2,10 +2,10 @@
 ptxas Triton ships) and prints ptxas's register and spill report per kernel configuration. Exits non-zero if a
 kernel fails to compile or a configuration with at most SMALL_D channels spills registers.
 
-Run without TRITON_INTERPRET (the interpreter replaces the kernels): python tests/gaussians_triton_compile.py
+Run without TRITON_INTERPRET (the interpreter replaces the kernels), with pyops importable (installed, or
+PYTHONPATH set to a checkout built in place): python tests/gaussians_triton_compile.py
 """
 
-import importlib.util
 import inspect
 import os
 import subprocess
@@ -17,29 +17,24 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-
-def load_kernels():
-    path = Path(__file__).resolve().parents[1] / "triton_kernels" / "gaussians.py"
-    spec = importlib.util.spec_from_file_location("_gs_triton_kernels", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from pyops.triton_kernels import gaussians_project, gaussians_raster, gaussians_sh
 
 
-def jobs(K):
-    out = [("project_fwd", K._gs_project_fwd_kernel, {"ANTIALIASED": True, "HAS_OPACITY": True, "BLOCK": 128},
-            4),
-           ("project_bwd", K._gs_project_bwd_kernel, {"ANTIALIASED": True, "BLOCK": 128}, 4),
-           ("sh_fwd degree 3", K._gs_sh_fwd_kernel, {"DEGREE": 3, "BLOCK": 128}, 4),
-           ("sh_bwd degree 3", K._gs_sh_bwd_kernel, {"DEGREE": 3, "BLOCK": 128}, 4)]
+def jobs():
+    out = [("project_fwd", gaussians_project._gs_project_fwd_kernel,
+            {"ANTIALIASED": True, "HAS_OPACITY": True, "BLOCK": 128}, 4),
+           ("project_bwd", gaussians_project._gs_project_bwd_kernel, {"ANTIALIASED": True, "BLOCK": 128}, 4),
+           ("sh_fwd degree 3", gaussians_sh._gs_sh_fwd_kernel, {"DEGREE": 3, "BLOCK": 128}, 4),
+           ("sh_bwd degree 3", gaussians_sh._gs_sh_bwd_kernel, {"DEGREE": 3, "BLOCK": 128}, 4)]
     for ts in (16, 8):
         for ch in (3, 32):
             for bwd in (False, True):
-                tile_p2, block_g, block_d, warps = K._raster_settings(ts, ch, True, backward=bwd)
+                tile_p2, block_g, block_d, warps = gaussians_raster._raster_settings(ts, ch, True, backward=bwd)
                 ce = {"HAS_BG": True, "TILE": ts, "TILE_P2": tile_p2, "BLOCK_G": block_g, "BLOCK_D": block_d}
                 if bwd:
-                    ce.update(ABSGRAD=True, DC=ch if ch <= K.SMALL_D else 0)
-                kernel = K._gs_rasterize_bwd_kernel if bwd else K._gs_rasterize_fwd_kernel
+                    ce.update(ABSGRAD=True, DC=ch if ch <= gaussians_raster.SMALL_D else 0)
+                kernel = (gaussians_raster._gs_rasterize_bwd_kernel if bwd
+                          else gaussians_raster._gs_rasterize_fwd_kernel)
                 name = (f"rasterize_{'bwd' if bwd else 'fwd'} tile {ts} D {ch} (chunk {block_g}, "
                         f"{warps} warps)")
                 out.append((name, kernel, ce, warps, ch))
@@ -63,12 +58,11 @@ def signature(kernel, constexprs):
 
 
 def main():
-    K = load_kernels()
     import triton.backends.nvidia as nvidia
 
     ptxas = Path(nvidia.__file__).parent / "bin" / "ptxas"
     failed = False
-    for name, kernel, ce, warps, channels in jobs(K):
+    for name, kernel, ce, warps, channels in jobs():
         compiled = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, ce), constexprs=ce),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
         assert compiled.asm["cubin"], name
@@ -84,7 +78,7 @@ def main():
         spills = max([int(s.split()[0]) for s in info.split(",") if "bytes spill stores" in s] or [-1])
         regs = next((s.split("Used")[1].split(",")[0].strip() for s in info.splitlines() if "Used" in s), "?")
         print(f"{name}: {regs}, {spills} bytes spill stores, shared {compiled.metadata.shared} B")
-        if res.returncode != 0 or spills < 0 or (spills > 0 and channels <= K.SMALL_D):
+        if res.returncode != 0 or spills < 0 or (spills > 0 and channels <= gaussians_raster.SMALL_D):
             print(info)
             failed = True
     sys.exit(1 if failed else 0)

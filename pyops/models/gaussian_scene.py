@@ -20,22 +20,38 @@ def rgb_to_sh(rgb: Tensor) -> Tensor:
     return (rgb - 0.5) / SH_C0
 
 
-def look_at(eyes: Tensor, target: Optional[Tensor] = None, up=(0.0, 0.0, 1.0)) -> Tensor:
-    """World-to-camera matrices ``(C, 4, 4)`` (OpenCV axes: x right, y down, z forward) for cameras at
-    ``eyes`` ``(C, 3)`` looking at ``target`` (default: the origin)."""
-    target = torch.zeros_like(eyes) if target is None else target.expand_as(eyes)
+def look_at(eyes, target=None, up=(0.0, 0.0, 1.0)) -> Tensor:
+    """World-to-camera matrices of cameras at ``eyes`` looking at ``target``, OpenCV axes (x right, y down,
+    z forward), as `pyops.rasterize_gaussians` takes them (``viewmats``).
+
+    Args:
+        eyes: ``(..., 3)`` camera centres: a tensor (its dtype and device are used) or a sequence.
+        target: ``(..., 3)`` the points looked at, broadcast against ``eyes`` (default: the origin).
+        up: ``(..., 3)`` world up direction(s), broadcast against ``eyes``; the camera's y axis points away from
+            it. It must not be parallel to a viewing direction.
+
+    Returns:
+        ``(..., 4, 4)`` ``[[R, -R eye], [0, 0, 0, 1]]``, the rows of R the camera's right, down and forward axes
+        in world coordinates; ``look_at(eyes (C, 3))`` gives ``(C, 4, 4)``, one eye ``(3,)`` gives ``(4, 4)``.
+    """
+    eyes = torch.as_tensor(eyes)
+    if not eyes.is_floating_point():
+        eyes = eyes.to(torch.get_default_dtype())
+    like = {"dtype": eyes.dtype, "device": eyes.device}
+    target = torch.zeros(3, **like) if target is None else torch.as_tensor(target, **like)
+    eyes, target, up = torch.broadcast_tensors(eyes, target, torch.as_tensor(up, **like))
     forward = torch.nn.functional.normalize(target - eyes, dim=-1)
-    right = torch.nn.functional.normalize(torch.linalg.cross(forward, eyes.new_tensor(up).expand_as(eyes)), dim=-1)
-    down = torch.linalg.cross(forward, right)
-    rot = torch.stack([right, down, forward], 1)  # [C, 3, 3] rows: camera axes in world coordinates
-    view = torch.eye(4, dtype=eyes.dtype, device=eyes.device).repeat(len(eyes), 1, 1)
-    view[:, :3, :3] = rot
-    view[:, :3, 3] = -(rot @ eyes[..., None])[..., 0]
-    return view
+    right = torch.nn.functional.normalize(torch.linalg.cross(forward, up, dim=-1), dim=-1)
+    down = torch.linalg.cross(forward, right, dim=-1)
+    rot = torch.stack([right, down, forward], dim=-2)  # [..., 3, 3]
+    top = torch.cat([rot, -(rot @ eyes[..., None])], dim=-1)  # [..., 3, 4]
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], **like).expand(*top.shape[:-2], 1, 4)
+    return torch.cat([top, bottom], dim=-2)
 
 
 def pinhole(width: int, height: int, fov_x_deg: float = 60.0, cameras: int = 1, **like) -> Tensor:
-    """Intrinsics ``(C, 3, 3)`` with the principal point at the image centre."""
+    """Intrinsics ``(cameras, 3, 3)`` of a pinhole camera with a horizontal field of view of ``fov_x_deg``, square
+    pixels and the principal point at the image centre; ``like``: ``dtype``/``device`` for torch.tensor."""
     f = 0.5 * width / math.tan(math.radians(fov_x_deg) / 2)
     k = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], **like)
     return k.repeat(cameras, 1, 1)

@@ -45,8 +45,10 @@ Spherical harmonics (rendering.py `rasterization`, cuda/csrc/SphericalHarmonicsC
 
 Tile intersection (cuda/csrc/IntersectTile.cu `intersect_tile_kernel`, `intersect_offset_kernel`,
 `radix_sort_double_buffer`; Intersect.cpp):
-  - Tile box in float32: tile_min = floor((mean - r) / tile_size), tile_max = ceil((mean + r) / tile_size)
-    per axis, clamped to [0, tile_width] / [0, tile_height]; tile_min inclusive, tile_max exclusive.
+  - Tile box: tile_min = floor((mean - r) / tile_size), tile_max = ceil((mean + r) / tile_size) per axis,
+    clamped to [0, tile_width] / [0, tile_height]; tile_min inclusive, tile_max exclusive. gsplat's kernel
+    computes it in float32; here and in the native kernels (gaussians_math.h) float64 inputs use float64, as
+    gsplat's _torch_impl does.
     Gaussians with r_x <= 0 or r_y <= 0 get no tiles. tiles_per_gauss [C, N] int32.
   - Key (int64) = image_id << (32 + tile_bits) | tile_id << 32 | depth_bits, tile_id = ty * tile_width + tx,
     tile_bits = bit_length(tile_width * tile_height), image bits = bit_length(C), their sum must be <= 32;
@@ -281,14 +283,25 @@ def tile_rects(
     tile_width: int,
     tile_height: int,
 ) -> Tensor:  # [C, N, 4] int64 (x_min, y_min, x_max, y_max): tiles x_min <= tx < x_max, y_min <= ty < y_max
-    """The tiles a Gaussian's box touches, computed in float32 like gsplat's kernel, clamped to the image."""
-    m = means2d.detach().to(torch.float32) / tile_size
-    r = radii.to(torch.float32) / tile_size
+    """The tiles a Gaussian's box touches: [floor((mean - r) / ts), ceil((mean + r) / ts)) per axis, clamped to
+    the grid; empty for a Gaussian with a zero radius.
+
+    The same math as the native kernels (csrc/include/pyops/gaussians_math.h `tile_rect`): computed in the
+    dtype of means2d (float32 for float32 and lower, as gsplat's kernel), a NaN bound clamps to 0 (an empty
+    range), and x_max >= x_min, y_max >= y_min."""
+    dtype = torch.float64 if means2d.dtype == torch.float64 else torch.float32
+    m = means2d.detach().to(dtype) / tile_size
+    r = radii.to(dtype) / tile_size
     lo, hi = torch.floor(m - r), torch.ceil(m + r)
-    limit = torch.tensor([tile_width, tile_height], dtype=torch.float32, device=m.device)
-    lo = torch.minimum(lo.clamp_min(0), limit).to(torch.int64)  # clamp before the cast: radii may be huge
-    hi = torch.minimum(hi.clamp_min(0), limit).to(torch.int64)
-    return torch.cat([lo, hi], dim=-1)
+    limit = torch.tensor([tile_width, tile_height], dtype=dtype, device=m.device)
+
+    def clamp(v: Tensor) -> Tensor:  # to [0, limit] before the cast: radii may be huge
+        return torch.minimum(v.nan_to_num(nan=0.0).clamp_min(0), limit).to(torch.int64)
+
+    lo = clamp(lo)
+    hi = torch.maximum(clamp(hi), lo)
+    visible = (radii > 0).all(dim=-1, keepdim=True)
+    return torch.where(visible, torch.cat([lo, hi], dim=-1), 0)
 
 
 def _key_bits(n_images: int, tile_width: int, tile_height: int) -> int:
@@ -315,10 +328,9 @@ def intersect_tiles(
     C, N = depths.shape
     tile_bits = _key_bits(C, tile_width, tile_height)
     device = depths.device
-    rect = tile_rects(means2d, radii, tile_size, tile_width, tile_height).reshape(C * N, 4)
-    visible = (radii > 0).all(dim=-1).reshape(C * N)
+    rect = tile_rects(means2d, radii, tile_size, tile_width, tile_height).reshape(C * N, 4)  # empty if culled
     widths = rect[:, 2] - rect[:, 0]
-    counts = torch.where(visible, widths * (rect[:, 3] - rect[:, 1]), torch.zeros_like(widths))  # [C * N]
+    counts = widths * (rect[:, 3] - rect[:, 1])  # [C * N]
 
     # Expand each Gaussian into its tiles, row-major inside its box, in flatten-id order.
     flat = torch.repeat_interleave(torch.arange(C * N, device=device), counts)  # [M]
@@ -409,7 +421,7 @@ def rasterize_dense(
     """
     C, N = depths.shape
     D = colors.shape[-1]
-    dtype, device = means2d.dtype, means2d.device
+    device = means2d.device
     colors = colors.expand(C, N, D)
     opacities = opacities.expand(C, N)
 
