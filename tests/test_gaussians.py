@@ -882,7 +882,7 @@ def _public_error_cases(device, dtype):
         (pyops.spherical_harmonics, sh, dict(dirs=sh["dirs"][:4]), ValueError, "dirs"),
         (pyops.spherical_harmonics, sh, dict(dirs=sh["dirs"].to(other)), TypeError, "dirs"),
         (pyops.spherical_harmonics, sh, dict(dirs=sh["dirs"].half(), coeffs=sh["coeffs"].half()), TypeError,
-         "coeffs"),
+         "dirs|coeffs"),
         (pyops.intersect_tiles, isect, dict(radii=radii.float()), TypeError, "radii"),
         (pyops.intersect_tiles, isect, dict(radii=radii[:, :5]), ValueError, "radii"),
         (pyops.intersect_tiles, isect, dict(depths=depths[:, :5]), ValueError, "depths"),
