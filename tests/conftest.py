@@ -6,3 +6,7 @@ import torch
 # triton_kernels is imported (by pyops), which happens after this file is loaded.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "subprocess: spawns a Python process (slow); deselect with -m 'not subprocess'")

@@ -19,8 +19,9 @@ import torch
 
 from pyops.reference import gaussians as ref
 
+from gaussian_scenes import HEIGHT, WIDTH, assert_far_from_discontinuities, render_reference as ours, scene, tiny_scene
+
 DTYPES = [torch.float32, torch.float64]
-WIDTH, HEIGHT = 40, 27  # neither is a multiple of the tile sizes used
 # (atol, rtol) for float32 results vs the oracle; float64 uses FP64_TOL.
 FP32_TOL = {"means2d": (2e-4, 1e-5), "depths": (1e-5, 1e-6), "conics": (1e-5, 1e-4), "render": (2e-5, 2e-5)}
 FP64_TOL = (1e-10, 1e-10)
@@ -39,58 +40,6 @@ def gs():
 def tol(dtype, what="render"):
     atol, rtol = FP32_TOL[what] if dtype == torch.float32 else FP64_TOL
     return dict(atol=atol, rtol=rtol)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Scenes.
-
-
-def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0), dtype=torch.float64):
-    """World-to-camera [4, 4] of a camera at eye looking at target, OpenCV axes (x right, y down, z ahead)."""
-    eye, target, up = (torch.as_tensor(v, dtype=torch.float64) for v in (eye, target, up))
-    forward = torch.nn.functional.normalize(target - eye, dim=0)
-    right = torch.nn.functional.normalize(torch.linalg.cross(forward, up), dim=0)
-    down = torch.linalg.cross(forward, right)
-    rot = torch.stack([right, down, forward])  # rows: camera axes in world coordinates
-    view = torch.eye(4, dtype=torch.float64)
-    view[:3, :3], view[:3, 3] = rot, -rot @ eye
-    return view.to(dtype)
-
-
-def cameras(n, width, height, seed, dtype, distance=(4.0, 6.0), focal=1.5):
-    """n cameras on random directions at a random distance, all looking at the origin."""
-    g = torch.Generator().manual_seed(seed)
-    views, Ks = [], []
-    for _ in range(n):
-        d = torch.nn.functional.normalize(torch.randn(3, generator=g, dtype=torch.float64), dim=0)
-        r = distance[0] + (distance[1] - distance[0]) * torch.rand((), generator=g, dtype=torch.float64)
-        views.append(look_at(d * r, dtype=dtype))
-        f = focal * width * (0.9 + 0.2 * torch.rand(2, generator=g, dtype=torch.float64))
-        c = torch.tensor([width / 2, height / 2], dtype=torch.float64) + 2 * torch.rand(2, generator=g) - 1
-        Ks.append(torch.tensor([[f[0], 0, c[0]], [0, f[1], c[1]], [0, 0, 1]], dtype=dtype))
-    return torch.stack(views), torch.stack(Ks)
-
-
-def scene(n=150, n_cams=2, width=WIDTH, height=HEIGHT, seed=0, dtype=torch.float64, sh_degree=None, channels=3):
-    """A random scene: means in a ball of radius 1.5 around the origin, log-normal scales giving splats of a
-    few pixels, opacities in (0.05, 0.95), colors in (0, 1) or SH coefficients."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=g, dtype=torch.float64)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    means = torch.nn.functional.normalize(randn(n, 3), dim=1) * 1.5 * rand(n, 1) ** (1 / 3)
-    quats = randn(n, 4)
-    scales = torch.exp(math.log(0.05) + 0.5 * randn(n, 3))
-    opacities = 0.05 + 0.9 * rand(n)
-    colors = rand(n, channels) if sh_degree is None else 0.4 * randn(n, (sh_degree + 1) ** 2, 3)
-    viewmats, Ks = cameras(n_cams, width, height, seed + 1000, torch.float64)
-    out = dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
-               Ks=Ks)
-    return {k: v.to(dtype) for k, v in out.items()}
 
 
 def gs_project(gs, s, width=WIDTH, height=HEIGHT, antialiased=False, **kw):
@@ -189,11 +138,6 @@ def gsplat_pipeline(gs, s, width, height, *, sh_degree=None, tile_size=16, backg
     if render_mode in ("ED", "RGB+ED"):
         render = torch.cat([render[..., :-1], render[..., -1:] / alphas.clamp(min=1e-10)], dim=-1)
     return render, alphas, dict(radii=radii, means2d=means2d, depths=depths, conics=conics)
-
-
-def ours(s, width, height, **kw):
-    return ref.rasterize_gaussians(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], s["viewmats"],
-                                   s["Ks"], width, height, **kw)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -459,39 +403,6 @@ def test_blend_rules():
 
 # ----------------------------------------------------------------------------------------------------------
 # (c) Gradients by finite differences.
-
-
-def tiny_scene(sh_degree=None):
-    """3 large, half-transparent Gaussians filling a 12x10 image seen by 2 cameras (float64)."""
-    g = torch.Generator().manual_seed(11)
-    means = torch.tensor([[0.0, 0.0, 0.0], [0.15, -0.1, 0.1], [-0.1, 0.12, -0.15]], dtype=torch.float64)
-    quats = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    scales = torch.tensor([[0.9, 1.0, 1.1], [1.1, 0.95, 1.0], [1.0, 1.05, 0.9]], dtype=torch.float64)
-    opacities = torch.tensor([0.35, 0.5, 0.45], dtype=torch.float64)
-    colors = torch.rand(3, 3, generator=g, dtype=torch.float64) if sh_degree is None else \
-        0.3 * torch.randn(3, (sh_degree + 1) ** 2, 3, generator=g, dtype=torch.float64)
-    viewmats = torch.stack([look_at([5.0, 0.3, 0.4]), look_at([-0.5, 4.0, 3.0])])
-    Ks = torch.tensor([[20.0, 0, 6.2], [0, 21.0, 4.9], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
-    backgrounds = torch.tensor([[0.3, 0.6, 0.9], [0.8, 0.1, 0.4]], dtype=torch.float64)
-    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
-                Ks=Ks), backgrounds
-
-
-def assert_far_from_discontinuities(s, width, height, tile_size, config):
-    """Finite differences are only valid if no cut flips under a small perturbation: every Gaussian covers
-    every tile with room to spare, every alpha is well above 1/255 and below the 0.999 clamp, and T stays far
-    from the 1e-4 stop."""
-    _, alphas, meta = ours(s, width, height, tile_size=tile_size, **config)
-    tiles = math.ceil(width / tile_size) * math.ceil(height / tile_size)
-    assert (meta["tiles_per_gauss"] == tiles).all()
-    m, r = meta["means2d"], meta["radii"].double()
-    assert ((m - r < -2) & (m[..., 0:1] + r[..., 0:1] > width + 2) & (m[..., 1:2] + r[..., 1:2] > height + 2)).all()
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    dx = m[:, :, None, None, 0] - xs
-    dy = m[:, :, None, None, 1] - ys
-    a, b, c = (meta["conics"][:, :, k, None, None] for k in range(3))
-    alpha = meta["opacities"][:, :, None, None] * torch.exp(-(0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy))
-    assert alpha.min() > 2 / 255 and alpha.max() < 0.9 and (1 - alphas).min() > 1e-2
 
 
 @pytest.mark.parametrize("config", [
