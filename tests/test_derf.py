@@ -330,3 +330,11 @@ def test_convergence_matches_reference(device, backend, block):
     assert ref[-1] < 0.8 * ref[0]  # it learns
     # fp32 kernels differ from torch's erf by a few ulp; after 30 steps the curves agree to ~1e-5.
     torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,channel_dim", [((3, 256), -1), ((2, 5, 3, 7), 1)], ids=str)
+def test_cpu_kernels_at_every_isa_level(cpu_isa_level, dtype, shape, channel_dim):
+    # The tests above run the best level (or PYOPS_CPU_ISA); this runs each ISA copy (csrc/cpu/isa.h).
+    x, params, dy = make_inputs(shape, channel_dim, True, True, True, dtype, "cpu")
+    check_against_reference(x, params, dy, channel_dim, "cpu", "cpu", dtype)
