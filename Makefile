@@ -35,9 +35,12 @@ test: test-python test-cpp
 test-python: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# CMake (libtorch) build of the same sources plus the C++ unit tests (CPU kernels; setup.py builds CUDA).
+# C++ unit tests (ctest) against what `build` built: CMake compiles no csrc/ source, it links the op tests
+# with pyops/_C*.so (so the sources compile once, with setup.py's flags). Without PYOPS_OPS_LIBRARY,
+# CMakeLists.txt builds the sources itself as the op library for C++ users.
 test-cpp: build
-	$(CMAKE) -S . -B $(CMAKE_BUILD_DIR) -DPython_EXECUTABLE=$(abspath $(PY))
+	$(CMAKE) -S . -B $(CMAKE_BUILD_DIR) -DPython_EXECUTABLE=$(abspath $(PY)) \
+	  -DPYOPS_OPS_LIBRARY=$(CURDIR)/pyops/_C$$($(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 	$(CMAKE) --build $(CMAKE_BUILD_DIR) -j $(MAX_JOBS)
 	cd $(CMAKE_BUILD_DIR) && $(CTEST) --output-on-failure
 

@@ -379,3 +379,11 @@ def test_convergence_matches_reference(device, backend, block):
     # The 3x rule on the whole loss curve: fp32 kernels differ from torch's erf by a few ulp, and after 30
     # steps the curves are as close to the float64 run as torch's own fp32 run (measured: ~2e-7 both).
     assert_close("losses", fused, exact, ref, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,channel_dim", [((3, 256), -1), ((2, 5, 3, 7), 1)], ids=str)
+def test_cpu_kernels_at_every_isa_level(cpu_isa_level, dtype, shape, channel_dim):
+    # The tests above run the best level (or PYOPS_CPU_ISA); this runs each ISA copy (csrc/cpu/isa.h).
+    x, params, dy = make_inputs(shape, channel_dim, True, True, True, dtype, "cpu")
+    check_against_reference(x, params, dy, channel_dim, "cpu", "cpu", dtype)

@@ -352,3 +352,18 @@ def test_torch_compile_fullgraph(device, backend):
     compiled = torch.compile(quantize, fullgraph=True)
     for a, b in zip(compiled(x, codebook), quantize(x, codebook)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+def test_cpu_kernels_at_every_isa_level(cpu_isa_level, dtype):
+    # The tests above run the best level (or PYOPS_CPU_ISA); this runs each ISA copy (csrc/cpu/isa.h).
+    x, codebook = randn(37, 67, dtype=dtype), randn(1100, 67, seed=1, dtype=dtype)  # K > one 1024-code tile
+    for metric in METRICS:
+        for exact in (False, True):
+            check_search(x, codebook, 5, metric, "cpu", exact)
+    values = randn(100, 37, dtype=dtype)
+    indices = torch.randint(0, 13, (100,), generator=torch.Generator().manual_seed(3))
+    sums, counts = pyops.vq_segment_sum(values, indices, 13, backend="cpu")
+    ref_sums, ref_counts = reference.segment_sum(values, indices, 13)
+    torch.testing.assert_close(counts.double(), ref_counts, rtol=0, atol=0)
+    torch.testing.assert_close(sums.double(), ref_sums, rtol=1e-5, atol=1e-4)

@@ -1,4 +1,6 @@
-// CPU backend of pyops::derf_fwd / derf_bwd: host entry points, ISA choice and registration.
+// CPU backend of pyops::derf_fwd / derf_bwd: host entry points and registration; the
+// kernels run in the ISA copy that pyops::cpu_isa::active() names (isa.h).
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "derf_kernel_isa.h"
@@ -9,36 +11,6 @@ namespace pyops {
 namespace derf {
 namespace {
 
-enum class Isa { kBase, kAvx2, kAvx512 };
-
-Isa best_isa() {
-#if PYOPS_HAVE_X86_KERNELS
-  static const Isa isa = [] {
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-      return Isa::kAvx2;
-    return Isa::kBase;
-  }();
-  return isa;
-#else
-  return Isa::kBase;
-#endif
-}
-
-// Calls fn with the kernel namespace's forward/backward for the best ISA this CPU has.
-#if PYOPS_HAVE_X86_KERNELS
-#define PYOPS_CPU_ISA_CALL(fn, ...)                      \
-  switch (best_isa()) {                                  \
-    case Isa::kAvx512: avx512::fn(__VA_ARGS__); break;   \
-    case Isa::kAvx2: avx2::fn(__VA_ARGS__); break;       \
-    default: base::fn(__VA_ARGS__);                      \
-  }
-#else
-#define PYOPS_CPU_ISA_CALL(fn, ...) base::fn(__VA_ARGS__)
-#endif
-
 at::Tensor derf_fwd_cpu(const at::Tensor& x,  // [..., C, ...]
                         const at::Tensor& alpha, const at::Tensor& shift,  // [1] or [C]
                         const std::optional<at::Tensor>& weight,           // [C]
@@ -47,7 +19,8 @@ at::Tensor derf_fwd_cpu(const at::Tensor& x,  // [..., C, ...]
   const Problem p = prepare(x, alpha, shift, weight, bias, channel_dim, c10::DeviceType::CPU);
   at::Tensor y = at::empty_like(p.x);
   if (p.x.numel() == 0) return y;
-  PYOPS_CPU_ISA_CALL(forward, p, y);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "derf_fwd_cpu",
+                                  [&] { PYOPS_CPU_ISA_CALL(forward<scalar_t>, p, y); });
   return y;
 }
 
@@ -58,7 +31,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> derf_bwd_
   const at::Tensor dy = prepare_grad(grad_out, p);
   at::Tensor dx = at::empty_like(p.x);
   at::Tensor partials = at::zeros({base::num_chunks(p), kNumPartials, p.channels}, p.alpha.options());
-  if (p.x.numel() != 0) PYOPS_CPU_ISA_CALL(backward, p, dy, dx, partials);
+  if (p.x.numel() != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "derf_bwd_cpu",
+                                    [&] { PYOPS_CPU_ISA_CALL(backward<scalar_t>, p, dy, dx, partials); });
+  }
   auto [ga, gs, gw, gb] = reduce_partials(partials, p, alpha, shift, weight, bias);
   return {dx, ga, gs, gw, gb};
 }

@@ -1,27 +1,22 @@
-// Vectorised CPU Derf kernels, included once per instruction set (derf_kernel_{base,avx2}.cpp) so the
-// build ships a baseline and an AVX2 copy and derf.cpp picks one at run time, as ATen's own CPU kernels do.
-// Every name lives in pyops::derf::PYOPS_CPU_ISA so the copies never clash at link time.
+// Vectorised CPU Derf kernels, compiled once per instruction set (derf_kernel_{base,avx2,avx512}.cpp) so
+// derf.cpp can pick the widest copy at run time, as ATen's own CPU kernels do. Every name lives in
+// pyops::derf::PYOPS_ISA_NAMESPACE so the copies never clash at link time (see isa.h).
 #pragma once
 
-#ifndef PYOPS_CPU_ISA
-#error "define PYOPS_CPU_ISA before including derf_kernel.h"
-#endif
-
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <vector>
-
+#include "derf_kernel_isa.h"
 #include "pyops/derf.h"
 #include "pyops/derf_math.h"
 
 namespace pyops {
 namespace derf {
-namespace PYOPS_CPU_ISA {
+namespace PYOPS_ISA_NAMESPACE {
 
 using at::vec::Vectorized;
+using cpu_isa::PYOPS_ISA_NAMESPACE::Buffer;
 
 // Full-width loads/stores unless at a ragged tail: ATen's counted loadu/store go through a stack buffer.
 template <typename V, typename T>
@@ -68,19 +63,17 @@ struct Io<at::Half> : ReducedIo<at::Half> {};
 // channels-last loops index all four the same way.
 template <typename Math>
 struct ChannelParams {
-  std::vector<Math> alpha, shift, weight, bias;
-  explicit ChannelParams(const Problem& p) {
-    auto expand = [&](const at::Tensor& t, Math absent) {
-      std::vector<Math> out(p.channels, absent);
-      if (!t.defined()) return out;
-      const Math* src = t.data_ptr<Math>();
-      for (int64_t c = 0; c < p.channels; ++c) out[c] = src[t.numel() == 1 ? 0 : c];
-      return out;
+  Buffer<Math> alpha, shift, weight, bias;
+  explicit ChannelParams(const Problem& p)
+      : alpha(p.channels), shift(p.channels), weight(p.channels), bias(p.channels) {
+    auto expand = [&](const at::Tensor& t, Math absent, Buffer<Math>& out) {
+      const Math* src = t.defined() ? t.data_ptr<Math>() : nullptr;
+      for (int64_t c = 0; c < p.channels; ++c) out[c] = src ? src[t.numel() == 1 ? 0 : c] : absent;
     };
-    alpha = expand(p.alpha, Math(0));
-    shift = expand(p.shift, Math(0));
-    weight = expand(p.weight, Math(1));
-    bias = expand(p.bias, Math(0));
+    expand(p.alpha, Math(0), alpha);
+    expand(p.shift, Math(0), shift);
+    expand(p.weight, Math(1), weight);
+    expand(p.bias, Math(0), bias);
   }
 };
 
@@ -117,7 +110,7 @@ int64_t num_chunks(const Problem& p) {
 }
 
 template <typename scalar_t>
-void forward_typed(const Problem& p, at::Tensor& y) {
+void forward(const Problem& p, at::Tensor& y) {
   using IO = Io<scalar_t>;
   using Math = typename IO::Math;
   using V = Vectorized<Math>;
@@ -159,7 +152,7 @@ void forward_typed(const Problem& p, at::Tensor& y) {
 }
 
 template <typename scalar_t>
-void backward_typed(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& partials) {
+void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& partials) {
   using IO = Io<scalar_t>;
   using Math = typename IO::Math;
   using V = Vectorized<Math>;
@@ -228,16 +221,16 @@ void backward_typed(const Problem& p, const at::Tensor& grad_out, at::Tensor& gr
   });
 }
 
-void forward(const Problem& p, at::Tensor& y) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "derf_fwd_cpu",
-                                  [&] { forward_typed<scalar_t>(p, y); });
-}
+// derf.cpp dispatches on the dtype (no error path here: see isa.h).
+#define PYOPS_INSTANTIATE(T)                                   \
+  template void forward<T>(const Problem&, at::Tensor&);     \
+  template void backward<T>(const Problem&, const at::Tensor&, at::Tensor&, at::Tensor&);
+PYOPS_INSTANTIATE(float)
+PYOPS_INSTANTIATE(double)
+PYOPS_INSTANTIATE(at::Half)
+PYOPS_INSTANTIATE(at::BFloat16)
+#undef PYOPS_INSTANTIATE
 
-void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& partials) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "derf_bwd_cpu",
-                                  [&] { backward_typed<scalar_t>(p, grad_out, grad_x, partials); });
-}
-
-}  // namespace PYOPS_CPU_ISA
+}  // namespace PYOPS_ISA_NAMESPACE
 }  // namespace derf
 }  // namespace pyops

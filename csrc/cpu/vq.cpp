@@ -1,5 +1,9 @@
-// CPU backend of pyops::vq_search / vq_segment_sum: host entry points, ISA choice and registration.
+// CPU backend of pyops::vq_search / vq_segment_sum: host entry points and registration; the
+// kernels run in the ISA copy that pyops::cpu_isa::active() names (isa.h).
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "pyops/vq.h"
 #include "vq_kernel_isa.h"
@@ -8,43 +12,16 @@ namespace pyops {
 namespace vq {
 namespace {
 
-enum class Isa { kBase, kAvx2, kAvx512 };
-
-Isa best_isa() {
-#if PYOPS_HAVE_X86_VQ_KERNELS
-  static const Isa isa = [] {
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-      return Isa::kAvx2;
-    return Isa::kBase;
-  }();
-  return isa;
-#else
-  return Isa::kBase;
-#endif
-}
-
-// Calls fn from the kernel namespace of the best ISA this CPU has.
-#if PYOPS_HAVE_X86_VQ_KERNELS
-#define PYOPS_VQ_ISA_CALL(fn, ...)                       \
-  switch (best_isa()) {                                  \
-    case Isa::kAvx512: avx512::fn(__VA_ARGS__); break;   \
-    case Isa::kAvx2: avx2::fn(__VA_ARGS__); break;       \
-    default: base::fn(__VA_ARGS__);                      \
-  }
-#else
-#define PYOPS_VQ_ISA_CALL(fn, ...) base::fn(__VA_ARGS__)
-#endif
-
 std::tuple<at::Tensor, at::Tensor> vq_search_cpu(const at::Tensor& x,         // [N, D]
                                                  const at::Tensor& codebook,  // [K, D]
                                                  int64_t k, c10::string_view metric, bool exact) {
   const SearchProblem p =
       prepare_search(x, codebook, k, std::string_view(metric.data(), metric.size()), exact, c10::DeviceType::CPU);
   auto [dist, idx] = empty_search_outputs(p);  // [N, k], [N, k]
-  if (p.n != 0) PYOPS_VQ_ISA_CALL(search, p, dist, idx);
+  if (p.n != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "vq_search_cpu",
+                                    [&] { PYOPS_CPU_ISA_CALL(search<scalar_t>, p, dist, idx); });
+  }
   return {dist, idx};
 }
 
@@ -55,11 +32,35 @@ std::tuple<at::Tensor, at::Tensor> vq_segment_sum_cpu(const at::Tensor& values, 
   const auto opts = p.values.options().dtype(p.out_dtype());
   at::Tensor sums = at::zeros({p.num_segments, p.dim}, opts);  // [S, D]
   at::Tensor counts = at::zeros({p.num_segments}, opts);       // [S]
-  PYOPS_VQ_ISA_CALL(segment_sum, p, sums, counts);
+  const int64_t* idx = p.indices.data_ptr<int64_t>();
+  std::vector<int64_t> tally(p.num_segments, 0);  // exact counts, converted once
+  for (int64_t r = 0; r < p.n; ++r) {
+    TORCH_CHECK(idx[r] >= 0 && idx[r] < p.num_segments, "vq_segment_sum: `indices` has value ", idx[r],
+                " at position ", r, ", outside [0, num_segments=", p.num_segments, ")");
+    ++tally[idx[r]];
+  }
+  counts.copy_(at::from_blob(tally.data(), {p.num_segments}, at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.values.scalar_type(), "vq_segment_sum_cpu",
+                                  [&] { PYOPS_CPU_ISA_CALL(segment_sum<scalar_t>, p, sums); });
   return {sums, counts};
 }
 
+template <typename M>
+void gemm_nt_impl(const M* x, const M* codes, int64_t rows, int64_t cols, int64_t dim, M* out) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<M>::value);
+  at::Tensor out_t = at::from_blob(out, {rows, cols}, opts);  // [rows, cols]
+  at::mm_out(out_t, at::from_blob(const_cast<M*>(x), {rows, dim}, opts),
+             at::from_blob(const_cast<M*>(codes), {cols, dim}, opts).t());
+}
+
 }  // namespace
+
+void gemm_nt(const float* x, const float* codes, int64_t rows, int64_t cols, int64_t dim, float* out) {
+  gemm_nt_impl(x, codes, rows, cols, dim, out);
+}
+void gemm_nt(const double* x, const double* codes, int64_t rows, int64_t cols, int64_t dim, double* out) {
+  gemm_nt_impl(x, codes, rows, cols, dim, out);
+}
 
 TORCH_LIBRARY_IMPL(pyops, CPU, m) {
   m.impl("vq_search", &vq_search_cpu);

@@ -1,5 +1,5 @@
-// CPU nearest-code search and segment sum, included once per instruction set (vq_kernel_{base,avx2,avx512}.cpp)
-// so vq.cpp can pick the widest copy at run time; every name lives in pyops::vq::PYOPS_CPU_ISA.
+// CPU nearest-code search and segment sum, compiled once per instruction set (vq_kernel_{base,avx2,avx512}.cpp)
+// so vq.cpp can pick the widest copy at run time; every name lives in pyops::vq::PYOPS_ISA_NAMESPACE (isa.h).
 //
 // Search: tasks are (block of rows, range of codes). A task walks its codes in tiles: one BLAS call turns
 // the tile into dot products [rows, tile] (single-threaded inside at::parallel_for, cache-blocked by the
@@ -12,12 +12,6 @@
 // gives half the fp32 FMA rate and ATen's bf16 matmul (oneDNN) 0.65x its fp32 rate.
 #pragma once
 
-#ifndef PYOPS_CPU_ISA
-#error "define PYOPS_CPU_ISA before including vq_kernel.h"
-#endif
-
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -26,17 +20,18 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
-#include <vector>
 
+#include "vq_kernel_isa.h"
 #include "pyops/vq.h"
 #include "pyops/vq_math.h"
 #include "vq_int8.h"
 
 namespace pyops {
 namespace vq {
-namespace PYOPS_CPU_ISA {
+namespace PYOPS_ISA_NAMESPACE {
 
 using at::vec::Vectorized;
+using cpu_isa::PYOPS_ISA_NAMESPACE::Buffer;
 
 // Index of a list slot no code has filled yet: sorts after every real code at equal (infinite) score.
 constexpr int64_t kNoCode = std::numeric_limits<int64_t>::max();
@@ -46,9 +41,6 @@ constexpr int64_t kRowBlock = 256;
 constexpr int64_t kCodeTile = 1024;
 // Bytes of int8-packed codes shared by all threads (a chunk of the codebook, reused by every row block).
 constexpr int64_t kInt8Workspace = int64_t{8} << 20;
-
-template <typename scalar_t>
-using MathOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // dst[i] = float(src[i]) for fp16/bf16 (vectorised), plain copy otherwise.
 template <typename scalar_t, typename M>
@@ -152,20 +144,19 @@ RowStats<M> row_stats(const M* x, const M* c, int64_t d) {
 }
 
 template <typename scalar_t>
-void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
+void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
   using M = MathOf<scalar_t>;  // scores, GEMM and re-rank type
   const int64_t n = p.n, num_codes = p.num_codes, dim = p.dim;
   const int kc = static_cast<int>(p.candidates);
   const scalar_t* x = p.x.data_ptr<scalar_t>();
   const scalar_t* cb = p.codebook.data_ptr<scalar_t>();
-  const auto math_opts = p.x.options().dtype(c10::CppTypeToScalarType<M>::value);
 
   // Per-code term of the score, once per call (O(K) memory).
-  at::Tensor stat_t = at::zeros({num_codes}, math_opts);  // [K]
-  M* stat = stat_t.data_ptr<M>();
+  Buffer<M> stat_buf(num_codes);  // [K]
+  M* stat = stat_buf.data();
   if (p.metric != Metric::kIp) {
     at::parallel_for(0, num_codes, 256, [&](int64_t c0, int64_t c1) {
-      std::vector<M> row(dim);
+      Buffer<M> row(dim);
       for (int64_t c = c0; c < c1; ++c) {
         const M* cr = as_math(cb + c * dim, row.data(), dim);
         const M cc = row_stats<M>(cr, cr, dim).cc;
@@ -181,10 +172,10 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
   const int64_t threads = at::get_num_threads();
   const int64_t splits = std::clamp<int64_t>((2 * threads + row_blocks - 1) / row_blocks, 1, tiles);
   const int64_t tiles_per_split = (tiles + splits - 1) / splits;
-  at::Tensor cand_d_t = at::empty({splits, n, kc}, math_opts);            // [splits, N, kc]
-  at::Tensor cand_i_t = at::empty({splits, n, kc}, p.x.options().dtype(at::kLong));  // [splits, N, kc]
-  M* cand_d = cand_d_t.data_ptr<M>();
-  int64_t* cand_i = cand_i_t.data_ptr<int64_t>();
+  Buffer<M> cand_d_buf(splits * n * kc);        // [splits, N, kc]
+  Buffer<int64_t> cand_i_buf(splits * n * kc);  // [splits, N, kc]
+  M* cand_d = cand_d_buf.data();
+  int64_t* cand_i = cand_i_buf.data();
 
   std::fill(cand_d, cand_d + splits * n * kc, std::numeric_limits<M>::infinity());
   std::fill(cand_i, cand_i + splits * n * kc, kNoCode);
@@ -195,8 +186,8 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
   const int64_t dp = int8::padded_dim(dim);
   const int64_t chunk = use_int8 ? std::clamp<int64_t>(kInt8Workspace / dp / kCodeTile, 1, tiles) * kCodeTile
                                  : tiles * kCodeTile;
-  std::vector<uint8_t> packed(use_int8 ? std::min(chunk, tiles * kCodeTile) * dp : 0);  // [chunk/16, dp/4, 16, 4]
-  std::vector<float> code_scale(use_int8 ? std::min(chunk, tiles * kCodeTile) : 0);      // [chunk]
+  Buffer<uint8_t> packed(use_int8 ? std::min(chunk, tiles * kCodeTile) * dp : 0);  // [chunk/16, dp/4, 16, 4]
+  Buffer<float> code_scale(use_int8 ? std::min(chunk, tiles * kCodeTile) : 0);      // [chunk]
 
   for (int64_t chunk0 = 0; chunk0 < num_codes; chunk0 += chunk) {
     const int64_t chunk_end = std::min(num_codes, chunk0 + chunk);
@@ -205,7 +196,7 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
       at::parallel_for(0, groups, 16, [&](int64_t g0, int64_t g1) {
         const int64_t c0 = chunk0 + g0 * int8::kGroup, cols = std::min(chunk_end, chunk0 + g1 * int8::kGroup) - c0;
         if constexpr (std::is_same_v<M, float>) {
-          std::vector<float> buf(std::is_same_v<scalar_t, float> ? 0 : cols * dim);
+          Buffer<float> buf(std::is_same_v<scalar_t, float> ? 0 : cols * dim);
           int8::pack_codes(as_math(cb + c0 * dim, buf.data(), cols * dim), cols, dim,
                            packed.data() + g0 * int8::kGroup * dp, code_scale.data() + g0 * int8::kGroup);
         }
@@ -214,13 +205,13 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
     at::parallel_for(0, row_blocks * splits, 1, [&](int64_t t0, int64_t t1) {
       constexpr bool kConvert = !std::is_same_v<scalar_t, M>;
       const int64_t rows_padded = (rows_per_task + int8::kRows - 1) / int8::kRows * int8::kRows;
-      std::vector<M> x_buf(kConvert ? rows_per_task * dim : 0);  // [rows, D] fp16/bf16 rows in fp32
-      std::vector<M> c_buf(kConvert && !use_int8 ? kCodeTile * dim : 0);  // [tile, D]
-      std::vector<int8_t> qx(use_int8 ? rows_padded * dp : 0);          // [rows, dp] int8 rows
-      std::vector<float> qx_scale(use_int8 ? rows_padded : 0);
-      std::vector<int32_t> qx_bias(use_int8 ? rows_padded : 0);
-      at::Tensor dots_t = at::empty({rows_per_task * kCodeTile}, math_opts);  // [rows, tile]
-      M* dots = dots_t.data_ptr<M>();
+      Buffer<M> x_buf(kConvert ? rows_per_task * dim : 0);  // [rows, D] fp16/bf16 rows in fp32
+      Buffer<M> c_buf(kConvert && !use_int8 ? kCodeTile * dim : 0);  // [tile, D]
+      Buffer<int8_t> qx(use_int8 ? rows_padded * dp : 0);          // [rows, dp] int8 rows
+      Buffer<float> qx_scale(use_int8 ? rows_padded : 0);
+      Buffer<int32_t> qx_bias(use_int8 ? rows_padded : 0);
+      Buffer<M> dots_buf(rows_per_task * kCodeTile);  // [rows, tile]
+      M* dots = dots_buf.data();
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t block = task / splits, split = task % splits;
         const int64_t r0 = block * rows_per_task, rows = std::min(rows_per_task, n - r0);
@@ -230,7 +221,6 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
         M* bd = cand_d + (split * n + r0) * kc;
         int64_t* bi = cand_i + (split * n + r0) * kc;
         const M* xr = as_math(x + r0 * dim, x_buf.data(), rows * dim);
-        const at::Tensor x_view = at::from_blob(const_cast<M*>(xr), {rows, dim}, math_opts);
         if constexpr (std::is_same_v<M, float>) {
           if (use_int8) int8::quantize_rows(xr, rows, dim, qx.data(), qx_scale.data(), qx_bias.data());
         }
@@ -242,9 +232,7 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
                          code_scale.data() + (c0 - chunk0), cols, dim, dots, cols);
           }
           if (!use_int8) {
-            const M* cr = as_math(cb + c0 * dim, c_buf.data(), cols * dim);
-            at::Tensor dots_view = dots_t.narrow(0, 0, rows * cols).view({rows, cols});
-            at::mm_out(dots_view, x_view, at::from_blob(const_cast<M*>(cr), {cols, dim}, math_opts).t());
+            gemm_nt(xr, as_math(cb + c0 * dim, c_buf.data(), cols * dim), rows, cols, dim, dots);
           }
           switch (p.metric) {
             case Metric::kL2: scan_tile<Metric::kL2>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc); break;
@@ -263,19 +251,19 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
   int64_t* oi = out_i.data_ptr<int64_t>();
   const int64_t k = p.k;
   at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<M> xrow(dim), crow(dim), md(kc), ed(kc);
-    std::vector<int64_t> mi(kc), ei(kc);
+    Buffer<M> xrow(dim), crow(dim), md(kc), ed(kc);
+    Buffer<int64_t> mi(kc), ei(kc);
     for (int64_t r = r0; r < r1; ++r) {
-      std::copy(cand_d + r * kc, cand_d + (r + 1) * kc, md.begin());
-      std::copy(cand_i + r * kc, cand_i + (r + 1) * kc, mi.begin());
+      std::copy(cand_d + r * kc, cand_d + (r + 1) * kc, md.data());
+      std::copy(cand_i + r * kc, cand_i + (r + 1) * kc, mi.data());
       for (int64_t s = 1; s < splits; ++s)
         for (int j = 0; j < kc; ++j) {
           const int64_t idx = cand_i[(s * n + r) * kc + j];
           if (idx != kNoCode) insert_sorted(md.data(), mi.data(), kc, cand_d[(s * n + r) * kc + j], idx);
         }
       const M* xr = as_math(x + r * dim, xrow.data(), dim);
-      std::fill(ed.begin(), ed.end(), std::numeric_limits<M>::infinity());
-      std::fill(ei.begin(), ei.end(), kNoCode);
+      std::fill(ed.data(), ed.data() + kc, std::numeric_limits<M>::infinity());
+      std::fill(ei.data(), ei.data() + kc, kNoCode);
       for (int j = 0; j < kc; ++j) {
         // Only non-finite scores leave a slot empty (finite inputs fill all kc <= K slots).
         if (mi[j] == kNoCode) continue;
@@ -293,32 +281,19 @@ void search_typed(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) 
   });
 }
 
-void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "vq_search_cpu",
-                                  [&] { search_typed<scalar_t>(p, out_d, out_i); });
-}
-
-// sums[s] = sum of the rows r with indices[r] == s, added in row order (deterministic); threads own
-// disjoint column ranges, so no two threads touch one output element.
+// sums[s] += the rows r with indices[r] == s (checked by vq.cpp), added in row order (deterministic); threads
+// own disjoint column ranges, so no two threads touch one output element.
 template <typename scalar_t>
-void segment_sum_typed(const SegmentProblem& p, at::Tensor& sums, at::Tensor& counts) {
+void segment_sum(const SegmentProblem& p, at::Tensor& sums) {
   using M = MathOf<scalar_t>;
   const int64_t n = p.n, dim = p.dim;
   const scalar_t* v = p.values.data_ptr<scalar_t>();
   const int64_t* idx = p.indices.data_ptr<int64_t>();
   M* out = sums.data_ptr<M>();
-  M* cnt = counts.data_ptr<M>();
-  std::vector<int64_t> tally(p.num_segments, 0);  // exact counts, converted once
-  for (int64_t r = 0; r < n; ++r) {
-    TORCH_CHECK(idx[r] >= 0 && idx[r] < p.num_segments, "vq_segment_sum: `indices` has value ", idx[r],
-                " at position ", r, ", outside [0, num_segments=", p.num_segments, ")");
-    ++tally[idx[r]];
-  }
-  for (int64_t s = 0; s < p.num_segments; ++s) cnt[s] = static_cast<M>(tally[s]);
   constexpr int64_t kColumns = 64;  // columns per task: a cache line or more of every touched row
   at::parallel_for(0, (dim + kColumns - 1) / kColumns, 1, [&](int64_t b0, int64_t b1) {
     const int64_t d0 = b0 * kColumns, d1 = std::min(dim, b1 * kColumns), w = d1 - d0;
-    std::vector<M> row(w);
+    Buffer<M> row(w);
     for (int64_t r = 0; r < n; ++r) {
       to_math(v + r * dim + d0, row.data(), w);
       M* dst = out + idx[r] * dim + d0;
@@ -327,11 +302,16 @@ void segment_sum_typed(const SegmentProblem& p, at::Tensor& sums, at::Tensor& co
   });
 }
 
-void segment_sum(const SegmentProblem& p, at::Tensor& sums, at::Tensor& counts) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.values.scalar_type(), "vq_segment_sum_cpu",
-                                  [&] { segment_sum_typed<scalar_t>(p, sums, counts); });
-}
+// vq.cpp dispatches on the dtype (no error path here: see isa.h).
+#define PYOPS_INSTANTIATE(T)                                                    \
+  template void search<T>(const SearchProblem&, at::Tensor&, at::Tensor&);     \
+  template void segment_sum<T>(const SegmentProblem&, at::Tensor&);
+PYOPS_INSTANTIATE(float)
+PYOPS_INSTANTIATE(double)
+PYOPS_INSTANTIATE(at::Half)
+PYOPS_INSTANTIATE(at::BFloat16)
+#undef PYOPS_INSTANTIATE
 
-}  // namespace PYOPS_CPU_ISA
+}  // namespace PYOPS_ISA_NAMESPACE
 }  // namespace vq
 }  // namespace pyops

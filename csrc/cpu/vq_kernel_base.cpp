@@ -1,3 +1,2 @@
-// Baseline-ISA copy of the CPU VQ kernels (whatever the compiler targets by default).
-#define PYOPS_CPU_ISA base
+// Baseline copy of the CPU VQ kernels: the compiler's default flags (see isa.h).
 #include "vq_kernel.h"

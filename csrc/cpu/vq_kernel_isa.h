@@ -1,27 +1,29 @@
-// Declarations of the per-ISA CPU VQ kernels defined by vq_kernel_{base,avx2,avx512}.cpp.
+// Entry points of the per-ISA CPU VQ kernels (vq_kernel.h, compiled once per level: see isa.h), for scalar_t
+// float, double, at::Half and at::BFloat16; vq.cpp dispatches on the dtype.
 #pragma once
 
-#include "pyops/vq.h"
+#include <type_traits>
 
-// x86-64 builds also carry AVX2 and AVX-512 copies, chosen at run time (same guard as derf_kernel_isa.h).
-#if defined(__x86_64__) && !defined(__AVX2__) && (defined(__GNUC__) || defined(__clang__))
-#define PYOPS_HAVE_X86_VQ_KERNELS 1
-#else
-#define PYOPS_HAVE_X86_VQ_KERNELS 0
-#endif
+#include "isa.h"
+#include "pyops/vq.h"
 
 namespace pyops {
 namespace vq {
-#define PYOPS_DECLARE_VQ_KERNELS(isa)                                                \
-  namespace isa {                                                                    \
-  void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i);         \
-  void segment_sum(const SegmentProblem& p, at::Tensor& sums, at::Tensor& counts);   \
-  }
-PYOPS_DECLARE_VQ_KERNELS(base)
-#if PYOPS_HAVE_X86_VQ_KERNELS
-PYOPS_DECLARE_VQ_KERNELS(avx2)
-PYOPS_DECLARE_VQ_KERNELS(avx512)
-#endif
-#undef PYOPS_DECLARE_VQ_KERNELS
+
+// Scores, GEMM and re-rank type: double for double inputs, float otherwise.
+template <typename scalar_t>
+using MathOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// out [rows, cols] = x [rows, dim] @ codes [cols, dim]^T through ATen's BLAS (single-threaded when called
+// inside at::parallel_for). Defined in vq.cpp, baseline code: it wraps the pointers in tensors (see isa.h).
+void gemm_nt(const float* x, const float* codes, int64_t rows, int64_t cols, int64_t dim, float* out);
+void gemm_nt(const double* x, const double* codes, int64_t rows, int64_t cols, int64_t dim, double* out);
+
+PYOPS_CPU_ISA_DECLARE(
+    template <typename scalar_t> void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i);
+    // sums [S, D] (zeroed, out dtype) += the rows of each segment; indices already checked.
+    template <typename scalar_t> void segment_sum(const SegmentProblem& p, at::Tensor& sums);
+)
+
 }  // namespace vq
 }  // namespace pyops
