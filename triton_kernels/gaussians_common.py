@@ -13,6 +13,9 @@ from .. import _checks
 # gsplat's constant (cuda/include/Common.h): alphas below it are skipped by the blending and, when the
 # projection is given opacities, Gaussians whose opacity is below it are culled.
 ALPHA_THRESHOLD: tl.constexpr = tl.constexpr(1.0 / 255.0)
+# F.normalize's floor on a norm (gaussians_math.h's normalize_eps): a zero quaternion or SH direction
+# normalises to zero instead of NaN.
+NORM_EPS: tl.constexpr = tl.constexpr(1e-12)
 
 
 def _check(op: str, name: str, t, shape: Sequence[Optional[int]], dtype: torch.dtype = torch.float32,

@@ -34,8 +34,6 @@ def gs_intersect_tiles_triton(
         raise ValueError(f"{op}: C * N = {c * n} does not fit the int32 flatten ids")
     tiles_per_gauss, isect_ids, flatten_ids = _reference.intersect_tiles(means2d, radii, depths, tile_size,
                                                                          tile_width, tile_height)
-    if isect_ids.numel() >= _INT32_LIMIT:
-        raise ValueError(f"{op}: {isect_ids.numel()} intersections do not fit the int32 isect_offsets")
     return tiles_per_gauss, isect_ids, flatten_ids.int()
 
 

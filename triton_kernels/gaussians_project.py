@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gaussians_common import ALPHA_THRESHOLD, _block, _check
+from .gaussians_common import ALPHA_THRESHOLD, NORM_EPS, _block, _check
 
 EXTEND: tl.constexpr = tl.constexpr(3.33)  # radius in standard deviations (gsplat's)
 
@@ -35,7 +35,8 @@ def _mm3(a00, a01, a02, a10, a11, a12, a20, a21, a22, b00, b01, b02, b10, b11, b
 
 @triton.jit
 def _quat_to_rotmat(qw, qx, qy, qz):
-    inv = 1.0 / tl.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+    # q / max(|q|, eps), as F.normalize and gaussians_math.h: a zero quaternion is the identity rotation.
+    inv = 1.0 / tl.maximum(tl.sqrt(qw * qw + qx * qx + qy * qy + qz * qz), NORM_EPS)
     w = qw * inv
     x = qx * inv
     y = qy * inv
@@ -334,6 +335,7 @@ def _gs_project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, view_ptr, k_ptr, ra
     vqy = 2.0 * (x * (vr10 + vr01) - 2.0 * y * (vr00 + vr22) + z * (vr21 + vr12) + w * (vr02 - vr20))
     vqz = 2.0 * (x * (vr20 + vr02) + y * (vr21 + vr12) - 2.0 * z * (vr00 + vr11) + w * (vr10 - vr01))
     dot = vqw * w + vqx * x + vqy * y + vqz * z
+    dot = tl.where(inv < 1.0 / NORM_EPS, dot, 0.0)  # below the norm's floor the map is linear
     vqw = (vqw - dot * w) * inv
     vqx = (vqx - dot * x) * inv
     vqy = (vqy - dot * y) * inv

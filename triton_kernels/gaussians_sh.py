@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .gaussians_common import _check
+from .gaussians_common import NORM_EPS, _check
 
 SH_C0: tl.constexpr = tl.constexpr(0.2820947917738781)
 SH_C1: tl.constexpr = tl.constexpr(0.48860251190292)
@@ -23,7 +23,7 @@ def _sh_dirs(dirs_ptr, rows, rmask):
     dx = tl.load(dirs_ptr + rows * 3 + 0, mask=rmask, other=1.0)
     dy = tl.load(dirs_ptr + rows * 3 + 1, mask=rmask, other=0.0)
     dz = tl.load(dirs_ptr + rows * 3 + 2, mask=rmask, other=0.0)
-    inv = 1.0 / tl.sqrt(dx * dx + dy * dy + dz * dz)
+    inv = 1.0 / tl.maximum(tl.sqrt(dx * dx + dy * dy + dz * dz), NORM_EPS)  # F.normalize's floor: 0 stays 0
     return dx * inv, dy * inv, dz * inv, inv
 
 
@@ -216,7 +216,7 @@ def _gs_sh_bwd_kernel(dirs_ptr, coeffs_ptr, v_colors_ptr, v_coeffs_ptr, v_dirs_p
                 vy += v9 * d9y + v10 * d10y + v11 * d11y + v14 * d14y + v15 * d15y
                 vz += v10 * d10z + v11 * d11z + v12 * d12z + v13 * d13z + v14 * d14z
         # through the normalization: (I - n n^T) / |d|
-        dot = vx * x + vy * y + vz * z
+        dot = tl.where(inv < 1.0 / NORM_EPS, vx * x + vy * y + vz * z, 0.0)  # linear below the floor
         tl.store(v_dirs_ptr + rows * 3 + 0, (vx - dot * x) * inv, mask=rmask)
         tl.store(v_dirs_ptr + rows * 3 + 1, (vy - dot * y) * inv, mask=rmask)
         tl.store(v_dirs_ptr + rows * 3 + 2, (vz - dot * z) * inv, mask=rmask)

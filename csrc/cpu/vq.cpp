@@ -6,10 +6,31 @@
 #include <vector>
 
 #include "pyops/vq.h"
+#include "vq_int8.h"
 #include "vq_kernel_isa.h"
 
 namespace pyops {
 namespace vq {
+
+namespace int8 {
+// Baseline code: the VNNI copy (vq_int8_avx512vnni.cpp) runs only at the AVX-512 level (so PYOPS_CPU_ISA=base
+// or avx2 turns it off too) on a CPU with VNNI.
+bool supported() {
+#if PYOPS_CPU_ISA_X86
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  return vnni && cpu_isa::active() == cpu_isa::Level::kAvx512;
+#else
+  return false;
+#endif
+}
+#if !PYOPS_CPU_ISA_X86  // the VNNI copy is not built: never called, since supported() is false
+void pack_codes(const float*, int64_t, int64_t, uint8_t*, float*) {}
+void quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int32_t*) {}
+void dots(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
+          float*, int64_t) {}
+#endif
+}  // namespace int8
+
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> vq_search_cpu(const at::Tensor& x,         // [N, D]

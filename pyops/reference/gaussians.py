@@ -331,6 +331,9 @@ def intersect_tiles(
     rect = tile_rects(means2d, radii, tile_size, tile_width, tile_height).reshape(C * N, 4)  # empty if culled
     widths = rect[:, 2] - rect[:, 0]
     counts = widths * (rect[:, 3] - rect[:, 1])  # [C * N]
+    total = int(counts.sum())  # repeat_interleave below needs it on the host anyway
+    if total > _INT32_MAX:  # checked before anything that size is allocated
+        raise ValueError(f"intersect_tiles: {total} intersections do not fit the int32 isect_offsets")
 
     # Expand each Gaussian into its tiles, row-major inside its box, in flatten-id order.
     flat = torch.repeat_interleave(torch.arange(C * N, device=device), counts)  # [M]

@@ -1,33 +1,22 @@
-// AVX512-VNNI int8 score kernels of the CPU VQ search (see vq_int8.h); compiled for that ISA with a target
-// pragma and used only when the CPU reports it.
-#include "vq_int8.h"
+// AVX512-VNNI int8 score kernels of the CPU VQ search (see vq_int8.h). An ISA copy like the others (isa.h):
+// its own object, compiled with real -mavx512vnni flags (setup.py ISA_FLAGS / CMakeLists.txt
+// PYOPS_ISA_FLAGS_avx512vnni), called only when int8::supported() (vq.cpp, baseline code). Like the other
+// copies it instantiates no library function out of line (no std::vector, no TORCH_CHECK), so no shared
+// name can carry its instructions into baseline code (tests/test_isa.py).
+#include <immintrin.h>
 
-#include <c10/util/Exception.h>
-
-#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PYOPS_HAVE_VNNI_KERNELS 1
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
-#include <immintrin.h>
-#else
-#define PYOPS_HAVE_VNNI_KERNELS 0
+#include "vq_int8.h"
+
+#if !defined(__AVX512VNNI__) || !defined(__AVX512BW__) || !defined(__AVX512VL__)
+#error "vq_int8_avx512vnni.cpp needs the AVX512-VNNI compiler flags (see setup.py ISA_FLAGS)"
 #endif
 
 namespace pyops {
 namespace vq {
 namespace int8 {
-
-#if PYOPS_HAVE_VNNI_KERNELS
-
-bool supported() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-  return ok;
-}
 
 namespace {
 
@@ -38,7 +27,7 @@ float quantize_row(const float* v, int64_t dim, int8_t* q) {
   int64_t i = 0;
   for (; i + 16 <= dim; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(v + i)));
   float m = _mm512_reduce_max_ps(amax);
-  for (; i < dim; ++i) m = std::max(m, std::fabs(v[i]));
+  for (; i < dim; ++i) m = m > std::fabs(v[i]) ? m : std::fabs(v[i]);
   std::memset(q, 0, dp);
   if (!(m > 0)) return 0.f;  // an all-zero row (NaN never reaches here: inputs are checked)
   const __m512 inv = _mm512_set1_ps(127.f / m);
@@ -67,7 +56,7 @@ void micro_tile(const int8_t* q, int64_t ldq, const float* scale, const int32_t*
       for (int h = 0; h < H; ++h) acc[r][h] = _mm512_dpbusd_epi32(acc[r][h], c[h], xb);
     }
   }
-  for (int64_t r = 0; r < std::min<int64_t>(rows, kRows); ++r) {
+  for (int64_t r = 0; r < (rows < kRows ? rows : kRows); ++r) {
     const __m512 sx = _mm512_set1_ps(scale[r]);
     const __m512i b = _mm512_set1_epi32(bias[r]);
     for (int h = 0; h < H; ++h) {
@@ -85,22 +74,23 @@ void micro_tile(const int8_t* q, int64_t ldq, const float* scale, const int32_t*
 
 void pack_codes(const float* codes, int64_t cols, int64_t dim, uint8_t* packed, float* scale) {
   const int64_t dp = padded_dim(dim), dim4 = dp / 4, groups = (cols + kGroup - 1) / kGroup;
-  std::vector<int8_t> row(dp);
+  int8_t* row = new int8_t[dp]();  // not std::vector: see the top of the file
   for (int64_t j = 0; j < groups * kGroup; ++j) {
     if (j < cols) {
-      scale[j] = quantize_row(codes + j * dim, dim, row.data());
+      scale[j] = quantize_row(codes + j * dim, dim, row);
     } else {
       scale[j] = 0.f;
-      std::fill(row.begin(), row.end(), int8_t{0});
+      std::memset(row, 0, dp);
     }
     // Group layout [dim4][16 codes][4 dims]; xor 0x80 per byte = q + 128 (vpdpbusd's unsigned operand).
     uint32_t* dst = reinterpret_cast<uint32_t*>(packed + (j / kGroup) * dim4 * 64) + j % kGroup;
     for (int64_t t = 0; t < dim4; ++t) {
       uint32_t four;
-      std::memcpy(&four, row.data() + 4 * t, 4);
+      std::memcpy(&four, row + 4 * t, 4);
       dst[t * kGroup] = four ^ 0x80808080u;
     }
   }
+  delete[] row;
 }
 
 void quantize_rows(const float* x, int64_t rows, int64_t dim, int8_t* q, float* scale, int32_t* bias) {
@@ -126,9 +116,9 @@ void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows
   // code load feeds 8 vpdpbusd. The panel streams from L2; the 8 rows (8 * D bytes) sit in L1.
   for (int64_t j0 = 0; j0 < cols; j0 += 2 * kGroup) {
     const uint8_t* panel = packed + (j0 / kGroup) * group_stride;
-    const int64_t n = std::min<int64_t>(cols - j0, 2 * kGroup);
+    const int64_t n = (cols - j0 < 2 * kGroup ? cols - j0 : 2 * kGroup);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-      const int64_t m = std::min<int64_t>(rows - r0, kRows);
+      const int64_t m = (rows - r0 < kRows ? rows - r0 : kRows);
       if (n > kGroup)
         micro_tile<2>(q + r0 * dp, dp, scale + r0, bias + r0, m, panel, group_stride, code_scale + j0, n, dim4,
                       out + r0 * ld + j0, ld);
@@ -139,19 +129,6 @@ void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows
   }
 }
 
-#else  // no x86 VNNI kernels in this build
-
-bool supported() { return false; }
-void pack_codes(const float*, int64_t, int64_t, uint8_t*, float*) { TORCH_CHECK(false, "int8 VQ kernels not built"); }
-void quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int32_t*) {
-  TORCH_CHECK(false, "int8 VQ kernels not built");
-}
-void dots(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
-          float*, int64_t) {
-  TORCH_CHECK(false, "int8 VQ kernels not built");
-}
-
-#endif
 
 }  // namespace int8
 }  // namespace vq
