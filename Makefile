@@ -20,7 +20,7 @@ export CUDA_HOME MAX_JOBS
 PYTEST_ARGS ?=
 CMAKE_BUILD_DIR ?= build-cmake
 
-.PHONY: build test test-python test-cpp bench clean
+.PHONY: build test test-python test-cpp bench format lint clean
 
 $(VENV)/.deps-installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ test-cpp: build
 
 bench: build
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# Style: ruff (pyproject.toml) and clang-format (.clang-format), the pinned versions of requirements-dev.txt.
+CXX_SOURCES = $(shell git ls-files 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.h' 'tests/cpp/*.cpp')
+format: $(DEPS)
+	$(dir $(PY))ruff check --fix pyops benchmarks tests triton_kernels setup.py
+	$(dir $(PY))clang-format -i $(CXX_SOURCES)
+
+lint: $(DEPS)
+	$(dir $(PY))ruff check pyops benchmarks tests triton_kernels setup.py
+	$(dir $(PY))clang-format --dry-run --Werror $(CXX_SOURCES)
 
 clean:
 	rm -rf build $(CMAKE_BUILD_DIR) *.egg-info pyops/_C*.so

@@ -116,7 +116,8 @@ def run(ctx):
             try:
                 fn = make()
                 agreement = (fn(x, codebook).to(exact.device) == exact).float().mean().item()
-                rows.append(ctx.record("vq", name, "top-1", fn=lambda: fn(x, codebook), flops=2 * n * num_codes * dim,
+                rows.append(ctx.record("vq", name, "top-1", fn=lambda: fn(x, codebook),  # noqa: F821
+                                       flops=2 * n * num_codes * dim,
                                        matmul_dtype=dtype, agreement=agreement, **case))
             except torch.OutOfMemoryError as e:
                 ctx.note(f"vq {case['x_value']} {name}: out of memory ({str(e).splitlines()[0][:80]})")
@@ -124,5 +125,5 @@ def run(ctx):
                 ctx.fail(f"vq {case['x_value']} {name}", e, ours=name.startswith("pyops"))
             if cuda:
                 torch.cuda.empty_cache()
-        del x, codebook, exact  # noqa: F821  (the timed lambdas above are done with them)
+        del x, codebook, exact  # the timed lambdas above are done with them
     return rows

@@ -15,9 +15,8 @@ import sys
 import sysconfig
 import tempfile
 
-from torch.utils import cpp_extension
-
 import gsplat
+from torch.utils import cpp_extension
 
 
 def main() -> None:

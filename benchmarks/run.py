@@ -25,9 +25,8 @@ sys.path.insert(0, str(HERE))
 # would share the cores with the kernels being timed. Serial compiles only cost compile time.
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
-import torch  # noqa: E402
-
 import common  # noqa: E402
+import torch  # noqa: E402
 
 BENCHMARKS = {p.stem[len("bench_"):]: p.stem for p in sorted(HERE.glob("bench_*.py"))}  # op -> module
 

@@ -6,8 +6,7 @@ namespace pyops {
 namespace derf {
 namespace {
 
-void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t channels,
-                 bool allow_scalar) {
+void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t channels, bool allow_scalar) {
   TORCH_CHECK_VALUE(t.device() == x.device(), "derf: ", name, " is on ", t.device(), " but x is on ", x.device());
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "derf: ", name, " must be a floating-point tensor, got ",
                    t.scalar_type());
@@ -19,8 +18,8 @@ void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int
 }  // namespace
 
 Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
-                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                int64_t channel_dim, c10::DeviceType device_type) {
+                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, int64_t channel_dim,
+                c10::DeviceType device_type) {
   TORCH_CHECK_VALUE(x.device().type() == device_type, "derf: x is on ", x.device(), ", expected a ",
                     c10::DeviceTypeName(device_type), " tensor for this backend");
   const auto dtype = x.scalar_type();
@@ -57,8 +56,7 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
 }
 
 at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p) {
-  TORCH_CHECK_VALUE(v_y.device() == p.x.device(), "derf_bwd: v_y is on ", v_y.device(), " but x is on ",
-                    p.x.device());
+  TORCH_CHECK_VALUE(v_y.device() == p.x.device(), "derf_bwd: v_y is on ", v_y.device(), " but x is on ", p.x.device());
   TORCH_CHECK_TYPE(at::isFloatingType(v_y.scalar_type()), "derf_bwd: v_y must be a floating-point tensor, got ",
                    v_y.scalar_type());
   TORCH_CHECK_VALUE(v_y.sizes() == p.x.sizes(), "derf_bwd: v_y has shape ", v_y.sizes(), " but x has shape ",
@@ -66,9 +64,11 @@ at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p) {
   return v_y.to(p.x.scalar_type()).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(
-    const at::Tensor& partials, const Problem& p, const at::Tensor& alpha, const at::Tensor& shift,
-    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(const at::Tensor& partials, const Problem& p,
+                                                                           const at::Tensor& alpha,
+                                                                           const at::Tensor& shift,
+                                                                           const std::optional<at::Tensor>& weight,
+                                                                           const std::optional<at::Tensor>& bias) {
   const at::Tensor totals = partials.sum(0);  // [kNumPartials, C]; at::sum is run-to-run deterministic
   auto as_param = [&](int row, const at::Tensor& param) {
     at::Tensor g = totals[row];
@@ -79,8 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(
   auto optional_grad = [&](int row, const std::optional<at::Tensor>& param) {
     return param.has_value() ? as_param(row, *param) : at::empty({0}, alpha.options());
   };
-  return {as_param(kSumVZTimesX, alpha), as_param(kSumVZ, shift),
-          optional_grad(kSumVYTimesErf, weight), optional_grad(kSumVY, bias)};
+  return {as_param(kSumVZTimesX, alpha), as_param(kSumVZ, shift), optional_grad(kSumVYTimesErf, weight),
+          optional_grad(kSumVY, bias)};
 }
 
 }  // namespace derf

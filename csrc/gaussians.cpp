@@ -74,8 +74,11 @@ ProjectInputs prepare_project(const char* op, const at::Tensor& means, const at:
                               const at::Tensor& viewmats, const at::Tensor& Ks, int64_t width, int64_t height,
                               c10::DeviceType backend) {
   check_devices(op, backend,
-                {{"means", &means}, {"quats", &quats}, {"scales", &scales},
-                 {"opacities", opacities.has_value() ? &*opacities : nullptr}, {"viewmats", &viewmats},
+                {{"means", &means},
+                 {"quats", &quats},
+                 {"scales", &scales},
+                 {"opacities", opacities.has_value() ? &*opacities : nullptr},
+                 {"viewmats", &viewmats},
                  {"Ks", &Ks}});
   ProjectInputs p;
   p.backend = backend;
@@ -113,9 +116,13 @@ ProjectGradInputs prepare_project_grad(const ProjectInputs& p, bool antialiased,
   const char* op = "gs_project_bwd";
   // Without antialiasing the compensations are constant ones: neither they nor their cotangent are read.
   check_devices(op, p.backend,
-                {{"means", &p.means}, {"radii", &radii}, {"conics", &conics},
-                 {"compensations", antialiased ? &compensations : nullptr}, {"v_means2d", &v_means2d},
-                 {"v_depths", &v_depths}, {"v_conics", &v_conics},
+                {{"means", &p.means},
+                 {"radii", &radii},
+                 {"conics", &conics},
+                 {"compensations", antialiased ? &compensations : nullptr},
+                 {"v_means2d", &v_means2d},
+                 {"v_depths", &v_depths},
+                 {"v_conics", &v_conics},
                  {"v_compensations", antialiased ? &v_compensations : nullptr}});
   const auto dt = p.means.scalar_type();
   ProjectGradInputs g;
@@ -171,8 +178,7 @@ std::tuple<at::Tensor, at::Tensor> allocate_sh_grads(const ShInputs& p) {
 // ---------------------------------------------------------------------------------------------------------
 
 IntersectInputs prepare_intersect(const at::Tensor& means2d, const at::Tensor& radii, const at::Tensor& depths,
-                                  int64_t tile_size, int64_t tile_width, int64_t tile_height,
-                                  c10::DeviceType backend) {
+                                  int64_t tile_size, int64_t tile_width, int64_t tile_height, c10::DeviceType backend) {
   const char* op = "gs_intersect_tiles";
   check_devices(op, backend, {{"means2d", &means2d}, {"radii", &radii}, {"depths", &depths}});
   IntersectInputs p;
@@ -184,8 +190,8 @@ IntersectInputs prepare_intersect(const at::Tensor& means2d, const at::Tensor& r
   check_min(op, "tile_size", tile_size, 1);
   check_min(op, "tile_width", tile_width, 1);
   check_min(op, "tile_height", tile_height, 1);
-  TORCH_CHECK_VALUE(tile_width <= (int64_t(1) << 31) / tile_height, op, ": tile_width * tile_height = ",
-                    tile_width, " * ", tile_height, " is too large");
+  TORCH_CHECK_VALUE(tile_width <= (int64_t(1) << 31) / tile_height, op, ": tile_width * tile_height = ", tile_width,
+                    " * ", tile_height, " is too large");
   p.tile_size = tile_size;
   p.tile_width = tile_width;
   p.tile_height = tile_height;
@@ -243,8 +249,12 @@ RasterInputs prepare_rasterize(const char* op, const at::Tensor& means2d, const 
                                c10::DeviceType backend) {
   const bool has_bg = backgrounds.has_value() && backgrounds->defined();
   check_devices(op, backend,
-                {{"means2d", &means2d}, {"conics", &conics}, {"colors", &colors}, {"opacities", &opacities},
-                 {"backgrounds", has_bg ? &*backgrounds : nullptr}, {"isect_offsets", &isect_offsets},
+                {{"means2d", &means2d},
+                 {"conics", &conics},
+                 {"colors", &colors},
+                 {"opacities", &opacities},
+                 {"backgrounds", has_bg ? &*backgrounds : nullptr},
+                 {"isect_offsets", &isect_offsets},
                  {"flatten_ids", &flatten_ids}});
   RasterInputs p;
   p.backend = backend;
@@ -265,12 +275,10 @@ RasterInputs prepare_rasterize(const char* op, const at::Tensor& means2d, const 
   p.tile_size = tile_size;
   p.tile_width = num_tiles(width, tile_size);
   p.tile_height = num_tiles(height, tile_size);
-  p.isect_offsets =
-      checked(isect_offsets, op, "isect_offsets", {p.c, p.tile_height, p.tile_width}, at::kInt);
+  p.isect_offsets = checked(isect_offsets, op, "isect_offsets", {p.c, p.tile_height, p.tile_width}, at::kInt);
   p.flatten_ids = checked(flatten_ids, op, "flatten_ids", {-1}, at::kInt);
   p.m = p.flatten_ids.size(0);
-  TORCH_CHECK_VALUE(p.m <= kInt32Max, op, ": `flatten_ids` has ", p.m,
-                    " entries, more than int32 offsets can index");
+  TORCH_CHECK_VALUE(p.m <= kInt32Max, op, ": `flatten_ids` has ", p.m, " entries, more than int32 offsets can index");
   if (backend == c10::DeviceType::CPU) {
     const int32_t* off = p.isect_offsets.data_ptr<int32_t>();
     const int64_t n_off = p.isect_offsets.numel();
@@ -298,8 +306,11 @@ RasterGradInputs prepare_rasterize_grad(const char* op, const RasterInputs& p, c
                                         const at::Tensor& last_ids, const at::Tensor& v_render_colors,
                                         const at::Tensor& v_render_alphas) {
   check_devices(op, p.backend,
-                {{"colors", &p.colors}, {"final_transmittances", &final_transmittances}, {"last_ids", &last_ids},
-                 {"v_render_colors", &v_render_colors}, {"v_render_alphas", &v_render_alphas}});
+                {{"colors", &p.colors},
+                 {"final_transmittances", &final_transmittances},
+                 {"last_ids", &last_ids},
+                 {"v_render_colors", &v_render_colors},
+                 {"v_render_alphas", &v_render_alphas}});
   const auto dt = p.colors.scalar_type();
   const int64_t c = p.c, h = p.height, w = p.width;
   RasterGradInputs g;

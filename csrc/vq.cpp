@@ -23,19 +23,19 @@ Metric parse_metric(std::string_view metric) {
   return Metric::kIp;
 }
 
-SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k,
-                             std::string_view metric, bool exact, c10::DeviceType device_type) {
+SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k, std::string_view metric,
+                             bool exact, c10::DeviceType device_type) {
   check_float(x, "vq_search", "x", device_type);
   check_float(codebook, "vq_search", "codebook", device_type);
-  TORCH_CHECK_VALUE(codebook.device() == x.device(), "vq_search: codebook is on ", codebook.device(),
-                    " but x is on ", x.device());
-  TORCH_CHECK_TYPE(codebook.scalar_type() == x.scalar_type(), "vq_search: codebook has dtype ",
-                   codebook.scalar_type(), " but x has ", x.scalar_type());
+  TORCH_CHECK_VALUE(codebook.device() == x.device(), "vq_search: codebook is on ", codebook.device(), " but x is on ",
+                    x.device());
+  TORCH_CHECK_TYPE(codebook.scalar_type() == x.scalar_type(), "vq_search: codebook has dtype ", codebook.scalar_type(),
+                   " but x has ", x.scalar_type());
   TORCH_CHECK_VALUE(codebook.size(1) == x.size(1), "vq_search: codebook has dimension ", codebook.size(1),
                     " but x has ", x.size(1));
   TORCH_CHECK_VALUE(codebook.size(0) >= 1, "vq_search: codebook is empty");
-  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0) && k <= kMaxK, "vq_search: k=", k,
-                    " is out of range [1, min(K, ", kMaxK, ")] for a codebook of K=", codebook.size(0), " codes");
+  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0) && k <= kMaxK, "vq_search: k=", k, " is out of range [1, min(K, ",
+                    kMaxK, ")] for a codebook of K=", codebook.size(0), " codes");
   SearchProblem p;
   p.metric = parse_metric(metric);
   p.x = x.contiguous();

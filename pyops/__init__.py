@@ -2,12 +2,21 @@
 
 from ._backend import BACKENDS, available_backends
 from .derf import Derf, convert_to_derf, derf
-from .gaussians import (intersect_tiles, project_gaussians, quat_scale_to_covar, rasterize_gaussians,
-                        rasterize_to_pixels, spherical_harmonics, isect_offsets, tile_offsets)
+from .gaussians import (
+                        intersect_tiles,
+                        isect_offsets,
+                        project_gaussians,
+                        quat_scale_to_covar,
+                        rasterize_gaussians,
+                        rasterize_to_pixels,
+                        spherical_harmonics,
+                        tile_offsets,
+)
 from .quantizer import VectorQuantizer
 from .vq import vq_search, vq_segment_sum
 
-__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum", "VectorQuantizer",
+__all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum",
+           "VectorQuantizer",
            "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterize_gaussians",
            "rasterize_to_pixels", "spherical_harmonics", "isect_offsets", "tile_offsets"]
 __version__ = "0.1.0"

@@ -25,7 +25,8 @@ def _fake_bwd(v_y, x, alpha, shift, weight, bias, channel_dim):
     def like(p):
         return torch.empty_like(p) if p is not None else alpha.new_empty(0)
 
-    return torch.empty_like(x, memory_format=torch.contiguous_format), like(alpha), like(shift), like(weight), like(bias)
+    v_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return v_x, like(alpha), like(shift), like(weight), like(bias)
 
 
 def _setup_context(ctx, inputs, output):

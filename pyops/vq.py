@@ -96,7 +96,8 @@ def _search_torch(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bool)
 def _segment_sum_torch(values: Tensor, indices: Tensor, num_segments: int) -> Tuple[Tensor, Tensor]:
     dtype = _out_dtype(values)
     sums = values.new_zeros(num_segments, values.shape[1], dtype=dtype).index_add_(0, indices, values.to(dtype))
-    counts = values.new_zeros(num_segments, dtype=dtype).index_add_(0, indices, values.new_ones(len(indices), dtype=dtype))
+    ones = values.new_ones(len(indices), dtype=dtype)
+    counts = values.new_zeros(num_segments, dtype=dtype).index_add_(0, indices, ones)
     return sums, counts
 
 

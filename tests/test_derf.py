@@ -4,11 +4,10 @@
 import pytest
 import torch
 from torch import nn
+from utils import assert_close, backend_params
 
 import pyops
 from pyops.reference.derf import derf as reference_derf
-
-from utils import assert_close, backend_params
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

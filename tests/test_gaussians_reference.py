@@ -16,10 +16,10 @@ import math
 
 import pytest
 import torch
+from gaussian_scenes import HEIGHT, WIDTH, assert_far_from_discontinuities, scene, tiny_scene
+from gaussian_scenes import render_reference as ours
 
 from pyops.reference import gaussians as ref
-
-from gaussian_scenes import HEIGHT, WIDTH, assert_far_from_discontinuities, render_reference as ours, scene, tiny_scene
 
 DTYPES = [torch.float32, torch.float64]
 # (atol, rtol) for float32 results vs the oracle; float64 uses FP64_TOL.

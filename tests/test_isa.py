@@ -11,11 +11,10 @@ import sys
 
 import pytest
 import torch
+from conftest import CPU_ISA_LEVELS, supported_cpu_isa_levels
 
 import pyops
 from pyops import _backend
-
-from conftest import CPU_ISA_LEVELS, supported_cpu_isa_levels
 
 pytestmark = pytest.mark.skipif(_backend._NATIVE_ERROR is not None, reason="pyops._C is not built")
 

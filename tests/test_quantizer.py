@@ -10,11 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from utils import assert_close
 
 from pyops import VectorQuantizer
 from pyops.quantizer import pack_keys, unpack_indices
-
-from utils import assert_close
 
 DIM, K = 8, 16
 

@@ -7,11 +7,10 @@ import textwrap
 
 import pytest
 import torch
+from utils import DEVICES, assert_close, backend_params
 
 import pyops
 from pyops.reference import vq as reference
-
-from utils import DEVICES, assert_close, backend_params
 
 SEARCH = backend_params("vq_search", include_torch=True)
 SEGMENT = backend_params("vq_segment_sum", include_torch=True)

@@ -72,7 +72,8 @@ def _vq_search_kernel(x_ptr, c_ptr, norm_ptr, cand_ptr, N, K, D, codes_per_split
             d = d0 + tl.arange(0, BLOCK_D)
             d_mask = d < D
             xv = tl.load(x_base + d[None, :], mask=row_mask & d_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-            cv = tl.load(c_base + d[:, None], mask=code_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+            # [BLOCK_D, BLOCK_N]
+            cv = tl.load(c_base + d[:, None], mask=code_mask[None, :] & d_mask[:, None], other=0.0)
             if UPCAST:
                 xv = xv.to(acc_ty)
                 cv = cv.to(acc_ty)

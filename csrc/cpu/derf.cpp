@@ -11,7 +11,7 @@ namespace pyops {
 namespace derf {
 namespace {
 
-at::Tensor derf_fwd_cpu(const at::Tensor& x,  // [..., C, ...]
+at::Tensor derf_fwd_cpu(const at::Tensor& x,                               // [..., C, ...]
                         const at::Tensor& alpha, const at::Tensor& shift,  // [1] or [C]
                         const std::optional<at::Tensor>& weight,           // [C]
                         const std::optional<at::Tensor>& bias,             // [C]

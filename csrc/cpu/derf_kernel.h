@@ -35,9 +35,7 @@ struct Io {
   using Math = scalar_t;
   static constexpr int kVecs = 1;
   static constexpr int64_t kStep = Vectorized<scalar_t>::size();
-  static void load(const scalar_t* p, int64_t n, Vectorized<Math>* v) {
-    v[0] = load_n<Vectorized<Math>>(p, n);
-  }
+  static void load(const scalar_t* p, int64_t n, Vectorized<Math>* v) { v[0] = load_n<Vectorized<Math>>(p, n); }
   static void store(scalar_t* p, int64_t n, const Vectorized<Math>* v) { store_n(v[0], p, n); }
 };
 
@@ -187,7 +185,10 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
             IO::load(dy + base + i, n, gv);
             for (int k = 0; k < IO::kVecs; ++k) {
               const int64_t c = i + k * kLane, m = std::max<int64_t>(0, std::min(kLane, len - c));
-              if (m == 0) { xv[k] = V(Math(0)); continue; }
+              if (m == 0) {
+                xv[k] = V(Math(0));
+                continue;
+              }
               V a, s, w;
               if (p.inner == 1) {
                 a = load_n<V>(prm.alpha.data() + c, m), s = load_n<V>(prm.shift.data() + c, m);
@@ -222,8 +223,8 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
 }
 
 // derf.cpp dispatches on the dtype (no error path here: see isa.h).
-#define PYOPS_INSTANTIATE(T)                                   \
-  template void forward<T>(const Problem&, at::Tensor&);     \
+#define PYOPS_INSTANTIATE(T)                             \
+  template void forward<T>(const Problem&, at::Tensor&); \
   template void backward<T>(const Problem&, const at::Tensor&, at::Tensor&, at::Tensor&);
 PYOPS_INSTANTIATE(float)
 PYOPS_INSTANTIATE(double)

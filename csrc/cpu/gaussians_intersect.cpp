@@ -33,8 +33,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
     int32_t* tpg = tiles_per_gauss.data_ptr<int32_t>();
     at::parallel_for(0, cn, kGaussGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        rects[i] = tile_rect(m2d[i * 2], m2d[i * 2 + 1], rad[i * 2], rad[i * 2 + 1], tile_size, tile_width,
-                             tile_height);
+        rects[i] =
+            tile_rect(m2d[i * 2], m2d[i * 2 + 1], rad[i * 2], rad[i * 2 + 1], tile_size, tile_width, tile_height);
         tpg[i] = static_cast<int32_t>(rects[i].count());  // <= tile_width * tile_height < 2^31 (prepare_intersect)
       }
     });
@@ -87,8 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
       std::sort(depth_and_id.begin() + s, depth_and_id.begin() + e);
       const uint64_t camera = uint64_t(b / n_tiles), tile = uint64_t(b % n_tiles);
       for (int64_t i = s; i < e; ++i) {
-        ids_out[i] = static_cast<int64_t>(
-            isect_key(camera, tile, p.tile_bits, static_cast<uint32_t>(depth_and_id[i] >> 32)));
+        ids_out[i] =
+            static_cast<int64_t>(isect_key(camera, tile, p.tile_bits, static_cast<uint32_t>(depth_and_id[i] >> 32)));
         flat_out[i] = static_cast<int32_t>(depth_and_id[i] & 0xffffffffu);
       }
     }
@@ -96,8 +96,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
   return {tiles_per_gauss, isect_ids, flatten_ids};
 }
 
-at::Tensor isect_offsets_cpu(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras,
-                             int64_t tile_width, int64_t tile_height) {
+at::Tensor isect_offsets_cpu(const at::Tensor& isect_ids /* [M] int64, sorted */, int64_t n_cameras, int64_t tile_width,
+                             int64_t tile_height) {
   const char* op = "gs_isect_offsets";
   const IsectOffsetsInputs p =
       prepare_isect_offsets(isect_ids, n_cameras, tile_width, tile_height, c10::DeviceType::CPU);

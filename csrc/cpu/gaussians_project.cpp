@@ -131,8 +131,7 @@ void project_bwd_kernel(const ProjectInputs& p, T eps2d, bool antialiased, const
         any = true;
         const Camera<T> cam = load_camera(viewmats + c * 16, Ks + c * 9, w, h);
         const Vec3<T> conic = {conics_in[idx * 3], conics_in[idx * 3 + 1], conics_in[idx * 3 + 2]};
-        Mat2<T> v_cov2d =
-            conic_vjp(conic, Vec3<T>{v_con[idx * 3], v_con[idx * 3 + 1], v_con[idx * 3 + 2]});
+        Mat2<T> v_cov2d = conic_vjp(conic, Vec3<T>{v_con[idx * 3], v_con[idx * 3 + 1], v_con[idx * 3 + 2]});
         if (antialiased) {
           const Mat2<T> conic_m = {{{conic.x, conic.y}, {conic.y, conic.z}}};
           compensation_vjp(eps2d, conic_m, comp_in[idx], v_comp[idx], v_cov2d);
@@ -157,8 +156,7 @@ void project_bwd_kernel(const ProjectInputs& p, T eps2d, bool antialiased, const
       Vec4<T> v_quat = {T(0), T(0), T(0), T(0)};
       Vec3<T> v_scale = {T(0), T(0), T(0)};
       covar_from_quat_scale_vjp(Vec4<T>{quats[g * 4], quats[g * 4 + 1], quats[g * 4 + 2], quats[g * 4 + 3]},
-                                Vec3<T>{scales[g * 3], scales[g * 3 + 1], scales[g * 3 + 2]}, v_covar, v_quat,
-                                v_scale);
+                                Vec3<T>{scales[g * 3], scales[g * 3 + 1], scales[g * 3 + 2]}, v_covar, v_quat, v_scale);
       v_means_out[g * 3] = v_mean.x;
       v_means_out[g * 3 + 1] = v_mean.y;
       v_means_out[g * 3 + 2] = v_mean.z;
@@ -173,25 +171,25 @@ void project_bwd_kernel(const ProjectInputs& p, T eps2d, bool antialiased, const
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(
-    const at::Tensor& means,     // [N, 3]
-    const at::Tensor& quats,     // [N, 4]
-    const at::Tensor& scales,    // [N, 3]
-    const at::Tensor& viewmats,  // [C, 4, 4]
-    const at::Tensor& Ks,        // [C, 3, 3]
-    int64_t width, int64_t height, double eps2d, bool antialiased,
-    const at::Tensor& radii,            // [C, N, 2] int32
-    const at::Tensor& conics,           // [C, N, 3]
-    const at::Tensor& compensations,    // [C, N]
-    const at::Tensor& v_means2d,        // [C, N, 2]
-    const at::Tensor& v_depths,         // [C, N]
-    const at::Tensor& v_conics,         // [C, N, 3]
-    const at::Tensor& v_compensations)  // [C, N]
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cpu(const at::Tensor& means,     // [N, 3]
+                                                               const at::Tensor& quats,     // [N, 4]
+                                                               const at::Tensor& scales,    // [N, 3]
+                                                               const at::Tensor& viewmats,  // [C, 4, 4]
+                                                               const at::Tensor& Ks,        // [C, 3, 3]
+                                                               int64_t width, int64_t height, double eps2d,
+                                                               bool antialiased,
+                                                               const at::Tensor& radii,            // [C, N, 2] int32
+                                                               const at::Tensor& conics,           // [C, N, 3]
+                                                               const at::Tensor& compensations,    // [C, N]
+                                                               const at::Tensor& v_means2d,        // [C, N, 2]
+                                                               const at::Tensor& v_depths,         // [C, N]
+                                                               const at::Tensor& v_conics,         // [C, N, 3]
+                                                               const at::Tensor& v_compensations)  // [C, N]
 {
   const ProjectInputs p = prepare_project("gs_project_bwd", means, quats, scales, std::nullopt, viewmats, Ks, width,
                                           height, c10::DeviceType::CPU);
-  const ProjectGradInputs in = prepare_project_grad(p, antialiased, radii, conics, compensations, v_means2d,
-                                                    v_depths, v_conics, v_compensations);
+  const ProjectGradInputs in = prepare_project_grad(p, antialiased, radii, conics, compensations, v_means2d, v_depths,
+                                                    v_conics, v_compensations);
   ProjectGradOutputs out = allocate_project_grads(p);
   if (p.c * p.n == 0) return out.as_tuple();
   AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_bwd_cpu", [&] {

@@ -188,10 +188,9 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
           const int64_t replay_stop = std::min<int64_t>(stop, last + 1);
           stack.clear();
           int64_t replay_last;
-          const T t_final = blend_pixel(r, start, replay_stop, px, py, replay_last,
-                                        [&](int64_t i, int32_t, const PixelHit<T>&, T t_before) {
-                                          stack.push_back({i, t_before});
-                                        });
+          const T t_final =
+              blend_pixel(r, start, replay_stop, px, py, replay_last,
+                          [&](int64_t i, int32_t, const PixelHit<T>&, T t_before) { stack.push_back({i, t_before}); });
           const T* v_c = v_rc + pid * d;
           const T v_a = v_ra[pid];
           T bg_dot = T(0);

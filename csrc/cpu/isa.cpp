@@ -20,8 +20,7 @@ constexpr Level kLevels[] = {Level::kBase, Level::kAvx2, Level::kAvx512};
 Level best() {
 #if PYOPS_CPU_ISA_X86
   static const Level level = [] {
-    const bool avx2 =
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     return avx512 ? Level::kAvx512 : avx2 ? Level::kAvx2 : Level::kBase;
@@ -59,9 +58,12 @@ std::atomic<int> g_active{-1};
 
 const char* name(Level level) {
   switch (level) {
-    case Level::kAvx512: return "avx512";
-    case Level::kAvx2: return "avx2";
-    case Level::kBase: break;
+    case Level::kAvx512:
+      return "avx512";
+    case Level::kAvx2:
+      return "avx2";
+    case Level::kBase:
+      break;
   }
   return "base";
 }

@@ -93,13 +93,19 @@ class Buffer {
 
 // Calls fn(args...) from the active copy's namespace (relative to the caller's, e.g. pyops::derf).
 #if PYOPS_CPU_ISA_X86
-#define PYOPS_CPU_ISA_CALL(fn, ...)                                                  \
-  do {                                                                               \
-    switch (::pyops::cpu_isa::active()) {                                            \
-      case ::pyops::cpu_isa::Level::kAvx512: avx512::fn(__VA_ARGS__); break;         \
-      case ::pyops::cpu_isa::Level::kAvx2: avx2::fn(__VA_ARGS__); break;             \
-      case ::pyops::cpu_isa::Level::kBase: base::fn(__VA_ARGS__); break;             \
-    }                                                                                \
+#define PYOPS_CPU_ISA_CALL(fn, ...)          \
+  do {                                       \
+    switch (::pyops::cpu_isa::active()) {    \
+      case ::pyops::cpu_isa::Level::kAvx512: \
+        avx512::fn(__VA_ARGS__);             \
+        break;                               \
+      case ::pyops::cpu_isa::Level::kAvx2:   \
+        avx2::fn(__VA_ARGS__);               \
+        break;                               \
+      case ::pyops::cpu_isa::Level::kBase:   \
+        base::fn(__VA_ARGS__);               \
+        break;                               \
+    }                                        \
   } while (0)
 #else
 #define PYOPS_CPU_ISA_CALL(fn, ...) base::fn(__VA_ARGS__)

@@ -26,8 +26,8 @@ bool supported() {
 #if !PYOPS_CPU_ISA_X86  // the VNNI copy is not built: never called, since supported() is false
 void pack_codes(const float*, int64_t, int64_t, uint8_t*, float*) {}
 void quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int32_t*) {}
-void dots(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
-          float*, int64_t) {}
+void dots(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t, float*,
+          int64_t) {}
 #endif
 }  // namespace int8
 
@@ -56,8 +56,8 @@ std::tuple<at::Tensor, at::Tensor> vq_segment_sum_cpu(const at::Tensor& values, 
   const int64_t* idx = p.indices.data_ptr<int64_t>();
   std::vector<int64_t> tally(p.num_segments, 0);  // exact counts, converted once
   for (int64_t r = 0; r < p.n; ++r) {
-    TORCH_CHECK(idx[r] >= 0 && idx[r] < p.num_segments, "vq_segment_sum: `indices` has value ", idx[r],
-                " at position ", r, ", outside [0, num_segments=", p.num_segments, ")");
+    TORCH_CHECK(idx[r] >= 0 && idx[r] < p.num_segments, "vq_segment_sum: `indices` has value ", idx[r], " at position ",
+                r, ", outside [0, num_segments=", p.num_segments, ")");
     ++tally[idx[r]];
   }
   counts.copy_(at::from_blob(tally.data(), {p.num_segments}, at::kLong));

@@ -129,7 +129,6 @@ void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows
   }
 }
 
-
 }  // namespace int8
 }  // namespace vq
 }  // namespace pyops

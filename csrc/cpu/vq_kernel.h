@@ -74,9 +74,12 @@ const M* as_math(const scalar_t* src, M* buf, int64_t n) {
 // -1 / max(||c||, eps) (cosine), unused for ip.
 template <Metric kMetric, typename V>
 inline V score_of(const V& dot, const V& stat) {
-  if constexpr (kMetric == Metric::kL2) return stat - V(2) * dot;
-  else if constexpr (kMetric == Metric::kCosine) return dot * stat;
-  else return V(0) - dot;
+  if constexpr (kMetric == Metric::kL2)
+    return stat - V(2) * dot;
+  else if constexpr (kMetric == Metric::kCosine)
+    return dot * stat;
+  else
+    return V(0) - dot;
 }
 
 // Folds a [rows, cols] tile of dot products (row stride ld) for codes code0.. into the rows' running
@@ -184,10 +187,10 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
   // chunk at a time (at most kInt8Workspace bytes), once per chunk for all row blocks.
   const bool use_int8 = std::is_same_v<M, float> && !p.exact && dim <= int8::kMaxDim && int8::supported();
   const int64_t dp = int8::padded_dim(dim);
-  const int64_t chunk = use_int8 ? std::clamp<int64_t>(kInt8Workspace / dp / kCodeTile, 1, tiles) * kCodeTile
-                                 : tiles * kCodeTile;
+  const int64_t chunk =
+      use_int8 ? std::clamp<int64_t>(kInt8Workspace / dp / kCodeTile, 1, tiles) * kCodeTile : tiles * kCodeTile;
   Buffer<uint8_t> packed(use_int8 ? std::min(chunk, tiles * kCodeTile) * dp : 0);  // [chunk/16, dp/4, 16, 4]
-  Buffer<float> code_scale(use_int8 ? std::min(chunk, tiles * kCodeTile) : 0);      // [chunk]
+  Buffer<float> code_scale(use_int8 ? std::min(chunk, tiles * kCodeTile) : 0);     // [chunk]
 
   for (int64_t chunk0 = 0; chunk0 < num_codes; chunk0 += chunk) {
     const int64_t chunk_end = std::min(num_codes, chunk0 + chunk);
@@ -205,9 +208,9 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
     at::parallel_for(0, row_blocks * splits, 1, [&](int64_t t0, int64_t t1) {
       constexpr bool kConvert = !std::is_same_v<scalar_t, M>;
       const int64_t rows_padded = (rows_per_task + int8::kRows - 1) / int8::kRows * int8::kRows;
-      Buffer<M> x_buf(kConvert ? rows_per_task * dim : 0);  // [rows, D] fp16/bf16 rows in fp32
+      Buffer<M> x_buf(kConvert ? rows_per_task * dim : 0);           // [rows, D] fp16/bf16 rows in fp32
       Buffer<M> c_buf(kConvert && !use_int8 ? kCodeTile * dim : 0);  // [tile, D]
-      Buffer<int8_t> qx(use_int8 ? rows_padded * dp : 0);          // [rows, dp] int8 rows
+      Buffer<int8_t> qx(use_int8 ? rows_padded * dp : 0);            // [rows, dp] int8 rows
       Buffer<float> qx_scale(use_int8 ? rows_padded : 0);
       Buffer<int32_t> qx_bias(use_int8 ? rows_padded : 0);
       Buffer<M> dots_buf(rows_per_task * kCodeTile);  // [rows, tile]
@@ -235,11 +238,15 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
             gemm_nt(xr, as_math(cb + c0 * dim, c_buf.data(), cols * dim), rows, cols, dim, dots);
           }
           switch (p.metric) {
-            case Metric::kL2: scan_tile<Metric::kL2>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc); break;
+            case Metric::kL2:
+              scan_tile<Metric::kL2>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
+              break;
             case Metric::kCosine:
               scan_tile<Metric::kCosine>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
               break;
-            case Metric::kIp: scan_tile<Metric::kIp>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc); break;
+            case Metric::kIp:
+              scan_tile<Metric::kIp>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
+              break;
           }
         }
       }
@@ -303,8 +310,8 @@ void segment_sum(const SegmentProblem& p, at::Tensor& sums) {
 }
 
 // vq.cpp dispatches on the dtype (no error path here: see isa.h).
-#define PYOPS_INSTANTIATE(T)                                                    \
-  template void search<T>(const SearchProblem&, at::Tensor&, at::Tensor&);     \
+#define PYOPS_INSTANTIATE(T)                                               \
+  template void search<T>(const SearchProblem&, at::Tensor&, at::Tensor&); \
   template void segment_sum<T>(const SegmentProblem&, at::Tensor&);
 PYOPS_INSTANTIATE(float)
 PYOPS_INSTANTIATE(double)

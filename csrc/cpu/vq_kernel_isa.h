@@ -19,11 +19,10 @@ using MathOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, floa
 void gemm_nt(const float* x, const float* codes, int64_t rows, int64_t cols, int64_t dim, float* out);
 void gemm_nt(const double* x, const double* codes, int64_t rows, int64_t cols, int64_t dim, double* out);
 
-PYOPS_CPU_ISA_DECLARE(
-    template <typename scalar_t> void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i);
-    // sums [S, D] (zeroed, out dtype) += the rows of each segment; indices already checked.
-    template <typename scalar_t> void segment_sum(const SegmentProblem& p, at::Tensor& sums);
-)
+PYOPS_CPU_ISA_DECLARE(template <typename scalar_t>
+                      void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i);
+                      // sums [S, D] (zeroed, out dtype) += the rows of each segment; indices already checked.
+                      template <typename scalar_t> void segment_sum(const SegmentProblem& p, at::Tensor& sums);)
 
 }  // namespace vq
 }  // namespace pyops

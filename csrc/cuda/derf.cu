@@ -38,9 +38,11 @@ struct Params {
 };
 
 Params make_params(const Problem& p) {
-  return {p.alpha.data_ptr<float>(), p.shift.data_ptr<float>(),
+  return {p.alpha.data_ptr<float>(),
+          p.shift.data_ptr<float>(),
           p.weight.defined() ? p.weight.data_ptr<float>() : nullptr,
-          p.bias.defined() ? p.bias.data_ptr<float>() : nullptr, p.alpha.numel() == 1 ? 0 : 1,
+          p.bias.defined() ? p.bias.data_ptr<float>() : nullptr,
+          p.alpha.numel() == 1 ? 0 : 1,
           p.shift.numel() == 1 ? 0 : 1};
 }
 
@@ -61,7 +63,8 @@ __global__ void fwd_rows_kernel(const scalar_t* __restrict__ x, scalar_t* __rest
     const auto in = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + r * C + c0);
     Pack<scalar_t, VEC> out;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) out.v[j] = static_cast<scalar_t>(forward(static_cast<float>(in.v[j]), a[j], s[j], w[j], b[j]));
+    for (int j = 0; j < VEC; ++j)
+      out.v[j] = static_cast<scalar_t>(forward(static_cast<float>(in.v[j]), a[j], s[j], w[j], b[j]));
     *reinterpret_cast<Pack<scalar_t, VEC>*>(y + r * C + c0) = out;
   }
 }
@@ -219,7 +222,7 @@ int64_t row_slices(int64_t rows, int64_t other_blocks) {
   return std::max<int64_t>(1, std::min(rows, (target + other_blocks - 1) / other_blocks));
 }
 
-at::Tensor derf_fwd_cuda(const at::Tensor& x,  // [..., C, ...]
+at::Tensor derf_fwd_cuda(const at::Tensor& x,                               // [..., C, ...]
                          const at::Tensor& alpha, const at::Tensor& shift,  // [1] or [C]
                          const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,  // [C]
                          int64_t channel_dim) {
@@ -250,8 +253,8 @@ at::Tensor derf_fwd_cuda(const at::Tensor& x,  // [..., C, ...]
         constexpr int VEC = decltype(vec)::value;
         const int64_t packs = p.x.numel() / VEC;
         const int64_t blocks = std::min<int64_t>((packs + kThreads - 1) / kThreads, 32 * num_sms());
-        fwd_runs_kernel<scalar_t, VEC><<<unsigned(blocks), kThreads, 0, stream>>>(xp, yp, prm, p.x.numel(), p.channels,
-                                                                                  p.inner);
+        fwd_runs_kernel<scalar_t, VEC>
+            <<<unsigned(blocks), kThreads, 0, stream>>>(xp, yp, prm, p.x.numel(), p.channels, p.inner);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
@@ -289,8 +292,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> derf_bwd_
           const int64_t blocks_y = (p.outer + rows_per_block - 1) / rows_per_block;
           partials = at::empty({blocks_y, kNumPartials, p.channels}, p.alpha.options());
           const size_t smem = size_t(ty) * kNumPartials * tx * VEC * sizeof(float);
-          bwd_rows_kernel<scalar_t, VEC><<<dim3(unsigned(col_blocks), unsigned(blocks_y)), dim3(tx, ty), smem, stream>>>(
-              v_y_p, xp, v_x_p, partials.data_ptr<float>(), prm, p.outer, p.channels, rows_per_block);
+          bwd_rows_kernel<scalar_t, VEC>
+              <<<dim3(unsigned(col_blocks), unsigned(blocks_y)), dim3(tx, ty), smem, stream>>>(
+                  v_y_p, xp, v_x_p, partials.data_ptr<float>(), prm, p.outer, p.channels, rows_per_block);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       } else {

@@ -105,12 +105,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cuda(const at::Te
   int32_t* v_out = flatten_ids.data_ptr<int32_t>();
   const int num_items = static_cast<int>(m);
   size_t temp_bytes = 0;
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, v_in, v_out, num_items, 0,
-                                                 end_bit, stream));
+  C10_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, k_in, k_out, v_in, v_out, num_items, 0, end_bit, stream));
   // Temporary storage from the caching allocator, on the current stream.
   at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, opt.dtype(at::kByte));
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, v_in, v_out, num_items,
-                                                 0, end_bit, stream));
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, k_in, k_out, v_in, v_out, num_items, 0,
+                                                 end_bit, stream));
   return {tiles_per_gauss, isect_ids, flatten_ids};
 }
 

@@ -92,11 +92,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_f
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_fwd_cuda", [&] {
     using T = scalar_t;
-    const ProjectFwdArgs<T> a = {p.means.data_ptr<T>(), p.quats.data_ptr<T>(), p.scales.data_ptr<T>(),
+    const ProjectFwdArgs<T> a = {p.means.data_ptr<T>(),
+                                 p.quats.data_ptr<T>(),
+                                 p.scales.data_ptr<T>(),
                                  p.opacities.defined() ? p.opacities.data_ptr<T>() : nullptr,
-                                 p.viewmats.data_ptr<T>(), p.Ks.data_ptr<T>(), p.c, p.n, static_cast<T>(width),
-                                 static_cast<T>(height), static_cast<T>(eps2d), static_cast<T>(near_plane),
-                                 static_cast<T>(far_plane), static_cast<T>(radius_clip), antialiased};
+                                 p.viewmats.data_ptr<T>(),
+                                 p.Ks.data_ptr<T>(),
+                                 p.c,
+                                 p.n,
+                                 static_cast<T>(width),
+                                 static_cast<T>(height),
+                                 static_cast<T>(eps2d),
+                                 static_cast<T>(near_plane),
+                                 static_cast<T>(far_plane),
+                                 static_cast<T>(radius_clip),
+                                 antialiased};
     project_fwd_kernel<T><<<blocks_for(p.c * p.n), kThreads, 0, stream>>>(
         a, o.radii.data_ptr<int32_t>(), o.means2d.data_ptr<T>(), o.depths.data_ptr<T>(), o.conics.data_ptr<T>(),
         o.compensations.data_ptr<T>());
@@ -109,7 +119,7 @@ template <typename T>
 struct ProjectBwdArgs {
   const T *means, *quats, *scales, *viewmats, *Ks;
   const int32_t* radii;
-  const T *conics, *compensations;                         // compensations: nullptr unless antialiased
+  const T *conics, *compensations;                             // compensations: nullptr unless antialiased
   const T *v_means2d, *v_depths, *v_conics, *v_compensations;  // v_compensations: nullptr unless antialiased
   int64_t c, n;
   T width, height, eps2d;
@@ -136,8 +146,8 @@ __global__ void project_bwd_kernel(ProjectBwdArgs<T> a, T* __restrict__ v_means,
   const Mat3<T> covar_c = covar_world_to_cam(cam.r, world_covar(qp, sp));
   Vec3<T> v_mean_c = {T(0), T(0), T(0)};
   Mat3<T> v_covar_c = zeros3<T>();
-  project_vjp(cam.pinhole, mean_c, covar_c, v_cov2d, Vec2<T>{a.v_means2d[idx * 2], a.v_means2d[idx * 2 + 1]},
-              v_mean_c, v_covar_c);
+  project_vjp(cam.pinhole, mean_c, covar_c, v_cov2d, Vec2<T>{a.v_means2d[idx * 2], a.v_means2d[idx * 2 + 1]}, v_mean_c,
+              v_covar_c);
   v_mean_c.z += a.v_depths[idx];
   const Vec3<T> vm = point_world_to_cam_vjp(cam.r, v_mean_c);
   const Mat3<T> v_covar = covar_world_to_cam_vjp(cam.r, v_covar_c);
@@ -158,37 +168,48 @@ __global__ void project_bwd_kernel(ProjectBwdArgs<T> a, T* __restrict__ v_means,
   atomicAdd(v_scales + g * 3 + 2, v_scale.z);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
-    const at::Tensor& means,     // [N, 3]
-    const at::Tensor& quats,     // [N, 4]
-    const at::Tensor& scales,    // [N, 3]
-    const at::Tensor& viewmats,  // [C, 4, 4]
-    const at::Tensor& Ks,        // [C, 3, 3]
-    int64_t width, int64_t height, double eps2d, bool antialiased,
-    const at::Tensor& radii,            // [C, N, 2] int32
-    const at::Tensor& conics,           // [C, N, 3]
-    const at::Tensor& compensations,    // [C, N]
-    const at::Tensor& v_means2d,        // [C, N, 2]
-    const at::Tensor& v_depths,         // [C, N]
-    const at::Tensor& v_conics,         // [C, N, 3]
-    const at::Tensor& v_compensations)  // [C, N]
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(const at::Tensor& means,     // [N, 3]
+                                                                const at::Tensor& quats,     // [N, 4]
+                                                                const at::Tensor& scales,    // [N, 3]
+                                                                const at::Tensor& viewmats,  // [C, 4, 4]
+                                                                const at::Tensor& Ks,        // [C, 3, 3]
+                                                                int64_t width, int64_t height, double eps2d,
+                                                                bool antialiased,
+                                                                const at::Tensor& radii,            // [C, N, 2] int32
+                                                                const at::Tensor& conics,           // [C, N, 3]
+                                                                const at::Tensor& compensations,    // [C, N]
+                                                                const at::Tensor& v_means2d,        // [C, N, 2]
+                                                                const at::Tensor& v_depths,         // [C, N]
+                                                                const at::Tensor& v_conics,         // [C, N, 3]
+                                                                const at::Tensor& v_compensations)  // [C, N]
 {
   const ProjectInputs p = prepare_project("gs_project_bwd", means, quats, scales, std::nullopt, viewmats, Ks, width,
                                           height, c10::DeviceType::CUDA);
-  const ProjectGradInputs in = prepare_project_grad(p, antialiased, radii, conics, compensations, v_means2d,
-                                                    v_depths, v_conics, v_compensations);
+  const ProjectGradInputs in = prepare_project_grad(p, antialiased, radii, conics, compensations, v_means2d, v_depths,
+                                                    v_conics, v_compensations);
   const c10::cuda::CUDAGuard guard(p.means.device());
   ProjectGradOutputs out = allocate_project_grads(p);
   if (p.c * p.n == 0) return out.as_tuple();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(p.means.scalar_type(), "gs_project_bwd_cuda", [&] {
     using T = scalar_t;
-    const ProjectBwdArgs<T> a = {p.means.data_ptr<T>(), p.quats.data_ptr<T>(), p.scales.data_ptr<T>(),
-                                 p.viewmats.data_ptr<T>(), p.Ks.data_ptr<T>(), in.radii.data_ptr<int32_t>(),
-                                 in.conics.data_ptr<T>(), antialiased ? in.compensations.data_ptr<T>() : nullptr,
-                                 in.v_means2d.data_ptr<T>(), in.v_depths.data_ptr<T>(), in.v_conics.data_ptr<T>(),
-                                 antialiased ? in.v_compensations.data_ptr<T>() : nullptr, p.c, p.n,
-                                 static_cast<T>(width), static_cast<T>(height), static_cast<T>(eps2d)};
+    const ProjectBwdArgs<T> a = {p.means.data_ptr<T>(),
+                                 p.quats.data_ptr<T>(),
+                                 p.scales.data_ptr<T>(),
+                                 p.viewmats.data_ptr<T>(),
+                                 p.Ks.data_ptr<T>(),
+                                 in.radii.data_ptr<int32_t>(),
+                                 in.conics.data_ptr<T>(),
+                                 antialiased ? in.compensations.data_ptr<T>() : nullptr,
+                                 in.v_means2d.data_ptr<T>(),
+                                 in.v_depths.data_ptr<T>(),
+                                 in.v_conics.data_ptr<T>(),
+                                 antialiased ? in.v_compensations.data_ptr<T>() : nullptr,
+                                 p.c,
+                                 p.n,
+                                 static_cast<T>(width),
+                                 static_cast<T>(height),
+                                 static_cast<T>(eps2d)};
     project_bwd_kernel<T><<<blocks_for(p.c * p.n), kThreads, 0, stream>>>(
         a, out.v_means.data_ptr<T>(), out.v_quats.data_ptr<T>(), out.v_scales.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -203,8 +224,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_bwd_cuda(
 // DEG is a template parameter so that the basis arrays unroll into registers (a runtime degree puts them on
 // the stack).
 template <typename T, int DEG>
-__global__ void sh_fwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs,
-                              const T* __restrict__ coeffs, T* __restrict__ colors) {
+__global__ void sh_fwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs, const T* __restrict__ coeffs,
+                              T* __restrict__ colors) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= m) return;
   T x, y, z;
@@ -224,9 +245,8 @@ __global__ void sh_fwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs,
 
 // v_coeffs starts zeroed: bases beyond the degree (K > (degree + 1)^2) get no gradient.
 template <typename T, int DEG>
-__global__ void sh_bwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs,
-                              const T* __restrict__ coeffs, const T* __restrict__ v_colors, T* __restrict__ v_coeffs,
-                              T* __restrict__ v_dirs) {
+__global__ void sh_bwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs, const T* __restrict__ coeffs,
+                              const T* __restrict__ v_colors, T* __restrict__ v_coeffs, T* __restrict__ v_dirs) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= m) return;
   T x, y, z;
@@ -254,10 +274,18 @@ __global__ void sh_bwd_kernel(int64_t m, int64_t k, const T* __restrict__ dirs,
 template <typename F>
 void with_degree(int64_t degree, F&& f) {
   switch (degree) {
-    case 0: f(std::integral_constant<int, 0>{}); break;
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    default: f(std::integral_constant<int, 3>{}); break;
+    case 0:
+      f(std::integral_constant<int, 0>{});
+      break;
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    default:
+      f(std::integral_constant<int, 3>{});
+      break;
   }
 }
 

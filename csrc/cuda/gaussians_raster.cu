@@ -184,30 +184,30 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Runtime channel count -> CDIM template (0: the generic loop).
-#define PYOPS_GS_CHANNEL_SWITCH(D, ...)          \
-  [&] {                                          \
-    switch (D) {                                 \
-      case 1: {                                  \
-        constexpr static int CDIM = 1;               \
-        return __VA_ARGS__();                    \
-      }                                          \
-      case 2: {                                  \
-        constexpr static int CDIM = 2;               \
-        return __VA_ARGS__();                    \
-      }                                          \
-      case 3: {                                  \
-        constexpr static int CDIM = 3;               \
-        return __VA_ARGS__();                    \
-      }                                          \
-      case 4: {                                  \
-        constexpr static int CDIM = 4;               \
-        return __VA_ARGS__();                    \
-      }                                          \
-      default: {                                 \
-        constexpr static int CDIM = 0;               \
-        return __VA_ARGS__();                    \
-      }                                          \
-    }                                            \
+#define PYOPS_GS_CHANNEL_SWITCH(D, ...) \
+  [&] {                                 \
+    switch (D) {                        \
+      case 1: {                         \
+        constexpr static int CDIM = 1;  \
+        return __VA_ARGS__();           \
+      }                                 \
+      case 2: {                         \
+        constexpr static int CDIM = 2;  \
+        return __VA_ARGS__();           \
+      }                                 \
+      case 3: {                         \
+        constexpr static int CDIM = 3;  \
+        return __VA_ARGS__();           \
+      }                                 \
+      case 4: {                         \
+        constexpr static int CDIM = 4;  \
+        return __VA_ARGS__();           \
+      }                                 \
+      default: {                        \
+        constexpr static int CDIM = 0;  \
+        return __VA_ARGS__();           \
+      }                                 \
+    }                                   \
   }()
 
 // The CUDA kernels' own limits (RuntimeError: the CPU backend runs these sizes).
@@ -516,8 +516,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     PYOPS_GS_CHANNEL_SWITCH(p.d, [&] {
       const size_t smem = Batch<T, CDIM>::bytes(static_cast<int>(tile_size * tile_size));
       rasterize_bwd_kernel<T, CDIM><<<raster_grid(p), raster_block(p), smem, stream>>>(
-          a, in.final_transmittances.data_ptr<T>(), in.last_ids.data_ptr<int32_t>(),
-          in.v_render_colors.data_ptr<T>(), in.v_render_alphas.data_ptr<T>(), g);
+          a, in.final_transmittances.data_ptr<T>(), in.last_ids.data_ptr<int32_t>(), in.v_render_colors.data_ptr<T>(),
+          in.v_render_alphas.data_ptr<T>(), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -54,10 +54,10 @@ namespace wmma = nvcuda::wmma;
 
 // Search tiling: 8 warps, a 128 x 128 score tile per step, D in chunks of 128 bytes per row (Traits::BK).
 constexpr int kThreads = 256;
-constexpr int BM = 128;  // rows of x per block
-constexpr int BN = 128;  // codes per tile
+constexpr int BM = 128;      // rows of x per block
+constexpr int BN = 128;      // codes per tile
 constexpr int LDC = BN + 4;  // score tile row stride (floats): a multiple of 4 for wmma, 4 mod 32 for the scan
-constexpr int kListsPerBlock = kThreads / BM;  // threads (= top-k' lists) per row
+constexpr int kListsPerBlock = kThreads / BM;   // threads (= top-k' lists) per row
 constexpr int kScanCols = BN / kListsPerBlock;  // tile columns each of them scans
 constexpr int kMaxCandidates = int(kMaxK + kRerankExtra);
 // Index of an empty list slot: after every real code in before()'s order (so never displaces one).
@@ -139,7 +139,7 @@ __device__ __forceinline__ void cp_async_wait_all_but_one() {
 
 template <typename scalar_t>
 __global__ void code_coef_kernel(const scalar_t* __restrict__ codebook,  // [K, D]
-                                 float* __restrict__ coef,  // [2, K]
+                                 float* __restrict__ coef,               // [2, K]
                                  int64_t num_codes, int64_t dim, int metric) {
   const int lane = threadIdx.x % 32;
   const int64_t code = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
@@ -239,8 +239,7 @@ struct MmaTile {
     for (int i = 0; i < kM; ++i)
 #pragma unroll
       for (int j = 0; j < kN; ++j)
-        wmma::store_matrix_sync(Cs + (wm * 64 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC,
-                                wmma::mem_row_major);
+        wmma::store_matrix_sync(Cs + (wm * 64 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC, wmma::mem_row_major);
   }
 
  private:
@@ -319,10 +318,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   using Smem = SearchSmem<scalar_t>;
   constexpr int LDS = Traits<scalar_t>::LDS, BK = Traits<scalar_t>::BK;
   extern __shared__ __align__(128) unsigned char smem[];
-  float* Cs = reinterpret_cast<float*>(smem);                            // [BM, LDC], aliases the stages
-  float* coef_s = reinterpret_cast<float*>(smem + Smem::kCoefOffset);   // [2, BN]: offset, scale
+  float* Cs = reinterpret_cast<float*>(smem);                          // [BM, LDC], aliases the stages
+  float* coef_s = reinterpret_cast<float*>(smem + Smem::kCoefOffset);  // [2, BN]: offset, scale
   auto stage_a = [&](int s) { return reinterpret_cast<scalar_t*>(smem + s * Smem::kStage); };  // [BM, LDS]
-  auto stage_b = [&](int s) { return stage_a(s) + BM * LDS; };                                // [BN, LDS]
+  auto stage_b = [&](int s) { return stage_a(s) + BM * LDS; };                                 // [BN, LDS]
 
   const int tid = threadIdx.x;
   const int64_t split = int64_t(blockIdx.x) % splits;
@@ -574,8 +573,10 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
       prepare_search(x, codebook, k, std::string_view(metric.data(), metric.size()), exact, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(p.x.device());
   const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
-  TORCH_CHECK(major >= 8, "vq_search: the CUDA kernel needs compute capability 8.0 or newer (tensor-core bf16/tf32 "
-              "and cp.async), this GPU has ", major, ".x; use backend='torch' or 'triton'");
+  TORCH_CHECK(major >= 8,
+              "vq_search: the CUDA kernel needs compute capability 8.0 or newer (tensor-core bf16/tf32 "
+              "and cp.async), this GPU has ",
+              major, ".x; use backend='torch' or 'triton'");
   auto [out_dist, out_index] = empty_search_outputs(p);
   if (p.n == 0) return {out_dist, out_index};
   TORCH_CHECK_VALUE(p.num_codes < kNoCode, "vq_search: the CUDA kernel takes fewer than 2^31 - 1 codes, codebook has ",
@@ -607,8 +608,8 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
     {
       constexpr int kWarps = 8;
       const int64_t blocks = (p.num_codes + kWarps - 1) / kWarps;
-      code_coef_kernel<scalar_t><<<unsigned(blocks), kWarps * 32, 0, stream>>>(cp, coef.data_ptr<float>(), p.num_codes,
-                                                                             p.dim, int(p.metric));
+      code_coef_kernel<scalar_t>
+          <<<unsigned(blocks), kWarps * 32, 0, stream>>>(cp, coef.data_ptr<float>(), p.num_codes, p.dim, int(p.metric));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     // cp.async moves 16-byte vectors: rows must start on 16-byte boundaries.
@@ -617,16 +618,20 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
     int* wsi = ws_index.data_ptr<int>();
     const float* cf = coef.data_ptr<float>();
     if (p.exact) {
-      if (vec) launch_search<scalar_t, SimtTile<scalar_t>, true>(p, cf, wss, wsi, splits, tiles_per_split, stream);
-      else launch_search<scalar_t, SimtTile<scalar_t>, false>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+      if (vec)
+        launch_search<scalar_t, SimtTile<scalar_t>, true>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+      else
+        launch_search<scalar_t, SimtTile<scalar_t>, false>(p, cf, wss, wsi, splits, tiles_per_split, stream);
     } else {
-      if (vec) launch_search<scalar_t, MmaTile<scalar_t>, true>(p, cf, wss, wsi, splits, tiles_per_split, stream);
-      else launch_search<scalar_t, MmaTile<scalar_t>, false>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+      if (vec)
+        launch_search<scalar_t, MmaTile<scalar_t>, true>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+      else
+        launch_search<scalar_t, MmaTile<scalar_t>, false>(p, cf, wss, wsi, splits, tiles_per_split, stream);
     }
     const int64_t blocks = (p.n + kRerankWarps - 1) / kRerankWarps;
     rerank_kernel<scalar_t><<<unsigned(blocks), kRerankWarps * 32, 0, stream>>>(
-        xp, cp, wss, wsi, out_dist.data_ptr<float>(), out_index.data_ptr<int64_t>(), p.n, p.num_codes, p.dim,
-        int(p.k), int(p.candidates), lists, int(p.metric));
+        xp, cp, wss, wsi, out_dist.data_ptr<float>(), out_index.data_ptr<int64_t>(), p.n, p.num_codes, p.dim, int(p.k),
+        int(p.candidates), lists, int(p.metric));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out_dist, out_index};

@@ -2,4 +2,5 @@ from .gaussian_scene import GaussianScene, look_at, pinhole, synthetic_scene
 from .transformer import GPTBlock, ViTBlock, set_backend
 from .vq_tokenizer import TokenizerOutput, VQTokenizer
 
-__all__ = ["GaussianScene", "look_at", "pinhole", "synthetic_scene", "GPTBlock", "ViTBlock", "set_backend", "TokenizerOutput", "VQTokenizer"]
+__all__ = ["GaussianScene", "look_at", "pinhole", "synthetic_scene", "GPTBlock", "ViTBlock", "set_backend",
+           "TokenizerOutput", "VQTokenizer"]

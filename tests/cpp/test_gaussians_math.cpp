@@ -81,22 +81,18 @@ double dot2(const Mat2d& a, const Mat2d& b) {
 const double kG3[9] = {0.3, -1.2, 0.7, 0.4, 0.9, -0.5, -0.8, 0.25, 1.1};
 
 // A rotation (unit quaternion (0.8, 0.2, -0.4, 0.4) normalised) for world -> camera.
-Mat3d test_rotation() {
-  return rotmat_from_unit_quat(normalize_quat(Vec4<double>{0.8, 0.2, -0.4, 0.4}));
-}
+Mat3d test_rotation() { return rotmat_from_unit_quat(normalize_quat(Vec4<double>{0.8, 0.2, -0.4, 0.4})); }
 
 // ---------------------------------------------------------------------------------------------------------
 
 void test_covar_from_quat_scale(const std::array<double, 7>& qs) {
   const Mat3d g = mat3(kG3);
-  auto loss = [&](const std::array<double, 7>& v) {
-    return dot3(world_covar(v.data(), v.data() + 4), g);
-  };
+  auto loss = [&](const std::array<double, 7>& v) { return dot3(world_covar(v.data(), v.data() + 4), g); };
   Vec4<double> v_quat = {0, 0, 0, 0};
   Vec3d v_scale = {0, 0, 0};
   covar_from_quat_scale_vjp(Vec4<double>{qs[0], qs[1], qs[2], qs[3]}, Vec3d{qs[4], qs[5], qs[6]}, g, v_quat, v_scale);
-  expect_grad("covar_from_quat_scale_vjp", std::array<double, 7>{v_quat.w, v_quat.x, v_quat.y, v_quat.z, v_scale.x,
-                                                                  v_scale.y, v_scale.z},
+  expect_grad("covar_from_quat_scale_vjp",
+              std::array<double, 7>{v_quat.w, v_quat.x, v_quat.y, v_quat.z, v_scale.x, v_scale.y, v_scale.z},
               numeric_grad(loss, qs));
   // The rotation is orthonormal.
   const Mat3d r = rotmat_from_unit_quat(normalize_quat(Vec4<double>{qs[0], qs[1], qs[2], qs[3]}));
@@ -238,8 +234,7 @@ void test_unit_dir(const std::array<double, 3>& d0, const char* what) {
 void test_hit(const std::array<double, 6>& x0, double px, double py, const char* what) {
   const double v_alpha = 0.8;
   auto loss = [&](const std::array<double, 6>& x) {
-    const PixelHit<double> h =
-        evaluate_hit(Vec2<double>{x[0], x[1]}, Vec3d{x[2], x[3], x[4]}, x[5], px, py);
+    const PixelHit<double> h = evaluate_hit(Vec2<double>{x[0], x[1]}, Vec3d{x[2], x[3], x[4]}, x[5], px, py);
     return v_alpha * h.alpha;
   };
   const Vec3d conic = {x0[2], x0[3], x0[4]};

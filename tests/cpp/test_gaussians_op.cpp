@@ -77,12 +77,11 @@ int main() {
                        .typed<Tensors4(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                        const std::optional<at::Tensor>&, int64_t, int64_t, int64_t, const at::Tensor&,
                                        const at::Tensor&, bool)>();
-  auto rasterize_bwd =
-      op("pyops::gs_rasterize_bwd")
-          .typed<Tensors6(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          const std::optional<at::Tensor>&, int64_t, int64_t, int64_t, const at::Tensor&,
-                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          const at::Tensor&, bool)>();
+  auto rasterize_bwd = op("pyops::gs_rasterize_bwd")
+                           .typed<Tensors6(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const std::optional<at::Tensor>&, int64_t, int64_t, int64_t,
+                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, bool)>();
 
   at::manual_seed(0);
   const int64_t n = 40, width = 37, height = 29, tile = 8, channels = 5;  // sizes not multiples of the tile
@@ -98,9 +97,8 @@ int main() {
     const at::Tensor opacities = (at::rand({n}) * 0.8 + 0.1).to(dtype);
     const at::Tensor colors = at::rand({1, n, channels}, opts);
     const at::Tensor viewmats = at::eye(4, opts).unsqueeze(0);
-    const at::Tensor Ks = at::tensor({focal, 0.0, width / 2.0, 0.0, focal, height / 2.0, 0.0, 0.0, 1.0})
-                              .to(dtype)
-                              .reshape({1, 3, 3});
+    const at::Tensor Ks =
+        at::tensor({focal, 0.0, width / 2.0, 0.0, focal, height / 2.0, 0.0, 0.0, 1.0}).to(dtype).reshape({1, 3, 3});
     auto [radii, means2d, depths, conics, comp] =
         project.call(means, quats, scales, opacities, viewmats, Ks, width, height, 0.3, 0.01, 1e10, 0.0, false);
     const at::Tensor md = means.to(at::kDouble);
@@ -122,16 +120,16 @@ int main() {
                                                               height, tile, isect_offsets, flatten_ids, false);
     // Culled Gaussians never blend: give the replay zero opacity for them.
     const at::Tensor replay_opac = opacities.to(at::kDouble) * visible.to(at::kDouble);
-    auto [want, want_v_colors] = dense_blend(means2d[0].to(at::kDouble), conics[0].to(at::kDouble),
-                                             colors[0].to(at::kDouble), replay_opac, depths[0].to(at::kDouble),
-                                             width, height);
+    auto [want, want_v_colors] =
+        dense_blend(means2d[0].to(at::kDouble), conics[0].to(at::kDouble), colors[0].to(at::kDouble), replay_opac,
+                    depths[0].to(at::kDouble), width, height);
     const double err = (render[0].to(at::kDouble) - want).abs().max().item<double>();
     expect(err < tol, what + ": render matches the dense replay, error " + std::to_string(err));
     expect(want.abs().max().item<double>() > 0.1, what + ": the scene is not empty");
 
     auto [v_means2d, v_conics, v_colors, v_opacities, v_bg, v_abs] =
-        rasterize_bwd.call(means2d, conics, colors, opac, std::nullopt, width, height, tile, isect_offsets,
-                           flatten_ids, final_t, last_ids, at::ones_like(render), at::zeros_like(alphas), false);
+        rasterize_bwd.call(means2d, conics, colors, opac, std::nullopt, width, height, tile, isect_offsets, flatten_ids,
+                           final_t, last_ids, at::ones_like(render), at::zeros_like(alphas), false);
     const double err_v = (v_colors[0].to(at::kDouble) - want_v_colors).abs().max().item<double>();
     expect(err_v < tol * 10, what + ": v_colors = sum of alpha * T, error " + std::to_string(err_v));
     expect(v_abs.numel() == 0, what + ": no absgrad unless asked");

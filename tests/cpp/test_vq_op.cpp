@@ -33,7 +33,7 @@ int main() {
   auto search = c10::Dispatcher::singleton()
                     .findSchemaOrThrow("pyops::vq_search", "")
                     .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
-                                                               c10::string_view, bool)>();
+                                                              c10::string_view, bool)>();
   auto segment_sum = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("pyops::vq_segment_sum", "")
                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>();

@@ -14,9 +14,9 @@ namespace derf {
 // x viewed as a contiguous [outer, channels, inner] array: inner == 1 for channels-last (..., C) inputs,
 // inner == prod(spatial) for channels-first (N, C, *spatial) inputs.
 struct Problem {
-  at::Tensor x;                 // contiguous, original dtype
-  at::Tensor alpha, shift;      // contiguous, math dtype (float, or double for fp64 x), 1 or C elements
-  at::Tensor weight, bias;      // contiguous, math dtype, C elements; undefined when absent
+  at::Tensor x;             // contiguous, original dtype
+  at::Tensor alpha, shift;  // contiguous, math dtype (float, or double for fp64 x), 1 or C elements
+  at::Tensor weight, bias;  // contiguous, math dtype, C elements; undefined when absent
   int64_t outer = 0, channels = 0, inner = 0;
 
   bool per_channel_alpha() const { return alpha.numel() != 1 || channels == 1; }
@@ -28,8 +28,8 @@ struct Problem {
 // the backend's device; every tensor must be on x's device. Errors follow pyops/_checks.py's policy: a
 // wrong dtype throws c10::TypeError (Python TypeError), a wrong shape, value or device c10::ValueError.
 Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
-                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                int64_t channel_dim, c10::DeviceType device_type);
+                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, int64_t channel_dim,
+                c10::DeviceType device_type);
 
 // Checks v_y (the gradient w.r.t. the forward's output) against x; returns it contiguous in x's dtype.
 at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p);
@@ -37,9 +37,11 @@ at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p);
 // Second, deterministic stage of the parameter-gradient reduction: sums the per-block partials
 // [P, kNumPartials, C] (math dtype) over P, folds scalar alpha/shift over C, and casts each gradient to its
 // parameter's dtype and shape. Absent weight/bias give empty (0,) gradients.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(
-    const at::Tensor& partials, const Problem& p, const at::Tensor& alpha, const at::Tensor& shift,
-    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(const at::Tensor& partials, const Problem& p,
+                                                                           const at::Tensor& alpha,
+                                                                           const at::Tensor& shift,
+                                                                           const std::optional<at::Tensor>& weight,
+                                                                           const std::optional<at::Tensor>& bias);
 
 }  // namespace derf
 }  // namespace pyops

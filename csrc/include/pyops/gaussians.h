@@ -125,8 +125,7 @@ struct IntersectInputs {
 };
 
 IntersectInputs prepare_intersect(const at::Tensor& means2d, const at::Tensor& radii, const at::Tensor& depths,
-                                  int64_t tile_size, int64_t tile_width, int64_t tile_height,
-                                  c10::DeviceType backend);
+                                  int64_t tile_size, int64_t tile_width, int64_t tile_height, c10::DeviceType backend);
 
 // tiles_per_gauss [C, N] int32, zeros.
 at::Tensor allocate_tiles_per_gauss(const IntersectInputs& p);
@@ -176,7 +175,7 @@ struct RasterOutputs {
 RasterOutputs allocate_raster_outputs(const RasterInputs& p);
 
 struct RasterGradInputs {
-  at::Tensor final_transmittances, last_ids;     // [C, H, W, 1], [C, H, W] int32
+  at::Tensor final_transmittances, last_ids;    // [C, H, W, 1], [C, H, W] int32
   at::Tensor v_render_colors, v_render_alphas;  // [C, H, W, D], [C, H, W, 1]
 };
 

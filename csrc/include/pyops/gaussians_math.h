@@ -21,17 +21,25 @@ namespace gs {
 
 // A Gaussian's alpha below this does not count (gsplat's ALPHA_THRESHOLD); the same cut on both passes.
 template <typename T>
-PYOPS_HOST_DEVICE T alpha_threshold() { return T(1) / T(255); }
+PYOPS_HOST_DEVICE T alpha_threshold() {
+  return T(1) / T(255);
+}
 // Alpha is clamped here so that 1 - alpha never reaches 0 (the backward pass divides by it).
 template <typename T>
-PYOPS_HOST_DEVICE T max_alpha() { return T(0.999); }
+PYOPS_HOST_DEVICE T max_alpha() {
+  return T(0.999);
+}
 // A pixel stops once its transmittance would fall to or below this (the Gaussian that would cross it is not
 // blended).
 template <typename T>
-PYOPS_HOST_DEVICE T min_transmittance() { return T(1e-4); }
+PYOPS_HOST_DEVICE T min_transmittance() {
+  return T(1e-4);
+}
 // Radius in standard deviations of the (conservative, opacity-unaware) screen-space bounding box.
 template <typename T>
-PYOPS_HOST_DEVICE T radius_sigmas() { return T(3.33); }
+PYOPS_HOST_DEVICE T radius_sigmas() {
+  return T(3.33);
+}
 
 template <typename T>
 struct Vec2 {
@@ -92,9 +100,13 @@ PYOPS_HOST_DEVICE T log_(T x) {
 }
 
 template <typename T>
-PYOPS_HOST_DEVICE T min_(T a, T b) { return a < b ? a : b; }
+PYOPS_HOST_DEVICE T min_(T a, T b) {
+  return a < b ? a : b;
+}
 template <typename T>
-PYOPS_HOST_DEVICE T max_(T a, T b) { return a > b ? a : b; }
+PYOPS_HOST_DEVICE T max_(T a, T b) {
+  return a > b ? a : b;
+}
 
 template <typename T>
 PYOPS_HOST_DEVICE Mat3<T> zeros3() {
@@ -140,7 +152,9 @@ PYOPS_HOST_DEVICE Vec3<T> matvec_t(const Mat3<T>& a, const Vec3<T>& v) {
 // torch.nn.functional.normalize's floor on the norm: a zero quaternion (or SH direction) gives a zero vector
 // instead of NaN, and the VJP below uses the same floor.
 template <typename T>
-PYOPS_HOST_DEVICE T normalize_eps() { return T(1e-12); }
+PYOPS_HOST_DEVICE T normalize_eps() {
+  return T(1e-12);
+}
 
 // Rotation matrix of the normalised quaternion (w, x, y, z).
 template <typename T>
@@ -221,14 +235,13 @@ PYOPS_HOST_DEVICE void covar_from_quat_scale_vjp(const Vec4<T>& quat, const Vec3
 
   // dL/dq for the unit quaternion, entry by entry from rotmat_from_unit_quat.
   const T w = q.w, x = q.x, y = q.y, z = q.z;
-  const Vec4<T> v_n = {
-      T(2) * (x * (g.m[2][1] - g.m[1][2]) + y * (g.m[0][2] - g.m[2][0]) + z * (g.m[1][0] - g.m[0][1])),
-      T(2) * (y * (g.m[0][1] + g.m[1][0]) + z * (g.m[0][2] + g.m[2][0]) + w * (g.m[2][1] - g.m[1][2]) -
-              T(2) * x * (g.m[1][1] + g.m[2][2])),
-      T(2) * (x * (g.m[0][1] + g.m[1][0]) + z * (g.m[1][2] + g.m[2][1]) + w * (g.m[0][2] - g.m[2][0]) -
-              T(2) * y * (g.m[0][0] + g.m[2][2])),
-      T(2) * (x * (g.m[0][2] + g.m[2][0]) + y * (g.m[1][2] + g.m[2][1]) + w * (g.m[1][0] - g.m[0][1]) -
-              T(2) * z * (g.m[0][0] + g.m[1][1]))};
+  const Vec4<T> v_n = {T(2) * (x * (g.m[2][1] - g.m[1][2]) + y * (g.m[0][2] - g.m[2][0]) + z * (g.m[1][0] - g.m[0][1])),
+                       T(2) * (y * (g.m[0][1] + g.m[1][0]) + z * (g.m[0][2] + g.m[2][0]) + w * (g.m[2][1] - g.m[1][2]) -
+                               T(2) * x * (g.m[1][1] + g.m[2][2])),
+                       T(2) * (x * (g.m[0][1] + g.m[1][0]) + z * (g.m[1][2] + g.m[2][1]) + w * (g.m[0][2] - g.m[2][0]) -
+                               T(2) * y * (g.m[0][0] + g.m[2][2])),
+                       T(2) * (x * (g.m[0][2] + g.m[2][0]) + y * (g.m[1][2] + g.m[2][1]) + w * (g.m[1][0] - g.m[0][1]) -
+                               T(2) * z * (g.m[0][0] + g.m[1][1]))};
   // Through q / max(|q|, eps): project out the radial part; below the floor the map is linear (1 / eps).
   if (norm > normalize_eps<T>()) {
     const T dot = v_n.w * q.w + v_n.x * q.x + v_n.y * q.y + v_n.z * q.z;
@@ -261,7 +274,9 @@ PYOPS_HOST_DEVICE Mat3<T> covar_world_to_cam(const Mat3<T>& r, const Mat3<T>& co
 
 // VJPs (no view-matrix gradients: the schema has none). dL/dp = R^T dL/dp_c; dL/dSigma = R^T G R.
 template <typename T>
-PYOPS_HOST_DEVICE Vec3<T> point_world_to_cam_vjp(const Mat3<T>& r, const Vec3<T>& v_pc) { return matvec_t(r, v_pc); }
+PYOPS_HOST_DEVICE Vec3<T> point_world_to_cam_vjp(const Mat3<T>& r, const Vec3<T>& v_pc) {
+  return matvec_t(r, v_pc);
+}
 
 template <typename T>
 PYOPS_HOST_DEVICE Mat3<T> covar_world_to_cam_vjp(const Mat3<T>& r, const Mat3<T>& v_covar_c) {
@@ -353,8 +368,7 @@ PYOPS_HOST_DEVICE Mat2<T> project_covar(const Mat2x3<T>& j, const Mat3<T>& covar
 // J depends on z alone (the clamp's derivative is 1 inside the closed interval, as torch.clamp's).
 template <typename T>
 PYOPS_HOST_DEVICE void project_vjp(const Pinhole<T>& cam, const Vec3<T>& p, const Mat3<T>& covar_c,
-                                   const Mat2<T>& v_cov2d, const Vec2<T>& v_mean2d, Vec3<T>& v_p,
-                                   Mat3<T>& v_covar_c) {
+                                   const Mat2<T>& v_cov2d, const Vec2<T>& v_mean2d, Vec3<T>& v_p, Mat3<T>& v_covar_c) {
   const Mat2x3<T> j = projection_jacobian(cam, p);
   // dL/dSigma_c = J^T G J
   for (int k = 0; k < 3; ++k)

@@ -27,8 +27,8 @@ Metric parse_metric(std::string_view metric);
 
 // Checks x [N, D] and codebook [K, D] (device of the backend, same floating dtype, float64 only on CPU),
 // 1 <= k <= min(K, kMaxK) and the metric.
-SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k,
-                             std::string_view metric, bool exact, c10::DeviceType device_type);
+SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k, std::string_view metric,
+                             bool exact, c10::DeviceType device_type);
 
 // Empty outputs (distances out_dtype, indices int64) of shape [N, k].
 std::tuple<at::Tensor, at::Tensor> empty_search_outputs(const SearchProblem& p);
