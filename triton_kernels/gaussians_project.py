@@ -48,6 +48,12 @@ def _quat_to_rotmat(qw, qx, qy, qz):
 
 
 @triton.jit
+def _rot_scale(r00, r01, r02, r10, r11, r12, r20, r21, r22, sx, sy, sz):
+    """M = R S, the covariance's factor (cov = M M^T), for the forward and the backward."""
+    return r00 * sx, r01 * sy, r02 * sz, r10 * sx, r11 * sy, r12 * sz, r20 * sx, r21 * sy, r22 * sz
+
+
+@triton.jit
 def _load_pair(means_ptr, quats_ptr, scales_ptr, view_ptr, g, cam, mask):
     """Loads one (camera, Gaussian) pair per lane: the Gaussian's mean, quaternion and scales and the camera's
     world-to-camera rotation W and translation t."""
@@ -82,15 +88,7 @@ def _covariances(qw, qx, qy, qz, sx, sy, sz, w00, w01, w02, w10, w11, w12, w20, 
     """World covariance R S S R^T and its camera-space version W cov W^T (both symmetric, 6 values), the
     rotation R and the normalized quaternion."""
     r00, r01, r02, r10, r11, r12, r20, r21, r22, w, x, y, z, inv = _quat_to_rotmat(qw, qx, qy, qz)
-    m00 = r00 * sx
-    m01 = r01 * sy
-    m02 = r02 * sz
-    m10 = r10 * sx
-    m11 = r11 * sy
-    m12 = r12 * sz
-    m20 = r20 * sx
-    m21 = r21 * sy
-    m22 = r22 * sz
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = _rot_scale(r00, r01, r02, r10, r11, r12, r20, r21, r22, sx, sy, sz)
     s00 = m00 * m00 + m01 * m01 + m02 * m02
     s01 = m00 * m10 + m01 * m11 + m02 * m12
     s02 = m00 * m20 + m01 * m21 + m02 * m22
@@ -305,15 +303,7 @@ def _gs_project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, view_ptr, k_ptr, ra
     vs00, vs01, vs02, vs10, vs11, vs12, vs20, vs21, vs22 = _mm3(a00, a01, a02, a10, a11, a12, a20, a21, a22,
                                                                 w00, w01, w02, w10, w11, w12, w20, w21, w22)
     # cov = M M^T, M = R S: dM = (dS + dS^T) M
-    m00 = r00 * sx
-    m01 = r01 * sy
-    m02 = r02 * sz
-    m10 = r10 * sx
-    m11 = r11 * sy
-    m12 = r12 * sz
-    m20 = r20 * sx
-    m21 = r21 * sy
-    m22 = r22 * sz
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = _rot_scale(r00, r01, r02, r10, r11, r12, r20, r21, r22, sx, sy, sz)
     vm00, vm01, vm02, vm10, vm11, vm12, vm20, vm21, vm22 = _mm3(
         vs00 + vs00, vs01 + vs10, vs02 + vs20, vs10 + vs01, vs11 + vs11, vs12 + vs21, vs20 + vs02, vs21 + vs12,
         vs22 + vs22, m00, m01, m02, m10, m11, m12, m20, m21, m22)
