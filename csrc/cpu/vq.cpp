@@ -56,8 +56,8 @@ std::tuple<at::Tensor, at::Tensor> vq_segment_sum_cpu(const at::Tensor& values, 
   const int64_t* idx = p.indices.data_ptr<int64_t>();
   std::vector<int64_t> tally(p.num_segments, 0);  // exact counts, converted once
   for (int64_t r = 0; r < p.n; ++r) {
-    TORCH_CHECK(idx[r] >= 0 && idx[r] < p.num_segments, "vq_segment_sum: `indices` has value ", idx[r], " at position ",
-                r, ", outside [0, num_segments=", p.num_segments, ")");
+    TORCH_CHECK_VALUE(idx[r] >= 0 && idx[r] < p.num_segments, "vq_segment_sum: `indices` has value ", idx[r],
+                      " at position ", r, ", outside [0, num_segments=", p.num_segments, ")");
     ++tally[idx[r]];
   }
   counts.copy_(at::from_blob(tally.data(), {p.num_segments}, at::kLong));

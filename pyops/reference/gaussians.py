@@ -331,12 +331,12 @@ def intersect_tiles(
     rect = tile_rects(means2d, radii, tile_size, tile_width, tile_height).reshape(C * N, 4)  # empty if culled
     widths = rect[:, 2] - rect[:, 0]
     counts = widths * (rect[:, 3] - rect[:, 1])  # [C * N]
-    total = int(counts.sum())  # repeat_interleave below needs it on the host anyway
+    total = int(counts.sum())  # the one host sync: repeat_interleave below takes it as output_size
     if total > _INT32_MAX:  # checked before anything that size is allocated
         raise ValueError(f"intersect_tiles: {total} intersections do not fit the int32 isect_offsets")
 
     # Expand each Gaussian into its tiles, row-major inside its box, in flatten-id order.
-    flat = torch.repeat_interleave(torch.arange(C * N, device=device), counts)  # [M]
+    flat = torch.repeat_interleave(torch.arange(C * N, device=device), counts, output_size=total)  # [M]
     first = torch.cumsum(counts, 0) - counts
     local = torch.arange(flat.numel(), device=device) - first[flat]
     w = widths[flat].clamp_min(1)
