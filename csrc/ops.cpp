@@ -66,4 +66,55 @@ TORCH_LIBRARY(pyops, m) {
       "int width, int height, int tile_size, Tensor isect_offsets, Tensor flatten_ids, Tensor final_transmittances, "
       "Tensor last_ids, Tensor v_render_colors, Tensor v_render_alphas, bool absgrad) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // MoRel anchor ops (pyops/reference/anchors.py is the spec; host checks in csrc/anchors.cpp, math in
+  // csrc/include/pyops/anchors_math.h). blend_mode: 0 "two_sided" |tau - o|, 1 "forward" max(tau - o, 0),
+  // 2 "backward" max(o - tau, 0). The time is tau_t (a 0-dim tensor on the op's device) when given, else tau.
+  // Blend weight: offset [M], decay [M] -> w [M] = exp(-lambda_decay * decay * dist).
+  m.def(
+      "anchor_blend_weight_fwd(Tensor offset, Tensor decay, Tensor? tau_t, float tau, float lambda_decay, "
+      "int blend_mode) -> Tensor");
+  // Returns (v_offset, v_decay); the gradient of tau_t is -sum(v_offset) (the caller forms it).
+  m.def(
+      "anchor_blend_weight_bwd(Tensor v_w, Tensor offset, Tensor decay, Tensor? tau_t, float tau, "
+      "float lambda_decay, int blend_mode) -> (Tensor, Tensor)");
+  // Scaffold-GS neural Gaussians, dense: anchors [M, 3], feats [M, C], offsets [M, K, 3], anchor_scales [M, 6]
+  // (activated), cam_center [3]; per head (opacity, cov, color) nn.Linear weights w1 [H, in], b1 [H], w2 [out, H],
+  // b2 [out] with in = C + 3 (+1 with the head's *_dist flag; + A appearance for color) and out = K, 7K, 3K;
+  // appearance [A], opacity_scale [M], visible [M] bool, blend_offset/blend_decay [M] (both or neither: the
+  // opacity is also multiplied by the blend weight). Every floating tensor has feats' dtype.
+  // Returns (means [M, K, 3], quats [M, K, 4], scales [M, K, 3], opacities [M, K], colors [M, K, 3],
+  // neural_opacity [M, K]).
+  m.def(
+      "anchor_decode_fwd(Tensor anchors, Tensor feats, Tensor offsets, Tensor anchor_scales, Tensor cam_center, "
+      "Tensor w1_opacity, Tensor b1_opacity, Tensor w2_opacity, Tensor b2_opacity, "
+      "Tensor w1_cov, Tensor b1_cov, Tensor w2_cov, Tensor b2_cov, "
+      "Tensor w1_color, Tensor b1_color, Tensor w2_color, Tensor b2_color, "
+      "Tensor? appearance, Tensor? opacity_scale, Tensor? visible, Tensor? blend_offset, Tensor? blend_decay, "
+      "Tensor? tau_t, float tau, float lambda_decay, int blend_mode, bool opacity_dist, bool cov_dist, "
+      "bool color_dist) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The forward's arguments after the five output gradients (neural_opacity has none); the MLP is recomputed.
+  // Returns (v_anchors, v_feats, v_offsets, v_anchor_scales, v_w1_opacity, v_b1_opacity, v_w2_opacity,
+  // v_b2_opacity, v_w1_cov, v_b1_cov, v_w2_cov, v_b2_cov, v_w1_color, v_b1_color, v_w2_color, v_b2_color,
+  // v_appearance, v_opacity_scale, v_blend_offset, v_blend_decay); absent optional inputs give empty ones.
+  m.def(
+      "anchor_decode_bwd(Tensor v_means, Tensor v_quats, Tensor v_scales, Tensor v_opacities, Tensor v_colors, "
+      "Tensor anchors, Tensor feats, Tensor offsets, Tensor anchor_scales, Tensor cam_center, "
+      "Tensor w1_opacity, Tensor b1_opacity, Tensor w2_opacity, Tensor b2_opacity, "
+      "Tensor w1_cov, Tensor b1_cov, Tensor w2_cov, Tensor b2_cov, "
+      "Tensor w1_color, Tensor b1_color, Tensor w2_color, Tensor b2_color, "
+      "Tensor? appearance, Tensor? opacity_scale, Tensor? visible, Tensor? blend_offset, Tensor? blend_decay, "
+      "Tensor? tau_t, float tau, float lambda_decay, int blend_mode, bool opacity_dist, bool cov_dist, "
+      "bool color_dist) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // HexPlane features (pyops/reference/hexplane.py is the spec; host checks in csrc/hexplane.cpp): points [N, 3],
+  // times [N] or None (then every point is at time `time`: the shared-time fast path), planes: 6 * levels
+  // tensors (F_l, R_b, R_a) or (1, F_l, R_b, R_a), level-major in xy xz xt yz yt zt order, aabb [2, 3]; every
+  // floating tensor has points' dtype -> features [N, sum of F_l].
+  m.def("hexplane_fwd(Tensor points, Tensor? times, float time, Tensor[] planes, Tensor aabb) -> Tensor");
+  // Returns (v_points [N, 3], v_times [N] (empty without times), v_planes (each shaped as its plane)).
+  m.def(
+      "hexplane_bwd(Tensor v_features, Tensor points, Tensor? times, float time, Tensor[] planes, Tensor aabb) "
+      "-> (Tensor, Tensor, Tensor[])");
 }
