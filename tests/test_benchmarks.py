@@ -12,9 +12,11 @@ def test_quick_benchmark_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians")) and "pyops-cpu" in proc.stdout
+    ops = ("derf", "vq", "gaussians", "anchors")
+    assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians", "anchor_decode", "hexplane"))
+    assert "pyops-cpu" in proc.stdout
     (out,) = tmp_path.glob("*-quick")  # results/<device>-quick/<op>.{md,json,csv,png}
-    rows = [r for op in ("derf", "vq", "gaussians") for r in json.loads((out / f"{op}.json").read_text())["rows"]]
+    rows = [r for op in ops for r in json.loads((out / f"{op}.json").read_text())["rows"]]
     assert all(r["y_value_50"] > 0 for r in rows)
     derf = [r for r in rows if r["kernel_name"] == "derf"]
     assert {"pyops-cpu", "eager", "torch.compile"} <= {r["kernel_provider"] for r in derf}
@@ -26,6 +28,11 @@ def test_quick_benchmark_run(tmp_path):
     gs = [r for r in rows if r["kernel_name"] == "gaussians"]
     assert {(r["kernel_provider"], r["kernel_operation_mode"]) for r in gs} >= {
         (p, m) for p in ("pyops-cpu", "dense reference") for m in ("forward", "backward", "full")}
-    for op in ("derf", "vq", "gaussians"):
+    for kernel, peers in (("anchor_decode", ("eager Scaffold-GS", "torch.compile Scaffold-GS")),
+                          ("hexplane", ("eager 4DGS grid_sample", "torch.compile 4DGS"))):
+        got = {(r["kernel_provider"], r["kernel_operation_mode"]) for r in rows if r["kernel_name"] == kernel}
+        assert got >= {(p, m) for p in ("pyops-cpu",) + peers for m in ("forward", "full")}, got
+    for op in ops:
         assert all((out / f"{op}.{ext}").stat().st_size > 0 for ext in ("md", "csv", "png"))
-        assert {r["kernel_name"] for r in json.loads((out / f"{op}.json").read_text())["rows"]} == {op}
+        kernels = {r["kernel_name"] for r in json.loads((out / f"{op}.json").read_text())["rows"]}
+        assert kernels == ({"anchor_decode", "hexplane"} if op == "anchors" else {op})
