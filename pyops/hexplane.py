@@ -134,7 +134,7 @@ def _check_args(points, times, planes, aabb):
         times_t = times
     elif isinstance(times, Real) and not isinstance(times, bool):
         time = float(times)
-        if not math.isfinite(time):
+        if not torch.compiler.is_compiling() and not math.isfinite(time):  # a SymFloat once compiled
             raise ValueError(f"{_OP}: times has non-finite values")
         times_t = None
     else:

@@ -16,6 +16,7 @@ the planes, small next to N points x 24 corners x F channels) and scatters into 
 
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -240,9 +241,13 @@ def _config(points: Tensor, F: int):
     return block_n, block_f, cl, math, dict(num_warps=4)
 
 
-def _time_args(time: float) -> Tuple[float, float]:
-    hi = float(torch.tensor(time, dtype=torch.float32))
-    return hi, float(torch.tensor(time - hi, dtype=torch.float32))
+def _time_args(time: float, points: Tensor) -> Tuple[float, float]:
+    """The shared time as two fp32 kernel arguments, hi + lo: fp64 math keeps ~48 bits of it (fp32 math only
+    needs hi; `time` stays untouched there, it may be a SymFloat under torch.compile)."""
+    if points.dtype != torch.float64:
+        return time, 0.0
+    hi = float(np.float32(time))
+    return hi, float(np.float32(time - hi))
 
 
 def _gather_layout(view: Tensor, cl: bool) -> Tensor:
@@ -260,7 +265,7 @@ def hexplane_fwd_triton(points: Tensor, times: Optional[Tensor], time: float, pl
     pts = points.contiguous()
     tms = times.contiguous() if times is not None else pts
     box = aabb.contiguous()
-    time_hi, time_lo = _time_args(time)
+    time_hi, time_lo = _time_args(time, points)
     col0 = 0
     for _level, F, (rx, ry, rz, rt), views in _levels(planes):
         block_n, block_f, cl, math, launch = _config(points, F)
@@ -285,7 +290,7 @@ def hexplane_bwd_triton(v_features: Tensor, points: Tensor, times: Optional[Tens
     box = aabb.contiguous()
     v_out = v_features.to(points.dtype).contiguous()
     total = v_out.shape[1]
-    time_hi, time_lo = _time_args(time)
+    time_hi, time_lo = _time_args(time, points)
     col0 = 0
     for level, F, (rx, ry, rz, rt), views in _levels(planes):
         block_n, block_f, cl, math, launch = _config(points, F)
