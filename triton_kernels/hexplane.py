@@ -28,14 +28,14 @@ CHANNELS_LAST: Optional[bool] = None
 
 
 @triton.jit
-def _axis(q, R):
+def _axis(q, R, IDX: tl.constexpr):
     """Cell i0, its neighbour i1 (int64), the weight w of i1 and du/dq (0 outside the clamp) of normalised
     coordinates q on an axis of R samples (align_corners=True, border clamp)."""
     u = (q + 1.0) * 0.5 * (R - 1)
     du_dq = tl.where((u >= 0.0) & (u <= R - 1), 0.5 * (R - 1), 0.0).to(q.dtype)
     u = tl.minimum(tl.maximum(u, 0.0), R - 1)
     # Truncation is floor for u >= 0; the integer clamp keeps any index (even from NaN input) in bounds.
-    i0 = tl.minimum(tl.maximum(u.to(tl.int64), 0), tl.maximum(R - 2, 0))
+    i0 = tl.minimum(tl.maximum(u.to(IDX), 0), tl.maximum(R - 2, 0))
     i1 = tl.minimum(i0 + 1, R - 1)
     return i0, i1, u - i0.to(q.dtype), du_dq
 
@@ -72,7 +72,7 @@ def _sample(ptr, f, F, Rb, Ra, b0, b1, wb, a0, a1, wa, mask, CL: tl.constexpr, M
 
 @triton.jit
 def _coords(points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry, Rz, Rt,
-            HAS_TIMES: tl.constexpr, MATH: tl.constexpr, BLOCK_N: tl.constexpr):
+            HAS_TIMES: tl.constexpr, MATH: tl.constexpr, IDX: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per axis: the cells, weights and dq/du of the points n (4DGS's normalize_aabb), and dq/dp per axis."""
     lo_x = tl.load(aabb_ptr + 0).to(MATH)
     lo_y = tl.load(aabb_ptr + 1).to(MATH)
@@ -88,25 +88,25 @@ def _coords(points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry
     else:
         # The shared time, split in two fp32 arguments so fp64 math keeps ~48 bits of it.
         qt = tl.zeros([BLOCK_N], MATH) + time_hi + time_lo
-    x0, x1, wx, gx = _axis(qx, Rx)
-    y0, y1, wy, gy = _axis(qy, Ry)
-    z0, z1, wz, gz = _axis(qz, Rz)
-    t0, t1, wt, gt = _axis(qt, Rt)
+    x0, x1, wx, gx = _axis(qx, Rx, IDX)
+    y0, y1, wy, gy = _axis(qy, Ry, IDX)
+    z0, z1, wz, gz = _axis(qz, Rz, IDX)
+    t0, t1, wt, gt = _axis(qt, Rt, IDX)
     return x0, x1, wx, gx, y0, y1, wy, gy, z0, z1, wz, gz, t0, t1, wt, gt, sx, sy, sz
 
 
 @triton.jit
 def _hexplane_fwd_kernel(points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, out_ptr,
                          p_xy, p_xz, p_xt, p_yz, p_yt, p_zt, N, F, Rx, Ry, Rz, Rt, out_cols, col0,
-                         HAS_TIMES: tl.constexpr, CL: tl.constexpr, MATH: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_F: tl.constexpr):
+                         HAS_TIMES: tl.constexpr, CL: tl.constexpr, MATH: tl.constexpr, IDX: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
     n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     x0, x1, wx, _gx, y0, y1, wy, _gy, z0, z1, wz, _gz, t0, t1, wt, _gt, _sx, _sy, _sz = _coords(
-        points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry, Rz, Rt, HAS_TIMES, MATH, BLOCK_N)
+        points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry, Rz, Rt, HAS_TIMES, MATH, IDX, BLOCK_N)
     out_row = out_ptr + n[:, None] * out_cols + col0
     for f0 in range(0, F, BLOCK_F):
-        f = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
+        f = (f0 + tl.arange(0, BLOCK_F)).to(IDX)
         mask = n_mask[:, None] & (f < F)[None, :]
         # The reference's order: ((((xy * xz) * xt) * yz) * yt) * zt.
         out = _sample(p_xy, f, F, Ry, Rx, y0, y1, wy, x0, x1, wx, mask, CL, MATH)
@@ -156,11 +156,11 @@ def _hexplane_bwd_kernel(v_out_ptr, points_ptr, times_ptr, time_hi, time_lo, aab
                          p_xy, p_xz, p_xt, p_yz, p_yt, p_zt, v_xy, v_xz, v_xt, v_yz, v_yt, v_zt,
                          v_points_ptr, v_times_ptr, N, F, Rx, Ry, Rz, Rt, out_cols, col0,
                          HAS_TIMES: tl.constexpr, ACCUMULATE: tl.constexpr, CL: tl.constexpr,
-                         MATH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
+                         MATH: tl.constexpr, IDX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
     n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     x0, x1, wx, gx, y0, y1, wy, gy, z0, z1, wz, gz, t0, t1, wt, gt, sx, sy, sz = _coords(
-        points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry, Rz, Rt, HAS_TIMES, MATH, BLOCK_N)
+        points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry, Rz, Rt, HAS_TIMES, MATH, IDX, BLOCK_N)
     v_row = v_out_ptr + n[:, None] * out_cols + col0
     # d loss / d weight along each axis, summed over channels and planes.
     v_wx = tl.zeros([BLOCK_N], MATH)
@@ -168,7 +168,7 @@ def _hexplane_bwd_kernel(v_out_ptr, points_ptr, times_ptr, time_hi, time_lo, aab
     v_wz = tl.zeros([BLOCK_N], MATH)
     v_wt = tl.zeros([BLOCK_N], MATH)
     for f0 in range(0, F, BLOCK_F):
-        f = f0 + tl.arange(0, BLOCK_F).to(tl.int64)
+        f = (f0 + tl.arange(0, BLOCK_F)).to(IDX)
         mask = n_mask[:, None] & (f < F)[None, :]
         v_out = tl.load(v_row + f[None, :], mask=mask, other=0.0).to(MATH)
         s0, da0, db0 = _sample_grad(p_xy, f, F, Ry, Rx, y0, y1, wy, x0, x1, wx, mask, CL, MATH)
@@ -232,13 +232,17 @@ def _levels(planes: List[Tensor]):
         yield level, xy.shape[0], (xy.shape[2], xy.shape[1], xz.shape[1], xt.shape[1]), views
 
 
-def _config(points: Tensor, F: int):
+def _config(points: Tensor, F: int, views: List[Tensor], backward: bool):
+    """Block sizes and layout. On a GPU a tile holds 256 (forward) or 128 (backward) elements, 2 or 1 per
+    thread of 4 warps: every element gathers 24 corners, and ptxas keeps them all in flight (sm_90: 168
+    registers forward, 128 backward, no spills; 256 elements backward spill)."""
     interpret = points.device.type != "cuda"
     block_f = min(triton.next_power_of_2(F), 16 if interpret else 32)
-    block_n = 32 if interpret else max(16, 2048 // block_f // 4)
+    block_n = 32 if interpret else max((128 if backward else 256) // block_f, 4)
     cl = (not interpret) if CHANNELS_LAST is None else CHANNELS_LAST
     math = tl.float64 if points.dtype == torch.float64 else tl.float32
-    return block_n, block_f, cl, math, dict(num_warps=4)
+    idx = tl.int64 if max(v.numel() for v in views) >= 2**31 else tl.int32  # offsets inside one plane
+    return dict(CL=cl, MATH=math, IDX=idx, BLOCK_N=block_n, BLOCK_F=block_f, num_warps=4)
 
 
 def _time_args(time: float, points: Tensor) -> Tuple[float, float]:
@@ -268,11 +272,11 @@ def hexplane_fwd_triton(points: Tensor, times: Optional[Tensor], time: float, pl
     time_hi, time_lo = _time_args(time, points)
     col0 = 0
     for _level, F, (rx, ry, rz, rt), views in _levels(planes):
-        block_n, block_f, cl, math, launch = _config(points, F)
-        p = [_gather_layout(v, cl) for v in views]
-        torch.library.wrap_triton(_hexplane_fwd_kernel)[(triton.cdiv(n, block_n),)](
+        cfg = _config(points, F, views, backward=False)
+        p = [_gather_layout(v, cfg["CL"]) for v in views]
+        torch.library.wrap_triton(_hexplane_fwd_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]),)](
             pts, tms, time_hi, time_lo, box, out, *p, n, F, rx, ry, rz, rt, total, col0,
-            HAS_TIMES=times is not None, CL=cl, MATH=math, BLOCK_N=block_n, BLOCK_F=block_f, **launch)
+            HAS_TIMES=times is not None, **cfg)
         col0 += F
     return out
 
@@ -293,15 +297,16 @@ def hexplane_bwd_triton(v_features: Tensor, points: Tensor, times: Optional[Tens
     time_hi, time_lo = _time_args(time, points)
     col0 = 0
     for level, F, (rx, ry, rz, rt), views in _levels(planes):
-        block_n, block_f, cl, math, launch = _config(points, F)
+        cfg = _config(points, F, views, backward=True)
+        cl = cfg["CL"]
         p = [_gather_layout(v, cl) for v in views]
         # Accumulation buffers in the gather layout; fp32 for fp32/fp16/bf16 planes.
         v_p = [torch.zeros_like(q, dtype=acc) for q in p]
         if n > 0:
-            torch.library.wrap_triton(_hexplane_bwd_kernel)[(triton.cdiv(n, block_n),)](
+            torch.library.wrap_triton(_hexplane_bwd_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]),)](
                 v_out, pts, tms, time_hi, time_lo, box, *p, *v_p, v_points, v_times if times is not None else
                 v_points, n, F, rx, ry, rz, rt, total, col0, HAS_TIMES=times is not None, ACCUMULATE=level > 0,
-                CL=cl, MATH=math, BLOCK_N=block_n, BLOCK_F=block_f, **launch)
+                **cfg)
         for plane, g in zip(planes[6 * level: 6 * level + 6], v_p):
             g = g.permute(2, 0, 1) if cl else g
             v_planes.append(g.to(plane.dtype).reshape(plane.shape).contiguous())
