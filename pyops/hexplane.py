@@ -96,18 +96,19 @@ def _check_planes(planes, points: Tensor) -> List[Tensor]:
         raise ValueError(f"{_OP}: planes must hold 6 tensors per level (xy xz xt yz yt zt), got {len(planes)}")
     dtype, device = points.dtype, points.device
     for level in range(0, len(planes), 6):
-        for i in range(level, level + 3):  # xy, xz and xt give the level's channels and resolutions
+        for i in range(level, level + 6):
             p = planes[i]
-            if not isinstance(p, Tensor) or p.dtype != dtype or p.device != device or p.dim() not in (3, 4) or \
-                    (p.dim() == 4 and p.shape[0] != 1) or p.numel() == 0:
+            if not isinstance(p, Tensor) or p.dtype != dtype or p.device != device or not (
+                    p.ndim == 3 or (p.ndim == 4 and p.shape[0] == 1)) or (i < level + 3 and p.numel() == 0):
                 _plane_error(i, p, points)
-        f, ry, rx = planes[level].shape[-3:]
-        rz, rt = planes[level + 1].shape[-2], planes[level + 2].shape[-2]
-        for j, want in enumerate(((f, ry, rx), (f, rz, rx), (f, rt, rx), (f, rz, ry), (f, rt, ry), (f, rt, rz))):
-            p = planes[level + j]
-            if not isinstance(p, Tensor) or p.dtype != dtype or p.device != device or p.dim() not in (3, 4) or \
-                    (p.dim() == 4 and p.shape[0] != 1) or p.shape[-3:] != want:
-                _plane_error(level + j, p, points, want)
+        # xy, xz and xt give the level's channels and resolutions (all >= 1: they are not empty).
+        xy, xz, xt = planes[level].shape, planes[level + 1].shape, planes[level + 2].shape
+        f, ry, rx, rz, rt = xy[-3], xy[-2], xy[-1], xz[-2], xt[-2]
+        for j, (b, a) in enumerate(((ry, rx), (rz, rx), (rt, rx), (rz, ry), (rt, ry), (rt, rz))):
+            shape = planes[level + j].shape
+            d = len(shape) - 3
+            if shape[d] != f or shape[d + 1] != b or shape[d + 2] != a:
+                _plane_error(level + j, planes[level + j], points, (f, b, a))
     return planes
 
 
@@ -143,9 +144,10 @@ def _check_args(points, times, planes, aabb):
     if not isinstance(aabb, Tensor) or aabb.dtype != points.dtype or aabb.device != points.device or \
             aabb.shape != (2, 3):
         check_tensor(_OP, "aabb", aabb, (2, 3), floating=True, like=("points", points))
-    _backend.check_finite(_OP, "points", points)
-    for i, p in enumerate(planes):
-        _backend.check_finite(_OP, f"planes[{i}]", p)
+    if _backend.check_finite_enabled(points):  # CPU tensors by default (a host sync on a GPU)
+        _backend.check_finite(_OP, "points", points)
+        for i, p in enumerate(planes):
+            _backend.check_finite(_OP, f"planes[{i}]", p)
     if _backend.check_finite_enabled(aabb) and not torch.compiler.is_compiling():
         box = aabb.detach().tolist()  # one read gives finiteness and extent (a host sync: CPU by default)
         if not all(math.isfinite(v) for row in box for v in row):

@@ -359,6 +359,9 @@ def test_hexplane_field_loads_4dgs_state_dict(device, backend):
     planes = [p for level in field.grids for p in level]
     torch.testing.assert_close(field(points, times), fourdgs_features(points, times, planes, field.aabb),
                                rtol=1e-5, atol=1e-5)
+    one_level = pyops.hexplane_features(points, times, field.grids[1], field.aabb, backend=backend)  # ParameterList
+    torch.testing.assert_close(one_level, fourdgs_features(points, times, planes[6:], field.aabb), rtol=1e-5,
+                               atol=1e-5)
     # Gradients reach every plane, not the box.
     field(points, times).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in planes) and field.aabb.grad is None
