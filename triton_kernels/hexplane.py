@@ -77,9 +77,13 @@ def _coords(points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry
     lo_x = tl.load(aabb_ptr + 0).to(MATH)
     lo_y = tl.load(aabb_ptr + 1).to(MATH)
     lo_z = tl.load(aabb_ptr + 2).to(MATH)
-    sx = 2.0 / (tl.load(aabb_ptr + 3).to(MATH) - lo_x)
-    sy = 2.0 / (tl.load(aabb_ptr + 4).to(MATH) - lo_y)
-    sz = 2.0 / (tl.load(aabb_ptr + 5).to(MATH) - lo_z)
+    # IEEE division as in torch (Triton's fp32 `/` is div.full.f32, 2 ulp).
+    ex = tl.load(aabb_ptr + 3).to(MATH) - lo_x
+    ey = tl.load(aabb_ptr + 4).to(MATH) - lo_y
+    ez = tl.load(aabb_ptr + 5).to(MATH) - lo_z
+    sx = tl.math.div_rn(tl.zeros_like(ex) + 2.0, ex)
+    sy = tl.math.div_rn(tl.zeros_like(ey) + 2.0, ey)
+    sz = tl.math.div_rn(tl.zeros_like(ez) + 2.0, ez)
     qx = (tl.load(points_ptr + 3 * n, mask=n_mask, other=0.0).to(MATH) - lo_x) * sx - 1.0
     qy = (tl.load(points_ptr + 3 * n + 1, mask=n_mask, other=0.0).to(MATH) - lo_y) * sy - 1.0
     qz = (tl.load(points_ptr + 3 * n + 2, mask=n_mask, other=0.0).to(MATH) - lo_z) * sz - 1.0
