@@ -71,19 +71,24 @@ def _sample(ptr, f, F, Rb, Ra, b0, b1, wb, a0, a1, wa, mask, CL: tl.constexpr, M
 
 
 @triton.jit
+def _two_over(extent, MATH: tl.constexpr):
+    """2 / extent rounded as torch does: Triton's fp32 `/` is div.full.f32 (2 ulp); fp64 `/` is exact."""
+    if MATH == tl.float64:
+        return 2.0 / extent
+    else:
+        return tl.math.div_rn(tl.zeros_like(extent) + 2.0, extent)
+
+
+@triton.jit
 def _coords(points_ptr, times_ptr, time_hi, time_lo, aabb_ptr, n, n_mask, Rx, Ry, Rz, Rt,
             HAS_TIMES: tl.constexpr, MATH: tl.constexpr, IDX: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per axis: the cells, weights and dq/du of the points n (4DGS's normalize_aabb), and dq/dp per axis."""
     lo_x = tl.load(aabb_ptr + 0).to(MATH)
     lo_y = tl.load(aabb_ptr + 1).to(MATH)
     lo_z = tl.load(aabb_ptr + 2).to(MATH)
-    # IEEE division as in torch (Triton's fp32 `/` is div.full.f32, 2 ulp).
-    ex = tl.load(aabb_ptr + 3).to(MATH) - lo_x
-    ey = tl.load(aabb_ptr + 4).to(MATH) - lo_y
-    ez = tl.load(aabb_ptr + 5).to(MATH) - lo_z
-    sx = tl.math.div_rn(tl.zeros_like(ex) + 2.0, ex)
-    sy = tl.math.div_rn(tl.zeros_like(ey) + 2.0, ey)
-    sz = tl.math.div_rn(tl.zeros_like(ez) + 2.0, ez)
+    sx = _two_over(tl.load(aabb_ptr + 3).to(MATH) - lo_x, MATH)
+    sy = _two_over(tl.load(aabb_ptr + 4).to(MATH) - lo_y, MATH)
+    sz = _two_over(tl.load(aabb_ptr + 5).to(MATH) - lo_z, MATH)
     qx = (tl.load(points_ptr + 3 * n, mask=n_mask, other=0.0).to(MATH) - lo_x) * sx - 1.0
     qy = (tl.load(points_ptr + 3 * n + 1, mask=n_mask, other=0.0).to(MATH) - lo_y) * sy - 1.0
     qz = (tl.load(points_ptr + 3 * n + 2, mask=n_mask, other=0.0).to(MATH) - lo_z) * sz - 1.0
