@@ -244,7 +244,7 @@ def _levels(planes: List[Tensor]):
 def _config(points: Tensor, F: int, views: List[Tensor], backward: bool):
     """Block sizes and layout. On a GPU a tile holds 256 (forward) or 128 (backward) elements, 2 or 1 per
     thread of 4 warps: every element gathers 24 corners, and ptxas keeps them all in flight (sm_90: 168
-    registers forward, 128 backward, no spills; 256 elements backward spill)."""
+    registers forward, 124 backward, no spills; 256 elements backward spill)."""
     interpret = points.device.type != "cuda"
     block_f = min(triton.next_power_of_2(F), 16 if interpret else 32)
     block_n = 32 if interpret else max((128 if backward else 256) // block_f, 4)
