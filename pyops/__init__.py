@@ -12,11 +12,12 @@ from .gaussians import (
                         spherical_harmonics,
                         tile_offsets,
 )
+from .hexplane import HexPlaneField, hexplane_features
 from .quantizer import VectorQuantizer
 from .vq import vq_search, vq_segment_sum
 
 __all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum",
-           "VectorQuantizer",
+           "VectorQuantizer", "hexplane_features", "HexPlaneField",
            "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterize_gaussians",
            "rasterize_to_pixels", "spherical_harmonics", "isect_offsets", "tile_offsets"]
 __version__ = "0.1.0"
