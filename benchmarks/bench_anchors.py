@@ -88,7 +88,8 @@ def decode_inputs(m, device, seed=0):
 def scaffold_decode(dec, anchors, feats, offsets, anchor_scales, cam_center, visible, blend_offset, blend_decay,
                     tau=0.5):
     """Scaffold-GS's generate_neural_gaussians (eager, with its compactions) times MoRel's forward blend weight."""
-    feat, anchor, grid_offsets, grid_scaling = feats[visible], anchors[visible], offsets[visible], anchor_scales[visible]
+    feat, anchor = feats[visible], anchors[visible]
+    grid_offsets, grid_scaling = offsets[visible], anchor_scales[visible]
     ob_view = anchor - cam_center
     ob_dist = ob_view.norm(dim=1, keepdim=True)
     ob_view = ob_view / ob_dist
