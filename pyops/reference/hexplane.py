@@ -8,8 +8,8 @@ feature planes over the coordinate pairs (a, b) in (xy, xz, xt, yz, yt, zt) orde
 read with bilinear interpolation, align_corners=True and a border clamp: ``u = (q + 1) / 2 * (R - 1)`` clamped to
 [0, R - 1] (gradient 1 on it, ends included, 0 outside), cell ``i0 = clamp(floor(u), 0, R - 2)``, weight
 ``u - i0`` on i0 + 1. The six F-vectors of a level are multiplied together; the levels' products are
-concatenated, (N, sum of F). This is what 4DGS's grid_sample composition computes, except exactly on the far border where grid_sample's
-gradient takes an out-of-range corner as 0 and this one the last cell's slope.
+concatenated, (N, sum of F). This is what 4DGS's grid_sample composition computes, except exactly on the far
+border where grid_sample's gradient takes an out-of-range corner as 0 and this one the last cell's slope.
 """
 
 from itertools import combinations
