@@ -106,7 +106,7 @@ def anchor_decode(
     m, k = offsets.shape[0], offsets.shape[1]
     anchors, feats, offsets, anchor_scales = (t.to(math) for t in (anchors, feats, offsets, anchor_scales))
     mlp = AnchorMLP(*(w.to(math) for w in mlp))
-    view = anchors - cam_center.to(math)
+    view = anchors - cam_center.detach().to(math)  # the camera is a constant: no gradient (as in Scaffold-GS)
     dist = view.norm(dim=1, keepdim=True)
     dirs = view / dist.clamp_min(NORMALIZE_EPS)
 
