@@ -14,8 +14,8 @@ hidden layers and their gradients are written out and the weight gradients are d
 launcher (deterministic, no atomics); the per-anchor gradients (anchors, incl. the VJP of the view direction and
 distance, feats, offsets, anchor_scales, opacity scale, blend) come straight from the kernel.
 
-Precision: math in fp32, in fp64 for fp64 inputs (tl.dot in fp64: exact on GPUs and in the interpreter); fp32
-dots use input_precision="ieee" (no TF32). Python floats reach Triton as fp32, so tau and lambda_decay travel as
+Precision: math in fp32, in fp64 for fp64 inputs (then the products are broadcast sums, not tl.dot: see _dot);
+fp32 dots use input_precision="ieee" (no TF32). Python floats reach Triton as fp32, so tau and lambda_decay travel as
 fp32 (hi, lo) pairs that the kernels add in the math dtype. Offsets are int64 (M * 11K can pass 2^31).
 """
 
@@ -193,6 +193,16 @@ def _inputs(feats_ptr, m, mask_m, C, vx, vy, vz, d, inv, IN_PAD: tl.constexpr, D
 
 
 @triton.jit
+def _dot(a, b, DT: tl.constexpr):
+    """a @ b in the math dtype. fp32: tl.dot without TF32. fp64: a broadcast product summed in registers
+    (Triton's fp64 MMA path fails to compile some of these shapes for sm_90; fp64 is for tests, not speed)."""
+    if DT == tl.float64:
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
 def _w1(w1_ptr, H, n_in, row, TRANS: tl.constexpr, IN_PAD: tl.constexpr, H_PAD: tl.constexpr, DT: tl.constexpr):
     """A head's w1 (H, row-strided) restricted to its first n_in input columns: (IN_PAD, H_PAD) when TRANS (for
     X @ w1^T), else (H_PAD, IN_PAD)."""
@@ -211,7 +221,7 @@ def _hidden(x, w1_ptr, b1_ptr, H, n_in, row, IN_PAD: tl.constexpr, H_PAD: tl.con
     w = _w1(w1_ptr, H, n_in, row, True, IN_PAD, H_PAD, DT)
     h = tl.arange(0, H_PAD)
     b = tl.load(b1_ptr + h, mask=h < H, other=0.0).to(DT)
-    return tl.dot(x, w, input_precision="ieee") + b[None, :]
+    return _dot(x, w, DT) + b[None, :]
 
 
 @triton.jit
@@ -234,14 +244,14 @@ def _out(hr, w2_ptr, b2_ptr, H, K, S: tl.constexpr, J: tl.constexpr, H_PAD: tl.c
     w = _w2(w2_ptr, H, K, S, J, True, H_PAD, K_PAD, DT)
     k = tl.arange(0, K_PAD)
     b = tl.load(b2_ptr + k * S + J, mask=k < K, other=0.0).to(DT)
-    return tl.dot(hr, w, input_precision="ieee") + b[None, :]
+    return _dot(hr, w, DT) + b[None, :]
 
 
 @triton.jit
 def _out_vjp(g, w2_ptr, H, K, S: tl.constexpr, J: tl.constexpr, H_PAD: tl.constexpr, K_PAD: tl.constexpr,
              DT: tl.constexpr):
     """The hidden layer's gradient from component J's pre-activation gradient g (BLOCK_M, K_PAD)."""
-    return tl.dot(g, _w2(w2_ptr, H, K, S, J, False, H_PAD, K_PAD, DT), input_precision="ieee")
+    return _dot(g, _w2(w2_ptr, H, K, S, J, False, H_PAD, K_PAD, DT), DT)
 
 
 @triton.jit
@@ -443,7 +453,7 @@ def _anchor_decode_bwd_kernel(
         hmask = mask_m[:, None] & (h < H_O)
         tl.store(hr_ptr + m[:, None] * HT + h, hr, mask=hmask)
         tl.store(vh_ptr + m[:, None] * HT + h, v_hpre, mask=hmask)
-        v_x = tl.dot(v_hpre, _w1(w1o_ptr, H_O, IN_O, IN_O, False, IN_PAD, H_PAD, DT), input_precision="ieee")
+        v_x = _dot(v_hpre, _w1(w1o_ptr, H_O, IN_O, IN_O, False, IN_PAD, H_PAD, DT), DT)
         # Cov head: scales and quaternions.
         hpre = _hidden(x, w1c_ptr, b1c_ptr, H_C, IN_C, IN_C, IN_PAD, H_PAD, DT)
         hr = tl.maximum(hpre, 0.0)
@@ -489,7 +499,7 @@ def _anchor_decode_bwd_kernel(
         hmask = mask_m[:, None] & (h < H_C)
         tl.store(hr_ptr + m[:, None] * HT + H_O + h, hr, mask=hmask)
         tl.store(vh_ptr + m[:, None] * HT + H_O + h, v_hpre, mask=hmask)
-        v_x += tl.dot(v_hpre, _w1(w1c_ptr, H_C, IN_C, IN_C, False, IN_PAD, H_PAD, DT), input_precision="ieee")
+        v_x += _dot(v_hpre, _w1(w1c_ptr, H_C, IN_C, IN_C, False, IN_PAD, H_PAD, DT), DT)
         # Color head.
         hpre = _hidden(x, w1l_ptr, b1l_ptr, H_L, IN_L, ROW_L, IN_PAD, H_PAD, DT)
         hr = tl.maximum(hpre, 0.0)
@@ -507,7 +517,7 @@ def _anchor_decode_bwd_kernel(
         hmask = mask_m[:, None] & (h < H_L)
         tl.store(hr_ptr + m[:, None] * HT + H_O + H_C + h, hr, mask=hmask)
         tl.store(vh_ptr + m[:, None] * HT + H_O + H_C + h, v_hpre, mask=hmask)
-        v_x += tl.dot(v_hpre, _w1(w1l_ptr, H_L, IN_L, ROW_L, False, IN_PAD, H_PAD, DT), input_precision="ieee")
+        v_x += _dot(v_hpre, _w1(w1l_ptr, H_L, IN_L, ROW_L, False, IN_PAD, H_PAD, DT), DT)
         # Inputs: feats directly; dir = view / max(d, eps) and d = |view| back to the anchor.
         c = tl.arange(0, IN_PAD)[None, :]
         tl.store(v_feats_ptr + m[:, None] * C + c, v_x.to(v_feats_ptr.dtype.element_ty),
