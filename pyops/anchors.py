@@ -241,7 +241,8 @@ def anchor_blend_weight(offset: Tensor, decay: Tensor, tau: Union[float, Tensor]
     which = _backend.resolve(backend, offset.device, "anchor_blend_weight_fwd")
     if which == "torch":
         return reference.anchor_blend_weight(offset, decay, tau, lambda_decay, mode)
-    op = torch.ops.pyops.anchor_blend_weight_fwd_triton if which == "triton" else torch.ops.pyops.anchor_blend_weight_fwd
+    ops = torch.ops.pyops
+    op = ops.anchor_blend_weight_fwd_triton if which == "triton" else ops.anchor_blend_weight_fwd
     return op(offset, decay, tau_t, tau_f, lambda_decay, index)
 
 

@@ -655,9 +655,9 @@ def anchor_decode_bwd_triton(
            w2_color, b2_color)
     p = _Decode(anchors, feats, offsets, anchor_scales, cam_center, mlp, appearance, opacity_scale, visible,
                 blend_offset, blend_decay, tau_t, tau, lambda_decay, blend_mode, opacity_dist, cov_dist, color_dist)
-    m, c, k, ht = p.m, p.c, p.k, sum(p.h)
-    empty = feats.new_empty(0)
-    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else empty  # noqa
+    m, k, ht = p.m, p.k, sum(p.h)
+    # Absent optional inputs get distinct empty tensors (outputs of a custom op may not alias each other).
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else feats.new_empty(0)  # noqa
     v_anchors, v_feats, v_offsets, v_ascales = (like(t) for t in (anchors, feats, offsets, anchor_scales))
     v_os, v_bo, v_bd = like(opacity_scale), like(blend_offset), like(blend_decay)
     gz = torch.empty(m, 11 * k, dtype=p.math, device=feats.device)
@@ -690,5 +690,5 @@ def anchor_decode_bwd_triton(
     if appearance is not None:
         v_app = (w1_color[:, p.n_in[2]:].to(p.math).t() @ v_b1_color).to(appearance.dtype)
     else:
-        v_app = empty
+        v_app = feats.new_empty(0)
     return (v_anchors, v_feats, v_offsets, v_ascales, *out, v_app, v_os, v_bo, v_bd)
