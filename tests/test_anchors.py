@@ -157,6 +157,12 @@ def test_decode_matches_reference_low_precision(device, backend, dtype, name):
     check_against_reference(make_case(*CASES[name], seed=2), device, backend, dtype)
 
 
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in DECODE if d == "cpu"])
+@pytest.mark.parametrize("name", ["skip_tiles_forward", "backward_mode"])
+def test_decode_matches_reference_fp64(device, backend, name):
+    check_against_reference(make_case(*CASES[name], seed=6), device, backend, torch.float64)
+
+
 @pytest.mark.parametrize("device,backend", DECODE)
 def test_decode_non_contiguous_inputs(device, backend):
     case = cast(make_case(*CASES["all_options_k1"], seed=3), torch.float32, device)
@@ -180,6 +186,7 @@ def test_dropped_gaussians_get_no_gradient(device, backend):
     out, _ = run(case, backend)
     dropped = ~((out.neural_opacity > 0) & case["visible"][:, None])
     assert dropped.any() and (~dropped).any()
+    assert not out.neural_opacity.requires_grad  # a statistic, as in Scaffold-GS
     v = [torch.randn(t.shape, dtype=torch.float64, device=device) * (dropped[..., None] if t.dim() == 3 else dropped)
          for t in out[:5]]
     _, grads = run(case, backend, v)
@@ -345,8 +352,9 @@ def test_blend_opcheck(device, backend):
                               (torch.randn(9, device=device), offset.detach(), decay.detach(), tau_t, 0.3, 1.5, 1))
 
 
-@pytest.mark.parametrize("device,backend", DECODE_COMPILED)
+@pytest.mark.parametrize("device,backend", DECODE_COMPILED + [("cpu", "torch")])
 def test_decode_torch_compile_fullgraph(device, backend):
+    # ("cpu", "torch"): the argument checks and backend choice trace with fullgraph=True (aot_eager: no C++ build).
     case = cast(make_case(*CASES["all_options_k1"]), torch.float32, device)
     names = [n for n in DIFF if torch.is_tensor(case[n])]
 
@@ -355,7 +363,7 @@ def test_decode_torch_compile_fullgraph(device, backend):
         loss = out.opacities.sum() + out.colors.square().sum() + (out.means * out.scales).sum()
         return loss + out.quats[..., 1].sum()
 
-    compiled = torch.compile(step, fullgraph=True)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if backend == "torch" else "inductor")
     results = []
     for fn in (step, compiled):
         leaves = [case[n].detach().clone().requires_grad_() for n in names]
@@ -396,7 +404,8 @@ def _error_cases():
         (dict(anchors=base["anchors"].double()), TypeError, "anchors has dtype torch.float64|feats has dtype"),
         (dict(feats=base["feats"].half()), TypeError, "feats has dtype torch.float16"),
         (dict(anchors=base["anchors"].long()), TypeError, "anchors must be a floating-point tensor"),
-        (dict(anchors=base["anchors"][:, :2]), ValueError, r"anchors must have shape \(\*, 3\)"),
+        (dict(anchors=base["anchors"][:, :2]), ValueError, r"anchors must have shape \(5, 3\), got \(5, 2\)"),
+        (dict(anchors=base["anchors"][:, 0]), ValueError, r"anchors must have shape \(\*, 3\), got \(5,\)"),
         (dict(feats=base["feats"][:4]), ValueError, r"feats must have shape \(5, \*\)"),
         (dict(offsets=base["offsets"][:, :, :2]), ValueError, r"offsets must have shape \(5, 2, 3\), got \(5, 2, 2\)"),
         (dict(anchor_scales=base["anchor_scales"][:, :5]), ValueError, r"anchor_scales must have shape \(5, 6\)"),

@@ -31,10 +31,11 @@ EPS: tl.constexpr = tl.constexpr(1e-12)  # reference.NORMALIZE_EPS
 
 
 def _split(x: float) -> Tuple[float, float]:
-    """x as fp32 hi + lo (about 48 bits): Triton passes Python floats as fp32."""
+    """x as fp32 hi + lo (about 48 bits): Triton passes Python floats as fp32. A value beyond fp32's range, or a
+    symbolic float under torch.compile, passes as is."""
     try:
         hi = struct.unpack("f", struct.pack("f", x))[0]
-    except OverflowError:
+    except (OverflowError, TypeError, struct.error):
         return x, 0.0
     return hi, x - hi
 
@@ -603,8 +604,9 @@ class _Decode:
         tau_hi, tau_lo = _split(tau)
         lam_hi, lam_lo = _split(lambda_decay)
         self.scalars = [self.m, self.c, self.k, *self.h, *self.n_in, mlp[8].shape[1], tau_hi, tau_lo, lam_hi, lam_lo]
-        interpreted = feats.device.type == "cpu"
-        self.block_m = 16 if interpreted else 32
+        # 16 anchors per program: the smallest tl.dot tile; with 32, ptxas spills in the forward at H = C = 32
+        # (sm_90, fp32: 255 registers without spills at 16).
+        self.block_m = 16
         self.flags = dict(HAS_OS=opacity_scale is not None, HAS_VIS=visible is not None,
                           HAS_BLEND=blend_offset is not None, HAS_TAU_T=tau_t is not None, MODE=blend_mode, DT=dt,
                           BLOCK_M=self.block_m, IN_PAD=_pad(self.c + 4), H_PAD=_pad(max(self.h)), K_PAD=_pad(self.k))
