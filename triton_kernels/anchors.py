@@ -3,11 +3,12 @@ torch.library.triton_op pyops::anchor_{blend_weight,decode}_{fwd,bwd}_triton wit
 (csrc/ops.cpp).
 
 Decode: one program per tile of BLOCK_M anchors. The input tile X = [feat (C), view dir (3), dist (1)] (columns
-padded to IN_PAD) goes through each head's first layer with one tl.dot against that head's w1 (columns the head
-does not read are masked to 0; the color head's appearance columns are folded into its bias on the host), ReLU,
-then one tl.dot per output component: w2's rows k * S + j (S = 1, 7, 3 components per offset) loaded as an
-(H_PAD, K_PAD) matrix give component j of all K offsets as a (BLOCK_M, K_PAD) tile, on which the epilogue
-(tanh, sigmoid, quaternion normalisation, masks) runs. A tile whose anchors are all invisible skips the MLP.
+padded to a multiple of 16) goes through each head's first layer with tl.dot against that head's w1, 16 columns at
+a time (columns the head does not read are masked to 0; the color head's appearance columns are folded into its
+bias on the host), ReLU, then one tl.dot per output component: w2's rows k * S + j (S = 1, 7, 3 components per
+offset) loaded as an (H_PAD, K_PAD) matrix give component j of all K offsets as a (BLOCK_M, K_PAD) tile, on which
+the epilogue (tanh, sigmoid, quaternion normalisation, masks) runs. A tile whose anchors are all invisible skips
+the MLP.
 
 Backward: the same recomputation, then per-anchor pre-activation gradients G (M, 11K, w2's row layout), the
 hidden layers and their gradients are written out and the weight gradients are dense torch matmuls in the
@@ -183,13 +184,13 @@ def _view(anchors_ptr, cam_ptr, m, mask_m, DT: tl.constexpr):
 
 
 @triton.jit
-def _inputs(feats_ptr, m, mask_m, C, vx, vy, vz, d, inv, IN_PAD: tl.constexpr, DT: tl.constexpr):
-    """X (BLOCK_M, IN_PAD) = [feat, view dir, dist, 0...]."""
-    c = tl.arange(0, IN_PAD)[None, :]
+def _x_chunk(feats_ptr, m, mask_m, C, c0, dx, dy, dz, d, DT: tl.constexpr):
+    """Columns [c0, c0 + 16) of the input tile X = [feat, view dir, dist, 0...]: (BLOCK_M, 16)."""
+    c = c0 + tl.arange(0, 16)[None, :]
     x = tl.load(feats_ptr + m[:, None] * C + c, mask=mask_m[:, None] & (c < C), other=0.0).to(DT)
-    x = tl.where(c == C, (vx * inv)[:, None], x)
-    x = tl.where(c == C + 1, (vy * inv)[:, None], x)
-    x = tl.where(c == C + 2, (vz * inv)[:, None], x)
+    x = tl.where(c == C, dx[:, None], x)
+    x = tl.where(c == C + 1, dy[:, None], x)
+    x = tl.where(c == C + 2, dz[:, None], x)
     return tl.where(c == C + 3, d[:, None], x)
 
 
@@ -204,25 +205,30 @@ def _dot(a, b, DT: tl.constexpr):
 
 
 @triton.jit
-def _w1(w1_ptr, H, n_in, row, TRANS: tl.constexpr, IN_PAD: tl.constexpr, H_PAD: tl.constexpr, DT: tl.constexpr):
-    """A head's w1 (H, row-strided) restricted to its first n_in input columns: (IN_PAD, H_PAD) when TRANS (for
-    X @ w1^T), else (H_PAD, IN_PAD)."""
+def _w1(w1_ptr, H, n_in, row, c0, TRANS: tl.constexpr, H_PAD: tl.constexpr, DT: tl.constexpr):
+    """Input columns [c0, c0 + 16) of a head's w1 (H, row-strided), those >= n_in (not read by the head) 0:
+    (16, H_PAD) when TRANS (for X @ w1^T), else (H_PAD, 16)."""
     if TRANS:
-        c = tl.arange(0, IN_PAD)[:, None]
+        c = c0 + tl.arange(0, 16)[:, None]
         h = tl.arange(0, H_PAD)[None, :]
     else:
         h = tl.arange(0, H_PAD)[:, None]
-        c = tl.arange(0, IN_PAD)[None, :]
+        c = c0 + tl.arange(0, 16)[None, :]
     return tl.load(w1_ptr + h * row + c, mask=(h < H) & (c < n_in), other=0.0).to(DT)
 
 
 @triton.jit
-def _hidden(x, w1_ptr, b1_ptr, H, n_in, row, IN_PAD: tl.constexpr, H_PAD: tl.constexpr, DT: tl.constexpr):
-    """The first layer's pre-activation (BLOCK_M, H_PAD); padded hidden units are 0."""
-    w = _w1(w1_ptr, H, n_in, row, True, IN_PAD, H_PAD, DT)
+def _hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1_ptr, b1_ptr, H, n_in, row, BLOCK_M: tl.constexpr,
+            IN_PAD: tl.constexpr, H_PAD: tl.constexpr, DT: tl.constexpr):
+    """The first layer's pre-activation (BLOCK_M, H_PAD), padded hidden units 0. The input columns go in chunks
+    of 16: an FMA tl.dot holds its whole reduction dimension per thread (255 registers and spills at C = 32
+    in one piece, sm_90)."""
     h = tl.arange(0, H_PAD)
-    b = tl.load(b1_ptr + h, mask=h < H, other=0.0).to(DT)
-    return _dot(x, w, DT) + b[None, :]
+    acc = tl.zeros((BLOCK_M, H_PAD), DT) + tl.load(b1_ptr + h, mask=h < H, other=0.0).to(DT)[None, :]
+    for c0 in tl.static_range(0, IN_PAD, 16):
+        x = _x_chunk(feats_ptr, m, mask_m, C, c0, dx, dy, dz, d, DT)
+        acc += _dot(x, _w1(w1_ptr, H, n_in, row, c0, True, H_PAD, DT), DT)
+    return acc
 
 
 @triton.jit
@@ -325,10 +331,13 @@ def _anchor_decode_fwd_kernel(
     else:
         vis = mask_m
     if tl.sum(vis.to(tl.int32), axis=0) > 0:
-        x = _inputs(feats_ptr, m, mask_m, C, vx, vy, vz, d, inv, IN_PAD, DT)
+        dx = vx * inv
+        dy = vy * inv
+        dz = vz * inv
         vis2 = vis[:, None]
         # Opacity head: tanh, kept Gaussians, opacity * scale.
-        hr = tl.maximum(_hidden(x, w1o_ptr, b1o_ptr, H_O, IN_O, IN_O, IN_PAD, H_PAD, DT), 0.0)
+        hr = tl.maximum(_hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1o_ptr, b1o_ptr, H_O, IN_O, IN_O, BLOCK_M,
+                                IN_PAD, H_PAD, DT), 0.0)
         no = _tanh(_out(hr, w2o_ptr, b2o_ptr, H_O, K, 1, 0, H_PAD, K_PAD, DT))
         tau, lam = _tau_lambda(tau_ptr, tau_hi, tau_lo, lam_hi, lam_lo, HAS_TAU_T, DT)
         scale, _os, _w, _dist, _slope, _decay = _scale(os_ptr, bo_ptr, bd_ptr, m, mask_m, tau, lam, d * 0.0 + 1.0,
@@ -337,7 +346,8 @@ def _anchor_decode_fwd_kernel(
         tl.store(opac_ptr + g, tl.where(keep, no * scale[:, None], 0.0).to(opac_ptr.dtype.element_ty), mask=mask)
         tl.store(nop_ptr + g, tl.where(vis2, no, 0.0).to(nop_ptr.dtype.element_ty), mask=mask)
         # Cov head: scales = anchor scale * sigmoid, quats normalised.
-        hr = tl.maximum(_hidden(x, w1c_ptr, b1c_ptr, H_C, IN_C, IN_C, IN_PAD, H_PAD, DT), 0.0)
+        hr = tl.maximum(_hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1c_ptr, b1c_ptr, H_C, IN_C, IN_C, BLOCK_M,
+                                IN_PAD, H_PAD, DT), 0.0)
         for j in tl.static_range(3):
             sj = tl.load(ascales_ptr + m * 6 + 3 + j, mask=mask_m, other=0.0).to(DT)
             z = _out(hr, w2c_ptr, b2c_ptr, H_C, K, 7, j, H_PAD, K_PAD, DT)
@@ -352,7 +362,8 @@ def _anchor_decode_fwd_kernel(
         _store_comp(quats_ptr, g, mask, tl.where(vis2, q2 * qinv, 0.0), 4, 2)
         _store_comp(quats_ptr, g, mask, tl.where(vis2, q3 * qinv, 0.0), 4, 3)
         # Color head (appearance folded into b1).
-        hr = tl.maximum(_hidden(x, w1l_ptr, b1l_ptr, H_L, IN_L, ROW_L, IN_PAD, H_PAD, DT), 0.0)
+        hr = tl.maximum(_hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1l_ptr, b1l_ptr, H_L, IN_L, ROW_L, BLOCK_M,
+                                IN_PAD, H_PAD, DT), 0.0)
         for j in tl.static_range(3):
             z = _out(hr, w2l_ptr, b2l_ptr, H_L, K, 3, j, H_PAD, K_PAD, DT)
             _store_comp(colors_ptr, g, mask, tl.where(vis2, _sigmoid(z), 0.0), 3, j)
@@ -436,10 +447,13 @@ def _anchor_decode_bwd_kernel(
     else:
         vis = mask_m
     if tl.sum(vis.to(tl.int32), axis=0) > 0:
-        x = _inputs(feats_ptr, m, mask_m, C, vx, vy, vz, d, inv, IN_PAD, DT)
+        dx = vx * inv
+        dy = vy * inv
+        dz = vz * inv
         h = tl.arange(0, H_PAD)[None, :]
         # Opacity head: opacity = tanh(z) * scale on kept Gaussians.
-        hpre = _hidden(x, w1o_ptr, b1o_ptr, H_O, IN_O, IN_O, IN_PAD, H_PAD, DT)
+        hpre = _hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1o_ptr, b1o_ptr, H_O, IN_O, IN_O, BLOCK_M, IN_PAD,
+                       H_PAD, DT)
         hr = tl.maximum(hpre, 0.0)
         no = _tanh(_out(hr, w2o_ptr, b2o_ptr, H_O, K, 1, 0, H_PAD, K_PAD, DT))
         keep = (no > 0) & vis[:, None]
@@ -450,13 +464,13 @@ def _anchor_decode_bwd_kernel(
         v_z = v_op * scale[:, None] * (1.0 - no * no)
         v_scale = tl.sum(v_op * no, axis=1)
         tl.store(gz_ptr + m[:, None] * NZ + k, v_z.to(gz_ptr.dtype.element_ty), mask=mask)
-        v_hpre = tl.where(hpre > 0, _out_vjp(v_z, w2o_ptr, H_O, K, 1, 0, H_PAD, K_PAD, DT), 0.0)
+        v_hpre_o = tl.where(hpre > 0, _out_vjp(v_z, w2o_ptr, H_O, K, 1, 0, H_PAD, K_PAD, DT), 0.0)
         hmask = mask_m[:, None] & (h < H_O)
         tl.store(hr_ptr + m[:, None] * HT + h, hr, mask=hmask)
-        tl.store(vh_ptr + m[:, None] * HT + h, v_hpre, mask=hmask)
-        v_x = _dot(v_hpre, _w1(w1o_ptr, H_O, IN_O, IN_O, False, IN_PAD, H_PAD, DT), DT)
+        tl.store(vh_ptr + m[:, None] * HT + h, v_hpre_o, mask=hmask)
         # Cov head: scales and quaternions.
-        hpre = _hidden(x, w1c_ptr, b1c_ptr, H_C, IN_C, IN_C, IN_PAD, H_PAD, DT)
+        hpre = _hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1c_ptr, b1c_ptr, H_C, IN_C, IN_C, BLOCK_M, IN_PAD,
+                       H_PAD, DT)
         hr = tl.maximum(hpre, 0.0)
         s3 = tl.load(ascales_ptr + m * 6 + 3, mask=mask_m, other=0.0).to(DT)
         s4 = tl.load(ascales_ptr + m * 6 + 4, mask=mask_m, other=0.0).to(DT)
@@ -496,13 +510,13 @@ def _anchor_decode_bwd_kernel(
         v_z = vq3 / qc + v_n * q3
         tl.store(gz_c + 6, v_z.to(gz_ptr.dtype.element_ty), mask=mask)
         v_hr += _out_vjp(v_z, w2c_ptr, H_C, K, 7, 6, H_PAD, K_PAD, DT)
-        v_hpre = tl.where(hpre > 0, v_hr, 0.0)
+        v_hpre_c = tl.where(hpre > 0, v_hr, 0.0)
         hmask = mask_m[:, None] & (h < H_C)
         tl.store(hr_ptr + m[:, None] * HT + H_O + h, hr, mask=hmask)
-        tl.store(vh_ptr + m[:, None] * HT + H_O + h, v_hpre, mask=hmask)
-        v_x += _dot(v_hpre, _w1(w1c_ptr, H_C, IN_C, IN_C, False, IN_PAD, H_PAD, DT), DT)
+        tl.store(vh_ptr + m[:, None] * HT + H_O + h, v_hpre_c, mask=hmask)
         # Color head.
-        hpre = _hidden(x, w1l_ptr, b1l_ptr, H_L, IN_L, ROW_L, IN_PAD, H_PAD, DT)
+        hpre = _hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1l_ptr, b1l_ptr, H_L, IN_L, ROW_L, BLOCK_M, IN_PAD,
+                       H_PAD, DT)
         hr = tl.maximum(hpre, 0.0)
         gz_l = gz_ptr + m[:, None] * NZ + 8 * K + k * 3
         v_z = _color_grad(hr, keep, v_colors_ptr, g, mask, w2l_ptr, b2l_ptr, H_L, K, 0, H_PAD, K_PAD, DT)
@@ -514,19 +528,28 @@ def _anchor_decode_bwd_kernel(
         v_z = _color_grad(hr, keep, v_colors_ptr, g, mask, w2l_ptr, b2l_ptr, H_L, K, 2, H_PAD, K_PAD, DT)
         tl.store(gz_l + 2, v_z.to(gz_ptr.dtype.element_ty), mask=mask)
         v_hr += _out_vjp(v_z, w2l_ptr, H_L, K, 3, 2, H_PAD, K_PAD, DT)
-        v_hpre = tl.where(hpre > 0, v_hr, 0.0)
+        v_hpre_l = tl.where(hpre > 0, v_hr, 0.0)
         hmask = mask_m[:, None] & (h < H_L)
         tl.store(hr_ptr + m[:, None] * HT + H_O + H_C + h, hr, mask=hmask)
-        tl.store(vh_ptr + m[:, None] * HT + H_O + H_C + h, v_hpre, mask=hmask)
-        v_x += _dot(v_hpre, _w1(w1l_ptr, H_L, IN_L, ROW_L, False, IN_PAD, H_PAD, DT), DT)
-        # Inputs: feats directly; dir = view / max(d, eps) and d = |view| back to the anchor.
-        c = tl.arange(0, IN_PAD)[None, :]
-        tl.store(v_feats_ptr + m[:, None] * C + c, v_x.to(v_feats_ptr.dtype.element_ty),
-                 mask=mask_m[:, None] & (c < C))
-        v_dx = _column(v_x, c, C)
-        v_dy = _column(v_x, c, C + 1)
-        v_dz = _column(v_x, c, C + 2)
-        v_d = _column(v_x, c, C + 3) - tl.where(d >= EPS, (v_dx * vx + v_dy * vy + v_dz * vz) * inv * inv, 0.0)
+        tl.store(vh_ptr + m[:, None] * HT + H_O + H_C + h, v_hpre_l, mask=hmask)
+        # Inputs' gradient v_X in chunks of 16 columns: feats directly; dir = view / max(d, eps) and d = |view|
+        # back to the anchor.
+        v_dx = d * 0.0
+        v_dy = d * 0.0
+        v_dz = d * 0.0
+        v_dd = d * 0.0
+        for c0 in tl.static_range(0, IN_PAD, 16):
+            c = c0 + tl.arange(0, 16)[None, :]
+            v_x = _dot(v_hpre_o, _w1(w1o_ptr, H_O, IN_O, IN_O, c0, False, H_PAD, DT), DT)
+            v_x += _dot(v_hpre_c, _w1(w1c_ptr, H_C, IN_C, IN_C, c0, False, H_PAD, DT), DT)
+            v_x += _dot(v_hpre_l, _w1(w1l_ptr, H_L, IN_L, ROW_L, c0, False, H_PAD, DT), DT)
+            tl.store(v_feats_ptr + m[:, None] * C + c, v_x.to(v_feats_ptr.dtype.element_ty),
+                     mask=mask_m[:, None] & (c < C))
+            v_dx += _column(v_x, c, C)
+            v_dy += _column(v_x, c, C + 1)
+            v_dz += _column(v_x, c, C + 2)
+            v_dd += _column(v_x, c, C + 3)
+        v_d = v_dd - tl.where(d >= EPS, (v_dx * vx + v_dy * vy + v_dz * vz) * inv * inv, 0.0)
         v_d = tl.where(d > 0, v_d / tl.where(d > 0, d, 1.0), 0.0)  # |view|'s gradient is 0 at 0, as torch's
         # Means (kept Gaussians only) and the anchor scales.
         s0 = tl.load(ascales_ptr + m * 6 + 0, mask=mask_m, other=0.0).to(DT)
@@ -609,7 +632,8 @@ class _Decode:
         self.block_m = 16
         self.flags = dict(HAS_OS=opacity_scale is not None, HAS_VIS=visible is not None,
                           HAS_BLEND=blend_offset is not None, HAS_TAU_T=tau_t is not None, MODE=blend_mode, DT=dt,
-                          BLOCK_M=self.block_m, IN_PAD=_pad(self.c + 4), H_PAD=_pad(max(self.h)), K_PAD=_pad(self.k))
+                          BLOCK_M=self.block_m, IN_PAD=16 * triton.cdiv(self.c + 4, 16), H_PAD=_pad(max(self.h)),
+                          K_PAD=_pad(self.k))
         self.grid = (triton.cdiv(self.m, self.block_m),)
 
 
