@@ -349,7 +349,8 @@ def test_blend_opcheck(device, backend):
     for tau_t in (None, tau):
         torch.library.opcheck(_op(backend, "anchor_blend_weight_fwd"), (offset, decay, tau_t, 0.3, 1.5, 0))
         torch.library.opcheck(_op(backend, "anchor_blend_weight_bwd"),
-                              (torch.randn(9, device=device), offset.detach(), decay.detach(), tau_t, 0.3, 1.5, 1))
+                              (torch.randn(9, device=device), offset.detach(), decay.detach(),
+                               None if tau_t is None else tau_t.detach(), 0.3, 1.5, 1))
 
 
 @pytest.mark.parametrize("device,backend", DECODE_COMPILED + [("cpu", "torch")])
