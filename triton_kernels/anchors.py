@@ -18,6 +18,9 @@ distance, feats, offsets, anchor_scales, opacity scale, blend) come straight fro
 Precision: math in fp32, in fp64 for fp64 inputs (then the products are broadcast sums, not tl.dot: see _dot);
 fp32 dots use input_precision="ieee" (no TF32). Python floats reach Triton as fp32, so tau and lambda_decay travel as
 fp32 (hi, lo) pairs that the kernels add in the math dtype. Offsets are int64 (M * 11K can pass 2^31).
+
+One file of about 700 lines: the blend kernels are small, and the decode's forward and backward share the tile
+helpers and the launchers' argument setup (_Decode).
 """
 
 import struct
