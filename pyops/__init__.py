@@ -1,6 +1,7 @@
 """pyops: fused PyTorch ops in CUDA, Triton and C++, each a torch.library op with autograd."""
 
 from ._backend import BACKENDS, available_backends
+from .anchors import AnchorDecoder, AnchorMLP, DecodedGaussians, anchor_blend_weight, anchor_decode
 from .derf import Derf, convert_to_derf, derf
 from .gaussians import (
                         intersect_tiles,
@@ -19,5 +20,6 @@ from .vq import vq_search, vq_segment_sum
 __all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum",
            "VectorQuantizer", "hexplane_features", "HexPlaneField",
            "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterize_gaussians",
-           "rasterize_to_pixels", "spherical_harmonics", "isect_offsets", "tile_offsets"]
+           "rasterize_to_pixels", "spherical_harmonics", "isect_offsets", "tile_offsets",
+           "anchor_blend_weight", "anchor_decode", "AnchorDecoder", "AnchorMLP", "DecodedGaussians"]
 __version__ = "0.1.0"
