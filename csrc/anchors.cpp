@@ -168,23 +168,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           at::empty({p.m, p.k}, opt),    at::empty({p.m, p.k, 3}, opt), at::empty({p.m, p.k}, opt)};
 }
 
-WeightGrads weight_grads(const Problem& p, const Weights& w, const std::optional<at::Tensor>& appearance,
-                         const at::Tensor& G, const at::Tensor& R, const at::Tensor& X) {
+WeightGrads assemble_weight_grads(const Problem& p, const Weights& w, const std::optional<at::Tensor>& appearance,
+                                  const at::Tensor& v_w1s, const at::Tensor& v_b1s, const at::Tensor& v_w2s,
+                                  const at::Tensor& v_b2s) {
   WeightGrads out;
-  std::vector<at::Tensor> v_r;  // per head: d(loss)/d(relu output) [rows, H]
   for (int head = 0; head < kNumHeads; ++head) {
-    const at::Tensor g = G.narrow(1, p.out_offset(head), p.out_size(head));
-    const at::Tensor r = R.narrow(1, head * p.h, p.h);
-    out.v_w[4 * head + 2] = at::mm(g.t(), r).to(p.dtype);
-    out.v_w[4 * head + 3] = g.sum(0).to(p.dtype);
-    v_r.push_back(at::mm(g, p.w2s.narrow(0, p.out_offset(head), p.out_size(head))));
-  }
-  // relu's backward: the gradient passes where the activation is > 0.
-  const at::Tensor v_hpre = at::threshold_backward(at::cat(v_r, 1), R, 0);
-  const at::Tensor v_w1s = at::mm(v_hpre.t(), X);  // [3H, C + 4]
-  const at::Tensor v_b1s = v_hpre.sum(0);          // [3H]
-  out.v_x = at::mm(v_hpre, p.w1s);
-  for (int head = 0; head < kNumHeads; ++head) {
+    out.v_w[4 * head + 2] = v_w2s.narrow(0, p.out_offset(head), p.out_size(head)).to(p.dtype, false, /*copy=*/true);
+    out.v_w[4 * head + 3] = v_b2s.narrow(0, p.out_offset(head), p.out_size(head)).to(p.dtype, false, /*copy=*/true);
     const at::Tensor rows = v_w1s.narrow(0, head * p.h, p.h);
     const at::Tensor v_b1 = v_b1s.narrow(0, head * p.h, p.h);
     const int64_t dist_cols = p.dist[head] ? 1 : 0;
@@ -197,10 +187,28 @@ WeightGrads weight_grads(const Problem& p, const Weights& w, const std::optional
       const at::Tensor w_app = w[4 * kColor].narrow(1, p.c + 3 + dist_cols, p.a).to(p.math);
       out.v_appearance = at::mv(w_app.t(), v_b1).to(p.dtype);
     }
+    // copy: the gradients must not be views of one buffer (outputs of an op may not alias).
     out.v_w[4 * head + 0] = at::cat(cols, 1).to(p.dtype);
     out.v_w[4 * head + 1] = v_b1.to(p.dtype, /*non_blocking=*/false, /*copy=*/true);
   }
   if (!out.v_appearance.defined()) out.v_appearance = at::empty({0}, p.feats.options());
+  return out;
+}
+
+WeightGrads weight_grads(const Problem& p, const Weights& w, const std::optional<at::Tensor>& appearance,
+                         const at::Tensor& G, const at::Tensor& R, const at::Tensor& X) {
+  std::vector<at::Tensor> v_r, v_w2, v_b2;  // per head: d(loss)/d(relu output) [rows, H], the second layers'
+  for (int head = 0; head < kNumHeads; ++head) {
+    const at::Tensor g = G.narrow(1, p.out_offset(head), p.out_size(head));
+    v_w2.push_back(at::mm(g.t(), R.narrow(1, head * p.h, p.h)));
+    v_b2.push_back(g.sum(0));
+    v_r.push_back(at::mm(g, p.w2s.narrow(0, p.out_offset(head), p.out_size(head))));
+  }
+  // relu's backward: the gradient passes where the activation is > 0.
+  const at::Tensor v_hpre = at::threshold_backward(at::cat(v_r, 1), R, 0);
+  WeightGrads out =
+      assemble_weight_grads(p, w, appearance, at::mm(v_hpre.t(), X), v_hpre.sum(0), at::cat(v_w2), at::cat(v_b2));
+  out.v_x = at::mm(v_hpre, p.w1s);
   return out;
 }
 

@@ -1,15 +1,19 @@
 // CPU backend of pyops::anchor_blend_weight_{fwd,bwd} and pyops::anchor_decode_{fwd,bwd}.
 //
-// Decode runs the MLP on the visible anchors only (a host-side index list): X = [feat, dir, dist] [Mv, C + 4]
-// in the math dtype, one GEMM for the three first layers (Problem::w1s), ReLU, one GEMM per second layer, then
-// one fused epilogue pass over the anchors (at::parallel_for) that writes the dense outputs (the fills for
-// invisible anchors). The backward recomputes the GEMMs, runs the epilogue's VJP in one pass (the head gradients
-// G [Mv, 11K] and the direct gradients), the shared GEMM stage (weight_grads) and finally the view VJP.
+// Decode works on chunks of kChunk anchors (at::parallel_for), so that every intermediate stays in the core's
+// cache (the op is memory bound on CPU: a whole-batch GEMM pipeline moved ~3x the essential bytes). Per chunk:
+// the visible anchors' x = [feat, dir, dist] [n, C + 4] in the math dtype, one GEMM for the three first layers
+// (Problem::w1s), ReLU, one GEMM per second layer (ATen GEMMs on per-task buffers), then
+// the epilogue writes the dense outputs; invisible anchors get the fills and no MLP work. The backward recomputes
+// a chunk's MLP, runs the epilogue's VJP (head gradients G [n, 11K] and the direct gradients), adds the chunk's
+// terms of the weight gradients to its segment's partial sums (the same GEMMs as weight_grads() in
+// csrc/anchors.cpp, summed in a fixed order afterwards) and finishes with v_x = v_hpre W1s and the view VJP.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "pyops/anchors.h"
@@ -19,83 +23,58 @@ namespace pyops {
 namespace anchors {
 namespace {
 
-constexpr int64_t kGrain = 64;  // anchors per at::parallel_for task
+constexpr int64_t kChunk = 512;       // anchors per MLP chunk: its buffers stay in the core's L2 cache
+constexpr int64_t kMaxSegments = 64;  // backward: weight-gradient partial sums, one per fixed anchor range
 
-// Visible anchors: rows[j] is the anchor of compact row j; row_of[i] is i's row or -1.
-struct Compaction {
-  std::vector<int64_t> rows, row_of;
-};
-
-Compaction compact(const Problem& p) {
-  Compaction c;
-  c.row_of.assign(p.m, -1);
-  c.rows.reserve(p.m);
-  const bool* vis = p.has_visible() ? p.visible.data_ptr<bool>() : nullptr;
-  for (int64_t i = 0; i < p.m; ++i) {
-    if (vis && !vis[i]) continue;
-    c.row_of[i] = int64_t(c.rows.size());
-    c.rows.push_back(i);
-  }
-  return c;
-}
-
+// A row-major [rows, cols] matrix with leading dimension ld in a chunk buffer, for ATen's GEMMs (MKL; inside
+// at::parallel_for they run single-threaded). libtorch does not export its raw BLAS wrapper, so the GEMMs go
+// through the dispatcher: a few microseconds per call, a few hundred calls per pass.
 template <typename T>
-struct HeadMatrices {
-  at::Tensor x, r;            // [Mv, C + 4], [Mv, 3H] (relu applied)
-  at::Tensor out[kNumHeads];  // [Mv, K], [Mv, 7K], [Mv, 3K]
-};
-
-// X, the hidden activations and the three heads' outputs of the visible anchors.
-template <typename scalar_t, typename T>
-HeadMatrices<T> run_mlp(const Problem& p, const Compaction& cmp) {
-  HeadMatrices<T> hm;
-  const int64_t mv = int64_t(cmp.rows.size()), xc = p.x_cols(), c = p.c;
-  hm.x = at::empty({mv, xc}, p.feats.options().dtype(p.math));
-  const scalar_t* feats = p.feats.data_ptr<scalar_t>();
-  const scalar_t* anchors = p.anchors.data_ptr<scalar_t>();
-  const T* cam = p.cam.data_ptr<T>();
-  T* x = hm.x.template data_ptr<T>();
-  at::parallel_for(0, mv, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t i = cmp.rows[j];
-      T* xr = x + j * xc;
-      for (int64_t q = 0; q < c; ++q) xr[q] = static_cast<T>(feats[i * c + q]);
-      const T a[3] = {T(anchors[3 * i]), T(anchors[3 * i + 1]), T(anchors[3 * i + 2])};
-      xr[c + 3] = view_dir<T>(a, cam, xr + c);
-    }
-  });
-  hm.r = at::addmm(p.b1s, hm.x, p.w1s.t()).relu_();
-  for (int head = 0; head < kNumHeads; ++head) {
-    const int64_t o = p.out_offset(head), n = p.out_size(head);
-    hm.out[head] = at::addmm(p.b2s.narrow(0, o, n), hm.r.narrow(1, head * p.h, p.h), p.w2s.narrow(0, o, n).t());
-  }
-  return hm;
+at::Tensor blob(const T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// Raw per-anchor inputs for the epilogues.
+// Raw pointers to everything the chunk kernels read.
 template <typename scalar_t, typename T>
-struct AnchorInputs {
-  const scalar_t *anchors, *offsets, *anchor_scales, *opacity_scale, *blend_offset, *blend_decay;
+struct Inputs {
+  const scalar_t *anchors, *feats, *offsets, *anchor_scales, *opacity_scale, *blend_offset, *blend_decay;
+  const bool* visible;
+  const T *cam, *w1s, *b1s, *w2s, *b2s;
   T tau, lambda;
   int mode;
+  int64_t c, h, k, xc, nout;  // xc = C + 4 columns of x, nout = 11K head outputs
 
-  AnchorInputs(const Problem& p)
+  explicit Inputs(const Problem& p)
       : anchors(p.anchors.data_ptr<scalar_t>()),
+        feats(p.feats.data_ptr<scalar_t>()),
         offsets(p.offsets.data_ptr<scalar_t>()),
         anchor_scales(p.anchor_scales.data_ptr<scalar_t>()),
         opacity_scale(p.has_scale() ? p.opacity_scale.data_ptr<scalar_t>() : nullptr),
         blend_offset(p.has_blend() ? p.blend_offset.data_ptr<scalar_t>() : nullptr),
         blend_decay(p.has_blend() ? p.blend_decay.data_ptr<scalar_t>() : nullptr),
+        visible(p.has_visible() ? p.visible.data_ptr<bool>() : nullptr),
+        cam(p.cam.data_ptr<T>()),
+        w1s(p.w1s.data_ptr<T>()),
+        b1s(p.b1s.data_ptr<T>()),
+        w2s(p.w2s.data_ptr<T>()),
+        b2s(p.b2s.data_ptr<T>()),
         tau(T(tau_on_host(p))),
         lambda(T(p.lambda)),
-        mode(int(p.mode)) {}
+        mode(int(p.mode)),
+        c(p.c),
+        h(p.h),
+        k(p.k),
+        xc(p.x_cols()),
+        nout(kHeadOut * p.k) {}
 
+  bool is_visible(int64_t i) const { return visible == nullptr || visible[i]; }
   void load(int64_t i, T* a, T* as) const {
     for (int q = 0; q < 3; ++q) a[q] = T(anchors[3 * i + q]);
     for (int q = 0; q < 6; ++q) as[q] = T(anchor_scales[6 * i + q]);
   }
-  void offset(int64_t i, int64_t k, int64_t K, T* o) const {
-    for (int q = 0; q < 3; ++q) o[q] = T(offsets[(i * K + k) * 3 + q]);
+  void offset(int64_t ik, T* o) const {
+    for (int q = 0; q < 3; ++q) o[q] = T(offsets[3 * ik + q]);
   }
   // The anchor's opacity scale s and the blend weight w (1 without blend).
   T scale(int64_t i, T* w) const {
@@ -103,47 +82,114 @@ struct AnchorInputs {
                                blend_offset != nullptr, blend_offset ? T(blend_offset[i]) : T(0),
                                blend_decay ? T(blend_decay[i]) : T(0), tau, lambda, mode, w);
   }
+  int64_t out_offset(int head) const { return head == kOpacity ? 0 : head == kCov ? k : 8 * k; }
+  int64_t out_size(int head) const { return head == kOpacity ? k : head == kCov ? 7 * k : 3 * k; }
 };
 
+// Per-task buffers of one chunk (row-major): the visible anchors' indices, x [n, C + 4], the hidden
+// activations [n, 3H] and the head outputs [n, 11K] ([opacity K | cov 7K | color 3K] per row).
 template <typename T>
-HeadOut<T> head_out(const T* const* out, int64_t j, int64_t k, int64_t K) {
+struct Chunk {
+  std::vector<int64_t> rows;
+  std::vector<T> x, hid, heads;
+  int64_t n = 0;
+  template <typename In>
+  explicit Chunk(const In& in) : rows(kChunk), x(kChunk * in.xc), hid(kChunk * 3 * in.h), heads(kChunk * in.nout) {}
+};
+
+// out [n, m] (leading dimension ldo) += in [n, k] (ld ldi) @ w[m, k]^T.
+template <typename T>
+void linear_rows(int64_t n, int64_t m, int64_t k, const T* w, const T* in, int64_t ldi, T* out, int64_t ldo) {
+  blob(out, n, m, ldo).addmm_(blob(in, n, k, ldi), blob(w, m, k, k).t());
+}
+
+// The MLP of the chunk's visible anchors: x, relu(W1s x + b1s), the three heads.
+template <typename scalar_t, typename T>
+void chunk_mlp(const Inputs<scalar_t, T>& in, Chunk<T>& ch) {
+  const int64_t n = ch.n, xc = in.xc, h3 = 3 * in.h, nout = in.nout;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = ch.rows[r];
+    T* xr = ch.x.data() + r * xc;
+    for (int64_t q = 0; q < in.c; ++q) xr[q] = T(in.feats[i * in.c + q]);
+    const T a[3] = {T(in.anchors[3 * i]), T(in.anchors[3 * i + 1]), T(in.anchors[3 * i + 2])};
+    xr[in.c + 3] = view_dir<T>(a, in.cam, xr + in.c);
+    std::copy(in.b1s, in.b1s + h3, ch.hid.data() + r * h3);
+    std::copy(in.b2s, in.b2s + nout, ch.heads.data() + r * nout);
+  }
+  linear_rows<T>(n, h3, xc, in.w1s, ch.x.data(), xc, ch.hid.data(), h3);
+  for (int64_t q = 0; q < n * h3; ++q) ch.hid[q] = ch.hid[q] > T(0) ? ch.hid[q] : T(0);
+  for (int head = 0; head < kNumHeads; ++head) {
+    const int64_t o = in.out_offset(head);
+    linear_rows<T>(n, in.out_size(head), in.h, in.w2s + o * in.h, ch.hid.data() + head * in.h, h3, ch.heads.data() + o,
+                   nout);
+  }
+}
+
+// Collects the visible anchors of [c0, c1) into ch.rows; calls invisible(i) for the others.
+template <typename scalar_t, typename T, typename F>
+void gather_chunk(const Inputs<scalar_t, T>& in, Chunk<T>& ch, int64_t c0, int64_t c1, F&& invisible) {
+  ch.n = 0;
+  for (int64_t i = c0; i < c1; ++i) {
+    if (in.is_visible(i)) {
+      ch.rows[ch.n++] = i;
+    } else {
+      invisible(i);
+    }
+  }
+}
+
+template <typename T>
+HeadOut<T> head_out(const T* row, int64_t k, int64_t K) {
   HeadOut<T> h;
-  h.opacity = out[kOpacity][j * K + k];
-  for (int q = 0; q < 7; ++q) h.cov[q] = out[kCov][(j * K + k) * 7 + q];
-  for (int q = 0; q < 3; ++q) h.color[q] = out[kColor][(j * K + k) * 3 + q];
+  h.opacity = row[k];
+  for (int q = 0; q < 7; ++q) h.cov[q] = row[K + 7 * k + q];
+  for (int q = 0; q < 3; ++q) h.color[q] = row[8 * K + 3 * k + q];
   return h;
 }
 
+template <typename scalar_t>
+struct FwdOut {
+  scalar_t *means, *quats, *scales, *opacities, *colors, *neural;
+  template <typename T>
+  void store(int64_t ik, const Gaussian<T>& g) const {
+    for (int q = 0; q < 3; ++q) {
+      means[3 * ik + q] = scalar_t(g.mean[q]);
+      scales[3 * ik + q] = scalar_t(g.scale[q]);
+      colors[3 * ik + q] = scalar_t(g.color[q]);
+    }
+    for (int q = 0; q < 4; ++q) quats[4 * ik + q] = scalar_t(g.quat[q]);
+    opacities[ik] = scalar_t(g.opacity);
+    neural[ik] = scalar_t(g.neural_opacity);
+  }
+};
+
 template <typename scalar_t, typename T>
-void decode_fwd_kernel(const Problem& p, const Compaction& cmp, const HeadMatrices<T>& hm, at::Tensor& means,
-                       at::Tensor& quats, at::Tensor& scales, at::Tensor& opacities, at::Tensor& colors,
-                       at::Tensor& neural) {
-  const AnchorInputs<scalar_t, T> in(p);
-  const T* out[kNumHeads] = {hm.out[0].template data_ptr<T>(), hm.out[1].template data_ptr<T>(),
-                             hm.out[2].template data_ptr<T>()};
-  scalar_t *mp = means.data_ptr<scalar_t>(), *qp = quats.data_ptr<scalar_t>(), *sp = scales.data_ptr<scalar_t>(),
-           *op = opacities.data_ptr<scalar_t>(), *cp = colors.data_ptr<scalar_t>(), *np = neural.data_ptr<scalar_t>();
+void decode_fwd_kernel(const Problem& p, const FwdOut<scalar_t>& out) {
+  const Inputs<scalar_t, T> in(p);
   const int64_t K = p.k;
-  at::parallel_for(0, p.m, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      T a[3], as[6], w;
-      in.load(i, a, as);
-      const int64_t j = cmp.row_of[i];
-      const T s = j >= 0 ? in.scale(i, &w) : T(0);
-      for (int64_t k = 0; k < K; ++k) {
-        T off[3];
-        in.offset(i, k, K, off);
-        const Gaussian<T> g =
-            j >= 0 ? visible_gaussian<T>(head_out<T>(out, j, k, K), a, off, as, s) : invisible_gaussian<T>(a, off, as);
-        const int64_t ik = i * K + k;
-        for (int q = 0; q < 3; ++q) {
-          mp[3 * ik + q] = scalar_t(g.mean[q]);
-          sp[3 * ik + q] = scalar_t(g.scale[q]);
-          cp[3 * ik + q] = scalar_t(g.color[q]);
+  at::parallel_for(0, p.m, kChunk, [&](int64_t begin, int64_t end) {
+    Chunk<T> ch(in);
+    for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+      gather_chunk(in, ch, c0, std::min(end, c0 + kChunk), [&](int64_t i) {
+        T a[3], as[6], off[3];
+        in.load(i, a, as);
+        for (int64_t k = 0; k < K; ++k) {
+          in.offset(i * K + k, off);
+          out.store(i * K + k, invisible_gaussian<T>(a, off, as));
         }
-        for (int q = 0; q < 4; ++q) qp[4 * ik + q] = scalar_t(g.quat[q]);
-        op[ik] = scalar_t(g.opacity);
-        np[ik] = scalar_t(g.neural_opacity);
+      });
+      if (ch.n == 0) continue;
+      chunk_mlp(in, ch);
+      for (int64_t r = 0; r < ch.n; ++r) {
+        const int64_t i = ch.rows[r];
+        T a[3], as[6], off[3], w;
+        in.load(i, a, as);
+        const T s = in.scale(i, &w);
+        const T* row = ch.heads.data() + r * in.nout;
+        for (int64_t k = 0; k < K; ++k) {
+          in.offset(i * K + k, off);
+          out.store(i * K + k, visible_gaussian<T>(head_out(row, k, K), a, off, as, s));
+        }
       }
     }
   });
@@ -167,116 +213,152 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto outs = allocate_outputs(p);
   if (p.m == 0) return outs;
   auto& [means, quats, scales, opacities, colors, neural] = outs;
-  const Compaction cmp = compact(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "anchor_decode_fwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    const HeadMatrices<T> hm = run_mlp<scalar_t, T>(p, cmp);
-    decode_fwd_kernel<scalar_t, T>(p, cmp, hm, means, quats, scales, opacities, colors, neural);
+    const FwdOut<scalar_t> out = {means.data_ptr<scalar_t>(),  quats.data_ptr<scalar_t>(),
+                                  scales.data_ptr<scalar_t>(), opacities.data_ptr<scalar_t>(),
+                                  colors.data_ptr<scalar_t>(), neural.data_ptr<scalar_t>()};
+    decode_fwd_kernel<scalar_t, T>(p, out);
   });
   return outs;
 }
 
-// The backward's tensors: dense direct gradients in the storage dtype, G and the anchors' means gradient in
-// the math dtype.
-struct DecodeGrads {
-  at::Tensor v_offsets, v_anchor_scales, v_opacity_scale, v_blend_offset, v_blend_decay;
-  at::Tensor G, v_anchor_means;  // [Mv, 11K], [M, 3]
+// The backward's outputs (storage dtype; the optional ones nullptr when absent) and its per-segment partial sums
+// of the stacked weights' gradients [segments, 11K * H + 11K + 3H * (C + 4) + 3H] (math dtype).
+template <typename scalar_t, typename T>
+struct BwdOut {
+  const scalar_t *v_means, *v_quats, *v_scales, *v_opacities, *v_colors;
+  scalar_t *v_anchors, *v_feats, *v_offsets, *v_anchor_scales, *v_opacity_scale, *v_blend_offset, *v_blend_decay;
+  T* partials;
+  int64_t partial_size;
 };
 
+// Offsets of the stacked weights' gradients in one partial-sum row.
+struct PartialLayout {
+  int64_t w2s, b2s, w1s, b1s, total;
+  template <typename In>
+  explicit PartialLayout(const In& in) {
+    w2s = 0;
+    b2s = w2s + in.nout * in.h;
+    w1s = b2s + in.nout;
+    b1s = w1s + 3 * in.h * in.xc;
+    total = b1s + 3 * in.h;
+  }
+};
+
+// One chunk of the backward: the epilogue VJP per (anchor, offset) into G [n, 11K] and the direct gradients, the
+// chunk's terms of the weight gradients (added to `acc`), then v_x = v_hpre W1s and the view VJP.
 template <typename scalar_t, typename T>
-void decode_bwd_kernel(const Problem& p, const Compaction& cmp, const HeadMatrices<T>& hm, const OutputGrads& v,
-                       DecodeGrads& d) {
-  const AnchorInputs<scalar_t, T> in(p);
-  const T* out[kNumHeads] = {hm.out[0].template data_ptr<T>(), hm.out[1].template data_ptr<T>(),
-                             hm.out[2].template data_ptr<T>()};
-  const scalar_t *vm = v.means.data_ptr<scalar_t>(), *vq = v.quats.data_ptr<scalar_t>(),
-                 *vs = v.scales.data_ptr<scalar_t>(), *vo = v.opacities.data_ptr<scalar_t>(),
-                 *vc = v.colors.data_ptr<scalar_t>();
-  T* G = d.G.data_ptr<T>();
-  T* v_anchor_means = d.v_anchor_means.data_ptr<T>();
-  scalar_t* v_offsets = d.v_offsets.data_ptr<scalar_t>();
-  scalar_t* v_anchor_scales = d.v_anchor_scales.data_ptr<scalar_t>();
-  scalar_t* v_opacity_scale = p.has_scale() ? d.v_opacity_scale.data_ptr<scalar_t>() : nullptr;
-  scalar_t* v_blend_offset = p.has_blend() ? d.v_blend_offset.data_ptr<scalar_t>() : nullptr;
-  scalar_t* v_blend_decay = p.has_blend() ? d.v_blend_decay.data_ptr<scalar_t>() : nullptr;
-  const int64_t K = p.k, gcols = kHeadOut * K;
-  at::parallel_for(0, p.m, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t j = cmp.row_of[i];
-      T v_anchor[3] = {0, 0, 0}, v_as[6] = {0, 0, 0, 0, 0, 0}, v_s = 0, w = 1;
-      if (j < 0) {
-        for (int64_t q = 0; q < 3 * K; ++q) v_offsets[3 * i * K + q] = scalar_t(0);
-      } else {
-        T a[3], as[6];
-        in.load(i, a, as);
-        const T s = in.scale(i, &w);
-        T* g_row = G + j * gcols;
-        for (int64_t k = 0; k < K; ++k) {
-          T off[3];
-          in.offset(i, k, K, off);
-          const HeadOut<T> h = head_out<T>(out, j, k, K);
-          const Gaussian<T> g = visible_gaussian<T>(h, a, off, as, s);
-          const int64_t ik = i * K + k;
-          HeadOut<T> v_h{};
-          T v_off[3] = {0, 0, 0};
-          if (g.kept) {
-            GaussianGrad<T> vg;
-            for (int q = 0; q < 3; ++q) {
-              vg.v_mean[q] = T(vm[3 * ik + q]);
-              vg.v_scale[q] = T(vs[3 * ik + q]);
-              vg.v_color[q] = T(vc[3 * ik + q]);
-            }
-            for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(vq[4 * ik + q]);
-            vg.v_opacity = T(vo[ik]);
-            kept_gaussian_vjp<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
-          }
-          g_row[k] = v_h.opacity;
-          for (int q = 0; q < 7; ++q) g_row[K + 7 * k + q] = v_h.cov[q];
-          for (int q = 0; q < 3; ++q) {
-            g_row[8 * K + 3 * k + q] = v_h.color[q];
-            v_offsets[3 * ik + q] = scalar_t(v_off[q]);
-          }
+void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, const PartialLayout& L, Chunk<T>& ch,
+               std::vector<T>& g, std::vector<T>& v_hid, std::vector<T>& v_x, std::vector<T>& v_means_acc, T* acc) {
+  const int64_t n = ch.n, K = in.k, nout = in.nout, h3 = 3 * in.h, xc = in.xc;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = ch.rows[r];
+    T a[3], as[6], off[3], w = 1;
+    in.load(i, a, as);
+    const T s = in.scale(i, &w);
+    const T* row = ch.heads.data() + r * nout;
+    T* g_row = g.data() + r * nout;
+    T* v_anchor = v_means_acc.data() + 3 * r;
+    T v_as[6] = {0, 0, 0, 0, 0, 0}, v_s = 0;
+    v_anchor[0] = v_anchor[1] = v_anchor[2] = T(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t ik = i * K + k;
+      in.offset(ik, off);
+      const HeadOut<T> h = head_out(row, k, K);
+      HeadOut<T> v_h{};
+      T v_off[3] = {0, 0, 0};
+      if (visible_gaussian<T>(h, a, off, as, s).kept) {
+        GaussianGrad<T> vg;
+        for (int q = 0; q < 3; ++q) {
+          vg.v_mean[q] = T(o.v_means[3 * ik + q]);
+          vg.v_scale[q] = T(o.v_scales[3 * ik + q]);
+          vg.v_color[q] = T(o.v_colors[3 * ik + q]);
         }
+        for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(o.v_quats[4 * ik + q]);
+        vg.v_opacity = T(o.v_opacities[ik]);
+        kept_gaussian_vjp<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
       }
-      for (int q = 0; q < 3; ++q) v_anchor_means[3 * i + q] = v_anchor[q];
-      for (int q = 0; q < 6; ++q) v_anchor_scales[6 * i + q] = scalar_t(v_as[q]);
-      // s = opacity_scale * w: each factor's gradient is v_s times the other.
-      if (v_opacity_scale) v_opacity_scale[i] = scalar_t(v_s * w);
-      if (v_blend_offset) {
-        const T v_w = v_opacity_scale ? v_s * T(in.opacity_scale[i]) : v_s;
-        const BlendGrad<T> bg =
-            blend_weight_vjp<T>(v_w, T(in.blend_offset[i]), T(in.blend_decay[i]), in.tau, in.lambda, in.mode);
-        v_blend_offset[i] = scalar_t(bg.v_offset);
-        v_blend_decay[i] = scalar_t(bg.v_decay);
+      g_row[k] = v_h.opacity;
+      for (int q = 0; q < 7; ++q) g_row[K + 7 * k + q] = v_h.cov[q];
+      for (int q = 0; q < 3; ++q) {
+        g_row[8 * K + 3 * k + q] = v_h.color[q];
+        o.v_offsets[3 * ik + q] = scalar_t(v_off[q]);
       }
     }
-  });
+    for (int q = 0; q < 6; ++q) o.v_anchor_scales[6 * i + q] = scalar_t(v_as[q]);
+    // s = opacity_scale * w: each factor's gradient is v_s times the other.
+    if (o.v_opacity_scale) o.v_opacity_scale[i] = scalar_t(v_s * w);
+    if (o.v_blend_offset) {
+      const T v_w = in.opacity_scale ? v_s * T(in.opacity_scale[i]) : v_s;
+      const BlendGrad<T> bg =
+          blend_weight_vjp<T>(v_w, T(in.blend_offset[i]), T(in.blend_decay[i]), in.tau, in.lambda, in.mode);
+      o.v_blend_offset[i] = scalar_t(bg.v_offset);
+      o.v_blend_decay[i] = scalar_t(bg.v_decay);
+    }
+  }
+  // Second layers: v_W2 += G_h^T relu(H)_h, v_b2 += sum G, v_relu_h = G_h W2_h.
+  for (int head = 0; head < kNumHeads; ++head) {
+    const int64_t off = in.out_offset(head), size = in.out_size(head), hh = head * in.h;
+    const at::Tensor g_h = blob(g.data() + off, n, size, nout);
+    blob(acc + L.w2s + off * in.h, size, in.h, in.h).addmm_(g_h.t(), blob(ch.hid.data() + hh, n, in.h, h3));
+    at::Tensor v_relu = blob(v_hid.data() + hh, n, in.h, h3);
+    at::mm_out(v_relu, g_h, blob(in.w2s + off * in.h, size, in.h, in.h));
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t q = 0; q < nout; ++q) acc[L.b2s + q] += g[r * nout + q];
+    for (int64_t q = 0; q < h3; ++q) {
+      T& v = v_hid[r * h3 + q];
+      v = ch.hid[r * h3 + q] > T(0) ? v : T(0);  // relu's backward
+      acc[L.b1s + q] += v;
+    }
+  }
+  // First layers: v_W1s += v_hpre^T x, v_x = v_hpre W1s.
+  const at::Tensor v_hpre = blob(v_hid.data(), n, h3, h3);
+  blob(acc + L.w1s, h3, xc, xc).addmm_(v_hpre.t(), blob(ch.x.data(), n, xc, xc));
+  at::Tensor v_x_t = blob(v_x.data(), n, xc, xc);
+  at::mm_out(v_x_t, v_hpre, blob(in.w1s, h3, xc, xc));
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = ch.rows[r];
+    const T* vr = v_x.data() + r * xc;
+    T* va = v_means_acc.data() + 3 * r;
+    const T a[3] = {T(in.anchors[3 * i]), T(in.anchors[3 * i + 1]), T(in.anchors[3 * i + 2])};
+    view_dir_vjp<T>(a, in.cam, vr + in.c, vr[in.c + 3], va);
+    for (int q = 0; q < 3; ++q) o.v_anchors[3 * i + q] = scalar_t(va[q]);
+    for (int64_t q = 0; q < in.c; ++q) o.v_feats[i * in.c + q] = scalar_t(vr[q]);
+  }
 }
 
-// v_anchors = the means' part + the view VJP of v_X's dir/dist columns; v_feats = v_X's feature columns.
+// Zero gradients of an invisible anchor.
 template <typename scalar_t, typename T>
-void view_bwd_kernel(const Problem& p, const Compaction& cmp, const at::Tensor& v_x_t, const at::Tensor& v_means_t,
-                     at::Tensor& v_anchors_t, at::Tensor& v_feats_t) {
-  const T* v_x = v_x_t.template data_ptr<T>();
-  const T* v_means = v_means_t.data_ptr<T>();
-  const T* cam = p.cam.data_ptr<T>();
-  const scalar_t* anchors = p.anchors.data_ptr<scalar_t>();
-  scalar_t* v_anchors = v_anchors_t.data_ptr<scalar_t>();
-  scalar_t* v_feats = v_feats_t.data_ptr<scalar_t>();
-  const int64_t c = p.c, xc = p.x_cols();
-  at::parallel_for(0, p.m, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t j = cmp.row_of[i];
-      T va[3] = {v_means[3 * i], v_means[3 * i + 1], v_means[3 * i + 2]};
-      if (j >= 0) {
-        const T* vr = v_x + j * xc;
-        const T a[3] = {T(anchors[3 * i]), T(anchors[3 * i + 1]), T(anchors[3 * i + 2])};
-        view_dir_vjp<T>(a, cam, vr + c, vr[c + 3], va);
-        for (int64_t q = 0; q < c; ++q) v_feats[i * c + q] = scalar_t(vr[q]);
-      } else {
-        for (int64_t q = 0; q < c; ++q) v_feats[i * c + q] = scalar_t(0);
+void invisible_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, int64_t i) {
+  const scalar_t zero(0);
+  std::fill(o.v_offsets + 3 * in.k * i, o.v_offsets + 3 * in.k * (i + 1), zero);
+  std::fill(o.v_anchor_scales + 6 * i, o.v_anchor_scales + 6 * (i + 1), zero);
+  std::fill(o.v_anchors + 3 * i, o.v_anchors + 3 * (i + 1), zero);
+  std::fill(o.v_feats + in.c * i, o.v_feats + in.c * (i + 1), zero);
+  if (o.v_opacity_scale) o.v_opacity_scale[i] = zero;
+  if (o.v_blend_offset) o.v_blend_offset[i] = zero, o.v_blend_decay[i] = zero;
+}
+
+// Anchors split into `segments` fixed ranges (independent of the thread count: the sums are deterministic), each
+// processed chunk by chunk into its own row of partial sums.
+template <typename scalar_t, typename T>
+void decode_bwd_kernel(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, int64_t m, int64_t segments,
+                       int64_t seg_size) {
+  const PartialLayout L(in);
+  at::parallel_for(0, segments, 1, [&](int64_t begin, int64_t end) {
+    Chunk<T> ch(in);
+    std::vector<T> g(kChunk * in.nout), v_hid(kChunk * 3 * in.h), v_x(kChunk * in.xc), v_means_acc(kChunk * 3);
+    for (int64_t seg = begin; seg < end; ++seg) {
+      T* acc = o.partials + seg * o.partial_size;
+      const int64_t s1 = std::min(m, (seg + 1) * seg_size);
+      for (int64_t c0 = seg * seg_size; c0 < s1; c0 += kChunk) {
+        gather_chunk(in, ch, c0, std::min(s1, c0 + kChunk), [&](int64_t i) { invisible_bwd(in, o, i); });
+        if (ch.n == 0) continue;
+        chunk_mlp(in, ch);
+        chunk_bwd(in, o, L, ch, g, v_hid, v_x, v_means_acc, acc);
       }
-      for (int q = 0; q < 3; ++q) v_anchors[3 * i + q] = scalar_t(va[q]);
     }
   });
 }
@@ -302,28 +384,53 @@ DecodeBwdResult anchor_decode_bwd_cpu(
                             opacity_scale, visible, blend_offset, blend_decay, tau_t, tau, lambda_decay, blend_mode,
                             opacity_dist, cov_dist, color_dist, c10::DeviceType::CPU);
   const OutputGrads v = prepare_grads(v_means, v_quats, v_scales, v_opacities, v_colors, p);
-  const Compaction cmp = compact(p);
-  const int64_t mv = int64_t(cmp.rows.size());
   const auto opt = p.feats.options();
-  const auto mopt = opt.dtype(p.math);
   auto per_anchor = [&](bool present) { return present ? at::empty({p.m}, opt) : at::empty({0}, opt); };
-  DecodeGrads d{at::empty({p.m, p.k, 3}, opt), at::empty({p.m, 6}, opt),  per_anchor(p.has_scale()),
-                per_anchor(p.has_blend()),     per_anchor(p.has_blend()), at::empty({mv, kHeadOut * p.k}, mopt),
-                at::empty({p.m, 3}, mopt)};
-  at::Tensor v_anchors = at::empty({p.m, 3}, opt), v_feats = at::empty({p.m, p.c}, opt);
-  WeightGrads wg;
+  at::Tensor v_anchors = at::empty({p.m, 3}, opt), v_feats = at::empty({p.m, p.c}, opt),
+             v_offsets = at::empty({p.m, p.k, 3}, opt), v_anchor_scales = at::empty({p.m, 6}, opt),
+             v_opacity_scale = per_anchor(p.has_scale()), v_blend_offset = per_anchor(p.has_blend()),
+             v_blend_decay = per_anchor(p.has_blend());
+  const int64_t chunks = (p.m + kChunk - 1) / kChunk;
+  const int64_t segments = std::min(chunks, kMaxSegments);
+  const int64_t seg_size = segments ? (chunks + segments - 1) / segments * kChunk : kChunk;
+  const int64_t nout = kHeadOut * p.k, h3 = 3 * p.h;
+  const int64_t psize = nout * p.h + nout + h3 * p.x_cols() + h3;
+  at::Tensor partials = at::zeros({std::max<int64_t>(segments, 1), psize}, opt.dtype(p.math));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "anchor_decode_bwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    const HeadMatrices<T> hm = run_mlp<scalar_t, T>(p, cmp);
-    if (p.m > 0) decode_bwd_kernel<scalar_t, T>(p, cmp, hm, v, d);
-    wg = weight_grads(p, w, appearance, d.G, hm.r, hm.x);
-    if (p.m > 0) view_bwd_kernel<scalar_t, T>(p, cmp, wg.v_x, d.v_anchor_means, v_anchors, v_feats);
+    auto opt_ptr = [](at::Tensor& t, bool present) { return present ? t.data_ptr<scalar_t>() : nullptr; };
+    const BwdOut<scalar_t, T> o = {v.means.data_ptr<scalar_t>(),
+                                   v.quats.data_ptr<scalar_t>(),
+                                   v.scales.data_ptr<scalar_t>(),
+                                   v.opacities.data_ptr<scalar_t>(),
+                                   v.colors.data_ptr<scalar_t>(),
+                                   v_anchors.data_ptr<scalar_t>(),
+                                   v_feats.data_ptr<scalar_t>(),
+                                   v_offsets.data_ptr<scalar_t>(),
+                                   v_anchor_scales.data_ptr<scalar_t>(),
+                                   opt_ptr(v_opacity_scale, p.has_scale()),
+                                   opt_ptr(v_blend_offset, p.has_blend()),
+                                   opt_ptr(v_blend_decay, p.has_blend()),
+                                   partials.data_ptr<T>(),
+                                   psize};
+    if (p.m > 0) decode_bwd_kernel<scalar_t, T>(Inputs<scalar_t, T>(p), o, p.m, segments, seg_size);
   });
+  // Fixed-order sum of the partials (deterministic), then the per-head weight gradients.
+  const at::Tensor total = partials.sum(0);
+  int64_t at_ = 0;
+  auto take = [&](int64_t size, at::IntArrayRef shape) {
+    at::Tensor t = total.narrow(0, at_, size).view(shape);
+    at_ += size;
+    return t;
+  };
+  const at::Tensor v_w2s = take(nout * p.h, {nout, p.h}), v_b2s = take(nout, {nout}),
+                   v_w1s = take(h3 * p.x_cols(), {h3, p.x_cols()}), v_b1s = take(h3, {h3});
+  const WeightGrads wg = assemble_weight_grads(p, w, appearance, v_w1s, v_b1s, v_w2s, v_b2s);
   const Weights& g = wg.v_w;
   return {v_anchors,
           v_feats,
-          d.v_offsets,
-          d.v_anchor_scales,
+          v_offsets,
+          v_anchor_scales,
           g[0],
           g[1],
           g[2],
@@ -337,9 +444,9 @@ DecodeBwdResult anchor_decode_bwd_cpu(
           g[10],
           g[11],
           wg.v_appearance,
-          d.v_opacity_scale,
-          d.v_blend_offset,
-          d.v_blend_decay};
+          v_opacity_scale,
+          v_blend_offset,
+          v_blend_decay};
 }
 
 // ---------------------------------------------------------------------------------------------------------

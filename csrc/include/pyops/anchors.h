@@ -71,7 +71,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 // Backward's weight-gradient stage. G [rows, 11K] holds the head pre-activation gradients, R [rows, 3H] the
 // hidden activations relu(W1s x + b1s) and X [rows, C + 4] the inputs x (math dtype; any strides at::mm takes,
 // zero G rows for anchors without gradient). Returns the gradients of the 12 weights (in p.dtype, shaped as the
-// weights), of appearance (empty without one) and v_X [rows, C + 4] (math dtype) for the feats / view VJP.
+// weights), of appearance (empty without one) and v_X [rows, C + 4] (math dtype) for the feats / view VJP. The
+// CPU backend accumulates the same sums chunk by chunk (csrc/cpu/anchors.cpp) and calls assemble_weight_grads.
 struct WeightGrads {
   Weights v_w;
   at::Tensor v_appearance;
@@ -79,6 +80,12 @@ struct WeightGrads {
 };
 WeightGrads weight_grads(const Problem& p, const Weights& w, const std::optional<at::Tensor>& appearance,
                          const at::Tensor& G, const at::Tensor& R, const at::Tensor& X);
+
+// The gradients of the 12 weights and of appearance (WeightGrads without v_x) from those of the stacked ones:
+// v_w1s [3H, C + 4], v_b1s [3H], v_w2s [11K, H], v_b2s [11K] (math dtype).
+WeightGrads assemble_weight_grads(const Problem& p, const Weights& w, const std::optional<at::Tensor>& appearance,
+                                  const at::Tensor& v_w1s, const at::Tensor& v_b1s, const at::Tensor& v_w2s,
+                                  const at::Tensor& v_b2s);
 
 // anchor_blend_weight_{fwd,bwd}: offset and decay [M] (contiguous, one floating dtype), the time and mode.
 struct BlendProblem {
