@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "pyops/anchors.h"
@@ -35,6 +36,50 @@ at::Tensor blob(const T* data, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// The CPU kernels order the 11K head outputs of a row as [opacity K | scale logits 3K | color 3K | quat 4K]
+// (offset-major inside each block), so that tanh and sigmoid each run over one contiguous block per row with
+// ATen's vectorised kernels. perm[cpu row] = schema row (Problem::w2s order [opacity K | cov 7K | color 3K]).
+at::Tensor cpu_row_order(int64_t K) {
+  std::vector<int64_t> perm(kHeadOut * K);
+  for (int64_t k = 0; k < K; ++k) {
+    perm[k] = k;
+    for (int64_t q = 0; q < 3; ++q) {
+      perm[K + 3 * k + q] = K + 7 * k + q;
+      perm[4 * K + 3 * k + q] = 8 * K + 3 * k + q;
+    }
+    for (int64_t q = 0; q < 4; ++q) perm[7 * K + 4 * k + q] = K + 7 * k + 3 + q;
+  }
+  return at::tensor(perm, at::kLong);
+}
+
+// The second-layer row blocks in the CPU order: first row, number of rows, the head whose hidden units they read.
+struct RowBlock {
+  int64_t row0, rows;
+  int head;
+};
+inline std::array<RowBlock, 4> row_blocks(int64_t K) {
+  return {RowBlock{0, K, kOpacity}, RowBlock{K, 3 * K, kCov}, RowBlock{4 * K, 3 * K, kColor},
+          RowBlock{7 * K, 4 * K, kCov}};
+}
+
+// Activated head outputs of offset k from a row in the CPU order (see activate() in anchors_math.h).
+template <typename T>
+HeadOut<T> head_out(const T* row, int64_t k, int64_t K) {
+  HeadOut<T> h;
+  h.opacity = row[k];
+  for (int q = 0; q < 3; ++q) h.cov[q] = row[K + 3 * k + q], h.color[q] = row[4 * K + 3 * k + q];
+  for (int q = 0; q < 4; ++q) h.cov[3 + q] = row[7 * K + 4 * k + q];
+  return h;
+}
+
+// Head pre-activation gradients of offset k into a G row in the CPU order.
+template <typename T>
+void store_head_grad(T* row, int64_t k, int64_t K, const HeadOut<T>& v) {
+  row[k] = v.opacity;
+  for (int q = 0; q < 3; ++q) row[K + 3 * k + q] = v.cov[q], row[4 * K + 3 * k + q] = v.color[q];
+  for (int q = 0; q < 4; ++q) row[7 * K + 4 * k + q] = v.cov[3 + q];
+}
+
 // Raw pointers to everything the chunk kernels read.
 template <typename scalar_t, typename T>
 struct Inputs {
@@ -45,7 +90,8 @@ struct Inputs {
   int mode;
   int64_t c, h, k, xc, nout;  // xc = C + 4 columns of x, nout = 11K head outputs
 
-  explicit Inputs(const Problem& p)
+  // w2p, b2p: the second layers in the CPU row order.
+  Inputs(const Problem& p, const at::Tensor& w2p, const at::Tensor& b2p)
       : anchors(p.anchors.data_ptr<scalar_t>()),
         feats(p.feats.data_ptr<scalar_t>()),
         offsets(p.offsets.data_ptr<scalar_t>()),
@@ -57,8 +103,8 @@ struct Inputs {
         cam(p.cam.data_ptr<T>()),
         w1s(p.w1s.data_ptr<T>()),
         b1s(p.b1s.data_ptr<T>()),
-        w2s(p.w2s.data_ptr<T>()),
-        b2s(p.b2s.data_ptr<T>()),
+        w2s(w2p.data_ptr<T>()),
+        b2s(b2p.data_ptr<T>()),
         tau(T(tau_on_host(p))),
         lambda(T(p.lambda)),
         mode(int(p.mode)),
@@ -82,8 +128,6 @@ struct Inputs {
                                blend_offset != nullptr, blend_offset ? T(blend_offset[i]) : T(0),
                                blend_decay ? T(blend_decay[i]) : T(0), tau, lambda, mode, w);
   }
-  int64_t out_offset(int head) const { return head == kOpacity ? 0 : head == kCov ? k : 8 * k; }
-  int64_t out_size(int head) const { return head == kOpacity ? k : head == kCov ? 7 * k : 3 * k; }
 };
 
 // Per-task buffers of one chunk (row-major): the visible anchors' indices, x [n, C + 4], the hidden
@@ -118,11 +162,13 @@ void chunk_mlp(const Inputs<scalar_t, T>& in, Chunk<T>& ch) {
   }
   linear_rows<T>(n, h3, xc, in.w1s, ch.x.data(), xc, ch.hid.data(), h3);
   for (int64_t q = 0; q < n * h3; ++q) ch.hid[q] = ch.hid[q] > T(0) ? ch.hid[q] : T(0);
-  for (int head = 0; head < kNumHeads; ++head) {
-    const int64_t o = in.out_offset(head);
-    linear_rows<T>(n, in.out_size(head), in.h, in.w2s + o * in.h, ch.hid.data() + head * in.h, h3, ch.heads.data() + o,
+  for (const RowBlock& b : row_blocks(in.k)) {
+    linear_rows<T>(n, b.rows, in.h, in.w2s + b.row0 * in.h, ch.hid.data() + b.head * in.h, h3, ch.heads.data() + b.row0,
                    nout);
   }
+  // The activations, vectorised: tanh over the opacity block, sigmoid over the scale and color blocks.
+  blob(ch.heads.data(), n, in.k, nout).tanh_();
+  blob(ch.heads.data() + in.k, n, 6 * in.k, nout).sigmoid_();
 }
 
 // Collects the visible anchors of [c0, c1) into ch.rows; calls invisible(i) for the others.
@@ -136,15 +182,6 @@ void gather_chunk(const Inputs<scalar_t, T>& in, Chunk<T>& ch, int64_t c0, int64
       invisible(i);
     }
   }
-}
-
-template <typename T>
-HeadOut<T> head_out(const T* row, int64_t k, int64_t K) {
-  HeadOut<T> h;
-  h.opacity = row[k];
-  for (int q = 0; q < 7; ++q) h.cov[q] = row[K + 7 * k + q];
-  for (int q = 0; q < 3; ++q) h.color[q] = row[8 * K + 3 * k + q];
-  return h;
 }
 
 template <typename scalar_t>
@@ -164,8 +201,8 @@ struct FwdOut {
 };
 
 template <typename scalar_t, typename T>
-void decode_fwd_kernel(const Problem& p, const FwdOut<scalar_t>& out) {
-  const Inputs<scalar_t, T> in(p);
+void decode_fwd_kernel(const Problem& p, const at::Tensor& w2p, const at::Tensor& b2p, const FwdOut<scalar_t>& out) {
+  const Inputs<scalar_t, T> in(p, w2p, b2p);
   const int64_t K = p.k;
   at::parallel_for(0, p.m, kChunk, [&](int64_t begin, int64_t end) {
     Chunk<T> ch(in);
@@ -188,7 +225,7 @@ void decode_fwd_kernel(const Problem& p, const FwdOut<scalar_t>& out) {
         const T* row = ch.heads.data() + r * in.nout;
         for (int64_t k = 0; k < K; ++k) {
           in.offset(i * K + k, off);
-          out.store(i * K + k, visible_gaussian<T>(head_out(row, k, K), a, off, as, s));
+          out.store(i * K + k, visible_gaussian_activated<T>(head_out(row, k, K), a, off, as, s));
         }
       }
     }
@@ -213,12 +250,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto outs = allocate_outputs(p);
   if (p.m == 0) return outs;
   auto& [means, quats, scales, opacities, colors, neural] = outs;
+  const at::Tensor perm = cpu_row_order(p.k);
+  const at::Tensor w2p = p.w2s.index_select(0, perm), b2p = p.b2s.index_select(0, perm);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "anchor_decode_fwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const FwdOut<scalar_t> out = {means.data_ptr<scalar_t>(),  quats.data_ptr<scalar_t>(),
                                   scales.data_ptr<scalar_t>(), opacities.data_ptr<scalar_t>(),
                                   colors.data_ptr<scalar_t>(), neural.data_ptr<scalar_t>()};
-    decode_fwd_kernel<scalar_t, T>(p, out);
+    decode_fwd_kernel<scalar_t, T>(p, w2p, b2p, out);
   });
   return outs;
 }
@@ -268,7 +307,7 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
       const HeadOut<T> h = head_out(row, k, K);
       HeadOut<T> v_h{};
       T v_off[3] = {0, 0, 0};
-      if (visible_gaussian<T>(h, a, off, as, s).kept) {
+      if (h.opacity > T(0)) {  // kept (visible_gaussian_activated's rule)
         GaussianGrad<T> vg;
         for (int q = 0; q < 3; ++q) {
           vg.v_mean[q] = T(o.v_means[3 * ik + q]);
@@ -277,14 +316,10 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
         }
         for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(o.v_quats[4 * ik + q]);
         vg.v_opacity = T(o.v_opacities[ik]);
-        kept_gaussian_vjp<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
+        kept_gaussian_vjp_activated<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
       }
-      g_row[k] = v_h.opacity;
-      for (int q = 0; q < 7; ++q) g_row[K + 7 * k + q] = v_h.cov[q];
-      for (int q = 0; q < 3; ++q) {
-        g_row[8 * K + 3 * k + q] = v_h.color[q];
-        o.v_offsets[3 * ik + q] = scalar_t(v_off[q]);
-      }
+      store_head_grad(g_row, k, K, v_h);
+      for (int q = 0; q < 3; ++q) o.v_offsets[3 * ik + q] = scalar_t(v_off[q]);
     }
     for (int q = 0; q < 6; ++q) o.v_anchor_scales[6 * i + q] = scalar_t(v_as[q]);
     // s = opacity_scale * w: each factor's gradient is v_s times the other.
@@ -298,12 +333,20 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
     }
   }
   // Second layers: v_W2 += G_h^T relu(H)_h, v_b2 += sum G, v_relu_h = G_h W2_h.
-  for (int head = 0; head < kNumHeads; ++head) {
-    const int64_t off = in.out_offset(head), size = in.out_size(head), hh = head * in.h;
+  // The v_relu blocks of the cov head's two row blocks add up: the first writes (mm_out), the second adds.
+  std::array<bool, kNumHeads> written{};
+  for (const RowBlock& b : row_blocks(in.k)) {
+    const int64_t off = b.row0, size = b.rows, hh = b.head * in.h;
     const at::Tensor g_h = blob(g.data() + off, n, size, nout);
     blob(acc + L.w2s + off * in.h, size, in.h, in.h).addmm_(g_h.t(), blob(ch.hid.data() + hh, n, in.h, h3));
     at::Tensor v_relu = blob(v_hid.data() + hh, n, in.h, h3);
-    at::mm_out(v_relu, g_h, blob(in.w2s + off * in.h, size, in.h, in.h));
+    const at::Tensor w2_b = blob(in.w2s + off * in.h, size, in.h, in.h);
+    if (written[b.head]) {
+      v_relu.addmm_(g_h, w2_b);
+    } else {
+      at::mm_out(v_relu, g_h, w2_b);
+      written[b.head] = true;
+    }
   }
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t q = 0; q < nout; ++q) acc[L.b2s + q] += g[r * nout + q];
@@ -395,6 +438,8 @@ DecodeBwdResult anchor_decode_bwd_cpu(
   const int64_t seg_size = segments ? (chunks + segments - 1) / segments * kChunk : kChunk;
   const int64_t nout = kHeadOut * p.k, h3 = 3 * p.h;
   const int64_t psize = nout * p.h + nout + h3 * p.x_cols() + h3;
+  const at::Tensor perm = cpu_row_order(p.k);
+  const at::Tensor w2p = p.w2s.index_select(0, perm), b2p = p.b2s.index_select(0, perm);
   at::Tensor partials = at::zeros({std::max<int64_t>(segments, 1), psize}, opt.dtype(p.math));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "anchor_decode_bwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -413,7 +458,7 @@ DecodeBwdResult anchor_decode_bwd_cpu(
                                    opt_ptr(v_blend_decay, p.has_blend()),
                                    partials.data_ptr<T>(),
                                    psize};
-    if (p.m > 0) decode_bwd_kernel<scalar_t, T>(Inputs<scalar_t, T>(p), o, p.m, segments, seg_size);
+    if (p.m > 0) decode_bwd_kernel<scalar_t, T>(Inputs<scalar_t, T>(p, w2p, b2p), o, p.m, segments, seg_size);
   });
   // Fixed-order sum of the partials (deterministic), then the per-head weight gradients.
   const at::Tensor total = partials.sum(0);
@@ -423,8 +468,10 @@ DecodeBwdResult anchor_decode_bwd_cpu(
     at_ += size;
     return t;
   };
-  const at::Tensor v_w2s = take(nout * p.h, {nout, p.h}), v_b2s = take(nout, {nout}),
-                   v_w1s = take(h3 * p.x_cols(), {h3, p.x_cols()}), v_b1s = take(h3, {h3});
+  // Back from the CPU row order to the schema's.
+  const at::Tensor v_w2s = at::zeros({nout, p.h}, total.options()).index_copy_(0, perm, take(nout * p.h, {nout, p.h}));
+  const at::Tensor v_b2s = at::zeros({nout}, total.options()).index_copy_(0, perm, take(nout, {nout}));
+  const at::Tensor v_w1s = take(h3 * p.x_cols(), {h3, p.x_cols()}), v_b1s = take(h3, {h3});
   const WeightGrads wg = assemble_weight_grads(p, w, appearance, v_w1s, v_b1s, v_w2s, v_b2s);
   const Weights& g = wg.v_w;
   return {v_anchors,

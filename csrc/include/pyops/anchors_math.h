@@ -153,22 +153,40 @@ PYOPS_HOST_DEVICE Gaussian<T> invisible_gaussian(const T* anchor, const T* offse
   return g;
 }
 
-// The Gaussian of a visible anchor's offset; s is the anchor's opacity scale (opacity_scale * blend weight).
+// The activated head outputs: opacity = tanh, cov[0:3] and color = sigmoid; the quaternion cov[3:7] stays raw.
+// (The CPU kernel applies these with ATen's vectorised tanh / sigmoid on a whole chunk, then runs the *_activated
+// functions; the CUDA kernel calls the plain ones.)
+template <typename T>
+PYOPS_HOST_DEVICE HeadOut<T> activate(const HeadOut<T>& h) {
+  using std::tanh;
+  HeadOut<T> a = h;
+  a.opacity = tanh(h.opacity);
+  for (int i = 0; i < 3; ++i) a.cov[i] = sigmoid(h.cov[i]), a.color[i] = sigmoid(h.color[i]);
+  return a;
+}
+
+// The Gaussian of a visible anchor's offset from activated head outputs; s is the anchor's opacity scale
+// (opacity_scale * blend weight).
+template <typename T>
+PYOPS_HOST_DEVICE Gaussian<T> visible_gaussian_activated(const HeadOut<T>& a, const T* anchor, const T* offset,
+                                                         const T* anchor_scale, T s) {
+  Gaussian<T> g;
+  gaussian_mean(anchor, offset, anchor_scale, g.mean);
+  g.neural_opacity = a.opacity;
+  g.kept = a.opacity > T(0);
+  g.opacity = g.kept ? a.opacity * s : T(0);
+  for (int i = 0; i < 3; ++i) {
+    g.scale[i] = anchor_scale[3 + i] * a.cov[i];
+    g.color[i] = a.color[i];
+  }
+  normalize<T, 4>(a.cov + 3, g.quat);
+  return g;
+}
+
 template <typename T>
 PYOPS_HOST_DEVICE Gaussian<T> visible_gaussian(const HeadOut<T>& h, const T* anchor, const T* offset,
                                                const T* anchor_scale, T s) {
-  using std::tanh;
-  Gaussian<T> g;
-  gaussian_mean(anchor, offset, anchor_scale, g.mean);
-  g.neural_opacity = tanh(h.opacity);
-  g.kept = g.neural_opacity > T(0);
-  g.opacity = g.kept ? g.neural_opacity * s : T(0);
-  for (int i = 0; i < 3; ++i) {
-    g.scale[i] = anchor_scale[3 + i] * sigmoid(h.cov[i]);
-    g.color[i] = sigmoid(h.color[i]);
-  }
-  normalize<T, 4>(h.cov + 3, g.quat);
-  return g;
+  return visible_gaussian_activated(activate(h), anchor, offset, anchor_scale, s);
 }
 
 // Gradients of the five differentiable outputs of one Gaussian.
@@ -177,29 +195,36 @@ struct GaussianGrad {
   T v_mean[3], v_quat[4], v_scale[3], v_opacity, v_color[3];
 };
 
-// VJP of a kept Gaussian (visible_gaussian with kept == true; a dropped one has no gradient at all). Writes the
-// head pre-activation gradients v_h and *adds* the direct gradients: v_offset (3, written), v_anchor_scale (6),
-// v_anchor (3, the means' part) and v_s (the anchor's opacity scale).
+// VJP of a kept Gaussian (kept == true; a dropped one has no gradient at all) from its activated head outputs a.
+// Writes the gradients v_h of the head *pre-activations* and adds the direct gradients: v_offset (3, written),
+// v_anchor_scale (6), v_anchor (3, the means' part) and v_s (the anchor's opacity scale).
 template <typename T>
-PYOPS_HOST_DEVICE void kept_gaussian_vjp(const HeadOut<T>& h, const GaussianGrad<T>& v, const T* offset,
-                                         const T* anchor_scale, T s, HeadOut<T>& v_h, T* v_offset, T* v_anchor_scale,
-                                         T* v_anchor, T& v_s) {
-  using std::tanh;
-  const T n = tanh(h.opacity);
+PYOPS_HOST_DEVICE void kept_gaussian_vjp_activated(const HeadOut<T>& a, const GaussianGrad<T>& v, const T* offset,
+                                                   const T* anchor_scale, T s, HeadOut<T>& v_h, T* v_offset,
+                                                   T* v_anchor_scale, T* v_anchor, T& v_s) {
+  const T n = a.opacity;
   v_h.opacity = v.v_opacity * s * (T(1) - n * n);
   v_s += v.v_opacity * n;
   for (int i = 0; i < 3; ++i) {
-    const T sc = sigmoid(h.cov[i]);
+    const T sc = a.cov[i];
     v_h.cov[i] = v.v_scale[i] * anchor_scale[3 + i] * sc * (T(1) - sc);
     v_anchor_scale[3 + i] += v.v_scale[i] * sc;
-    const T cc = sigmoid(h.color[i]);
+    const T cc = a.color[i];
     v_h.color[i] = v.v_color[i] * cc * (T(1) - cc);
     v_offset[i] = v.v_mean[i] * anchor_scale[i];
     v_anchor_scale[i] += v.v_mean[i] * offset[i];
     v_anchor[i] += v.v_mean[i];
   }
   for (int i = 0; i < 4; ++i) v_h.cov[3 + i] = T(0);
-  normalize_vjp<T, 4>(h.cov + 3, v.v_quat, T(0), v_h.cov + 3);
+  normalize_vjp<T, 4>(a.cov + 3, v.v_quat, T(0), v_h.cov + 3);
+}
+
+// The same from the raw head outputs h.
+template <typename T>
+PYOPS_HOST_DEVICE void kept_gaussian_vjp(const HeadOut<T>& h, const GaussianGrad<T>& v, const T* offset,
+                                         const T* anchor_scale, T s, HeadOut<T>& v_h, T* v_offset, T* v_anchor_scale,
+                                         T* v_anchor, T& v_s) {
+  kept_gaussian_vjp_activated(activate(h), v, offset, anchor_scale, s, v_h, v_offset, v_anchor_scale, v_anchor, v_s);
 }
 
 // The opacity scale s = opacity_scale * blend weight of an anchor (either factor optional).
