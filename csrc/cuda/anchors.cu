@@ -316,9 +316,9 @@ Inputs<scalar_t> make_inputs(const Problem& p, const at::Tensor& packed) {
 // per-thread vectors) in dynamic shared memory. The sizes beyond what one block's shared memory holds are an error.
 template <typename Launch>
 void launch_decode(const char* op, const Problem& p, Launch&& launch) {
-  TORCH_CHECK(p.c <= INT32_MAX / 4 && p.h <= INT32_MAX / 4 && p.k <= INT32_MAX / 16, op, ": sizes too large");
-  const Layout L(int(p.c), int(p.h), int(p.k));
-  const int64_t weight_bytes = int64_t(L.total) * sizeof(float);
+  // In int64: the kernels' int Layout offsets are only formed once this size has passed the shared-memory check.
+  const int64_t weight_floats = 3 * p.h * (p.c + 4) + 3 * p.h + kHeadOut * p.k * (p.h + 1);
+  const int64_t weight_bytes = weight_floats * int64_t(sizeof(float));
   const int64_t max_bytes = max_shared_bytes();
   const bool spec = p.c == kSpecC && p.h == kSpecH;
   int threads = spec ? kSpecThreads : kMaxGenericThreads;
