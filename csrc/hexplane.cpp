@@ -1,6 +1,7 @@
 #include "pyops/hexplane.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 namespace pyops {
@@ -101,6 +102,8 @@ Problem prepare(const char* op, const at::Tensor& points, const std::optional<at
     const at::Tensor v = plane_view(plane);
     TORCH_CHECK_VALUE(v.size(0) >= 1 && v.size(1) >= 1 && v.size(2) >= 1, op, ": ", name,
                       " must have at least one channel and one sample per axis, got shape ", plane.sizes());
+    TORCH_CHECK_VALUE(v.size(1) * v.size(2) <= std::numeric_limits<int32_t>::max(), op, ": ", name, " has ",
+                      v.size(1) * v.size(2), " texels per channel, more than 2^31 - 1");
     if (k == 0) {
       Level level;
       level.channels = v.size(0);

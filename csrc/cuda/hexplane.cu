@@ -58,17 +58,18 @@ __device__ __forceinline__ void point_coords(const PointArgs<scalar_t>& pa, int6
   q[3] = pa.times ? static_cast<float>(pa.times[n]) : pa.time;
 }
 
-// Texel offsets (in texels, times F later) and weights of plane k at q.
+// Texel indices (times F + c for the element; int32: prepare() caps a plane at 2^31 - 1 texels, and the
+// narrower indices keep the backward's registers down) and weights of plane k at q.
 struct Corners {
-  int64_t t00, t01, t10, t11;
+  int t00, t01, t10, t11;
   float wa, wb, dwa, dwb;
 };
 
 __device__ __forceinline__ Corners corners(const LevelArgs& lv, const float* q, int k) {
   const Lerp<float> a = lerp_coord<float>(q[plane_a(k)], lv.ra[k]);
   const Lerp<float> b = lerp_coord<float>(q[plane_b(k)], lv.rb[k]);
-  const int64_t ra = lv.ra[k];
-  return {b.i0 * ra + a.i0, b.i0 * ra + a.i1, b.i1 * ra + a.i0, b.i1 * ra + a.i1, a.w, b.w, a.dw, b.dw};
+  const int ra = int(lv.ra[k]), a0 = int(a.i0), a1 = int(a.i1), b0 = int(b.i0) * ra, b1 = int(b.i1) * ra;
+  return {b0 + a0, b0 + a1, b1 + a0, b1 + a1, a.w, b.w, a.dw, b.dw};
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -92,8 +93,8 @@ __global__ void __launch_bounds__(kThreads)
       // and registers are what limits occupancy here.
       const Corners cc = corners(lv, q, k);
       const float* pl = lv.planes[k];
-      const float s = bilinear<float>(__ldg(pl + cc.t00 * f + c), __ldg(pl + cc.t01 * f + c),
-                                      __ldg(pl + cc.t10 * f + c), __ldg(pl + cc.t11 * f + c), cc.wa, cc.wb);
+      const float s = bilinear<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c),
+                                      __ldg(pl + int64_t(cc.t10) * f + c), __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb);
       acc = k == 0 ? s : acc * s;
     }
     out[n * c_total + lv.offset + c] = static_cast<scalar_t>(acc);
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // coord_grad [N, 4] fp32: this level's d loss / d (x', y', z', t) is added to the point's row.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     bwd_level_kernel(PointArgs<scalar_t> pa, LevelArgs lv, int group, const scalar_t* __restrict__ v_features,
                      int64_t c_total, float* __restrict__ coord_grad) {
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -117,16 +118,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t f = lv.channels;
     for (int64_t c = lane; c < f; c += group) {
       const float g = static_cast<float>(v_features[n * c_total + lv.offset + c]);
-      float p[kPlanesPerLevel][4], s[kPlanesPerLevel];
+      float s[kPlanesPerLevel];
 #pragma unroll
       for (int k = 0; k < kPlanesPerLevel; ++k) {
         const Corners cc = corners(lv, q, k);
         const float* pl = lv.planes[k];
-        p[k][0] = __ldg(pl + cc.t00 * f + c);
-        p[k][1] = __ldg(pl + cc.t01 * f + c);
-        p[k][2] = __ldg(pl + cc.t10 * f + c);
-        p[k][3] = __ldg(pl + cc.t11 * f + c);
-        s[k] = bilinear<float>(p[k][0], p[k][1], p[k][2], p[k][3], cc.wa, cc.wb);
+        s[k] = bilinear<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c), __ldg(pl + int64_t(cc.t10) * f + c),
+                               __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb);
       }
       // d loss / d s_k = g * prod_{j != k} s_j, by prefix and suffix products (a zero sample is fine).
       float gs[kPlanesPerLevel];
@@ -138,13 +136,17 @@ __global__ void __launch_bounds__(kThreads)
       for (int k = kPlanesPerLevel - 1; k >= 0; --k) gs[k] *= suffix, suffix *= s[k];
 #pragma unroll
       for (int k = 0; k < kPlanesPerLevel; ++k) {
-        const Corners cc = corners(lv, q, k);  // recomputed: cheaper than holding six in registers
-        const auto r = bilinear_vjp<float>(p[k][0], p[k][1], p[k][2], p[k][3], cc.wa, cc.wb, gs[k]);
+        // Corners and texels again (L1 hits) rather than 24 values held in registers across the products.
+        const Corners cc = corners(lv, q, k);
+        const float* pl = lv.planes[k];
+        const auto r = bilinear_vjp<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c),
+                                           __ldg(pl + int64_t(cc.t10) * f + c), __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb,
+                                           gs[k]);
         float* gp = lv.grads[k];
-        atomicAdd(gp + cc.t00 * f + c, r.v00);
-        atomicAdd(gp + cc.t01 * f + c, r.v01);
-        atomicAdd(gp + cc.t10 * f + c, r.v10);
-        atomicAdd(gp + cc.t11 * f + c, r.v11);
+        atomicAdd(gp + int64_t(cc.t00) * f + c, r.v00);
+        atomicAdd(gp + int64_t(cc.t01) * f + c, r.v01);
+        atomicAdd(gp + int64_t(cc.t10) * f + c, r.v10);
+        atomicAdd(gp + int64_t(cc.t11) * f + c, r.v11);
         cg[plane_a(k)] += r.v_wa * cc.dwa;
         cg[plane_b(k)] += r.v_wb * cc.dwb;
       }

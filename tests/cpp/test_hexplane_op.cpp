@@ -32,9 +32,12 @@ void expect_close(const std::string& what, const at::Tensor& got, const at::Tens
 
 const int kPairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
 
-// The reference's _lerp_coords: (i0, i1, w), w differentiable through the clamp.
+// The reference's _lerp_coords: (i0, i1, w), w differentiable inside the closed [0, R - 1] (the spec's rule,
+// written out: at::clamp's own subgradient at the bounds changed from 1 to 0 in torch 2.14).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lerp(const at::Tensor& q, int64_t size) {
-  const at::Tensor u = ((q + 1) * 0.5 * double(size - 1)).clamp(0, double(size - 1));
+  const at::Tensor u0 = (q + 1) * 0.5 * double(size - 1);
+  const at::Tensor inside = (u0 >= 0).logical_and(u0 <= double(size - 1));
+  const at::Tensor u = at::where(inside, u0, u0.clamp(0, double(size - 1)).detach());
   const at::Tensor i0 = u.detach().floor().clamp(0, std::max<int64_t>(size - 2, 0)).to(at::kLong);
   const at::Tensor i1 = (i0 + 1).clamp_max(size - 1);
   return {i0, i1, u - i0.to(u.scalar_type())};

@@ -3,7 +3,9 @@
 //
 //   q = (p - lo) * scale - 1,  scale = 2 / (hi - lo)          (4DGS normalize_aabb; time is used as given)
 //   u = clamp((q + 1) / 2 * (R - 1), 0, R - 1),  i0 = clamp(floor(u), 0, R - 2),  i1 = min(i0 + 1, R - 1),
-//   w = u - i0 (the weight of i1),  dw/dq = (R - 1) / 2 inside [0, R - 1] (clamp bounds included), else 0
+//   w = u - i0 (the weight of i1),  dw/dq = (R - 1) / 2 on the closed [0, R - 1], else 0
+// (the reference docstring's rule: the far border keeps the last cell's slope. The reference code gets it
+// from torch.clamp's subgradient at the bounds, which is 1 before torch 2.14 and 0 from 2.14 on.)
 //   s = (P[b0, a0] (1 - wa) + P[b0, a1] wa) (1 - wb) + (P[b1, a0] (1 - wa) + P[b1, a1] wa) wb
 #pragma once
 
