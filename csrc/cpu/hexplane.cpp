@@ -1,8 +1,9 @@
 // CPU backend of pyops::hexplane_fwd / hexplane_bwd.
 //
-// Layout: each math plane (F, R_b, R_a) is re-laid per call as (F / B, R_b, R_a, B) blocks of B = 8 channels
-// (zero-padded), so a texel's B channels are one contiguous run: the inner loops over them vectorise and a
-// bilinear sample reads four such runs.
+// Layout: each math plane (F, R_b, R_a) is re-laid per call in blocks of B = 8 channels (F zero-padded to F'):
+// the inner loops over a block's B channels vectorise. The forward reads it channels-last, (R_b, R_a, F'), so
+// the cache lines a point touches serve all its channels; the backward block-major, (F' / B, R_b, R_a, B), so
+// a unit (below) touches only its own blocks' cache lines.
 //  - forward: parallel over points; per point and level the twelve lerp coordinates once, then per block the
 //    product of the six bilinear samples.
 //  - backward: deterministic without atomics, by ownership. A unit is (level, group of blocks); it walks
@@ -27,18 +28,20 @@ namespace {
 constexpr int64_t kBlock = 8;           // channels per block
 constexpr int64_t kGroupsPerLevel = 4;  // backward units per level (at most the level's block count)
 
-// (F, R_b, R_a) -> (ceil(F / B), R_b, R_a, B), zero-padded channels.
-at::Tensor to_blocks(const at::Tensor& plane) {
+// (F, R_b, R_a) -> (R_b, R_a, F') (channels_last) or (F' / B, R_b, R_a, B), F' = ceil(F / B) * B, zero-padded
+// channels.
+at::Tensor to_blocks(const at::Tensor& plane, bool channels_last) {
   const int64_t f = plane.size(0), nblk = (f + kBlock - 1) / kBlock;
   at::Tensor padded = plane;
   if (nblk * kBlock != f) {
     padded = at::zeros({nblk * kBlock, plane.size(1), plane.size(2)}, plane.options());
     padded.narrow(0, 0, f).copy_(plane);
   }
+  if (channels_last) return padded.permute({1, 2, 0}).contiguous();
   return padded.view({nblk, kBlock, plane.size(1), plane.size(2)}).permute({0, 2, 3, 1}).contiguous();
 }
 
-// Inverse of to_blocks() for a gradient: a fresh (F, R_b, R_a) tensor.
+// Inverse of to_blocks(plane, false) for a gradient: a fresh (F, R_b, R_a) tensor.
 at::Tensor from_blocks(const at::Tensor& blocks, int64_t f) {
   const int64_t nblk = blocks.size(0), rb = blocks.size(1), ra = blocks.size(2);
   return blocks.permute({0, 3, 1, 2}).reshape({nblk * kBlock, rb, ra}).narrow(0, 0, f).contiguous();
@@ -46,9 +49,9 @@ at::Tensor from_blocks(const at::Tensor& blocks, int64_t f) {
 
 template <typename T>
 struct PlaneDesc {
-  const T* data;  // (nblk, rb, ra, B)
+  const T* data;  // texel (b, a), block blk at data + (b * ra + a) * texel_stride + blk * block_stride
   T* grad;        // same layout; backward only
-  int64_t ra, rb;
+  int64_t ra, rb, texel_stride, block_stride;
 };
 
 template <typename T>
@@ -68,8 +71,9 @@ template <typename T>
 inline Corners<T> corners(const PlaneDesc<T>& pl, const T* q, int k) {
   const Lerp<T> a = lerp_coord<T>(q[plane_a(k)], pl.ra);
   const Lerp<T> b = lerp_coord<T>(q[plane_b(k)], pl.rb);
-  return {(b.i0 * pl.ra + a.i0) * kBlock, (b.i0 * pl.ra + a.i1) * kBlock, (b.i1 * pl.ra + a.i0) * kBlock,
-          (b.i1 * pl.ra + a.i1) * kBlock,  a.w,  b.w,  a.dw,  b.dw};
+  const int64_t ts = pl.texel_stride;
+  return {(b.i0 * pl.ra + a.i0) * ts, (b.i0 * pl.ra + a.i1) * ts, (b.i1 * pl.ra + a.i0) * ts,
+          (b.i1 * pl.ra + a.i1) * ts,  a.w,  b.w,  a.dw,  b.dw};
 }
 
 template <typename scalar_t, typename T>
@@ -102,7 +106,7 @@ Inputs<scalar_t, T> make_inputs(const Problem& p) {
 
 template <typename T>
 std::vector<LevelDesc<T>> describe(const Problem& p, const std::vector<at::Tensor>& blocks,
-                                   const std::vector<at::Tensor>& grads) {
+                                   const std::vector<at::Tensor>& grads, bool channels_last) {
   std::vector<LevelDesc<T>> levels(p.levels.size());
   for (size_t l = 0; l < levels.size(); ++l) {
     LevelDesc<T>& d = levels[l];
@@ -111,8 +115,12 @@ std::vector<LevelDesc<T>> describe(const Problem& p, const std::vector<at::Tenso
     d.nblk = (d.channels + kBlock - 1) / kBlock;
     for (int k = 0; k < kPlanesPerLevel; ++k) {
       const at::Tensor& b = blocks[l * kPlanesPerLevel + k];
-      d.planes[k] = {b.data_ptr<T>(), grads.empty() ? nullptr : grads[l * kPlanesPerLevel + k].data_ptr<T>(),
-                     b.size(2), b.size(1)};
+      T* g = grads.empty() ? nullptr : grads[l * kPlanesPerLevel + k].data_ptr<T>();
+      if (channels_last) {  // (rb, ra, F')
+        d.planes[k] = {b.data_ptr<T>(), g, b.size(1), b.size(0), b.size(2), kBlock};
+      } else {  // (nblk, rb, ra, B)
+        d.planes[k] = {b.data_ptr<T>(), g, b.size(2), b.size(1), kBlock, b.size(1) * b.size(2) * kBlock};
+      }
     }
   }
   return levels;
@@ -136,7 +144,7 @@ void forward(const Problem& p, const std::vector<LevelDesc<T>>& levels, scalar_t
           T acc[kBlock];
           for (int k = 0; k < kPlanesPerLevel; ++k) {
             const PlaneDesc<T>& pl = lv.planes[k];
-            const T* base = pl.data + blk * pl.rb * pl.ra * kBlock;
+            const T* base = pl.data + blk * pl.block_stride;
             const Corners<T>& c = cs[k];
             T s[kBlock];
             for (int64_t j = 0; j < kBlock; ++j)
@@ -173,7 +181,9 @@ void backward_unit(const Problem& p, const Inputs<scalar_t, T>& in, const LevelD
     in.coords(n, q);
     Corners<T> cs[kPlanesPerLevel];
     for (int k = 0; k < kPlanesPerLevel; ++k) cs[k] = corners(lv.planes[k], q, k);
-    T v_wa[kPlanesPerLevel] = {}, v_wb[kPlanesPerLevel] = {};
+    // Per-lane sums of d loss / d weight, reduced over the lanes once per point: a reduction inside the
+    // channel loops would keep them from vectorising (no reassociation without -ffast-math).
+    T v_wa[kPlanesPerLevel][kBlock] = {}, v_wb[kPlanesPerLevel][kBlock] = {};
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t c0 = blk * kBlock, width = std::min(kBlock, lv.channels - c0);
       T g[kBlock] = {};  // padded channels: 0, so they add nothing anywhere
@@ -183,8 +193,7 @@ void backward_unit(const Problem& p, const Inputs<scalar_t, T>& in, const LevelD
       // products (no division: a zero sample is fine).
       T s[kPlanesPerLevel][kBlock];
       for (int k = 0; k < kPlanesPerLevel; ++k) {
-        const PlaneDesc<T>& pl = lv.planes[k];
-        const T* base = pl.data + blk * pl.rb * pl.ra * kBlock;
+        const T* base = lv.planes[k].data + blk * lv.planes[k].block_stride;
         const Corners<T>& c = cs[k];
         for (int64_t j = 0; j < kBlock; ++j)
           s[k][j] = bilinear(base[c.o00 + j], base[c.o01 + j], base[c.o10 + j], base[c.o11 + j], c.wa, c.wb);
@@ -201,30 +210,31 @@ void backward_unit(const Problem& p, const Inputs<scalar_t, T>& in, const LevelD
           for (int64_t j = 0; j < kBlock; ++j) gs[k][j] *= suffix[j], suffix[j] *= s[k][j];
       }
       for (int k = 0; k < kPlanesPerLevel; ++k) {
-        const PlaneDesc<T>& pl = lv.planes[k];
-        const int64_t block_offset = blk * pl.rb * pl.ra * kBlock;
-        const T* base = pl.data + block_offset;
-        T* gbase = pl.grad + block_offset;
+        const int64_t block_offset = blk * lv.planes[k].block_stride;
+        const T* base = lv.planes[k].data + block_offset;
+        T* gbase = lv.planes[k].grad + block_offset;
         const Corners<T>& c = cs[k];
-        T acc_wa = 0, acc_wb = 0;
+        T r00[kBlock], r01[kBlock], r10[kBlock], r11[kBlock];
         for (int64_t j = 0; j < kBlock; ++j) {
           const auto r = bilinear_vjp(base[c.o00 + j], base[c.o01 + j], base[c.o10 + j], base[c.o11 + j], c.wa, c.wb,
                                       gs[k][j]);
-          gbase[c.o00 + j] += r.v00;
-          gbase[c.o01 + j] += r.v01;
-          gbase[c.o10 + j] += r.v10;
-          gbase[c.o11 + j] += r.v11;
-          acc_wa += r.v_wa;
-          acc_wb += r.v_wb;
+          r00[j] = r.v00, r01[j] = r.v01, r10[j] = r.v10, r11[j] = r.v11;
+          v_wa[k][j] += r.v_wa;
+          v_wb[k][j] += r.v_wb;
         }
-        v_wa[k] += acc_wa;
-        v_wb[k] += acc_wb;
+        // One corner per loop: two corners can be the same texel (one-sample axes, time lines).
+        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o00 + j] += r00[j];
+        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o01 + j] += r01[j];
+        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o10 + j] += r10[j];
+        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o11 + j] += r11[j];
       }
     }
     T cg[4] = {};
     for (int k = 0; k < kPlanesPerLevel; ++k) {
-      cg[plane_a(k)] += v_wa[k] * cs[k].dwa;
-      cg[plane_b(k)] += v_wb[k] * cs[k].dwb;
+      T sa = 0, sb = 0;
+      for (int64_t j = 0; j < kBlock; ++j) sa += v_wa[k][j], sb += v_wb[k][j];
+      cg[plane_a(k)] += sa * cs[k].dwa;
+      cg[plane_b(k)] += sb * cs[k].dwb;
     }
     for (int d = 0; d < 4; ++d) coord_grad[n * 4 + d] = cg[d];
   }
@@ -266,9 +276,9 @@ void backward(const Problem& p, const std::vector<LevelDesc<T>>& levels, const s
 // ------------------------------------------------------------------------------------------------------
 // Entry points.
 
-std::vector<at::Tensor> blocked_planes(const Problem& p) {
+std::vector<at::Tensor> blocked_planes(const Problem& p, bool channels_last) {
   std::vector<at::Tensor> blocks;
-  for (const at::Tensor& plane : math_planes(p)) blocks.push_back(to_blocks(plane));
+  for (const at::Tensor& plane : math_planes(p)) blocks.push_back(to_blocks(plane, channels_last));
   return blocks;
 }
 
@@ -277,10 +287,10 @@ at::Tensor hexplane_fwd_cpu(const at::Tensor& points, const std::optional<at::Te
   const Problem p = prepare("hexplane_fwd", points, times, time, planes, aabb, c10::DeviceType::CPU);
   at::Tensor features = at::empty({p.n, p.total_channels}, p.points.options());
   if (p.n == 0) return features;
-  const std::vector<at::Tensor> blocks = blocked_planes(p);
+  const std::vector<at::Tensor> blocks = blocked_planes(p, /*channels_last=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype(), "hexplane_fwd_cpu", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    forward<scalar_t, T>(p, describe<T>(p, blocks, {}), features.data_ptr<scalar_t>());
+    forward<scalar_t, T>(p, describe<T>(p, blocks, {}, true), features.data_ptr<scalar_t>());
   });
   return features;
 }
@@ -294,13 +304,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> hexplane_bwd_cpu(con
   const at::Tensor v_out = prepare_grad("hexplane_bwd", v_features, p);
   at::Tensor v_points = at::empty({p.n, 3}, p.points.options());
   at::Tensor v_times = at::empty({p.shared_time() ? 0 : p.n}, p.points.options());
-  const std::vector<at::Tensor> blocks = blocked_planes(p);
+  const std::vector<at::Tensor> blocks = blocked_planes(p, /*channels_last=*/false);
   std::vector<at::Tensor> grads;
   for (const at::Tensor& b : blocks) grads.push_back(at::zeros_like(b));
   if (p.n != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype(), "hexplane_bwd_cpu", [&] {
       using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      backward<scalar_t, T>(p, describe<T>(p, blocks, grads), v_out.data_ptr<scalar_t>(),
+      backward<scalar_t, T>(p, describe<T>(p, blocks, grads, false), v_out.data_ptr<scalar_t>(),
                             v_points.data_ptr<scalar_t>(), p.shared_time() ? nullptr : v_times.data_ptr<scalar_t>());
     });
   }
