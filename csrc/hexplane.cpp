@@ -81,7 +81,8 @@ Problem prepare(const char* op, const at::Tensor& points, const std::optional<at
     const double* b = box.data_ptr<double>();
     for (int d = 0; d < 3; ++d) {
       TORCH_CHECK_VALUE(std::isfinite(b[d]) && std::isfinite(b[3 + d]), op, ": aabb has non-finite values");
-      TORCH_CHECK_VALUE(b[d] != b[3 + d], op, ": aabb[1] must differ from aabb[0] on every axis; the box has no extent along ",
+      TORCH_CHECK_VALUE(b[d] != b[3 + d], op,
+                        ": aabb[1] must differ from aabb[0] on every axis; the box has no extent along ",
                         kAxisNames[d]);
     }
   }

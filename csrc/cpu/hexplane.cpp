@@ -72,8 +72,14 @@ inline Corners<T> corners(const PlaneDesc<T>& pl, const T* q, int k) {
   const Lerp<T> a = lerp_coord<T>(q[plane_a(k)], pl.ra);
   const Lerp<T> b = lerp_coord<T>(q[plane_b(k)], pl.rb);
   const int64_t ts = pl.texel_stride;
-  return {(b.i0 * pl.ra + a.i0) * ts, (b.i0 * pl.ra + a.i1) * ts, (b.i1 * pl.ra + a.i0) * ts,
-          (b.i1 * pl.ra + a.i1) * ts,  a.w,  b.w,  a.dw,  b.dw};
+  return {(b.i0 * pl.ra + a.i0) * ts,
+          (b.i0 * pl.ra + a.i1) * ts,
+          (b.i1 * pl.ra + a.i0) * ts,
+          (b.i1 * pl.ra + a.i1) * ts,
+          a.w,
+          b.w,
+          a.dw,
+          b.dw};
 }
 
 template <typename scalar_t, typename T>
@@ -216,8 +222,8 @@ void backward_unit(const Problem& p, const Inputs<scalar_t, T>& in, const LevelD
         const Corners<T>& c = cs[k];
         T r00[kBlock], r01[kBlock], r10[kBlock], r11[kBlock];
         for (int64_t j = 0; j < kBlock; ++j) {
-          const auto r = bilinear_vjp(base[c.o00 + j], base[c.o01 + j], base[c.o10 + j], base[c.o11 + j], c.wa, c.wb,
-                                      gs[k][j]);
+          const auto r =
+              bilinear_vjp(base[c.o00 + j], base[c.o01 + j], base[c.o10 + j], base[c.o11 + j], c.wa, c.wb, gs[k][j]);
           r00[j] = r.v00, r01[j] = r.v01, r10[j] = r.v10, r11[j] = r.v11;
           v_wa[k][j] += r.v_wa;
           v_wb[k][j] += r.v_wb;
@@ -241,8 +247,8 @@ void backward_unit(const Problem& p, const Inputs<scalar_t, T>& in, const LevelD
 }
 
 template <typename scalar_t, typename T>
-void backward(const Problem& p, const std::vector<LevelDesc<T>>& levels, const scalar_t* v_features,
-              scalar_t* v_points, scalar_t* v_times) {
+void backward(const Problem& p, const std::vector<LevelDesc<T>>& levels, const scalar_t* v_features, scalar_t* v_points,
+              scalar_t* v_times) {
   const auto in = make_inputs<scalar_t, T>(p);
   struct Unit {
     int64_t level, blk_begin, blk_end;

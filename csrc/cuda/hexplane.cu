@@ -34,7 +34,7 @@ constexpr int kThreads = 256;
 struct LevelArgs {
   const float* planes[kPlanesPerLevel];
   float* grads[kPlanesPerLevel];
-  int64_t ra[kPlanesPerLevel], rb[kPlanesPerLevel];
+  int ra[kPlanesPerLevel], rb[kPlanesPerLevel];  // < 2^31: prepare() caps a plane's texels
   int64_t channels, offset;
 };
 
@@ -68,7 +68,7 @@ struct Corners {
 __device__ __forceinline__ Corners corners(const LevelArgs& lv, const float* q, int k) {
   const Lerp<float> a = lerp_coord<float>(q[plane_a(k)], lv.ra[k]);
   const Lerp<float> b = lerp_coord<float>(q[plane_b(k)], lv.rb[k]);
-  const int ra = int(lv.ra[k]), a0 = int(a.i0), a1 = int(a.i1), b0 = int(b.i0) * ra, b1 = int(b.i1) * ra;
+  const int ra = lv.ra[k], a0 = int(a.i0), a1 = int(a.i1), b0 = int(b.i0) * ra, b1 = int(b.i1) * ra;
   return {b0 + a0, b0 + a1, b1 + a0, b1 + a1, a.w, b.w, a.dw, b.dw};
 }
 
@@ -93,8 +93,9 @@ __global__ void __launch_bounds__(kThreads)
       // and registers are what limits occupancy here.
       const Corners cc = corners(lv, q, k);
       const float* pl = lv.planes[k];
-      const float s = bilinear<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c),
-                                      __ldg(pl + int64_t(cc.t10) * f + c), __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb);
+      const float s =
+          bilinear<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c),
+                          __ldg(pl + int64_t(cc.t10) * f + c), __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb);
       acc = k == 0 ? s : acc * s;
     }
     out[n * c_total + lv.offset + c] = static_cast<scalar_t>(acc);
@@ -123,8 +124,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int k = 0; k < kPlanesPerLevel; ++k) {
         const Corners cc = corners(lv, q, k);
         const float* pl = lv.planes[k];
-        s[k] = bilinear<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c), __ldg(pl + int64_t(cc.t10) * f + c),
-                               __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb);
+        s[k] = bilinear<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c),
+                               __ldg(pl + int64_t(cc.t10) * f + c), __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb);
       }
       // d loss / d s_k = g * prod_{j != k} s_j, by prefix and suffix products (a zero sample is fine).
       float gs[kPlanesPerLevel];
@@ -140,8 +141,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         const Corners cc = corners(lv, q, k);
         const float* pl = lv.planes[k];
         const auto r = bilinear_vjp<float>(__ldg(pl + int64_t(cc.t00) * f + c), __ldg(pl + int64_t(cc.t01) * f + c),
-                                           __ldg(pl + int64_t(cc.t10) * f + c), __ldg(pl + int64_t(cc.t11) * f + c), cc.wa, cc.wb,
-                                           gs[k]);
+                                           __ldg(pl + int64_t(cc.t10) * f + c), __ldg(pl + int64_t(cc.t11) * f + c),
+                                           cc.wa, cc.wb, gs[k]);
         float* gp = lv.grads[k];
         atomicAdd(gp + int64_t(cc.t00) * f + c, r.v00);
         atomicAdd(gp + int64_t(cc.t01) * f + c, r.v01);
@@ -186,8 +187,8 @@ LevelArgs level_args(const Problem& p, size_t l, const std::vector<at::Tensor>& 
     const at::Tensor& t = planes[l * kPlanesPerLevel + k];
     a.planes[k] = t.data_ptr<float>();
     a.grads[k] = grads.empty() ? nullptr : grads[l * kPlanesPerLevel + k].data_ptr<float>();
-    a.rb[k] = t.size(0);
-    a.ra[k] = t.size(1);
+    a.rb[k] = int(t.size(0));
+    a.ra[k] = int(t.size(1));
   }
   a.channels = p.levels[l].channels;
   a.offset = p.levels[l].offset;

@@ -64,14 +64,11 @@ void check_lerp(double q, int64_t size, double tol) {
 template <typename T>
 void check_bilinear(const double p[4], double wa, double wb, double g, double tol) {
   const T s = bilinear<T>(T(p[0]), T(p[1]), T(p[2]), T(p[3]), T(wa), T(wb));
-  const double want =
-      (p[0] * (1 - wa) + p[1] * wa) * (1 - wb) + (p[2] * (1 - wa) + p[3] * wa) * wb;
+  const double want = (p[0] * (1 - wa) + p[1] * wa) * (1 - wb) + (p[2] * (1 - wa) + p[3] * wa) * wb;
   expect_near("bilinear", s, want, tol);
   const auto r = bilinear_vjp<T>(T(p[0]), T(p[1]), T(p[2]), T(p[3]), T(wa), T(wb), T(g));
   const double h = 1e-6;
-  auto loss = [&](const double* c, double a, double b) {
-    return g * bilinear<double>(c[0], c[1], c[2], c[3], a, b);
-  };
+  auto loss = [&](const double* c, double a, double b) { return g * bilinear<double>(c[0], c[1], c[2], c[3], a, b); };
   const double grads[4] = {r.v00, r.v01, r.v10, r.v11};
   for (int i = 0; i < 4; ++i) {
     double cp[4] = {p[0], p[1], p[2], p[3]}, cm[4] = {p[0], p[1], p[2], p[3]};
@@ -89,8 +86,8 @@ void check_chain(double qa, double qb, int64_t ra, int64_t rb) {
   auto plane = [](int64_t b, int64_t a) { return std::sin(0.7 * double(a) + 1.3 * double(b)) + 0.1 * double(a); };
   auto sample = [&](double x, double y) {
     const auto la = lerp_coord<double>(x, ra), lb = lerp_coord<double>(y, rb);
-    return bilinear<double>(plane(lb.i0, la.i0), plane(lb.i0, la.i1), plane(lb.i1, la.i0), plane(lb.i1, la.i1),
-                            la.w, lb.w);
+    return bilinear<double>(plane(lb.i0, la.i0), plane(lb.i0, la.i1), plane(lb.i1, la.i0), plane(lb.i1, la.i1), la.w,
+                            lb.w);
   };
   const auto la = lerp_coord<double>(qa, ra), lb = lerp_coord<double>(qb, rb);
   const auto r = bilinear_vjp<double>(plane(lb.i0, la.i0), plane(lb.i0, la.i1), plane(lb.i1, la.i0),

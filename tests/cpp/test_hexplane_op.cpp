@@ -43,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lerp(const at::Tensor& q, int64_t
   return {i0, i1, u - i0.to(u.scalar_type())};
 }
 
-at::Tensor bilinear(const at::Tensor& plane, const at::Tensor& qa, const at::Tensor& qb) {  // (F, Rb, Ra) -> (N, F)
+at::Tensor sample_plane(const at::Tensor& plane, const at::Tensor& qa, const at::Tensor& qb) {  // (F, Rb, Ra) -> (N, F)
   const int64_t f = plane.size(0), rb = plane.size(1), ra = plane.size(2);
   auto [a0, a1, wa] = lerp(qa, ra);
   auto [b0, b1, wb] = lerp(qb, rb);
@@ -63,7 +63,8 @@ at::Tensor reference(const at::Tensor& points, const at::Tensor& t, const std::v
     at::Tensor product;
     for (int k = 0; k < 6; ++k) {
       const at::Tensor& pl = planes[l * 6 + k];
-      const at::Tensor s = bilinear(pl.dim() == 4 ? pl[0] : pl, q.select(1, kPairs[k][0]), q.select(1, kPairs[k][1]));
+      const at::Tensor s =
+          sample_plane(pl.dim() == 4 ? pl[0] : pl, q.select(1, kPairs[k][0]), q.select(1, kPairs[k][1]));
       product = product.defined() ? product * s : s;
     }
     levels.push_back(product);
@@ -72,11 +73,12 @@ at::Tensor reference(const at::Tensor& points, const at::Tensor& t, const std::v
 }
 
 using Fwd = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, double, at::TensorList, const at::Tensor&);
-using Bwd = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, at::TensorList, const at::Tensor&);
+using Bwd = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>>(const at::Tensor&, const at::Tensor&,
+                                                                        const std::optional<at::Tensor>&, double,
+                                                                        at::TensorList, const at::Tensor&);
 
-void run_case(const c10::TypedOperatorHandle<Fwd>& fwd, const c10::TypedOperatorHandle<Bwd>& bwd,
-              at::ScalarType dtype, bool shared_time) {
+void run_case(const c10::TypedOperatorHandle<Fwd>& fwd, const c10::TypedOperatorHandle<Bwd>& bwd, at::ScalarType dtype,
+              bool shared_time) {
   const std::string tag = std::string(c10::toString(dtype)) + (shared_time ? " shared time" : " per-point times");
   const double tol = dtype == at::kFloat ? 2e-5 : 4e-2;
   const int64_t n = 37;
@@ -92,8 +94,8 @@ void run_case(const c10::TypedOperatorHandle<Fwd>& fwd, const c10::TypedOperator
     }
   const at::Tensor aabb64 = at::tensor({-2.0, 0.5, -1.0, 3.0, 1.5, 2.0}, at::kDouble).view({2, 3});
   // Points spread past the box on every side (the border clamp).
-  const at::Tensor points64 = at::rand({n, 3}, at::kDouble) * (aabb64[1] - aabb64[0]) * 1.4 + aabb64[0] -
-                              0.2 * (aabb64[1] - aabb64[0]);
+  const at::Tensor points64 =
+      at::rand({n, 3}, at::kDouble) * (aabb64[1] - aabb64[0]) * 1.4 + aabb64[0] - 0.2 * (aabb64[1] - aabb64[0]);
   const double time = 0.3;
   const at::Tensor times64 = shared_time ? at::full({n}, time, at::kDouble) : at::rand({n}, at::kDouble) * 2.4 - 1.2;
 
