@@ -56,8 +56,10 @@ Problem prepare(const char* op, const at::Tensor& points, const std::optional<at
   const auto dtype = points.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
                        (dtype == at::kDouble && device_type == c10::DeviceType::CPU),
-                   op, ": points must be float32, float16 or bfloat16",
-                   device_type == c10::DeviceType::CPU ? " or float64" : " (float64 on CPU only)", ", got ", dtype);
+                   op, ": points must be ",
+                   device_type == c10::DeviceType::CPU ? "float32, float16, bfloat16 or float64"
+                                                       : "float32, float16 or bfloat16 (float64 on CPU only)",
+                   ", got ", dtype);
   TORCH_CHECK_VALUE(points.dim() == 2 && points.size(1) == 3, op, ": points must have shape [N, 3], got ",
                     points.sizes());
   Problem p;

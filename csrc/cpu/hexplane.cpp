@@ -26,7 +26,7 @@ namespace hexplane {
 namespace {
 
 constexpr int64_t kBlock = 8;           // channels per block
-constexpr int64_t kGroupsPerLevel = 4;  // backward units per level (at most the level's block count)
+constexpr int64_t kGroupsPerLevel = 2;  // backward units per level (at most the level's block count)
 
 // (F, R_b, R_a) -> (R_b, R_a, F') (channels_last) or (F' / B, R_b, R_a, B), F' = ceil(F / B) * B, zero-padded
 // channels.
