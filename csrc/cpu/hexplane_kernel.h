@@ -17,6 +17,18 @@ using cpu_isa::PYOPS_ISA_NAMESPACE::Buffer;
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// dst[0..B) += src[0..B) as one GCC vector of B lanes (one AVX-512 / two AVX2 / four SSE registers for
+// float): GCC leaves the plain loop scalar here (it cannot rule out dst overlapping the sources).
+template <typename T>
+inline void add_block(T* dst, const T* src) {
+  typedef T Block __attribute__((vector_size(sizeof(T) * kBlock)));
+  Block a, b;
+  __builtin_memcpy(&a, dst, sizeof(Block));
+  __builtin_memcpy(&b, src, sizeof(Block));
+  a += b;
+  __builtin_memcpy(dst, &a, sizeof(Block));
+}
+
 // The four corner offsets (in elements, within one block) and the weights of one plane at one point.
 template <typename T>
 struct Corners {
@@ -153,11 +165,11 @@ void backward_unit(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>& lv, in
           v_wa[k][j] += r.v_wa;
           v_wb[k][j] += r.v_wb;
         }
-        // One corner per loop: two corners can be the same texel (one-sample axes, time lines).
-        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o00 + j] += r00[j];
-        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o01 + j] += r01[j];
-        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o10 + j] += r10[j];
-        for (int64_t j = 0; j < kBlock; ++j) gbase[c.o11 + j] += r11[j];
+        // One corner at a time: two corners can be the same texel (one-sample axes, time lines).
+        add_block(gbase + c.o00, r00);
+        add_block(gbase + c.o01, r01);
+        add_block(gbase + c.o10, r10);
+        add_block(gbase + c.o11, r11);
       }
     }
     T cg[4] = {};
