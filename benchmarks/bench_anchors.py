@@ -212,8 +212,8 @@ def run_hexplane(ctx):
                     forward = make()
                     full = lambda forward=forward: torch.autograd.grad(forward().sum(), leaves)  # noqa: E731
                     for mode, call in (("forward", lambda: _no_grad(forward)), ("full", full)):
-                        rows.append(ctx.record("hexplane", name, mode, "points", n, call,
-                                               extra={"dtype": "fp32", "time": time_case, "F": HEX_FEATURES,
+                        rows.append(ctx.record("hexplane", name, mode, "points, time", f"{n} {time_case}", call,
+                                               extra={"dtype": "fp32", "F": HEX_FEATURES,
                                                       "levels": len(HEX_MULTIRES)}))
                     syncs[name] = count_syncs(ctx, full)
                 except Exception as e:  # noqa: BLE001
