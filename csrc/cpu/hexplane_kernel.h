@@ -58,9 +58,10 @@ inline void coords(const Inputs<scalar_t>& in, int64_t n, T* q) {
   q[3] = in.times ? static_cast<T>(in.times[n]) : in.time;
 }
 
-// Software prefetch of the texels point n will read (and, with grads, write), issued one point ahead: the
+// Software prefetch of the texels point n will read (and, with grads, write), issued a few points ahead: the
 // kernels are bound by the latency of these scattered reads (the planes of a level are megabytes), which the
 // hardware prefetcher cannot predict. [first, first + count) elements of each of the plane's two rows.
+constexpr int64_t kPrefetchAhead = 1;  // points
 template <typename T>
 inline void prefetch_rows(const T* base, const Corners<T>& c, int64_t count) {
   for (int64_t e = 0; e < count; e += 64 / int64_t(sizeof(T))) {
@@ -89,8 +90,8 @@ struct ForwardBody {
     const int64_t c_total = in.total_channels;
     for (int64_t n = begin; n < end; ++n) {
       T q[4];
-      if (n + 1 < end) {
-        coords(in, n + 1, q);
+      if (n + kPrefetchAhead < end) {
+        coords(in, n + kPrefetchAhead, q);
         for (int64_t l = 0; l < num_levels; ++l)
           for (int k = 0; k < kPlanesPerLevel; ++k) {
             const PlaneDesc<T>& pl = levels[l].planes[k];
@@ -143,8 +144,8 @@ void backward_unit(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>& lv, in
   const int64_t c_total = in.total_channels;
   for (int64_t n = 0; n < in.n; ++n) {
     T q[4];
-    if (n + 1 < in.n) {
-      coords(in, n + 1, q);
+    if (n + kPrefetchAhead < in.n) {
+      coords(in, n + kPrefetchAhead, q);
       for (int k = 0; k < kPlanesPerLevel; ++k) {
         const PlaneDesc<T>& pl = lv.planes[k];
         const Corners<T> c = corners(pl, q, k);
