@@ -9,8 +9,8 @@
 //  - backward: each lane forms d loss / d sample_k = v_f * prod_{j != k} s_j (prefix and suffix products),
 //    scatters the four corner gradients of each plane with atomicAdd into fp32 channels-last buffers, and
 //    sums its channels' share of d loss / d (x', y', z', t); a butterfly over the group's lanes adds the
-//    channels up and lane 0 adds the level's share into an fp32 [N, 4] buffer (the same thread owns the same
-//    point in every level's launch, and launches run in stream order: no atomics there, deterministic).
+//    channels up and the group's lane 0 adds the level's share into an fp32 [N, 4] buffer (one lane per point
+//    in each level's launch, and the launches run in stream order: no atomics there, deterministic).
 //    Plane gradients use atomics, so their low bits can vary from run to run.
 // No host syncs: the box is read by the kernels (and by ATen ops on the device for the final chain rule).
 #include <c10/cuda/CUDAException.h>
