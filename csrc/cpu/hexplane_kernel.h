@@ -263,11 +263,15 @@ void backward(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>* levels, int
               const scalar_t* v_features, scalar_t* v_points, scalar_t* v_times) {
   int64_t num_units = 0;
   for (int64_t l = 0; l < num_levels; ++l) num_units += min_i64(levels[l].nblk, kGroupsPerLevel);
+  // Group-major order, (g0: l0 l1 ..), (g1: l0 l1 ..), ..: parallel_for hands each thread a contiguous range
+  // of units, and the levels cost differently (finer levels miss the cache more), so a range should mix them
+  // rather than hold one level.
   Buffer<Unit> units(num_units);
-  for (int64_t l = 0, u = 0; l < num_levels; ++l) {
-    const int64_t nblk = levels[l].nblk, groups = min_i64(nblk, kGroupsPerLevel);
-    for (int64_t g = 0; g < groups; ++g) units[u++] = {l, nblk * g / groups, nblk * (g + 1) / groups};
-  }
+  for (int64_t g = 0, u = 0; g < kGroupsPerLevel; ++g)
+    for (int64_t l = 0; l < num_levels; ++l) {
+      const int64_t nblk = levels[l].nblk, groups = min_i64(nblk, kGroupsPerLevel);
+      if (g < groups) units[u++] = {l, nblk * g / groups, nblk * (g + 1) / groups};
+    }
   Buffer<MathType<scalar_t>> coord_grad(num_units * in.n * 4);
   at::parallel_for(0, num_units, 1, UnitsBody<scalar_t>{in, levels, units.data(), v_features, coord_grad.data()});
   at::parallel_for(0, in.n, 1024, PointGradBody<scalar_t>{in, coord_grad.data(), num_units, v_points, v_times});
