@@ -88,15 +88,13 @@ HeadOut<T> head_out(const T* buf, int64_t r, int64_t k, int64_t K) {
   return h;
 }
 
-// Head pre-activation gradients of offset k of chunk row r into G (same layout).
+// Head pre-activation gradients of offset k into a G row [11K] in the schema order [opacity K | cov 7K | color 3K]
+// (G needs no activation; in this order each head's columns are one block: one GEMM per head and term).
 template <typename T>
-void store_head_grad(T* buf, int64_t r, int64_t k, int64_t K, const HeadOut<T>& v) {
-  const HeadLayout l{K};
-  T* s = buf + l.s() + r * 6 * K;
-  T* qt = buf + l.q() + r * 4 * K + 4 * k;
-  buf[l.o() + r * K + k] = v.opacity;
-  for (int q = 0; q < 3; ++q) s[3 * k + q] = v.color[q], s[3 * K + 3 * k + q] = v.cov[q];
-  for (int q = 0; q < 4; ++q) qt[q] = v.cov[3 + q];
+void store_head_grad(T* row, int64_t k, int64_t K, const HeadOut<T>& v) {
+  row[k] = v.opacity;
+  for (int q = 0; q < 7; ++q) row[K + 7 * k + q] = v.cov[q];
+  for (int q = 0; q < 3; ++q) row[8 * K + 3 * k + q] = v.color[q];
 }
 
 // Raw pointers to everything the chunk kernels read.
@@ -104,12 +102,12 @@ template <typename scalar_t, typename T>
 struct Inputs {
   const scalar_t *anchors, *feats, *offsets, *anchor_scales, *opacity_scale, *blend_offset, *blend_decay;
   const bool* visible;
-  const T *cam, *w1s, *b1s, *w2s, *b2s;
+  const T *cam, *w1s, *b1s, *w2s, *b2s, *w2_schema;
   T tau, lambda;
   int mode;
   int64_t c, h, k, xc, nout;  // xc = C + 4 columns of x, nout = 11K head outputs
 
-  // w2p, b2p: the second layers in the CPU row order.
+  // w2p, b2p: the second layers in the CPU row order (w2_schema: Problem::w2s, in the schema's).
   Inputs(const Problem& p, const at::Tensor& w2p, const at::Tensor& b2p)
       : anchors(p.anchors.data_ptr<scalar_t>()),
         feats(p.feats.data_ptr<scalar_t>()),
@@ -124,6 +122,7 @@ struct Inputs {
         b1s(p.b1s.data_ptr<T>()),
         w2s(w2p.data_ptr<T>()),
         b2s(b2p.data_ptr<T>()),
+        w2_schema(p.w2s.data_ptr<T>()),
         tau(T(tau_on_host(p))),
         lambda(T(p.lambda)),
         mode(int(p.mode)),
@@ -282,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 // The backward's outputs (storage dtype; the optional ones nullptr when absent) and its per-segment partial sums
-// of the stacked weights' gradients [segments, 11K * H + 11K + 3H * (C + 4) + 3H] (math dtype).
+// of the stacked weights' gradients [segments, 11K * H + 11K + 3H * (C + 4) + 3H] (math dtype; schema order).
 template <typename scalar_t, typename T>
 struct BwdOut {
   const scalar_t *v_means, *v_quats, *v_scales, *v_opacities, *v_colors;
@@ -309,7 +308,7 @@ struct PartialLayout {
 template <typename scalar_t, typename T>
 void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, const PartialLayout& L, Chunk<T>& ch,
                std::vector<T>& g, std::vector<T>& v_hid, std::vector<T>& v_x, std::vector<T>& v_means_acc, T* acc) {
-  const int64_t n = ch.n, K = in.k, h3 = 3 * in.h, xc = in.xc;
+  const int64_t n = ch.n, K = in.k, nout = in.nout, h3 = 3 * in.h, xc = in.xc;
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = ch.rows[r];
     T a[3], as[6], off[3], w = 1;
@@ -335,7 +334,7 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
         vg.v_opacity = T(o.v_opacities[ik]);
         kept_gaussian_vjp_activated<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
       }
-      store_head_grad(g.data(), r, k, K, v_h);
+      store_head_grad(g.data() + r * in.nout, k, K, v_h);
       for (int q = 0; q < 3; ++q) o.v_offsets[3 * ik + q] = scalar_t(v_off[q]);
     }
     for (int q = 0; q < 6; ++q) o.v_anchor_scales[6 * i + q] = scalar_t(v_as[q]);
@@ -349,26 +348,17 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
       o.v_blend_decay[i] = scalar_t(bg.v_decay);
     }
   }
-  // Second layers: v_W2 += G_h^T relu(H)_h, v_b2 += sum G, v_relu_h = G_h W2_h.
-  // The v_relu blocks of the cov head's two row blocks add up: the first writes (mm_out), the second adds.
-  std::array<bool, kNumHeads> written{};
-  for (const RowBlock& b : row_blocks(in.k)) {
-    const int64_t off = b.row0, size = b.rows, hh = b.head * in.h;
-    const T* gb = g.data() + b.at;
-    T* acc_b2 = acc + L.b2s + off;
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t q = 0; q < size; ++q) acc_b2[q] += gb[r * b.ld + q];
-    }
-    const at::Tensor g_h = blob(gb, n, size, b.ld);
+  // Second layers, per head (G's schema order): v_W2 += G_h^T relu(H)_h, v_b2 += sum G, v_relu_h = G_h W2_h.
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t q = 0; q < nout; ++q) acc[L.b2s + q] += g[r * nout + q];
+  }
+  for (int head = 0; head < kNumHeads; ++head) {
+    const int64_t off = head == kOpacity ? 0 : head == kCov ? K : 8 * K;
+    const int64_t size = head == kOpacity ? K : head == kCov ? 7 * K : 3 * K, hh = head * in.h;
+    const at::Tensor g_h = blob(g.data() + off, n, size, nout);
     blob(acc + L.w2s + off * in.h, size, in.h, in.h).addmm_(g_h.t(), blob(ch.hid.data() + hh, n, in.h, h3));
     at::Tensor v_relu = blob(v_hid.data() + hh, n, in.h, h3);
-    const at::Tensor w2_b = blob(in.w2s + off * in.h, size, in.h, in.h);
-    if (written[b.head]) {
-      v_relu.addmm_(g_h, w2_b);
-    } else {
-      at::mm_out(v_relu, g_h, w2_b);
-      written[b.head] = true;
-    }
+    at::mm_out(v_relu, g_h, blob(in.w2_schema + off * in.h, size, in.h, in.h));
   }
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t q = 0; q < h3; ++q) {
@@ -489,9 +479,7 @@ DecodeBwdResult anchor_decode_bwd_cpu(
     at_ += size;
     return t;
   };
-  // Back from the CPU row order to the schema's.
-  const at::Tensor v_w2s = at::zeros({nout, p.h}, total.options()).index_copy_(0, perm, take(nout * p.h, {nout, p.h}));
-  const at::Tensor v_b2s = at::zeros({nout}, total.options()).index_copy_(0, perm, take(nout, {nout}));
+  const at::Tensor v_w2s = take(nout * p.h, {nout, p.h}), v_b2s = take(nout, {nout});
   const at::Tensor v_w1s = take(h3 * p.x_cols(), {h3, p.x_cols()}), v_b1s = take(h3, {h3});
   const WeightGrads wg = assemble_weight_grads(p, w, appearance, v_w1s, v_b1s, v_w2s, v_b2s);
   const Weights& g = wg.v_w;
