@@ -282,9 +282,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 // The backward's outputs (storage dtype; the optional ones nullptr when absent) and its per-segment partial sums
 // of the stacked weights' gradients [segments, 11K * H + 11K + 3H * (C + 4) + 3H] (math dtype; schema order).
+// An output gradient [M, K(, D)] with any strides (the backward reads it in place, without a contiguous copy).
+template <typename scalar_t>
+struct GradIn {
+  const scalar_t* data;
+  int64_t s0, s1, s2;
+  explicit GradIn(const at::Tensor& t)
+      : data(t.data_ptr<scalar_t>()), s0(t.stride(0)), s1(t.stride(1)), s2(t.dim() > 2 ? t.stride(2) : 0) {}
+  scalar_t operator()(int64_t i, int64_t k, int64_t q = 0) const { return data[i * s0 + k * s1 + q * s2]; }
+};
+
 template <typename scalar_t, typename T>
 struct BwdOut {
-  const scalar_t *v_means, *v_quats, *v_scales, *v_opacities, *v_colors;
+  GradIn<scalar_t> v_means, v_quats, v_scales, v_opacities, v_colors;
   scalar_t *v_anchors, *v_feats, *v_offsets, *v_anchor_scales, *v_opacity_scale, *v_blend_offset, *v_blend_decay;
   T* partials;
   int64_t partial_size;
@@ -326,12 +336,12 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
       if (h.opacity > T(0)) {  // kept (visible_gaussian_activated's rule)
         GaussianGrad<T> vg;
         for (int q = 0; q < 3; ++q) {
-          vg.v_mean[q] = T(o.v_means[3 * ik + q]);
-          vg.v_scale[q] = T(o.v_scales[3 * ik + q]);
-          vg.v_color[q] = T(o.v_colors[3 * ik + q]);
+          vg.v_mean[q] = T(o.v_means(i, k, q));
+          vg.v_scale[q] = T(o.v_scales(i, k, q));
+          vg.v_color[q] = T(o.v_colors(i, k, q));
         }
-        for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(o.v_quats[4 * ik + q]);
-        vg.v_opacity = T(o.v_opacities[ik]);
+        for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(o.v_quats(i, k, q));
+        vg.v_opacity = T(o.v_opacities(i, k));
         kept_gaussian_vjp_activated<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
       }
       store_head_grad(g.data() + r * in.nout, k, K, v_h);
@@ -437,7 +447,7 @@ DecodeBwdResult anchor_decode_bwd_cpu(
   const Problem p = prepare("anchor_decode_bwd", anchors, feats, offsets, anchor_scales, cam_center, w, appearance,
                             opacity_scale, visible, blend_offset, blend_decay, tau_t, tau, lambda_decay, blend_mode,
                             opacity_dist, cov_dist, color_dist, c10::DeviceType::CPU);
-  const OutputGrads v = prepare_grads(v_means, v_quats, v_scales, v_opacities, v_colors, p);
+  const OutputGrads v = prepare_grads(v_means, v_quats, v_scales, v_opacities, v_colors, p, /*contiguous=*/false);
   const auto opt = p.feats.options();
   auto per_anchor = [&](bool present) { return present ? at::empty({p.m}, opt) : at::empty({0}, opt); };
   at::Tensor v_anchors = at::empty({p.m, 3}, opt), v_feats = at::empty({p.m, p.c}, opt),
@@ -455,11 +465,11 @@ DecodeBwdResult anchor_decode_bwd_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "anchor_decode_bwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     auto opt_ptr = [](at::Tensor& t, bool present) { return present ? t.data_ptr<scalar_t>() : nullptr; };
-    const BwdOut<scalar_t, T> o = {v.means.data_ptr<scalar_t>(),
-                                   v.quats.data_ptr<scalar_t>(),
-                                   v.scales.data_ptr<scalar_t>(),
-                                   v.opacities.data_ptr<scalar_t>(),
-                                   v.colors.data_ptr<scalar_t>(),
+    const BwdOut<scalar_t, T> o = {GradIn<scalar_t>(v.means),
+                                   GradIn<scalar_t>(v.quats),
+                                   GradIn<scalar_t>(v.scales),
+                                   GradIn<scalar_t>(v.opacities),
+                                   GradIn<scalar_t>(v.colors),
                                    v_anchors.data_ptr<scalar_t>(),
                                    v_feats.data_ptr<scalar_t>(),
                                    v_offsets.data_ptr<scalar_t>(),
