@@ -147,7 +147,8 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
 }
 
 OutputGrads prepare_grads(const at::Tensor& v_means, const at::Tensor& v_quats, const at::Tensor& v_scales,
-                          const at::Tensor& v_opacities, const at::Tensor& v_colors, const Problem& p) {
+                          const at::Tensor& v_opacities, const at::Tensor& v_colors, const Problem& p,
+                          bool contiguous) {
   const char* op = "anchor_decode_bwd";
   auto grad = [&](const char* name, const at::Tensor& g, std::initializer_list<int64_t> shape) {
     check_device(op, name, g, p.feats);
@@ -155,7 +156,7 @@ OutputGrads prepare_grads(const at::Tensor& v_means, const at::Tensor& v_quats, 
                      g.scalar_type());
     TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", at::IntArrayRef(shape),
                       ", got ", g.sizes());
-    return g.to(p.dtype).contiguous();
+    return contiguous ? g.to(p.dtype).contiguous() : g.to(p.dtype);
   };
   return {grad("v_means", v_means, {p.m, p.k, 3}), grad("v_quats", v_quats, {p.m, p.k, 4}),
           grad("v_scales", v_scales, {p.m, p.k, 3}), grad("v_opacities", v_opacities, {p.m, p.k}),

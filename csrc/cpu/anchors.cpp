@@ -36,48 +36,65 @@ at::Tensor blob(const T* data, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// The CPU kernels order the 11K head outputs of a row as [opacity K | scale logits 3K | color 3K | quat 4K]
-// (offset-major inside each block), so that tanh and sigmoid each run over one contiguous block per row with
-// ATen's vectorised kernels. perm[cpu row] = schema row (Problem::w2s order [opacity K | cov 7K | color 3K]).
+// The CPU kernels order the 11K head outputs as [opacity K | color 3K | scale logits 3K | quat 4K] (offset-major
+// inside each block). perm[cpu row] = schema row (Problem::w2s order [opacity K | cov 7K | color 3K]).
 at::Tensor cpu_row_order(int64_t K) {
   std::vector<int64_t> perm(kHeadOut * K);
   for (int64_t k = 0; k < K; ++k) {
     perm[k] = k;
     for (int64_t q = 0; q < 3; ++q) {
-      perm[K + 3 * k + q] = K + 7 * k + q;
-      perm[4 * K + 3 * k + q] = 8 * K + 3 * k + q;
+      perm[K + 3 * k + q] = 8 * K + 3 * k + q;
+      perm[4 * K + 3 * k + q] = K + 7 * k + q;
     }
     for (int64_t q = 0; q < 4; ++q) perm[7 * K + 4 * k + q] = K + 7 * k + 3 + q;
   }
   return at::tensor(perm, at::kLong);
 }
 
-// The second-layer row blocks in the CPU order: first row, number of rows, the head whose hidden units they read.
+// A chunk's head outputs (and their gradients G) live in three contiguous row-major blocks of one buffer, so
+// that tanh and sigmoid each run over one contiguous range (ATen's elementwise kernels are ~4x slower on
+// strided views): O [n, K] (opacity) at 0, S [n, 6K] ([color 3K | scale 3K]) at kChunk * K, Q [n, 4K] (quat)
+// at kChunk * 7K.
+struct HeadLayout {
+  int64_t k;
+  int64_t o() const { return 0; }
+  int64_t s() const { return kChunk * k; }
+  int64_t q() const { return kChunk * 7 * k; }
+};
+
+// The second-layer row blocks in the CPU order: first row, number of rows, the head whose hidden units they read,
+// and where their outputs go in the chunk buffer (first element, leading dimension).
 struct RowBlock {
   int64_t row0, rows;
   int head;
+  int64_t at, ld;
 };
 inline std::array<RowBlock, 4> row_blocks(int64_t K) {
-  return {RowBlock{0, K, kOpacity}, RowBlock{K, 3 * K, kCov}, RowBlock{4 * K, 3 * K, kColor},
-          RowBlock{7 * K, 4 * K, kCov}};
+  const HeadLayout l{K};
+  return {RowBlock{0, K, kOpacity, l.o(), K}, RowBlock{K, 3 * K, kColor, l.s(), 6 * K},
+          RowBlock{4 * K, 3 * K, kCov, l.s() + 3 * K, 6 * K}, RowBlock{7 * K, 4 * K, kCov, l.q(), 4 * K}};
 }
 
-// Activated head outputs of offset k from a row in the CPU order (see activate() in anchors_math.h).
+// Activated head outputs of offset k of chunk row r (see activate() in anchors_math.h).
 template <typename T>
-HeadOut<T> head_out(const T* row, int64_t k, int64_t K) {
+HeadOut<T> head_out(const T* buf, int64_t r, int64_t k, int64_t K) {
+  const HeadLayout l{K};
+  const T* s = buf + l.s() + r * 6 * K;
+  const T* qt = buf + l.q() + r * 4 * K + 4 * k;
   HeadOut<T> h;
-  h.opacity = row[k];
-  for (int q = 0; q < 3; ++q) h.cov[q] = row[K + 3 * k + q], h.color[q] = row[4 * K + 3 * k + q];
-  for (int q = 0; q < 4; ++q) h.cov[3 + q] = row[7 * K + 4 * k + q];
+  h.opacity = buf[l.o() + r * K + k];
+  for (int q = 0; q < 3; ++q) h.color[q] = s[3 * k + q], h.cov[q] = s[3 * K + 3 * k + q];
+  for (int q = 0; q < 4; ++q) h.cov[3 + q] = qt[q];
   return h;
 }
 
-// Head pre-activation gradients of offset k into a G row in the CPU order.
+// Head pre-activation gradients of offset k into a G row [11K] in the schema order [opacity K | cov 7K | color 3K]
+// (G needs no activation; in this order each head's columns are one block: one GEMM per head and term).
 template <typename T>
 void store_head_grad(T* row, int64_t k, int64_t K, const HeadOut<T>& v) {
   row[k] = v.opacity;
-  for (int q = 0; q < 3; ++q) row[K + 3 * k + q] = v.cov[q], row[4 * K + 3 * k + q] = v.color[q];
-  for (int q = 0; q < 4; ++q) row[7 * K + 4 * k + q] = v.cov[3 + q];
+  for (int q = 0; q < 7; ++q) row[K + 7 * k + q] = v.cov[q];
+  for (int q = 0; q < 3; ++q) row[8 * K + 3 * k + q] = v.color[q];
 }
 
 // Raw pointers to everything the chunk kernels read.
@@ -85,12 +102,12 @@ template <typename scalar_t, typename T>
 struct Inputs {
   const scalar_t *anchors, *feats, *offsets, *anchor_scales, *opacity_scale, *blend_offset, *blend_decay;
   const bool* visible;
-  const T *cam, *w1s, *b1s, *w2s, *b2s;
+  const T *cam, *w1s, *b1s, *w2s, *b2s, *w2_schema;
   T tau, lambda;
   int mode;
   int64_t c, h, k, xc, nout;  // xc = C + 4 columns of x, nout = 11K head outputs
 
-  // w2p, b2p: the second layers in the CPU row order.
+  // w2p, b2p: the second layers in the CPU row order (w2_schema: Problem::w2s, in the schema's).
   Inputs(const Problem& p, const at::Tensor& w2p, const at::Tensor& b2p)
       : anchors(p.anchors.data_ptr<scalar_t>()),
         feats(p.feats.data_ptr<scalar_t>()),
@@ -105,6 +122,7 @@ struct Inputs {
         b1s(p.b1s.data_ptr<T>()),
         w2s(w2p.data_ptr<T>()),
         b2s(b2p.data_ptr<T>()),
+        w2_schema(p.w2s.data_ptr<T>()),
         tau(T(tau_on_host(p))),
         lambda(T(p.lambda)),
         mode(int(p.mode)),
@@ -131,7 +149,7 @@ struct Inputs {
 };
 
 // Per-task buffers of one chunk (row-major): the visible anchors' indices, x [n, C + 4], the hidden
-// activations [n, 3H] and the head outputs [n, 11K] ([opacity K | cov 7K | color 3K] per row).
+// activations [n, 3H] and the head outputs (HeadLayout).
 template <typename T>
 struct Chunk {
   std::vector<int64_t> rows;
@@ -150,7 +168,7 @@ void linear_rows(int64_t n, int64_t m, int64_t k, const T* w, const T* in, int64
 // The MLP of the chunk's visible anchors: x, relu(W1s x + b1s), the three heads.
 template <typename scalar_t, typename T>
 void chunk_mlp(const Inputs<scalar_t, T>& in, Chunk<T>& ch) {
-  const int64_t n = ch.n, xc = in.xc, h3 = 3 * in.h, nout = in.nout;
+  const int64_t n = ch.n, xc = in.xc, h3 = 3 * in.h;
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = ch.rows[r];
     T* xr = ch.x.data() + r * xc;
@@ -158,17 +176,18 @@ void chunk_mlp(const Inputs<scalar_t, T>& in, Chunk<T>& ch) {
     const T a[3] = {T(in.anchors[3 * i]), T(in.anchors[3 * i + 1]), T(in.anchors[3 * i + 2])};
     xr[in.c + 3] = view_dir<T>(a, in.cam, xr + in.c);
     std::copy(in.b1s, in.b1s + h3, ch.hid.data() + r * h3);
-    std::copy(in.b2s, in.b2s + nout, ch.heads.data() + r * nout);
   }
   linear_rows<T>(n, h3, xc, in.w1s, ch.x.data(), xc, ch.hid.data(), h3);
   for (int64_t q = 0; q < n * h3; ++q) ch.hid[q] = ch.hid[q] > T(0) ? ch.hid[q] : T(0);
   for (const RowBlock& b : row_blocks(in.k)) {
-    linear_rows<T>(n, b.rows, in.h, in.w2s + b.row0 * in.h, ch.hid.data() + b.head * in.h, h3, ch.heads.data() + b.row0,
-                   nout);
+    T* out = ch.heads.data() + b.at;
+    for (int64_t r = 0; r < n; ++r) std::copy(in.b2s + b.row0, in.b2s + b.row0 + b.rows, out + r * b.ld);
+    linear_rows<T>(n, b.rows, in.h, in.w2s + b.row0 * in.h, ch.hid.data() + b.head * in.h, h3, out, b.ld);
   }
-  // The activations, vectorised: tanh over the opacity block, sigmoid over the scale and color blocks.
-  blob(ch.heads.data(), n, in.k, nout).tanh_();
-  blob(ch.heads.data() + in.k, n, 6 * in.k, nout).sigmoid_();
+  // The activations over contiguous ranges: tanh over the opacity block, sigmoid over the color and scale block.
+  const HeadLayout l{in.k};
+  blob(ch.heads.data() + l.o(), 1, n * in.k, n * in.k).tanh_();
+  blob(ch.heads.data() + l.s(), 1, n * 6 * in.k, n * 6 * in.k).sigmoid_();
 }
 
 // Collects the visible anchors of [c0, c1) into ch.rows; calls invisible(i) for the others.
@@ -222,10 +241,9 @@ void decode_fwd_kernel(const Problem& p, const at::Tensor& w2p, const at::Tensor
         T a[3], as[6], off[3], w;
         in.load(i, a, as);
         const T s = in.scale(i, &w);
-        const T* row = ch.heads.data() + r * in.nout;
         for (int64_t k = 0; k < K; ++k) {
           in.offset(i * K + k, off);
-          out.store(i * K + k, visible_gaussian_activated<T>(head_out(row, k, K), a, off, as, s));
+          out.store(i * K + k, visible_gaussian_activated<T>(head_out(ch.heads.data(), r, k, K), a, off, as, s));
         }
       }
     }
@@ -263,10 +281,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 // The backward's outputs (storage dtype; the optional ones nullptr when absent) and its per-segment partial sums
-// of the stacked weights' gradients [segments, 11K * H + 11K + 3H * (C + 4) + 3H] (math dtype).
+// of the stacked weights' gradients [segments, 11K * H + 11K + 3H * (C + 4) + 3H] (math dtype; schema order).
+// An output gradient [M, K(, D)] with any strides (the backward reads it in place, without a contiguous copy).
+template <typename scalar_t>
+struct GradIn {
+  const scalar_t* data;
+  int64_t s0, s1, s2;
+  explicit GradIn(const at::Tensor& t)
+      : data(t.data_ptr<scalar_t>()), s0(t.stride(0)), s1(t.stride(1)), s2(t.dim() > 2 ? t.stride(2) : 0) {}
+  scalar_t operator()(int64_t i, int64_t k, int64_t q = 0) const { return data[i * s0 + k * s1 + q * s2]; }
+};
+
 template <typename scalar_t, typename T>
 struct BwdOut {
-  const scalar_t *v_means, *v_quats, *v_scales, *v_opacities, *v_colors;
+  GradIn<scalar_t> v_means, v_quats, v_scales, v_opacities, v_colors;
   scalar_t *v_anchors, *v_feats, *v_offsets, *v_anchor_scales, *v_opacity_scale, *v_blend_offset, *v_blend_decay;
   T* partials;
   int64_t partial_size;
@@ -296,29 +324,27 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
     T a[3], as[6], off[3], w = 1;
     in.load(i, a, as);
     const T s = in.scale(i, &w);
-    const T* row = ch.heads.data() + r * nout;
-    T* g_row = g.data() + r * nout;
     T* v_anchor = v_means_acc.data() + 3 * r;
     T v_as[6] = {0, 0, 0, 0, 0, 0}, v_s = 0;
     v_anchor[0] = v_anchor[1] = v_anchor[2] = T(0);
     for (int64_t k = 0; k < K; ++k) {
       const int64_t ik = i * K + k;
       in.offset(ik, off);
-      const HeadOut<T> h = head_out(row, k, K);
+      const HeadOut<T> h = head_out(ch.heads.data(), r, k, K);
       HeadOut<T> v_h{};
       T v_off[3] = {0, 0, 0};
       if (h.opacity > T(0)) {  // kept (visible_gaussian_activated's rule)
         GaussianGrad<T> vg;
         for (int q = 0; q < 3; ++q) {
-          vg.v_mean[q] = T(o.v_means[3 * ik + q]);
-          vg.v_scale[q] = T(o.v_scales[3 * ik + q]);
-          vg.v_color[q] = T(o.v_colors[3 * ik + q]);
+          vg.v_mean[q] = T(o.v_means(i, k, q));
+          vg.v_scale[q] = T(o.v_scales(i, k, q));
+          vg.v_color[q] = T(o.v_colors(i, k, q));
         }
-        for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(o.v_quats[4 * ik + q]);
-        vg.v_opacity = T(o.v_opacities[ik]);
+        for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(o.v_quats(i, k, q));
+        vg.v_opacity = T(o.v_opacities(i, k));
         kept_gaussian_vjp_activated<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
       }
-      store_head_grad(g_row, k, K, v_h);
+      store_head_grad(g.data() + r * in.nout, k, K, v_h);
       for (int q = 0; q < 3; ++q) o.v_offsets[3 * ik + q] = scalar_t(v_off[q]);
     }
     for (int q = 0; q < 6; ++q) o.v_anchor_scales[6 * i + q] = scalar_t(v_as[q]);
@@ -332,24 +358,19 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
       o.v_blend_decay[i] = scalar_t(bg.v_decay);
     }
   }
-  // Second layers: v_W2 += G_h^T relu(H)_h, v_b2 += sum G, v_relu_h = G_h W2_h.
-  // The v_relu blocks of the cov head's two row blocks add up: the first writes (mm_out), the second adds.
-  std::array<bool, kNumHeads> written{};
-  for (const RowBlock& b : row_blocks(in.k)) {
-    const int64_t off = b.row0, size = b.rows, hh = b.head * in.h;
+  // Second layers, per head (G's schema order): v_W2 += G_h^T relu(H)_h, v_b2 += sum G, v_relu_h = G_h W2_h.
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t q = 0; q < nout; ++q) acc[L.b2s + q] += g[r * nout + q];
+  }
+  for (int head = 0; head < kNumHeads; ++head) {
+    const int64_t off = head == kOpacity ? 0 : head == kCov ? K : 8 * K;
+    const int64_t size = head == kOpacity ? K : head == kCov ? 7 * K : 3 * K, hh = head * in.h;
     const at::Tensor g_h = blob(g.data() + off, n, size, nout);
     blob(acc + L.w2s + off * in.h, size, in.h, in.h).addmm_(g_h.t(), blob(ch.hid.data() + hh, n, in.h, h3));
     at::Tensor v_relu = blob(v_hid.data() + hh, n, in.h, h3);
-    const at::Tensor w2_b = blob(in.w2s + off * in.h, size, in.h, in.h);
-    if (written[b.head]) {
-      v_relu.addmm_(g_h, w2_b);
-    } else {
-      at::mm_out(v_relu, g_h, w2_b);
-      written[b.head] = true;
-    }
+    at::mm_out(v_relu, g_h, blob(in.w2_schema + off * in.h, size, in.h, in.h));
   }
   for (int64_t r = 0; r < n; ++r) {
-    for (int64_t q = 0; q < nout; ++q) acc[L.b2s + q] += g[r * nout + q];
     for (int64_t q = 0; q < h3; ++q) {
       T& v = v_hid[r * h3 + q];
       v = ch.hid[r * h3 + q] > T(0) ? v : T(0);  // relu's backward
@@ -426,7 +447,7 @@ DecodeBwdResult anchor_decode_bwd_cpu(
   const Problem p = prepare("anchor_decode_bwd", anchors, feats, offsets, anchor_scales, cam_center, w, appearance,
                             opacity_scale, visible, blend_offset, blend_decay, tau_t, tau, lambda_decay, blend_mode,
                             opacity_dist, cov_dist, color_dist, c10::DeviceType::CPU);
-  const OutputGrads v = prepare_grads(v_means, v_quats, v_scales, v_opacities, v_colors, p);
+  const OutputGrads v = prepare_grads(v_means, v_quats, v_scales, v_opacities, v_colors, p, /*contiguous=*/false);
   const auto opt = p.feats.options();
   auto per_anchor = [&](bool present) { return present ? at::empty({p.m}, opt) : at::empty({0}, opt); };
   at::Tensor v_anchors = at::empty({p.m, 3}, opt), v_feats = at::empty({p.m, p.c}, opt),
@@ -444,11 +465,11 @@ DecodeBwdResult anchor_decode_bwd_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "anchor_decode_bwd_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     auto opt_ptr = [](at::Tensor& t, bool present) { return present ? t.data_ptr<scalar_t>() : nullptr; };
-    const BwdOut<scalar_t, T> o = {v.means.data_ptr<scalar_t>(),
-                                   v.quats.data_ptr<scalar_t>(),
-                                   v.scales.data_ptr<scalar_t>(),
-                                   v.opacities.data_ptr<scalar_t>(),
-                                   v.colors.data_ptr<scalar_t>(),
+    const BwdOut<scalar_t, T> o = {GradIn<scalar_t>(v.means),
+                                   GradIn<scalar_t>(v.quats),
+                                   GradIn<scalar_t>(v.scales),
+                                   GradIn<scalar_t>(v.opacities),
+                                   GradIn<scalar_t>(v.colors),
                                    v_anchors.data_ptr<scalar_t>(),
                                    v_feats.data_ptr<scalar_t>(),
                                    v_offsets.data_ptr<scalar_t>(),
@@ -468,9 +489,7 @@ DecodeBwdResult anchor_decode_bwd_cpu(
     at_ += size;
     return t;
   };
-  // Back from the CPU row order to the schema's.
-  const at::Tensor v_w2s = at::zeros({nout, p.h}, total.options()).index_copy_(0, perm, take(nout * p.h, {nout, p.h}));
-  const at::Tensor v_b2s = at::zeros({nout}, total.options()).index_copy_(0, perm, take(nout, {nout}));
+  const at::Tensor v_w2s = take(nout * p.h, {nout, p.h}), v_b2s = take(nout, {nout});
   const at::Tensor v_w1s = take(h3 * p.x_cols(), {h3, p.x_cols()}), v_b1s = take(h3, {h3});
   const WeightGrads wg = assemble_weight_grads(p, w, appearance, v_w1s, v_b1s, v_w2s, v_b2s);
   const Weights& g = wg.v_w;

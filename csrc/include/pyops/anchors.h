@@ -62,8 +62,10 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
 struct OutputGrads {
   at::Tensor means, quats, scales, opacities, colors;
 };
+// contiguous = false keeps their strides (p.dtype; e.g. the stride-0 expansions of a sum's backward, uncopied).
 OutputGrads prepare_grads(const at::Tensor& v_means, const at::Tensor& v_quats, const at::Tensor& v_scales,
-                          const at::Tensor& v_opacities, const at::Tensor& v_colors, const Problem& p);
+                          const at::Tensor& v_opacities, const at::Tensor& v_colors, const Problem& p,
+                          bool contiguous = true);
 
 // The forward's outputs, allocated (uninitialised) in p.dtype.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_outputs(const Problem& p);
