@@ -238,5 +238,32 @@ BlendProblem prepare_blend(const char* op, const at::Tensor& offset, const at::T
   return b;
 }
 
+DecodeBwdResult decode_bwd_result(const at::Tensor& v_anchors, const at::Tensor& v_feats, const at::Tensor& v_offsets,
+                                  const at::Tensor& v_anchor_scales, const WeightGrads& wg,
+                                  const at::Tensor& v_opacity_scale, const at::Tensor& v_blend_offset,
+                                  const at::Tensor& v_blend_decay) {
+  const Weights& g = wg.v_w;
+  return {v_anchors,
+          v_feats,
+          v_offsets,
+          v_anchor_scales,
+          g[0],
+          g[1],
+          g[2],
+          g[3],
+          g[4],
+          g[5],
+          g[6],
+          g[7],
+          g[8],
+          g[9],
+          g[10],
+          g[11],
+          wg.v_appearance,
+          v_opacity_scale,
+          v_blend_offset,
+          v_blend_decay};
+}
+
 }  // namespace anchors
 }  // namespace pyops

@@ -427,10 +427,6 @@ void decode_bwd_kernel(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>&
   });
 }
 
-using DecodeBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
 DecodeBwdResult anchor_decode_bwd_cpu(
     const at::Tensor& v_means, const at::Tensor& v_quats, const at::Tensor& v_scales, const at::Tensor& v_opacities,
     const at::Tensor& v_colors, const at::Tensor& anchors, const at::Tensor& feats, const at::Tensor& offsets,
@@ -492,27 +488,8 @@ DecodeBwdResult anchor_decode_bwd_cpu(
   const at::Tensor v_w2s = take(nout * p.h, {nout, p.h}), v_b2s = take(nout, {nout});
   const at::Tensor v_w1s = take(h3 * p.x_cols(), {h3, p.x_cols()}), v_b1s = take(h3, {h3});
   const WeightGrads wg = assemble_weight_grads(p, w, appearance, v_w1s, v_b1s, v_w2s, v_b2s);
-  const Weights& g = wg.v_w;
-  return {v_anchors,
-          v_feats,
-          v_offsets,
-          v_anchor_scales,
-          g[0],
-          g[1],
-          g[2],
-          g[3],
-          g[4],
-          g[5],
-          g[6],
-          g[7],
-          g[8],
-          g[9],
-          g[10],
-          g[11],
-          wg.v_appearance,
-          v_opacity_scale,
-          v_blend_offset,
-          v_blend_decay};
+  return decode_bwd_result(v_anchors, v_feats, v_offsets, v_anchor_scales, wg, v_opacity_scale, v_blend_offset,
+                           v_blend_decay);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -375,10 +375,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return outs;
 }
 
-using DecodeBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
 DecodeBwdResult anchor_decode_bwd_cuda(
     const at::Tensor& v_means, const at::Tensor& v_quats, const at::Tensor& v_scales, const at::Tensor& v_opacities,
     const at::Tensor& v_colors, const at::Tensor& anchors, const at::Tensor& feats, const at::Tensor& offsets,
@@ -447,27 +443,8 @@ DecodeBwdResult anchor_decode_bwd_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  const Weights& g = wg.v_w;
-  return {v_anchors,
-          v_feats,
-          v_offsets,
-          v_anchor_scales,
-          g[0],
-          g[1],
-          g[2],
-          g[3],
-          g[4],
-          g[5],
-          g[6],
-          g[7],
-          g[8],
-          g[9],
-          g[10],
-          g[11],
-          wg.v_appearance,
-          v_opacity_scale,
-          v_blend_offset,
-          v_blend_decay};
+  return decode_bwd_result(v_anchors, v_feats, v_offsets, v_anchor_scales, wg, v_opacity_scale, v_blend_offset,
+                           v_blend_decay);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -89,6 +89,15 @@ WeightGrads assemble_weight_grads(const Problem& p, const Weights& w, const std:
                                   const at::Tensor& v_w1s, const at::Tensor& v_b1s, const at::Tensor& v_w2s,
                                   const at::Tensor& v_b2s);
 
+// anchor_decode_bwd's 20 results in schema order, from the per-anchor gradients and the weight gradients.
+using DecodeBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+DecodeBwdResult decode_bwd_result(const at::Tensor& v_anchors, const at::Tensor& v_feats, const at::Tensor& v_offsets,
+                                  const at::Tensor& v_anchor_scales, const WeightGrads& wg,
+                                  const at::Tensor& v_opacity_scale, const at::Tensor& v_blend_offset,
+                                  const at::Tensor& v_blend_decay);
+
 // anchor_blend_weight_{fwd,bwd}: offset and decay [M] (contiguous, one floating dtype), the time and mode.
 struct BlendProblem {
   at::Tensor offset, decay;  // contiguous, the storage dtype
