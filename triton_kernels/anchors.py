@@ -187,6 +187,15 @@ def _view(anchors_ptr, cam_ptr, m, mask_m, DT: tl.constexpr):
 
 
 @triton.jit
+def _visible(vis_ptr, m, mask_m, HAS_VIS: tl.constexpr):
+    """The tile's visible anchors (all of them without a visible mask)."""
+    vis = mask_m
+    if HAS_VIS:
+        vis = (tl.load(vis_ptr + m, mask=mask_m, other=0) != 0) & mask_m
+    return vis
+
+
+@triton.jit
 def _x_chunk(feats_ptr, m, mask_m, C, c0, dx, dy, dz, d, DT: tl.constexpr):
     """Columns [c0, c0 + 16) of the input tile X = [feat, view dir, dist, 0...]: (BLOCK_M, 16)."""
     c = c0 + tl.arange(0, 16)[None, :]
@@ -323,20 +332,15 @@ def _anchor_decode_fwd_kernel(
     g = m[:, None] * K + k  # Gaussian index (int64)
     mask = mask_m[:, None] & (k < K)
     ax, ay, az, vx, vy, vz, d, inv = _view(anchors_ptr, cam_ptr, m, mask_m, DT)
+    dx, dy, dz = vx * inv, vy * inv, vz * inv
     s0 = tl.load(ascales_ptr + m * 6 + 0, mask=mask_m, other=0.0).to(DT)
     s1 = tl.load(ascales_ptr + m * 6 + 1, mask=mask_m, other=0.0).to(DT)
     s2 = tl.load(ascales_ptr + m * 6 + 2, mask=mask_m, other=0.0).to(DT)
     _store_mean(means_ptr, offsets_ptr, g, mask, ax, s0, 0, DT)
     _store_mean(means_ptr, offsets_ptr, g, mask, ay, s1, 1, DT)
     _store_mean(means_ptr, offsets_ptr, g, mask, az, s2, 2, DT)
-    if HAS_VIS:
-        vis = (tl.load(vis_ptr + m, mask=mask_m, other=0) != 0) & mask_m
-    else:
-        vis = mask_m
-    if tl.sum(vis.to(tl.int32), axis=0) > 0:
-        dx = vx * inv
-        dy = vy * inv
-        dz = vz * inv
+    vis = _visible(vis_ptr, m, mask_m, HAS_VIS)
+    if tl.sum(vis.to(tl.int32), axis=0) > 0:  # a tile without visible anchors runs no MLP
         vis2 = vis[:, None]
         # Opacity head: tanh, kept Gaussians, opacity * scale.
         hr = tl.maximum(_hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1o_ptr, b1o_ptr, H_O, IN_O, IN_O, BLOCK_M,
@@ -441,18 +445,13 @@ def _anchor_decode_bwd_kernel(
     NZ = 11 * K
     HT = H_O + H_C + H_L
     ax, ay, az, vx, vy, vz, d, inv = _view(anchors_ptr, cam_ptr, m, mask_m, DT)
-    tl.store(xd_ptr + m * 4 + 0, vx * inv, mask=mask_m)
-    tl.store(xd_ptr + m * 4 + 1, vy * inv, mask=mask_m)
-    tl.store(xd_ptr + m * 4 + 2, vz * inv, mask=mask_m)
+    dx, dy, dz = vx * inv, vy * inv, vz * inv
+    tl.store(xd_ptr + m * 4 + 0, dx, mask=mask_m)
+    tl.store(xd_ptr + m * 4 + 1, dy, mask=mask_m)
+    tl.store(xd_ptr + m * 4 + 2, dz, mask=mask_m)
     tl.store(xd_ptr + m * 4 + 3, d, mask=mask_m)
-    if HAS_VIS:
-        vis = (tl.load(vis_ptr + m, mask=mask_m, other=0) != 0) & mask_m
-    else:
-        vis = mask_m
-    if tl.sum(vis.to(tl.int32), axis=0) > 0:
-        dx = vx * inv
-        dy = vy * inv
-        dz = vz * inv
+    vis = _visible(vis_ptr, m, mask_m, HAS_VIS)
+    if tl.sum(vis.to(tl.int32), axis=0) > 0:  # a tile without visible anchors runs no MLP
         h = tl.arange(0, H_PAD)[None, :]
         # Opacity head: opacity = tanh(z) * scale on kept Gaussians.
         hpre = _hidden(feats_ptr, m, mask_m, C, dx, dy, dz, d, w1o_ptr, b1o_ptr, H_O, IN_O, IN_O, BLOCK_M, IN_PAD,

@@ -226,10 +226,7 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
 #define PYOPS_INSTANTIATE(T)                             \
   template void forward<T>(const Problem&, at::Tensor&); \
   template void backward<T>(const Problem&, const at::Tensor&, at::Tensor&, at::Tensor&);
-PYOPS_INSTANTIATE(float)
-PYOPS_INSTANTIATE(double)
-PYOPS_INSTANTIATE(at::Half)
-PYOPS_INSTANTIATE(at::BFloat16)
+PYOPS_CPU_ISA_INSTANTIATE_DTYPES(PYOPS_INSTANTIATE)
 #undef PYOPS_INSTANTIATE
 
 }  // namespace PYOPS_ISA_NAMESPACE

@@ -281,10 +281,7 @@ void backward(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>* levels, int
 #define PYOPS_INSTANTIATE(S)                                                    \
   template void forward<S>(const Inputs<S>&, const LevelDesc<S>*, int64_t, S*); \
   template void backward<S>(const Inputs<S>&, const LevelDesc<S>*, int64_t, const S*, S*, S*);
-PYOPS_INSTANTIATE(float)
-PYOPS_INSTANTIATE(double)
-PYOPS_INSTANTIATE(at::Half)
-PYOPS_INSTANTIATE(at::BFloat16)
+PYOPS_CPU_ISA_INSTANTIATE_DTYPES(PYOPS_INSTANTIATE)
 #undef PYOPS_INSTANTIATE
 
 }  // namespace PYOPS_ISA_NAMESPACE

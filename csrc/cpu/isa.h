@@ -91,6 +91,10 @@ class Buffer {
   __VA_ARGS__                      \
   }
 
+// Explicit instantiations of a copy's kernels for every dtype the CPU entry points dispatch over
+// (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)): M(T) instantiates them for one T.
+#define PYOPS_CPU_ISA_INSTANTIATE_DTYPES(M) M(float) M(double) M(at::Half) M(at::BFloat16)
+
 // Calls fn(args...) from the active copy's namespace (relative to the caller's, e.g. pyops::derf).
 #if PYOPS_CPU_ISA_X86
 #define PYOPS_CPU_ISA_CALL(fn, ...)          \

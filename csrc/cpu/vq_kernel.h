@@ -313,10 +313,7 @@ void segment_sum(const SegmentProblem& p, at::Tensor& sums) {
 #define PYOPS_INSTANTIATE(T)                                               \
   template void search<T>(const SearchProblem&, at::Tensor&, at::Tensor&); \
   template void segment_sum<T>(const SegmentProblem&, at::Tensor&);
-PYOPS_INSTANTIATE(float)
-PYOPS_INSTANTIATE(double)
-PYOPS_INSTANTIATE(at::Half)
-PYOPS_INSTANTIATE(at::BFloat16)
+PYOPS_CPU_ISA_INSTANTIATE_DTYPES(PYOPS_INSTANTIATE)
 #undef PYOPS_INSTANTIATE
 
 }  // namespace PYOPS_ISA_NAMESPACE
