@@ -333,17 +333,19 @@ void chunk_bwd(const Inputs<scalar_t, T>& in, const BwdOut<scalar_t, T>& o, cons
       const HeadOut<T> h = head_out(ch.heads.data(), r, k, K);
       HeadOut<T> v_h{};
       T v_off[3] = {0, 0, 0};
-      if (h.opacity > T(0)) {  // kept (visible_gaussian_activated's rule)
-        GaussianGrad<T> vg;
-        for (int q = 0; q < 3; ++q) {
-          vg.v_mean[q] = T(o.v_means(i, k, q));
-          vg.v_scale[q] = T(o.v_scales(i, k, q));
-          vg.v_color[q] = T(o.v_colors(i, k, q));
-        }
-        for (int q = 0; q < 4; ++q) vg.v_quat[q] = T(o.v_quats(i, k, q));
-        vg.v_opacity = T(o.v_opacities(i, k));
-        kept_gaussian_vjp_activated<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
+      // A dropped Gaussian (visible_gaussian_activated's rule) runs the VJP of zero output gradients, which is
+      // exactly zero: selects instead of a branch that mispredicts on ~half the Gaussians.
+      const bool kept = h.opacity > T(0);
+      auto grad = [kept](scalar_t v) { return kept ? T(v) : T(0); };
+      GaussianGrad<T> vg;
+      for (int q = 0; q < 3; ++q) {
+        vg.v_mean[q] = grad(o.v_means(i, k, q));
+        vg.v_scale[q] = grad(o.v_scales(i, k, q));
+        vg.v_color[q] = grad(o.v_colors(i, k, q));
       }
+      for (int q = 0; q < 4; ++q) vg.v_quat[q] = grad(o.v_quats(i, k, q));
+      vg.v_opacity = grad(o.v_opacities(i, k));
+      kept_gaussian_vjp_activated<T>(h, vg, off, as, s, v_h, v_off, v_as, v_anchor, v_s);
       store_head_grad(g.data() + r * in.nout, k, K, v_h);
       for (int q = 0; q < 3; ++q) o.v_offsets[3 * ik + q] = scalar_t(v_off[q]);
     }

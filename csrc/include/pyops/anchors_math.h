@@ -43,8 +43,8 @@ PYOPS_HOST_DEVICE T normalize(const T* x, T* y) {
   T n2 = T(0);
   for (int i = 0; i < N; ++i) n2 += x[i] * x[i];
   const T n = sqrt(n2);
-  const T c = n > normalize_eps<T>() ? n : normalize_eps<T>();
-  for (int i = 0; i < N; ++i) y[i] = x[i] / c;
+  const T inv_c = T(1) / (n > normalize_eps<T>() ? n : normalize_eps<T>());
+  for (int i = 0; i < N; ++i) y[i] = x[i] * inv_c;
   return n;
 }
 
@@ -56,12 +56,12 @@ PYOPS_HOST_DEVICE void normalize_vjp(const T* x, const T* v_y, T v_n, T* v_x) {
   for (int i = 0; i < N; ++i) n2 += x[i] * x[i], dot += v_y[i] * x[i];
   const T n = sqrt(n2);
   const T eps = normalize_eps<T>();
-  const T c = n > eps ? n : eps;
+  const T inv_c = T(1) / (n > eps ? n : eps);  // one division: the hot loops are latency bound on divides
   // Gradient reaching n: through c (where n >= eps) plus v_n; n's own gradient x / n is 0 at n == 0 (torch's).
   T v_len = v_n;
-  if (n >= eps) v_len -= dot / (c * c);
-  const T g = n > T(0) ? v_len / n : T(0);
-  for (int i = 0; i < N; ++i) v_x[i] += v_y[i] / c + g * x[i];
+  if (n >= eps) v_len -= dot * inv_c * inv_c;
+  const T g = n >= eps ? v_len * inv_c : (n > T(0) ? v_len / n : T(0));
+  for (int i = 0; i < N; ++i) v_x[i] += v_y[i] * inv_c + g * x[i];
 }
 
 // View direction and distance of an anchor seen from cam; returns dist.
