@@ -58,6 +58,12 @@ inline void coords(const Inputs<scalar_t>& in, int64_t n, T* q) {
   q[3] = in.times ? static_cast<T>(in.times[n]) : in.time;
 }
 
+// The n-th point the kernels visit.
+template <typename scalar_t>
+inline int64_t point_at(const Inputs<scalar_t>& in, int64_t n) {
+  return in.order ? in.order[n] : n;
+}
+
 // Software prefetch of the texels point n will read (and, with grads, write), issued a few points ahead: the
 // kernels are bound by the latency of these scattered reads (the planes of a level are megabytes), which the
 // hardware prefetcher cannot predict. [first, first + count) elements of each of the plane's two rows.
@@ -70,6 +76,25 @@ inline void prefetch_rows(const T* base, const Corners<T>& c, int64_t count) {
   }
   __builtin_prefetch(base + c.o00 + count - 1);
   __builtin_prefetch(base + c.o10 + count - 1);
+}
+
+// [p, p + count) elements, for a read or a write (the rows of features / v_features of the next point: in cell
+// order the points' rows are scattered too).
+template <typename S>
+inline void prefetch_span(const S* p, int64_t count, bool write) {
+  const int64_t step = 64 / int64_t(sizeof(S));
+  for (int64_t e = 0; e < count; e += step) write ? __builtin_prefetch(p + e, 1) : __builtin_prefetch(p + e, 0);
+  write ? __builtin_prefetch(p + count - 1, 1) : __builtin_prefetch(p + count - 1, 0);
+}
+
+// The point (and time) the kernels visit n-th, two prefetch distances ahead: its coordinates feed the texel
+// prefetches of the next step.
+template <typename scalar_t>
+inline void prefetch_point(const Inputs<scalar_t>& in, int64_t n, int64_t end) {
+  if (n >= end) return;
+  const int64_t i = point_at(in, n);
+  __builtin_prefetch(in.points + 3 * i);
+  if (in.times) __builtin_prefetch(in.times + i);
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -91,7 +116,10 @@ struct ForwardBody {
     for (int64_t n = begin; n < end; ++n) {
       T q[4];
       if (n + kPrefetchAhead < end) {
-        coords(in, n + kPrefetchAhead, q);
+        const int64_t ahead = point_at(in, n + kPrefetchAhead);
+        prefetch_point(in, n + 2 * kPrefetchAhead, end);
+        prefetch_span(out + ahead * c_total, c_total, /*write=*/true);
+        coords(in, ahead, q);
         for (int64_t l = 0; l < num_levels; ++l)
           for (int k = 0; k < kPlanesPerLevel; ++k) {
             const PlaneDesc<T>& pl = levels[l].planes[k];
@@ -99,7 +127,8 @@ struct ForwardBody {
             prefetch_rows(pl.data, c, c.o01 - c.o00 + pl.texel_stride);
           }
       }
-      coords(in, n, q);
+      const int64_t i = point_at(in, n);
+      coords(in, i, q);
       for (int64_t l = 0; l < num_levels; ++l) {
         const LevelDesc<scalar_t>& lv = levels[l];
         Corners<T> cs[kPlanesPerLevel];
@@ -120,7 +149,7 @@ struct ForwardBody {
             }
           }
           const int64_t c0 = blk * kBlock, width = min_i64(kBlock, lv.channels - c0);
-          scalar_t* o = out + n * c_total + lv.offset + c0;
+          scalar_t* o = out + i * c_total + lv.offset + c0;
           for (int64_t j = 0; j < width; ++j) o[j] = static_cast<scalar_t>(acc[j]);
         }
       }
@@ -145,7 +174,13 @@ void backward_unit(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>& lv, in
   for (int64_t n = 0; n < in.n; ++n) {
     T q[4];
     if (n + kPrefetchAhead < in.n) {
-      coords(in, n + kPrefetchAhead, q);
+      const int64_t ahead = point_at(in, n + kPrefetchAhead);
+      prefetch_point(in, n + 2 * kPrefetchAhead, in.n);
+      const int64_t c0 = lv.offset + blk_begin * kBlock;
+      prefetch_span(v_features + ahead * c_total + c0, min_i64(blk_end * kBlock, lv.channels) - blk_begin * kBlock,
+                    /*write=*/false);
+      __builtin_prefetch(coord_grad + ahead * 4, 1);
+      coords(in, ahead, q);
       for (int k = 0; k < kPlanesPerLevel; ++k) {
         const PlaneDesc<T>& pl = lv.planes[k];
         const Corners<T> c = corners(pl, q, k);
@@ -155,7 +190,8 @@ void backward_unit(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>& lv, in
         }
       }
     }
-    coords(in, n, q);
+    const int64_t i = point_at(in, n);
+    coords(in, i, q);
     Corners<T> cs[kPlanesPerLevel];
     for (int k = 0; k < kPlanesPerLevel; ++k) cs[k] = corners(lv.planes[k], q, k);
     // Per-lane sums of d loss / d weight, reduced over the lanes once per point: a reduction inside the
@@ -164,7 +200,7 @@ void backward_unit(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>& lv, in
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t c0 = blk * kBlock, width = min_i64(kBlock, lv.channels - c0);
       T g[kBlock] = {};  // padded channels: 0, so they add nothing anywhere
-      const scalar_t* vf = v_features + n * c_total + lv.offset + c0;
+      const scalar_t* vf = v_features + i * c_total + lv.offset + c0;
       for (int64_t j = 0; j < width; ++j) g[j] = static_cast<T>(vf[j]);
       // The six samples, then d loss / d sample_k = g * prod_{j != k} sample_j from prefix and suffix
       // products (no division: a zero sample is fine).
@@ -213,7 +249,7 @@ void backward_unit(const Inputs<scalar_t>& in, const LevelDesc<scalar_t>& lv, in
       cg[plane_a(k)] += sa * cs[k].dwa;
       cg[plane_b(k)] += sb * cs[k].dwb;
     }
-    for (int d = 0; d < 4; ++d) coord_grad[n * 4 + d] = cg[d];
+    for (int d = 0; d < 4; ++d) coord_grad[i * 4 + d] = cg[d];
   }
 }
 

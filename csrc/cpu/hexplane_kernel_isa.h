@@ -49,6 +49,7 @@ template <typename scalar_t>
 struct Inputs {
   const scalar_t* points;  // [N, 3]
   const scalar_t* times;   // [N] or nullptr (every point at `time`)
+  const int64_t* order;    // [N] or nullptr: the kernels visit point order[0], order[1], ... (cell_order)
   MathType<scalar_t> time;
   MathType<scalar_t> lo[3], scale[3];  // aabb[0] and 2 / (aabb[1] - aabb[0])
   int64_t n, total_channels;
