@@ -85,9 +85,10 @@ def decode_inputs(m, device, seed=0):
     return dec, data
 
 
-def scaffold_decode(dec, anchors, feats, offsets, anchor_scales, cam_center, visible, blend_offset, blend_decay,
-                    tau=0.5):
-    """Scaffold-GS's generate_neural_gaussians (eager, with its compactions) times MoRel's forward blend weight."""
+def scaffold_decode(dec, anchors, feats, offsets, anchor_scales, cam_center, visible, blend_offset=None,
+                    blend_decay=None, tau=0.5, mode="forward", lambda_decay=1.0):
+    """Scaffold-GS's generate_neural_gaussians (eager, with its compactions) times MoRel's blend weight
+    (mode "forward" or "backward"; none without blend_offset)."""
     feat, anchor = feats[visible], anchors[visible]
     grid_offsets, grid_scaling = offsets[visible], anchor_scales[visible]
     ob_view = anchor - cam_center
@@ -95,13 +96,15 @@ def scaffold_decode(dec, anchors, feats, offsets, anchor_scales, cam_center, vis
     ob_view = ob_view / ob_dist
     local_view = torch.cat([feat, ob_view], dim=1)
     neural_opacity = dec.mlp_opacity(local_view).reshape(-1, 1)
-    weight = torch.exp(-blend_decay[visible] * torch.relu(tau - blend_offset[visible]))
-    neural_opacity = neural_opacity * weight.repeat_interleave(N_OFFSETS)[:, None]
+    if blend_offset is not None:
+        diff = tau - blend_offset[visible] if mode == "forward" else blend_offset[visible] - tau
+        weight = torch.exp(-lambda_decay * blend_decay[visible] * torch.relu(diff))
+        neural_opacity = neural_opacity * weight.repeat_interleave(offsets.shape[1])[:, None]
     mask = (neural_opacity > 0.0).view(-1)
     opacity = neural_opacity[mask]
     color = dec.mlp_color(local_view).reshape(-1, 3)
     scale_rot = dec.mlp_cov(local_view).reshape(-1, 7)
-    repeated = torch.cat([grid_scaling, anchor], dim=-1).repeat_interleave(N_OFFSETS, dim=0)
+    repeated = torch.cat([grid_scaling, anchor], dim=-1).repeat_interleave(offsets.shape[1], dim=0)
     masked = torch.cat([repeated, color, scale_rot, grid_offsets.view(-1, 3)], dim=-1)[mask]
     scaling_repeat, repeat_anchor, color, scale_rot, offs = masked.split([6, 3, 3, 7, 3], dim=-1)
     scaling = scaling_repeat[:, 3:] * torch.sigmoid(scale_rot[:, :3])
