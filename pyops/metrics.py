@@ -120,8 +120,10 @@ def ssim(img: Tensor, ref: Tensor, *, data_range: Optional[float] = None, window
         SSIM = (2 mu_x mu_y + C1) (2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1) (sigma_x^2 + sigma_y^2 + C2))
 
     with ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, L = ``data_range``; the result is the map's mean over
-    pixels and channels. The 2D window is the outer product of the 1D one, so it is applied as two 1D
-    convolutions (the same sums as 3DGS's 11x11 conv2d, in fewer operations).
+    pixels and channels. The 2D window is the outer product of the 1D Gaussian, so it is applied as two 1D
+    depthwise convolutions: the same window sums as 3DGS's 11 x 11 conv2d (equal up to rounding) in 22 instead
+    of 121 multiply-adds per output (about as fast as the 2D conv on CPU in float32, several times faster in
+    float64, where the 2D depthwise conv takes a slow path).
 
     Args:
         img, ref: ``(..., H, W, C)`` channels-last images (C 1 or 3) of the same shape and device, both
@@ -147,10 +149,9 @@ def ssim(img: Tensor, ref: Tensor, *, data_range: Optional[float] = None, window
     # so that one grouped convolution per axis filters all of them.
     x = x.reshape(-1, h, w, c).permute(0, 3, 1, 2)
     y = y.reshape(-1, h, w, c).permute(0, 3, 1, 2)
-    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (N, 5C, H, W)
+    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1).contiguous()  # (N, 5C, H, W)
     g = _gaussian_window(window_size, sigma, x.dtype, x.device)
-    groups = 5 * c
-    pad = window_size // 2
+    groups, pad = 5 * c, window_size // 2
     local = F.conv2d(stacked, g.view(1, 1, window_size, 1).repeat(groups, 1, 1, 1), padding=(pad, 0), groups=groups)
     local = F.conv2d(local, g.view(1, 1, 1, window_size).repeat(groups, 1, 1, 1), padding=(0, pad), groups=groups)
     mu_x, mu_y, mean_xx, mean_yy, mean_xy = local.chunk(5, dim=1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from utils import DEVICES
 
 import pyops.metrics as metrics
 from pyops.metrics import psnr, ssim, tof
@@ -183,6 +184,21 @@ def test_ssim_training_loss_backward_float32():
     assert loss(img.detach() - 0.5 * img.grad) < before
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_image_metrics_on_device(device):
+    img, ref = _rand(2, 20, 24, 3, seed=26), _rand(2, 20, 24, 3, seed=27)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        a = img.to(device, dtype).requires_grad_()
+        b = ref.to(device, dtype)
+        for fn in (psnr, ssim):
+            got = fn(a, b, reduction="none")
+            want = fn(a.detach().cpu().double(), b.cpu().double(), reduction="none")
+            assert got.device == a.device and got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+            torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=1e-5 if dtype.itemsize >= 4 else 1e-4)
+            (grad,) = torch.autograd.grad(got.sum(), a)
+            assert grad.dtype == dtype and torch.isfinite(grad).all()
+
+
 # ------------------------------------------------------------------------------------------ PSNR/SSIM errors
 
 
@@ -200,6 +216,7 @@ def test_image_metric_errors(fn):
         (ValueError, r"img must have shape \(\.\.\., H, W, C\)", (x[0], x[0]), {}),
         (ValueError, r"img must have shape \(\.\.\., H, W, C\)", (x.permute(2, 0, 1), x.permute(2, 0, 1)), {}),
         (ValueError, "img must have at least one pixel", (x[:0], x[:0]), {}),
+        (ValueError, "ref is on meta but img is on cpu", (x, x.to("meta")), {}),
         (ValueError, "data_range must be positive", (x, x), {"data_range": 0}),
         (ValueError, "data_range must be positive", (x, x), {"data_range": float("nan")}),
         (TypeError, "data_range must be a real number", (x, x), {"data_range": "1"}),
