@@ -122,8 +122,8 @@ def ssim(img: Tensor, ref: Tensor, *, data_range: Optional[float] = None, window
     with ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, L = ``data_range``; the result is the map's mean over
     pixels and channels. The 2D window is the outer product of the 1D Gaussian, so it is applied as two 1D
     depthwise convolutions: the same window sums as 3DGS's 11 x 11 conv2d (equal up to rounding) in 22 instead
-    of 121 multiply-adds per output (about as fast as the 2D conv on CPU in float32, several times faster in
-    float64, where the 2D depthwise conv takes a slow path).
+    of 121 multiply-adds per output (on CPU measured about as fast as the 2D conv in float32 and faster in
+    float64, where PyTorch's 2D depthwise conv takes a slow path).
 
     Args:
         img, ref: ``(..., H, W, C)`` channels-last images (C 1 or 3) of the same shape and device, both
