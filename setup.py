@@ -121,5 +121,5 @@ setup(
     cmdclass={"build_ext": BuildExtensionWithIsa},
     python_requires=">=3.9",
     install_requires=["torch>=2.6"],
-    extras_require={"triton": ["triton>=3.2"]},
+    extras_require={"triton": ["triton>=3.2"], "metrics": ["opencv-python-headless>=4.5"]},
 )

@@ -166,9 +166,11 @@ class Context:
 
     def record(self, kernel: str, provider: str, mode: str, x_name: str, x_value, fn: Callable[[], object],
                bytes_moved: Optional[float] = None, extra: Optional[dict] = None, flops: Optional[float] = None,
-               matmul_dtype: Optional[torch.dtype] = None, agreement: Optional[float] = None) -> dict:
+               matmul_dtype: Optional[torch.dtype] = None, agreement: Optional[float] = None,
+               resident_mb: Optional[float] = None) -> dict:
         """Times fn (and its peak memory) and returns one result row. `flops` with `matmul_dtype` adds TFLOP/s
-        and its fraction of that dtype's matmul rate; `agreement` is the caller's accuracy figure (0-1)."""
+        and its fraction of that dtype's matmul rate; `agreement` is the caller's accuracy figure (0-1);
+        `resident_mb` what a model keeps on the device between calls (tables and plots show it when given)."""
         q50, q20, q80 = self.time(fn)
         gbps = bytes_moved / (q50 * 1e-3) / 1e9 if bytes_moved else None
         tflops = flops / (q50 * 1e-3) / 1e12 if flops else None
@@ -177,7 +179,7 @@ class Context:
                "y_value_50": q50, "y_value_20": q20, "y_value_80": q80, "extra_benchmark_config": extra or {},
                "gbps": gbps, "frac_copy_bw": gbps / self.copy_gbps if gbps else None, "tflops": tflops,
                "frac_matmul": tflops / self.matmul_tflops(matmul_dtype) if tflops and matmul_dtype else None,
-               "agreement": agreement,
+               "agreement": agreement, "resident_mb": resident_mb,
                "peak_mem_mb": self.peak_memory_mb(fn), "ratio_to_pyops_best": None}
         print(f"  {kernel} {x_value} {_extra_str(row)} {mode:8s} {provider:14s} {q50:9.3f} ms", file=sys.stderr,
               flush=True)
@@ -253,7 +255,8 @@ def markdown_table(rows: List[dict]) -> str:
     matmul = any(r.get("tflops") for r in rows)
     head = ["kernel", "size", "config", "mode", "provider", "median ms", "p20-p80 ms", "time / pyops best"]
     head += ["TFLOP/s", "% matmul", "top-1 agree"] if matmul else ["GB/s", "% copy BW"]
-    head.append("peak MiB")
+    resident = any(r.get("resident_mb") is not None for r in rows)
+    head += ["peak MiB"] + (["resident MiB"] if resident else [])
     body = []
     for r in rows:
         line = [r["kernel_name"], r["x_value"], _extra_str(r), r["kernel_operation_mode"], r["kernel_provider"],
@@ -264,7 +267,7 @@ def markdown_table(rows: List[dict]) -> str:
                      _fmt(r.get("agreement") and 100 * r["agreement"], ".2f")]
         else:
             line += [_fmt(r["gbps"], ".1f"), _fmt(r["frac_copy_bw"] and 100 * r["frac_copy_bw"], ".0f")]
-        body.append(line + [_fmt(r["peak_mem_mb"], ".1f")])
+        body.append(line + [_fmt(r["peak_mem_mb"], ".1f")] + ([_fmt(r.get("resident_mb"), ".1f")] if resident else []))
     return tabulate(body, head, tablefmt="github", disable_numparse=True)
 
 
@@ -316,8 +319,9 @@ def write_results(rows: List[dict], meta: dict, out_dir: Path, op: str) -> List[
 
 
 def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
-    """One row of panels per mode: median time (log scale) and % of the ceiling (matmul rate for matmul-bound
-    ops, else copy bandwidth), a bar per provider."""
+    """One row of panels per mode: median time (log scale), % of the ceiling (matmul rate for matmul-bound
+    ops, else copy bandwidth) and, for rows that report it, the memory resident on the device; a bar per
+    provider."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,7 +331,10 @@ def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
     providers = list(dict.fromkeys(r["kernel_provider"] for r in rows))
     label = lambda r: f"{r['x_value']}\n{_extra_str(r)}"
     cases = list(dict.fromkeys(label(r) for r in rows))
-    fig, axes = plt.subplots(len(modes), 2, figsize=(2 * max(6, 0.9 * len(cases)), 3.2 * len(modes)), squeeze=False)
+    resident = any(r.get("resident_mb") is not None for r in rows)
+    panels = 3 if resident else 2
+    fig, axes = plt.subplots(len(modes), panels, figsize=(panels * max(6, 0.9 * len(cases)), 3.2 * len(modes)),
+                             squeeze=False)
     width = 0.8 / len(providers)
     matmul = any(r.get("tflops") for r in rows)
     frac, ceiling = ("frac_matmul", "matmul rate") if matmul else ("frac_copy_bw", "copy bandwidth")
@@ -337,8 +344,12 @@ def plot(kernel: str, rows: List[dict], meta: dict, path: Path) -> None:
             xs = [j + (k - (len(providers) - 1) / 2) * width for j, c in enumerate(cases) if c in got]
             axes[i, 0].bar(xs, [got[c]["y_value_50"] for c in cases if c in got], width, label=prov)
             axes[i, 1].bar(xs, [100 * (got[c].get(frac) or 0) for c in cases if c in got], width, label=prov)
+            if resident:
+                axes[i, 2].bar(xs, [got[c].get("resident_mb") or 0 for c in cases if c in got], width, label=prov)
         axes[i, 0].set(title=f"{kernel} {mode}: median ms (lower is better)", yscale="log")
         axes[i, 1].set(title=f"{kernel} {mode}: % of measured {ceiling} (higher is better)")
+        if resident:
+            axes[i, 2].set(title=f"{kernel} {mode}: MiB resident on the device", yscale="log")
         for ax in axes[i]:
             ax.set_xticks(range(len(cases)), cases, fontsize=8)
     axes[0, 0].legend(fontsize=8)

@@ -440,6 +440,18 @@ class MoRelScene(nn.Module):
         flat = tuple(t.flatten(0, 1) for t in (out.means, out.quats, out.scales, out.opacities, out.colors))
         return flat, out
 
+    def view_gaussians(self, deformed, viewmat: Tensor, K: Tensor, cam_center: Tensor, width: int, height: int):
+        """The Gaussians deformed sets (from :meth:`deform`: (set, its anchors, time, mode)) give one camera:
+        ((means, quats, scales, opacities, colors) flattened and concatenated over the sets, and per set its
+        visible mask and :class:`DecodedGaussians`)."""
+        parts, decoded = [], []
+        for src, anchors, time, mode in deformed:
+            visible = frustum_visible(anchors["anchor"], viewmat, K, width, height, self.cfg.frustum_margin)
+            flat, out = self.decode(anchors, src, cam_center, visible, time, mode)
+            decoded.append((visible, out))
+            parts.append(flat)
+        return [torch.cat(column) if len(parts) > 1 else column[0] for column in zip(*parts)], decoded
+
     def render_sets(self, sets: Sequence[Tuple[AnchorSet, float, Optional[str]]], viewmats: Tensor, Ks: Tensor,
                     width: int, height: int, **rasterize_kwargs) -> Tuple[Tensor, Tensor, Dict]:
         """Renders anchor sets (each with its field time and blend mode) together, camera by camera (the decode
@@ -450,14 +462,7 @@ class MoRelScene(nn.Module):
         cam_centers = torch.linalg.inv(viewmats)[:, :3, 3]
         images, alphas, views = [], [], []
         for c in range(viewmats.shape[0]):
-            parts, decoded = [], []
-            for src, anchors, time, mode in deformed:
-                visible = frustum_visible(anchors["anchor"], viewmats[c], Ks[c], width, height,
-                                          self.cfg.frustum_margin)
-                flat, out = self.decode(anchors, src, cam_centers[c], visible, time, mode)
-                decoded.append((visible, out))
-                parts.append(flat)
-            gaussians = [torch.cat(column) if len(parts) > 1 else column[0] for column in zip(*parts)]
+            gaussians, decoded = self.view_gaussians(deformed, viewmats[c], Ks[c], cam_centers[c], width, height)
             image, alpha, meta = rasterize_gaussians(*gaussians, viewmats[c:c + 1], Ks[c:c + 1], width, height,
                                                      **rasterize_kwargs)
             if meta["means2d"].requires_grad:
@@ -468,6 +473,12 @@ class MoRelScene(nn.Module):
             views.append(meta)
         return torch.cat(images), torch.cat(alphas), {"views": views}
 
+    def _frame_sources(self, t: float):
+        if self.stage == "gca":
+            return [(-1, self.global_time(t), None)], [(self.gca, self.global_time(t), None)]
+        sets = self.frame_sets(t)
+        return sets, [(self.store.get(n), time, mode) for n, time, mode in sets]
+
     def render(self, t, viewmats: Tensor, Ks: Tensor, width: int, height: int,
                **rasterize_kwargs) -> Tuple[Tensor, Tensor, Dict]:
         """Frame t (0 <= t <= T-1) seen by C cameras: ``(image (C, H, W, 3), alpha (C, H, W, 1), meta)``.
@@ -476,16 +487,20 @@ class MoRelScene(nn.Module):
         alone at its own frame, else keyframes n and n+1 blended (both made resident). meta["sets"] lists
         (keyframe, relative time, blend mode) (keyframe -1: the GCA).
         """
-        t = self._check_frame("MoRelScene.render", t)
-        if self.stage == "gca":
-            sets = [(-1, self.global_time(t), None)]
-            sources = [(self.gca, self.global_time(t), None)]
-        else:
-            sets = self.frame_sets(t)
-            sources = [(self.store.get(n), time, mode) for n, time, mode in sets]
+        sets, sources = self._frame_sources(self._check_frame("MoRelScene.render", t))
         image, alpha, meta = self.render_sets(sources, viewmats, Ks, width, height, **rasterize_kwargs)
         meta["sets"] = sets
         return image, alpha, meta
+
+    def frame_gaussians(self, t, viewmat: Tensor, K: Tensor, width: int, height: int) -> List[Tensor]:
+        """What :meth:`render` rasterizes for frame t and one camera (``viewmat (4, 4)``, ``K (3, 3)``): the
+        deformed and decoded sets' ``[means (N, 3), quats (N, 4), scales (N, 3), opacities (N,), colors (N, 3)]``
+        (dropped Gaussians have opacity 0)."""
+        viewmats, Ks = _camera_args(viewmat[None], K[None], self.device)
+        _, sources = self._frame_sources(self._check_frame("MoRelScene.frame_gaussians", t))
+        deformed = [(src, self.deform(src, time), time, mode) for src, time, mode in sources]
+        cam_center = torch.linalg.inv(viewmats[0])[:3, 3]
+        return self.view_gaussians(deformed, viewmats[0], Ks[0], cam_center, width, height)[0]
 
     # -- state ------------------------------------------------------------------------------------------
 
