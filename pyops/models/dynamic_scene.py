@@ -5,14 +5,17 @@ wall, also Gaussians) and are seen by cameras on an arc; ground-truth frames are
 `pyops.rasterize_gaussians`, so a 3,600-frame sequence costs nothing until a frame is asked for. Nothing is
 downloaded: everything comes from one seed.
 
-Motion. Each object's centre is a sum of sinusoids per axis whose frequencies have irrational ratios (the
-motion is quasi-periodic, it never repeats exactly) plus a slow straight drift that spans the whole sequence;
-each object also spins about its own axis at a constant rate with a sinusoidal wobble. Speed is set per frame,
-not per sequence: the sinusoids' frequencies are scaled so that each centre's RMS speed is ``speed`` world
-units per frame whatever ``n_frames`` is (a 3,600-frame scene moves as fast per frame as a 600-frame one and
-simply goes on for longer; with one seed the two share their objects and wiggles), and the drift, whose speed
-is ``drift / n_frames``, is capped at half of ``speed`` per frame for short sequences. The default speed is
-about 0.35 px per frame at 64 px width (0.55% of the image width; scale it with the resolution you render at).
+Motion. Each object's centre is a sum of sinusoids per axis whose frequencies have irrational ratios (a
+quasi-periodic wiggle that never repeats exactly) around a base point that orbits the scene centre on a ring,
+half a turn over the whole sequence (so frames far apart show the objects in different places: each object's
+centre at two frames more than n_frames / 2 apart differs by a good fraction of the ring); each object also
+spins about its own axis at a constant rate with a sinusoidal wobble. Speed is set per frame, not per
+sequence: the sinusoids' frequencies are scaled so that each centre's RMS wiggle speed is ``speed`` world units
+per frame whatever ``n_frames`` is (a 3,600-frame scene moves as fast per frame as a 600-frame one and simply
+goes on for longer; with one seed the two share their objects and wiggles). Only the orbit, a small part of
+the motion, slows down as n_frames grows (pi * 0.65 / n_frames units per frame, capped at half of ``speed``
+on short sequences). The default speed is about 0.36 px per frame at 64 px width (0.56% of the image width;
+the pixel speed scales with the resolution you render at).
 
 Events. With two objects or more the last one appears at ``n_frames // 3`` and the one before it disappears at
 ``2 * n_frames // 3``, each over a short linear opacity ramp (`DynamicScene.visibility` says exactly when).
@@ -32,15 +35,15 @@ from .gaussian_scene import look_at, pinhole
 Times = Union[int, float, Sequence[float], Tensor]
 Cameras = Union[None, int, Sequence[int], Tensor]
 
-# Geometry of the default set (world units, z up). The objects move inside a ball of radius ~0.9 around
+# Geometry of the default set (world units, z up). The objects move inside a ball of radius ~1.1 around
 # SCENE_CENTER, which every camera sees whole (CAMERA_DISTANCE away, FOV_X_DEG wide).
 SCENE_CENTER = (0.0, 0.0, 0.3)
 CAMERA_DISTANCE, CAMERA_HEIGHT, FOV_X_DEG = 4.0, 0.9, 50.0
 GROUND_Z, WALL_RADIUS, WALL_TOP = -0.8, 6.5, 5.0
 GROUND_SPACING, WALL_SPACING, THIN = 0.2, 0.25, 0.02
-OBJECT_RADIUS = (0.35, 0.5)  # object sizes are drawn in this range
+OBJECT_RADIUS = (0.3, 0.45)  # object sizes are drawn in this range
 WIGGLE = (0.35, 0.35, 0.2)  # per-axis amplitude budget of the sinusoids
-BASE_RING, DRIFT = 0.65, 0.3  # base points spread on a ring of this radius; drift length over the sequence
+RING, ORBIT = 0.65, math.pi  # objects circle on a ring of this radius, ORBIT radians over the whole sequence
 FREQUENCY_RATIOS = (1.0, (1 + 5 ** 0.5) / 2, 2 ** 0.5 + 1.0)  # irrational ratios between an axis' sinusoids
 SPIN = 0.5  # spin rate x object radius, in units of `speed` (the surface moves about half as fast as the centre)
 PALETTE = ((0.9, 0.15, 0.1), (0.1, 0.75, 0.2), (0.15, 0.3, 0.95), (0.95, 0.85, 0.1), (0.85, 0.2, 0.8),
@@ -125,9 +128,10 @@ class DynamicScene:
         """Object centres ``(K, 3)`` / ``(T, K, 3)`` at (possibly fractional) frame times."""
         ts, scalar = self._times("centers", t)
         m = self.motion
-        progress = ts / max(self.n_frames - 1, 1) - 0.5  # the drift passes the base point mid-sequence
+        angle = m["ring_angles"] + m["orbit"] * ts[:, None] / max(self.n_frames - 1, 1)  # [T, K]
+        ring = torch.stack([RING * angle.cos(), RING * angle.sin(), torch.zeros_like(angle)], -1)
         phases = m["omegas"] * ts[:, None, None, None] + m["phases"]  # [T, K, 3, J]
-        out = m["bases"] + progress[:, None, None] * m["drifts"] + (m["amplitudes"] * phases.sin()).sum(-1)
+        out = m["bases"] + ring + (m["amplitudes"] * phases.sin()).sum(-1)
         return out[0] if scalar else out
 
     def orientations(self, t: Times) -> Tensor:
@@ -363,7 +367,7 @@ def _objects(k: int, n: int, g: torch.Generator) -> Tuple[Dict[str, Tensor], Ten
 
 def _motion(k: int, n_frames: int, speed: float, radii: Tensor, g: torch.Generator) -> Dict[str, Tensor]:
     """Trajectory parameters: per object and axis J = 3 sinusoids (amplitudes, angular frequencies per frame,
-    phases), a base point, a drift over the whole sequence, and the spin."""
+    phases), a base point and a start angle on the ring, the orbit over the whole sequence, and the spin."""
     weights = 0.5 + _rand(g, k, 3, 3)
     amplitudes = torch.tensor(WIGGLE, dtype=torch.float64)[:, None] * weights / weights.sum(-1, keepdim=True)
     ratios = torch.tensor(FREQUENCY_RATIOS, dtype=torch.float64)
@@ -372,15 +376,15 @@ def _motion(k: int, n_frames: int, speed: float, radii: Tensor, g: torch.Generat
     rms = ((amplitudes * omegas) ** 2 / 2).sum((-1, -2)).sqrt()  # [K]
     omegas = omegas * (speed / rms)[:, None, None]
     phases = 2 * math.pi * _rand(g, k, 3, 3)
-    # Base points spread around the centre (evenly spaced angles, jittered) so the objects mostly keep apart.
-    around = 2 * math.pi * (torch.arange(k, dtype=torch.float64) + 0.3 * _rand(g, k) + _rand(g, 1)) / k
-    bases = torch.tensor(SCENE_CENTER, dtype=torch.float64) + torch.stack(
-        [BASE_RING * around.cos(), BASE_RING * around.sin(), 0.1 * (2 * _rand(g, k) - 1)], -1) * (k > 1)
-    heading = 2 * math.pi * _rand(g, k)
-    drift_length = min(DRIFT, 0.5 * speed * max(n_frames - 1, 1))  # at most half the speed on short sequences
-    drifts = drift_length * torch.stack([heading.cos(), heading.sin(), torch.zeros_like(heading)], -1)
+    # Start angles on the ring evenly spaced (jittered) so that the objects mostly keep apart.
+    ring_angles = 2 * math.pi * (torch.arange(k, dtype=torch.float64) + 0.3 * _rand(g, k) + _rand(g, 1)) / k
+    heights = 0.1 * (2 * _rand(g, k) - 1)
+    bases = torch.tensor(SCENE_CENTER, dtype=torch.float64) + torch.stack([0 * heights, 0 * heights, heights], -1)
+    # The orbit's speed on the ring is capped at half `speed` (it matters on sequences under ~140 frames).
+    orbit = torch.tensor(min(ORBIT, 0.5 * speed * max(n_frames - 1, 1) / RING), dtype=torch.float64)
     spin_rates = SPIN * speed / radii * torch.where(_rand(g, k) < 0.5, -1.0, 1.0).to(torch.float64)
-    return {"amplitudes": amplitudes, "omegas": omegas, "phases": phases, "bases": bases, "drifts": drifts,
+    return {"amplitudes": amplitudes, "omegas": omegas, "phases": phases, "bases": bases, "ring_angles": ring_angles,
+            "orbit": orbit,
             "spin_axes": torch.nn.functional.normalize(_randn(g, k, 3), dim=-1), "spin_rates": spin_rates,
             "wobble_amplitudes": 0.3 + 0.3 * _rand(g, k), "wobble_rates": spin_rates.abs() * (0.4 + 0.3 * _rand(g, k)),
             "wobble_phases": 2 * math.pi * _rand(g, k),
