@@ -232,8 +232,10 @@ class DynamicScene:
             if cameras.dtype == torch.bool or cameras.is_floating_point() or cameras.is_complex():
                 raise TypeError(f"{name}: cameras must hold integer indices, got {cameras.dtype}")
             index = cameras.reshape(-1).tolist()
-        else:
+        elif isinstance(cameras, (int, list, tuple, range)):
             index = [cameras] if isinstance(cameras, int) else list(cameras)
+        else:
+            index = [cameras]  # rejected below
         if any(isinstance(i, bool) or not isinstance(i, int) for i in index):
             raise TypeError(f"{name}: cameras must be None, an int or a sequence of ints, got {cameras!r}")
         if not index or any(not 0 <= i < self.n_cameras for i in index):
