@@ -66,6 +66,12 @@ def test_shapes_and_dtypes(scene):
     assert frames.shape == (3, 2, H, W, 3)
     assert torch.equal(frames[1], image[[2, 0]]) and torch.equal(scene.render(17, cameras=1)[0], image[1])
     assert torch.equal(scene.frames(torch.tensor([17]))[0], image)
+    depth = scene.render(17, cameras=[0], render_mode="RGB+ED")
+    assert depth.shape == (1, H, W, 4) and torch.equal(depth[..., :3], image[:1])
+    assert depth[..., 3].min() > 2 and depth[..., 3].max() < 20  # objects ~4 away, the wall ~10
+    # Fractional times lie between the frames around them.
+    between = scene.gaussians(17.5)["means"]
+    assert torch.allclose(between, 0.5 * (gs["means"] + scene.gaussians(18)["means"]), atol=0.01)
     assert "n_frames=90" in repr(scene)
 
 
@@ -219,6 +225,8 @@ def test_bad_arguments_raise(scene):
             scene.centers(t)
     with pytest.raises(TypeError, match="DynamicScene.gaussians: t"):
         scene.gaussians(torch.tensor(3))
+    with pytest.raises(TypeError, match="DynamicScene.render: t"):
+        scene.render(True)
     with pytest.raises(ValueError, match=r"DynamicScene.centers: t must be a number or 1-D"):
         scene.centers(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="DynamicScene.frames: ts must hold at least one frame"):

@@ -127,22 +127,13 @@ class DynamicScene:
     def centers(self, t: Times) -> Tensor:
         """Object centres ``(K, 3)`` / ``(T, K, 3)`` at (possibly fractional) frame times."""
         ts, scalar = self._times("centers", t)
-        m = self.motion
-        angle = m["ring_angles"] + m["orbit"] * ts[:, None] / max(self.n_frames - 1, 1)  # [T, K]
-        ring = torch.stack([RING * angle.cos(), RING * angle.sin(), torch.zeros_like(angle)], -1)
-        phases = m["omegas"] * ts[:, None, None, None] + m["phases"]  # [T, K, 3, J]
-        out = m["bases"] + ring + (m["amplitudes"] * phases.sin()).sum(-1)
+        out = self._centers(ts)
         return out[0] if scalar else out
 
     def orientations(self, t: Times) -> Tensor:
         """Object orientations, unit wxyz quaternions ``(K, 4)`` / ``(T, K, 4)`` (object to world)."""
         ts, scalar = self._times("orientations", t)
-        m = self.motion
-        angle = m["spin_rates"] * ts[:, None] + m["wobble_amplitudes"] * (m["wobble_rates"] * ts[:, None]
-                                                                          + m["wobble_phases"]).sin()  # [T, K]
-        half = 0.5 * angle[..., None]
-        spin = torch.cat([half.cos(), half.sin() * m["spin_axes"]], -1)  # [T, K, 4]
-        out = quat_multiply(spin, m["initial_quats"])
+        out = self._orientations(ts)
         return out[0] if scalar else out
 
     def visibility(self, t: Times) -> Tensor:
@@ -151,48 +142,73 @@ class DynamicScene:
         disappearing one is at 1 until ``disappear_frame - ramp_frames`` and absent from ``disappear_frame``
         on. Every other object is always 1."""
         ts, scalar = self._times("visibility", t)
+        out = self._visibility(ts)
+        return out[0] if scalar else out
+
+    def gaussians(self, t: Union[int, float]) -> Dict[str, Tensor]:
+        """The scene's Gaussians at frame time t (an int frame or a fractional time in [0, n_frames - 1]):
+        `pyops.rasterize_gaussians` inputs ``means (N, 3), quats (N, 4), scales (N, 3), opacities (N,),
+        colors (N, 3)``; objects first (``object_ids``), then the backdrop. O(N) tensor ops, no host sync."""
+        return self._gaussians("gaussians", t)
+
+    def render(self, t: Union[int, float], cameras: Cameras = None, *, render_mode: str = "RGB",
+               backend: Optional[str] = None) -> Tensor:
+        """Ground truth ``(C, H, W, 3)`` of frame t in all cameras or the selected ones (an index, a sequence
+        or 1-D tensor of indices): one `pyops.rasterize_gaussians` call. ``render_mode`` ("RGB+ED" appends
+        the expected depth, as gsplat) and ``backend`` are passed on."""
+        from .. import rasterize_gaussians  # the package imports the models
+
+        viewmats, Ks = self._cameras("render", cameras)
+        g = self._gaussians("render", t)
+        image, _, _ = rasterize_gaussians(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats,
+                                          Ks, self.width, self.height, render_mode=render_mode,
+                                          backgrounds=self.background.expand(viewmats.shape[0], 3), backend=backend)
+        return image
+
+    def frames(self, ts: Times, cameras: Cameras = None, *, render_mode: str = "RGB",
+               backend: Optional[str] = None) -> Tensor:
+        """Ground truth ``(T, C, H, W, 3)`` of frames ``ts`` (a sequence or 1-D tensor), one render each."""
+        times, _ = self._times("frames", ts)
+        if times.shape[0] == 0:
+            raise ValueError("DynamicScene.frames: ts must hold at least one frame")
+        self._cameras("frames", cameras)  # fail before rendering anything
+        return torch.stack([self.render(t, cameras, render_mode=render_mode, backend=backend)
+                            for t in times.double().tolist()])
+
+    def _centers(self, ts: Tensor) -> Tensor:  # [T] -> [T, K, 3]
+        m = self.motion
+        angle = m["ring_angles"] + m["orbit"] * ts[:, None] / max(self.n_frames - 1, 1)  # [T, K]
+        ring = torch.stack([RING * angle.cos(), RING * angle.sin(), torch.zeros_like(angle)], -1)
+        phases = m["omegas"] * ts[:, None, None, None] + m["phases"]  # [T, K, 3, J]
+        return m["bases"] + ring + (m["amplitudes"] * phases.sin()).sum(-1)
+
+    def _orientations(self, ts: Tensor) -> Tensor:  # [T] -> [T, K, 4]
+        m = self.motion
+        angle = m["spin_rates"] * ts[:, None] + m["wobble_amplitudes"] * (m["wobble_rates"] * ts[:, None]
+                                                                          + m["wobble_phases"]).sin()  # [T, K]
+        half = 0.5 * angle[..., None]
+        spin = torch.cat([half.cos(), half.sin() * m["spin_axes"]], -1)  # [T, K, 4]
+        return quat_multiply(spin, m["initial_quats"])
+
+    def _visibility(self, ts: Tensor) -> Tensor:  # [T] -> [T, K]
         out = torch.ones(ts.shape[0], self.n_objects, dtype=ts.dtype, device=ts.device)
         ramp = self.ramp_frames
         if self.appearing_object is not None:
             out[:, self.appearing_object] = ((ts - self.appear_frame + 1) / ramp).clamp(0, 1)
         if self.disappearing_object is not None:
             out[:, self.disappearing_object] = ((self.disappear_frame - ts) / ramp).clamp(0, 1)
-        return out[0] if scalar else out
+        return out
 
-    def gaussians(self, t: Union[int, float]) -> Dict[str, Tensor]:
-        """The scene's Gaussians at frame time t (an int frame or a fractional time in [0, n_frames - 1]):
-        `pyops.rasterize_gaussians` inputs ``means (N, 3), quats (N, 4), scales (N, 3), opacities (N,),
-        colors (N, 3)``; objects first (``object_ids``), then the backdrop. O(N) tensor ops."""
+    def _gaussians(self, fn: str, t: Union[int, float]) -> Dict[str, Tensor]:
         if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise TypeError(f"DynamicScene.gaussians: t must be an int or float frame time, got {type(t).__name__}")
-        center, quat, vis = self.centers(t), self.orientations(t), self.visibility(t)  # [K, 3], [K, 4], [K]
+            raise TypeError(f"DynamicScene.{fn}: t must be an int or float frame time, got {type(t).__name__}")
+        ts, _ = self._times(fn, t)
+        center, quat, vis = self._centers(ts)[0], self._orientations(ts)[0], self._visibility(ts)[0]  # [K, ...]
         o, b = self.objects, self.backdrop
         means = center[:, None, :] + o["means"] @ quat_to_rotmat(quat).transpose(-1, -2)  # [K, G, 3]
         out = {"means": means, "quats": quat_multiply(quat[:, None, :], o["quats"]), "scales": o["scales"],
                "opacities": o["opacities"] * vis[:, None], "colors": o["colors"]}
         return {name: torch.cat([v.flatten(0, 1), b[name]]) for name, v in out.items()}
-
-    def render(self, t: Union[int, float], cameras: Cameras = None, *, backend: Optional[str] = None) -> Tensor:
-        """Ground truth ``(C, H, W, 3)`` of frame t in all cameras or the selected ones (an index, a sequence
-        or 1-D tensor of indices): one `pyops.rasterize_gaussians` call (``backend`` passed on)."""
-        from .. import rasterize_gaussians  # the package imports the models
-
-        viewmats, Ks = self._cameras("render", cameras)
-        g = self.gaussians(t)
-        image, _, _ = rasterize_gaussians(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats,
-                                          Ks, self.width, self.height,
-                                          backgrounds=self.background.expand(viewmats.shape[0], 3), backend=backend)
-        return image
-
-    def frames(self, ts: Times, cameras: Cameras = None, *, backend: Optional[str] = None) -> Tensor:
-        """Ground truth ``(T, C, H, W, 3)`` of frames ``ts`` (a sequence or 1-D tensor), one render each."""
-        times, _ = self._times("frames", ts)
-        if times.shape[0] == 0:
-            raise ValueError("DynamicScene.frames: ts must hold at least one frame")
-        self._cameras("frames", cameras)  # fail before rendering anything
-        integral = times == times.round()
-        return torch.stack([self.render(int(t) if whole else float(t), cameras, backend=backend)
-                            for t, whole in zip(times.tolist(), integral.tolist())])
 
     # -- argument checks --
 
