@@ -5,17 +5,17 @@ wall, also Gaussians) and are seen by cameras on an arc; ground-truth frames are
 `pyops.rasterize_gaussians`, so a 3,600-frame sequence costs nothing until a frame is asked for. Nothing is
 downloaded: everything comes from one seed.
 
-Motion. Each object's centre is a sum of sinusoids per axis whose frequencies have irrational ratios (a
-quasi-periodic wiggle that never repeats exactly) around a base point that orbits the scene centre on a ring,
-half a turn over the whole sequence (so frames far apart show the objects in different places: each object's
-centre at two frames more than n_frames / 2 apart differs by a good fraction of the ring); each object also
-spins about its own axis at a constant rate with a sinusoidal wobble. Speed is set per frame, not per
-sequence: the sinusoids' frequencies are scaled so that each centre's RMS wiggle speed is ``speed`` world units
-per frame whatever ``n_frames`` is (a 3,600-frame scene moves as fast per frame as a 600-frame one and simply
-goes on for longer; with one seed the two share their objects and wiggles). Only the orbit, a small part of
-the motion, slows down as n_frames grows (pi * 0.65 / n_frames units per frame, capped at half of ``speed``
-on short sequences). The default speed is about 0.36 px per frame at 64 px width (0.56% of the image width;
-the pixel speed scales with the resolution you render at).
+Motion. Each object's centre is a sum of sinusoids per axis with incommensurate frequencies (irrational base
+ratios times random factors: a quasi-periodic wiggle that never repeats exactly) around a base point that
+orbits the scene centre on a ring, half a turn over the whole sequence (so frames far apart show the objects
+in different places: each object's centre at two frames more than n_frames / 2 apart differs by a good
+fraction of the ring); each object also spins about its own axis at a constant rate with a sinusoidal wobble.
+Speed is set per frame, not per sequence: the sinusoids' frequencies are scaled so that each centre's RMS
+wiggle speed is ``speed`` world units per frame whatever ``n_frames`` is (a 3,600-frame scene moves as fast
+per frame as a 600-frame one and simply goes on for longer; with one seed the two share their objects and
+wiggles). Only the orbit, a small part of the motion, slows down as n_frames grows (pi * 0.65 / n_frames
+units per frame, capped at half of ``speed`` on short sequences). The default speed is about 0.36 px per
+frame at 64 px width (0.56% of the image width; the pixel speed scales with the resolution you render at).
 
 Events. With two objects or more the last one appears at ``n_frames // 3`` and the one before it disappears at
 ``2 * n_frames // 3``, each over a short linear opacity ramp (`DynamicScene.visibility` says exactly when).
@@ -266,7 +266,8 @@ def synthetic_dynamic_scene(n_frames: int, *, width: int = 64, height: int = 64,
                             seed: int = 0, device=None, dtype=torch.float32) -> DynamicScene:
     """A `DynamicScene` of ``n_objects`` moving objects (ellipsoids, boxes and tori of ``gaussians_per_object``
     Gaussians, two or three colour bands each) in front of a ground and a back wall, seen by ``n_cameras``
-    looking at the scene centre from an arc of ``camera_arc_deg`` degrees (360: a full ring).
+    looking at the scene centre from an arc of ``camera_arc_deg`` degrees (360: a full ring), 4 units away,
+    50 degrees wide. The backdrop keeps only the Gaussians these cameras see (a few thousand).
 
     Args:
         speed: RMS speed of each object's centre, world units per frame (the objects move within ~1.8 units;
