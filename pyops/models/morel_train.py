@@ -198,8 +198,7 @@ class MoRelTrainer:
         grad = view["means2d"].grad[0].clone()  # (M*K, 2), in pixels -> units of half the image (gsplat)
         grad[:, 0] *= view["width"] / 2
         grad[:, 1] *= view["height"] / 2
-        levels = growth.variance_levels(self._feature_variance(acc), cfg.quantiles)
-        weight = torch.tensor(cfg.level_weights, device=grad.device)[levels]
+        weight = growth.fhd_level_weight(self._feature_variance(acc), cfg.quantiles, cfg.level_weights)
         kept = (dec.opacities > 0) & (view["radii"][0] > 0).all(-1).view(m, k)
         acc["stats"].update(visible, dec.neural_opacity, grad.norm(dim=-1).view(m, k), kept, weight)
 
