@@ -328,6 +328,20 @@ def test_grow_anchors_parent_is_largest_gradient_in_cell():
     assert growth.parent.tolist() == [1] and growth.anchors.tolist() == [[10.0, 10.0, 10.0]]
 
 
+def test_grow_anchors_finer_levels_see_coarser_new_anchors():
+    # One Gaussian above every level's threshold, at the centre of a coarse cell: level 0 places an anchor there,
+    # which then occupies the finer cells the same Gaussian falls in at levels 1 and 2.
+    anchors = torch.zeros(2, 3)
+    means = torch.zeros(2, 1, 3)
+    means[1, 0] = 5.2
+    stats = ag.AnchorStats(2, 1)
+    stats.grad_count.fill_(50)
+    stats.grad_accum[1] = 50 * 1e-3
+    growth = ag.grow_anchors(anchors, means, stats, 0.025, random_drop=False)
+    assert growth.parent.tolist() == [1] and growth.cell_size.tolist() == pytest.approx([0.4])
+    torch.testing.assert_close(growth.anchors, torch.full((1, 3), 5.2))
+
+
 def test_grow_anchors_random_drop_is_reproducible():
     anchors, means, stats = _growth_setup(seed=8)
     full = ag.grow_anchors(anchors, means, stats, 0.025, random_drop=False)
