@@ -78,6 +78,29 @@ def test_voxelize_matches_python_set():
         ag.voxelize(points, voxel, colors[:10])
 
 
+def test_knn_sq_dist_and_initial_log_scales():
+    g = _gen(13)
+    points = torch.rand(70, 3, generator=g, dtype=torch.float64)
+    points[5] = points[9]  # a duplicate: distance 0 to each other
+    got = ag.knn_sq_dist(points, 3)
+    pts = points.tolist()
+    for i, p in enumerate(pts):
+        d2 = sorted(sum((a - b) ** 2 for a, b in zip(p, q)) for j, q in enumerate(pts) if j != i)
+        assert math.isclose(float(got[i]), sum(d2[:3]) / 3, rel_tol=1e-12, abs_tol=1e-15)
+    assert got[5] == got[9]  # duplicates: the same neighbour distances (one of them 0)
+    # float32 keeps close points' distances (no |a|^2 + |b|^2 - 2ab cancellation far from the origin).
+    near = torch.tensor([[1000.0, 0, 0], [1000.0, 0, 1e-3], [1000.0, 1e-3, 0]])
+    torch.testing.assert_close(ag.knn_sq_dist(near, 1), torch.tensor([1e-6, 1e-6, 1e-6]), rtol=1e-3, atol=0)
+    assert ag.knn_sq_dist(near, 5).shape == (3,)  # fewer than k neighbours: the available ones
+    assert ag.knn_sq_dist(near[:1], 3).tolist() == [0.0]
+    scales = ag.initial_log_scales(points.float())
+    assert scales.shape == (70, 6)
+    torch.testing.assert_close(scales, (0.5 * got.clamp_min(1e-7).log()).float()[:, None].expand(70, 6))
+    assert torch.equal(ag.initial_log_scales(near[:1]), torch.full((1, 6), 0.5 * math.log(1e-7)))
+    with pytest.raises(ValueError, match="knn_sq_dist: k=0"):
+        ag.knn_sq_dist(points, 0)
+
+
 def _brute_occupied(query, existing):
     return torch.tensor([any(q == e for e in existing.tolist()) for q in query.tolist()], dtype=torch.bool)
 
