@@ -392,7 +392,7 @@ def grow_anchors(anchors: Tensor, gaussian_means: Tensor, stats: AnchorStats, vo
 
     Args:
         anchors: ``(M, 3)`` anchor positions.
-        gaussian_means: ``(M, K)`` x 3 centres of the neural Gaussians (``anchor + offset * scaling[:, :3]``).
+        gaussian_means: ``(M, K, 3)`` centres of the neural Gaussians (``anchor + offset * scaling[:, :3]``).
         stats: the :class:`AnchorStats` of these M anchors.
         voxel_size: the base anchor voxel size, > 0.
 
