@@ -17,7 +17,7 @@ SMALL = dict(feat_dim=16, n_offsets=5, hidden_dim=16, hex_features=8, hex_resolu
              hex_multires=(1,), deform_width=32)
 FRAMES, GOP, SIZE = 48, 8, 64
 SCHEDULE = dict(gca=400, kfa=10, pwd=40, ifb=20)
-TRAINED_PSNR = 20.0  # dB over all 48 frames and both cameras after the schedule (measured: see the test)
+TRAINED_PSNR = 25.0  # dB over all 48 frames, per camera, after the schedule (measured 27.7 and 26.8)
 
 
 def _scene(data, n_frames=FRAMES, **kw):
@@ -40,9 +40,11 @@ def data():
 def trained(data):
     torch.manual_seed(0)
     scene = _scene(data)
+    initial_anchors = scene.gca.n_anchors
     trainer = MoRelTrainer(scene, data.render, data.viewmats, data.Ks, SIZE, SIZE, background=data.background,
                            densify=DensifyConfig(start=100, every=100, stop=350), progress=False)
     history = trainer.fit(**SCHEDULE)
+    history["initial_anchors"] = initial_anchors
     return scene, trainer, history
 
 
@@ -54,7 +56,6 @@ def test_residency_is_bounded_and_flat_in_sequence_length(data):
     sizes = {}
     for n_frames in (60, 600):
         scene = _scene(data, n_frames)
-        scene.set_stage("pwd", 0)
         order = list(range(n_frames))
         random.Random(n_frames).shuffle(order)
         peak = 0
@@ -74,21 +75,20 @@ def test_residency_is_bounded_and_flat_in_sequence_length(data):
 def test_disk_storage_round_trips_and_stays_bounded(data, tmp_path):
     scene = _scene(data, 40, storage=tmp_path / "kf")
     assert len(list((tmp_path / "kf").glob("keyframe_*.pt"))) == scene.n_keyframes
-    scene.set_stage("pwd", 2)
-    kf = scene.keyframe(2)
+    kf = scene.set_stage("pwd", 2)[1]  # keyframe 2's features
     with torch.no_grad():
-        kf.feat.add_(1.0)
-    for t in (0, 39, 17, 1):  # evicts keyframe 2, which was marked dirty by set_stage
+        kf.add_(1.0)
+    scene.set_stage(None)
+    for t in (0, 39, 17, 1):  # evicts keyframe 2, which the pwd stage marked dirty
         scene.render(t, data.viewmats[:1], data.Ks[:1], 32, 32)
         assert len(scene.resident_keyframes()) <= 2
     assert 2 not in scene.resident_keyframes()
     reloaded = scene.keyframe(2)
-    torch.testing.assert_close(reloaded.feat, kf.feat, rtol=0, atol=0)
+    torch.testing.assert_close(reloaded.feat, kf, rtol=0, atol=0)
 
 
 def test_frame_sets_and_keyframe_frames_render_one_set(data):
     scene = _scene(data)
-    scene.set_stage("pwd", 1)
     assert scene.frame_sets(8) == [(1, 0.0, None)]
     assert scene.frame_sets(10) == [(1, 0.25, "forward"), (2, -0.75, "backward")]
     assert scene.frame_sets(FRAMES - 1) == [(5, 0.875, "forward"), (6, -0.125, "backward")]
@@ -108,7 +108,6 @@ def test_frame_sets_and_keyframe_frames_render_one_set(data):
 
 def test_blend_weights_scale_the_two_sets_opacities(data):
     scene = _scene(data)
-    scene.set_stage("pwd", 0)
     with torch.no_grad():
         a, b = scene.keyframe(0), scene.keyframe(1)
         a.fwd_decay.fill_(2.0)
@@ -134,7 +133,7 @@ def test_training_the_four_stages_lowers_the_loss_and_reaches_the_stated_psnr(tr
     assert sum(gca[-50:]) / 50 < 0.6 * sum(gca[:20]) / 20
     assert len(history["kfa"]) == SCHEDULE["kfa"] * scene.n_keyframes
     assert len(history["ifb"]) == SCHEDULE["ifb"] * (scene.n_keyframes - 1)
-    assert scene.gca.n_anchors != data.points.shape[0]  # densification ran (grew and/or pruned)
+    assert scene.gca.n_anchors != history["initial_anchors"]  # FHD densification grew (measured 1691 -> 1993)
     values = []
     for camera in range(2):
         rendered = _render_all(scene, data, camera)
@@ -151,10 +150,16 @@ def test_pwd_improves_its_window_over_the_gca_clone(data):
     trainer.train_stage("kfa", 0, 2)  # clones keyframe 2 from the GCA
     window = trainer.frames("pwd", 2)
     assert window == list(range(8, 25))
-    before = [trainer.render_loss(t, 0)[0].item() for t in window]
+
+    def window_loss():
+        scene.set_stage("pwd", 2)  # renders keyframe 2 alone
+        with torch.no_grad():
+            return sum(trainer.render_loss(t, 0)[0].item() for t in window)
+
+    before = window_loss()
     losses = trainer.train_stage("pwd", 120, 2)
-    after = [trainer.render_loss(t, 0)[0].item() for t in window]
-    assert sum(after) < sum(before)
+    after = window_loss()
+    assert after < before
     assert sum(losses[-20:]) < sum(losses[:20])
 
 
@@ -198,8 +203,6 @@ def test_state_dict_round_trip_and_single_keyframe_files(trained, data, tmp_path
     for k, v in copy.state_dict().items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, state[k]), k
-    for stage in (copy, scene):
-        stage.set_stage("pwd", 0)
     torch.testing.assert_close(_render_all(copy, data, frames=[3, 12]), _render_all(scene, data, frames=[3, 12]),
                                rtol=0, atol=0)
     path = tmp_path / "kf4.pt"

@@ -183,6 +183,7 @@ class KeyframeStore:
         self.stored: Dict[int, Dict[str, Tensor]] = {}  # CPU storage (empty with a directory)
         self.resident: "OrderedDict[int, AnchorSet]" = OrderedDict()
         self.dirty: set = set()
+        self.pinned: set = set()  # resident keyframes that must not be evicted (being trained)
 
     def path(self, n: int) -> str:
         return os.path.join(self.directory, f"keyframe_{n:05d}.pt")
@@ -217,10 +218,15 @@ class KeyframeStore:
             self.resident.move_to_end(n)
             return self.resident[n]
         while len(self.resident) >= self.capacity:
-            self.evict(next(iter(self.resident)))
+            unpinned = [k for k in self.resident if k not in self.pinned]
+            if not unpinned:
+                raise RuntimeError(f"MoRelScene: keyframe {n} cannot be loaded while keyframes {sorted(self.pinned)} "
+                                   f"are held for training and {self.capacity} may be resident; call "
+                                   "set_stage(None) first")
+            self.evict(unpinned[0])
         state = self.state(n)
-        kf = AnchorSet(_anchor_count(state), self.cfg, device=self.device)
-        kf.load_state_dict({k: v.to(self.device, non_blocking=True) for k, v in state.items()})
+        kf = AnchorSet(_anchor_count(state), self.cfg, device="meta")  # no initialisation: the state replaces it
+        kf.load_state_dict({k: v.to(self.device, non_blocking=True) for k, v in state.items()}, assign=True)
         kf.requires_grad_(False)  # MoRelScene.set_stage chooses what trains
         self.resident[n] = kf
         return kf
@@ -235,6 +241,7 @@ class KeyframeStore:
             self._write(n, kf.state_dict())
 
     def evict_all(self) -> None:
+        self.pinned.clear()
         for n in list(self.resident):
             self.evict(n)
 
@@ -316,8 +323,7 @@ class MoRelScene(nn.Module):
         initial = {k: v.detach() for k, v in self.gca.state_dict().items()}
         for n in range(cfg.n_keyframes):
             self.store.put(n, initial)
-        self.stage, self.stage_keyframe = "gca", None
-        self.set_stage("gca")
+        self.stage, self.stage_keyframe = None, None
 
     # -- frames and keyframes --------------------------------------------------------------------------
 
@@ -368,20 +374,24 @@ class MoRelScene(nn.Module):
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def set_stage(self, stage: str, keyframe: Optional[int] = None, *, clone: bool = True) -> List[nn.Parameter]:
+    def set_stage(self, stage: Optional[str], keyframe: Optional[int] = None, *,
+                  clone: bool = True) -> List[nn.Parameter]:
         """Chooses what trains and returns those parameters (for the optimizer):
 
-        - "gca": the GCA (anchors, deformation field) and the decoder MLPs;
+        - "gca": the GCA (anchors, deformation field) and the decoder MLPs (render with :meth:`render_gca`);
         - "kfa": keyframe n's anchors, first cloned from the GCA deformed to t_n (``clone=False`` keeps them);
-        - "pwd": keyframe n's anchors and deformation field;
-        - "ifb": keyframe n's forward and keyframe n+1's backward blend offsets and decays (interval n).
-        Everything else gets ``requires_grad=False``.
+        - "pwd": keyframe n's anchors and deformation field (both render with :meth:`render_keyframe`);
+        - "ifb": keyframe n's forward and keyframe n+1's backward blend offsets and decays (interval n,
+          rendered by :meth:`render`);
+        - None: nothing (the state after construction).
+        Everything else gets ``requires_grad=False``; the stage's keyframes stay resident until the next call.
         """
         op = "MoRelScene.set_stage"
-        check_choice(op, "stage", stage, STAGES)
-        if stage == "gca":
+        if stage is not None:
+            check_choice(op, "stage", stage, STAGES)
+        if stage in (None, "gca"):
             if keyframe is not None:
-                raise ValueError(f"{op}: the gca stage takes no keyframe, got {keyframe}")
+                raise ValueError(f"{op}: the {stage} stage takes no keyframe, got {keyframe}")
         else:
             if keyframe is None:
                 raise ValueError(f"{op}: the {stage} stage needs a keyframe")
@@ -389,23 +399,27 @@ class MoRelScene(nn.Module):
             if stage == "ifb" and keyframe + 1 >= self.n_keyframes:
                 raise ValueError(f"{op}: ifb trains interval (keyframe, keyframe + 1); keyframe={keyframe} is the last")
         self.stage, self.stage_keyframe = stage, keyframe
+        self.store.pinned.clear()
         for p in trainable(self):
             p.requires_grad_(stage == "gca")
         for kf in self.store.resident.values():
             kf.requires_grad_(False)
-        if stage == "gca":
-            return trainable(self)
+        if stage in (None, "gca"):
+            return trainable(self) if stage == "gca" else []
         if stage == "kfa" and clone:
             self.clone_keyframe(keyframe)
+        held = [keyframe, keyframe + 1] if stage == "ifb" else [keyframe]
+        for n in held:
+            self.keyframe(n)
+            self.store.mark_dirty(n)
+        self.store.pinned.update(held)  # training holds references to their parameters: never evicted meanwhile
         kf = self.keyframe(keyframe)
-        self.store.mark_dirty(keyframe)
         if stage == "kfa":
             params = [getattr(kf, n) for n in ANCHOR_PARAMS]
         elif stage == "pwd":
             params = [getattr(kf, n) for n in ANCHOR_PARAMS] + trainable(kf.deform)
         else:
             nxt = self.keyframe(keyframe + 1)
-            self.store.mark_dirty(keyframe + 1)
             params = [kf.fwd_offset, kf.fwd_decay, nxt.bwd_offset, nxt.bwd_decay]
         for p in params:
             p.requires_grad_(True)
@@ -473,23 +487,44 @@ class MoRelScene(nn.Module):
             views.append(meta)
         return torch.cat(images), torch.cat(alphas), {"views": views}
 
-    def _frame_sources(self, t: float):
-        if self.stage == "gca":
-            return [(-1, self.global_time(t), None)], [(self.gca, self.global_time(t), None)]
+    def _relay_sources(self, t: float):
         sets = self.frame_sets(t)
         return sets, [(self.store.get(n), time, mode) for n, time, mode in sets]
 
     def render(self, t, viewmats: Tensor, Ks: Tensor, width: int, height: int,
                **rasterize_kwargs) -> Tuple[Tensor, Tensor, Dict]:
-        """Frame t (0 <= t <= T-1) seen by C cameras: ``(image (C, H, W, 3), alpha (C, H, W, 1), meta)``.
-
-        In the "gca" stage the GCA renders at the frame's global time; otherwise the keyframe relay: keyframe n
-        alone at its own frame, else keyframes n and n+1 blended (both made resident). meta["sets"] lists
-        (keyframe, relative time, blend mode) (keyframe -1: the GCA).
-        """
-        sets, sources = self._frame_sources(self._check_frame("MoRelScene.render", t))
+        """Frame t (0 <= t <= T-1) seen by C cameras through the keyframe relay: keyframe n alone at its own
+        frame, else keyframes n and n+1 blended (both made resident). Returns ``(image (C, H, W, 3), alpha
+        (C, H, W, 1), meta)``; meta["sets"] lists (keyframe, relative time, blend mode), meta["views"] per camera
+        the rasterizer's meta and the decoded sets. Keyword arguments go to `pyops.rasterize_gaussians`."""
+        sets, sources = self._relay_sources(self._check_frame("MoRelScene.render", t))
         image, alpha, meta = self.render_sets(sources, viewmats, Ks, width, height, **rasterize_kwargs)
         meta["sets"] = sets
+        return image, alpha, meta
+
+    def render_keyframe(self, n: int, t, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                        **rasterize_kwargs) -> Tuple[Tensor, Tensor, Dict]:
+        """Keyframe n alone, deformed to frame t (within its field's window: |t - t_n| <= gop), no blending:
+        what the KfA and PWD stages train."""
+        op = "MoRelScene.render_keyframe"
+        n, t = self._check_keyframe(op, n), self._check_frame(op, t)
+        tau = (t - self.keyframe_time(n)) / self.cfg.gop
+        if abs(tau) > 1.0:
+            raise ValueError(f"{op}: t={t} is outside keyframe {n}'s window [{self.keyframe_time(n) - self.cfg.gop}, "
+                             f"{self.keyframe_time(n) + self.cfg.gop}]")
+        image, alpha, meta = self.render_sets([(self.store.get(n), tau, None)], viewmats, Ks, width, height,
+                                              **rasterize_kwargs)
+        meta["sets"] = [(n, tau, None)]
+        return image, alpha, meta
+
+    def render_gca(self, t, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                   **rasterize_kwargs) -> Tuple[Tensor, Tensor, Dict]:
+        """The global canonical anchors deformed to frame t (the GCA stage's render); meta["sets"] is
+        [(-1, global time, None)]."""
+        time = self.global_time(self._check_frame("MoRelScene.render_gca", t))
+        image, alpha, meta = self.render_sets([(self.gca, time, None)], viewmats, Ks, width, height,
+                                              **rasterize_kwargs)
+        meta["sets"] = [(-1, time, None)]
         return image, alpha, meta
 
     def frame_gaussians(self, t, viewmat: Tensor, K: Tensor, width: int, height: int) -> List[Tensor]:
@@ -497,7 +532,7 @@ class MoRelScene(nn.Module):
         deformed and decoded sets' ``[means (N, 3), quats (N, 4), scales (N, 3), opacities (N,), colors (N, 3)]``
         (dropped Gaussians have opacity 0)."""
         viewmats, Ks = _camera_args(viewmat[None], K[None], self.device)
-        _, sources = self._frame_sources(self._check_frame("MoRelScene.frame_gaussians", t))
+        _, sources = self._relay_sources(self._check_frame("MoRelScene.frame_gaussians", t))
         deformed = [(src, self.deform(src, time), time, mode) for src, time, mode in sources]
         cam_center = torch.linalg.inv(viewmats[0])[:3, 3]
         return self.view_gaussians(deformed, viewmats[0], Ks[0], cam_center, width, height)[0]
@@ -532,7 +567,7 @@ class MoRelScene(nn.Module):
             if not state:
                 raise KeyError(f"MoRelScene.load_state_dict: no tensors for keyframe {n}")
             self.store.put(n, state)
-        self.set_stage("gca")
+        self.set_stage(None)
 
     def save_keyframe(self, n: int, path: Union[str, os.PathLike]) -> None:
         """Saves keyframe n alone (its anchors, field and blend parameters)."""

@@ -131,9 +131,15 @@ class MoRelTrainer:
         return torch.optim.Adam(groups, eps=1e-15)
 
     def render_loss(self, t: int, camera: int):
-        s = slice(camera, camera + 1)
-        image, _, meta = self.scene.render(t, self.viewmats[s], self.Ks[s], self.width, self.height,
-                                           backgrounds=self.backgrounds)
+        """The loss of frame t in one camera as the current stage renders it, and the render's meta."""
+        scene, s = self.scene, slice(camera, camera + 1)
+        args = (self.viewmats[s], self.Ks[s], self.width, self.height)
+        if scene.stage == "gca":
+            image, _, meta = scene.render_gca(t, *args, backgrounds=self.backgrounds)
+        elif scene.stage in ("kfa", "pwd"):
+            image, _, meta = scene.render_keyframe(scene.stage_keyframe, t, *args, backgrounds=self.backgrounds)
+        else:
+            image, _, meta = scene.render(t, *args, backgrounds=self.backgrounds)
         return self.loss(image, self.target_frame(t)[s]), meta
 
     # -- stages -----------------------------------------------------------------------------------------
@@ -159,8 +165,8 @@ class MoRelTrainer:
             if stats is not None and self.densify.start <= it + 1 < self.densify.stop and \
                     (it + 1) % self.densify.every == 0:
                 optimizer, stats = self._densify(optimizer, stats)
-        if stage != "gca":
-            self.scene.store.evict_all()  # the window's keyframes back to storage
+        self.scene.set_stage(None)
+        self.scene.store.evict_all()  # the window's keyframes back to storage
         return losses
 
     def fit(self, gca: int, kfa: int, pwd: int, ifb: int) -> Dict[str, List[float]]:
