@@ -12,8 +12,8 @@ def test_quick_benchmark_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ops = ("derf", "vq", "gaussians", "anchors")
-    assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians", "anchor_decode", "hexplane"))
+    ops = ("derf", "vq", "gaussians", "anchors", "morel")
+    assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians", "anchor_decode", "hexplane", "morel"))
     assert "pyops-cpu" in proc.stdout
     (out,) = tmp_path.glob("*-quick")  # results/<device>-quick/<op>.{md,json,csv,png}
     rows = [r for op in ops for r in json.loads((out / f"{op}.json").read_text())["rows"]]
@@ -32,6 +32,12 @@ def test_quick_benchmark_run(tmp_path):
                           ("hexplane", ("eager 4DGS grid_sample", "torch.compile 4DGS"))):
         got = {(r["kernel_provider"], r["kernel_operation_mode"]) for r in rows if r["kernel_name"] == kernel}
         assert got >= {(p, m) for p in ("pyops-cpu",) + peers for m in ("forward", "full")}, got
+    morel = [r for r in rows if r["kernel_name"] == "morel"]
+    assert {(r["kernel_provider"], r["kernel_operation_mode"]) for r in morel} == {
+        (p, m) for p in ("pyops-cpu", "eager composition", "all keyframes resident")
+        for m in ("playback", "random", "deform+decode")}
+    resident = {r["kernel_provider"]: r["resident_mb"] for r in morel}
+    assert 0 < resident["pyops-cpu"] < resident["all keyframes resident"]  # 2 of the 3 quick keyframes
     for op in ops:
         assert all((out / f"{op}.{ext}").stat().st_size > 0 for ext in ("md", "csv", "png"))
         kernels = {r["kernel_name"] for r in json.loads((out / f"{op}.json").read_text())["rows"]}
