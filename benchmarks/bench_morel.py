@@ -88,11 +88,10 @@ def build_scene(cls, n_frames, n_anchors, device, max_resident=2, seed=0):
             kf.fwd_decay.copy_(torch.rand(kf.fwd_decay.shape, generator=g) * 2)
             kf.bwd_decay.copy_(torch.rand(kf.bwd_decay.shape, generator=g) * 2)
         states.append({k: v.detach().cpu() for k, v in kf.state_dict().items()})
-    scene.store.resident.clear()
     if scene.store.pin:
         states = [{k: v.pin_memory() for k, v in s.items()} for s in states]
     for n in range(scene.n_keyframes):
-        scene.store.stored[n] = states[n % 2]  # shared storage (see the module docstring)
+        scene.store.put(n, states[n % 2], shared=True)  # shared storage (see the module docstring)
     scene.requires_grad_(False)
     scene.store.evict_all()
     if max_resident > 2:

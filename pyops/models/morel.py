@@ -188,13 +188,17 @@ class KeyframeStore:
     def path(self, n: int) -> str:
         return os.path.join(self.directory, f"keyframe_{n:05d}.pt")
 
-    def put(self, n: int, state: Dict[str, Tensor]) -> None:
-        """Stores keyframe n's state (replacing a resident copy)."""
+    def put(self, n: int, state: Dict[str, Tensor], *, shared: bool = False) -> None:
+        """Stores keyframe n's state (replacing a resident copy). ``shared``: in CPU memory, keep this state
+        object itself, which other keyframes may share (it is only ever read: loads copy it, writes replace it)."""
         self.resident.pop(n, None)
         self.dirty.discard(n)
-        self._write(n, state)
+        self._write(n, state, shared)
 
-    def _write(self, n: int, state: Dict[str, Tensor]) -> None:
+    def _write(self, n: int, state: Dict[str, Tensor], shared: bool = False) -> None:
+        if shared and self.directory is None:
+            self.stored[n] = state
+            return
         state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if self.directory is not None:
             # A new file, then a rename: tensors memory-mapped from the old file stay valid.
@@ -226,7 +230,9 @@ class KeyframeStore:
             self.evict(unpinned[0])
         state = self.state(n)
         kf = AnchorSet(_anchor_count(state), self.cfg, device="meta")  # no initialisation: the state replaces it
-        kf.load_state_dict({k: v.to(self.device, non_blocking=True) for k, v in state.items()}, assign=True)
+        # copy=True: on a CPU compute device the stored tensors must not become the (trained) parameters.
+        kf.load_state_dict({k: v.to(self.device, non_blocking=True, copy=True) for k, v in state.items()},
+                           assign=True)
         kf.requires_grad_(False)  # MoRelScene.set_stage chooses what trains
         self.resident[n] = kf
         return kf
@@ -320,9 +326,12 @@ class MoRelScene(nn.Module):
         with torch.no_grad():
             self.gca.anchor.copy_(centres)
         self.store = KeyframeStore(cfg, device, storage, max_resident)
-        initial = {k: v.detach() for k, v in self.gca.state_dict().items()}
+        # Every keyframe starts as the initial GCA (the KfA stage re-clones it): one stored copy, shared.
+        initial = {k: v.detach().to("cpu", copy=True) for k, v in self.gca.state_dict().items()}
+        if self.store.pin:
+            initial = {k: v.pin_memory() for k, v in initial.items()}
         for n in range(cfg.n_keyframes):
-            self.store.put(n, initial)
+            self.store.put(n, initial, shared=True)
         self.stage, self.stage_keyframe = None, None
 
     # -- frames and keyframes --------------------------------------------------------------------------
