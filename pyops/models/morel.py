@@ -479,7 +479,8 @@ class MoRelScene(nn.Module):
                     width: int, height: int, **rasterize_kwargs) -> Tuple[Tensor, Tensor, Dict]:
         """Renders anchor sets (each with its field time and blend mode) together, camera by camera (the decode
         is view dependent): ``(image (C, H, W, 3), alpha (C, H, W, 1), meta)``. meta["views"] holds, per
-        camera, the rasterizer's meta plus "decoded" (per set: its visible mask and DecodedGaussians)."""
+        camera, the rasterizer's meta plus "decoded" (per set: its visible mask and DecodedGaussians);
+        meta["deformed"] per set its deformed anchor tensors."""
         viewmats, Ks = _camera_args(viewmats, Ks, self.device)
         deformed = [(src, self.deform(src, time), time, mode) for src, time, mode in sets]
         cam_centers = torch.linalg.inv(viewmats)[:, :3, 3]
@@ -494,7 +495,7 @@ class MoRelScene(nn.Module):
             images.append(image)
             alphas.append(alpha)
             views.append(meta)
-        return torch.cat(images), torch.cat(alphas), {"views": views}
+        return torch.cat(images), torch.cat(alphas), {"views": views, "deformed": [d[1] for d in deformed]}
 
     def _relay_sources(self, t: float):
         sets = self.frame_sets(t)

@@ -151,7 +151,7 @@ class MoRelTrainer:
         optimizer = self._optimizer(params)
         frames = self.frames(stage, keyframe)
         stats = self._new_stats() if stage == "gca" and self.densify else None
-        losses = []
+        losses = []  # tensors: no host sync per iteration
         desc = stage if keyframe is None else f"{stage} {keyframe}"
         for it in _progress(range(iterations), desc, self.progress):
             t = self.rng.choice(frames)
@@ -161,13 +161,13 @@ class MoRelTrainer:
             if stats is not None:
                 self._accumulate(stats, meta)
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
             if stats is not None and self.densify.start <= it + 1 < self.densify.stop and \
                     (it + 1) % self.densify.every == 0:
                 optimizer, stats = self._densify(optimizer, stats)
         self.scene.set_stage(None)
         self.scene.store.evict_all()  # the window's keyframes back to storage
-        return losses
+        return torch.stack(losses).tolist() if losses else []
 
     def fit(self, gca: int, kfa: int, pwd: int, ifb: int) -> Dict[str, List[float]]:
         """The whole schedule: GCA, then KfA and PWD keyframe by keyframe, then IFB interval by interval.
@@ -187,26 +187,27 @@ class MoRelTrainer:
         return {"stats": growth.AnchorStats(gca.n_anchors, self.scene.cfg.n_offsets, device=self.scene.device),
                 "feat_sum": torch.zeros(gca.n_anchors, self.scene.cfg.feat_dim, device=self.scene.device),
                 "feat_sq": torch.zeros(gca.n_anchors, self.scene.cfg.feat_dim, device=self.scene.device),
-                "count": 0}
+                "count": 0, "weight": None}
 
     @torch.no_grad()
     def _accumulate(self, acc, meta) -> None:
         """Scaffold-GS's training statistics of one rendered view, weighted by the anchors' FHD levels, and the
         running moments of each anchor's deformed feature (its temporal variance gives the levels)."""
-        scene, cfg = self.scene, self.densify
+        cfg = self.densify
         view = meta["views"][0]
         visible, dec = view["decoded"][0]
         m, k = dec.opacities.shape
-        feat = scene.gca.deformed(meta["sets"][0][1])["feat"]
+        feat = meta["deformed"][0]["feat"]
         acc["feat_sum"] += feat
         acc["feat_sq"] += feat * feat
         acc["count"] += 1
         grad = view["means2d"].grad[0].clone()  # (M*K, 2), in pixels -> units of half the image (gsplat)
         grad[:, 0] *= view["width"] / 2
         grad[:, 1] *= view["height"] / 2
-        weight = growth.fhd_level_weight(self._feature_variance(acc), cfg.quantiles, cfg.level_weights)
+        if acc["count"] % 10 == 1 or acc.get("weight") is None:  # the levels move slowly: a sort every 10 views
+            acc["weight"] = growth.fhd_level_weight(self._feature_variance(acc), cfg.quantiles, cfg.level_weights)
         kept = (dec.opacities > 0) & (view["radii"][0] > 0).all(-1).view(m, k)
-        acc["stats"].update(visible, dec.neural_opacity, grad.norm(dim=-1).view(m, k), kept, weight)
+        acc["stats"].update(visible, dec.neural_opacity, grad.norm(dim=-1).view(m, k), kept, acc["weight"])
 
     @staticmethod
     def _feature_variance(acc) -> Tensor:
@@ -239,8 +240,11 @@ class MoRelTrainer:
         for name, p in new_params.items():
             owner, attr = (gca.deform, "gate") if name == "deform.gate" else (gca, name)
             setattr(owner, attr, p)
-        fresh = self._new_stats()
-        return optimizer, fresh
+        acc["stats"].finish_densify(keep, g)  # Scaffold-GS's partial restart of the statistics
+        for key in ("feat_sum", "feat_sq"):
+            acc[key] = torch.cat([acc[key][keep], acc[key].new_zeros(g, acc[key].shape[1])])
+        acc["weight"] = None
+        return optimizer, acc
 
 
 def _gaussian_means(anchors) -> Tensor:
