@@ -15,7 +15,7 @@ from pyops.reference.derf_linear import derf_linear as reference_derf_linear
 
 OP = "derf_linear_fwd"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (x shape, out_features): C and O not multiples of 8, one row, C = 1, 3-D x, several row chunks (C = 48).
+# (x shape, out_features): C and O not multiples of 8, one row, C = 1, 3-D x, a few hundred rows.
 SHAPES = [((7, 33), 19), ((2, 3, 65), 40), ((1, 17), 5), ((5, 1), 3), ((300, 48), 70)]
 # (per-channel alpha/shift, Derf affine, linear bias)
 PARAMS = [(False, True, True), (True, True, False), (False, False, True), (True, False, False)]
@@ -109,6 +109,33 @@ def test_gradients_are_deterministic(device, backend):
     second = run(x, params, dy, backend)[1]
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_row_chunks_and_thread_counts(threads):
+    # C = 520: 1008-row chunks, so 2100 rows make 3 (ragged) chunks, run in parallel with 2 threads and in order
+    # with 1. The Derf parameter gradients and v_x are bitwise the same for any thread count.
+    x, params, dy = make_inputs((2100, 520), 12, True, True, True, torch.float32, "cpu", seed=4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        check_against_reference(x, params, dy, "cpu", "cpu", torch.float32)
+        grads = run(x, params, dy, "cpu")[1]
+        torch.set_num_threads(1)
+        serial = run(x, params, dy, "cpu")[1]
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(grads[:5], serial[:5]):
+        assert torch.equal(a, b)
+
+
+def test_no_grad_call_with_parameters_that_require_grad():
+    # Inference: the ops run below autograd even though the parameters require grad (and on worker threads).
+    x, params, _ = make_inputs((2100, 520), 12, True, True, True, torch.float32, "cpu", seed=4)
+    params = [p.requires_grad_() for p in params]
+    with torch.no_grad():
+        y = pyops.derf_linear(x, *params, backend="cpu")
+    torch.testing.assert_close(y, reference_derf_linear(x, *params).detach())
 
 
 @pytest.mark.parametrize("per_channel,affine,linear_bias", PARAMS, ids=str)

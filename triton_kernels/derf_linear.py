@@ -45,14 +45,14 @@ def _params(prm_ptr, c, mask, C):
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, lw_ptr, lb_ptr, y_ptr, prm_ptr, M, C, O, HAS_LINEAR_BIAS: tl.constexpr,
-                INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_M: tl.constexpr):
-    pid_m, pid_n = _tile_ids(M, O, BLOCK_M, BLOCK_N, GROUP_M)
+def _fwd_kernel(x_ptr, lw_ptr, lb_ptr, y_ptr, prm_ptr, M, C, OUT, HAS_LINEAR_BIAS: tl.constexpr,
+                INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _tile_ids(M, OUT, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = rm < M
-    n_mask = rn < O
+    n_mask = rn < OUT
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
@@ -68,25 +68,25 @@ def _fwd_kernel(x_ptr, lw_ptr, lb_ptr, y_ptr, prm_ptr, M, C, O, HAS_LINEAR_BIAS:
         acc = tl.dot(n, wt, acc, input_precision=INPUT_PRECISION)
     if HAS_LINEAR_BIAS:
         acc += tl.load(lb_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rm[:, None] * O + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + rm[:, None] * OUT + rn[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
-def _bwd_kernel(dy_ptr, lw_ptr, x_ptr, v_x_ptr, n_ptr, part_ptr, prm_ptr, M, C, O, INPUT_PRECISION: tl.constexpr,
+def _bwd_kernel(dy_ptr, lw_ptr, x_ptr, v_x_ptr, n_ptr, part_ptr, prm_ptr, M, C, OUT, INPUT_PRECISION: tl.constexpr,
                 UPCAST_DOT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # Tile [BLOCK_M rows, BLOCK_N channels] of dn = dy @ W, reducing over the O outputs in BLOCK_K steps.
+    # Tile [BLOCK_M rows, BLOCK_N channels] of dn = dy @ W, reducing over the OUT outputs in BLOCK_K steps.
     pid_m, pid_n = _tile_ids(M, C, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rc = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = rm < M
     c_mask = rc < C
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for o0 in range(0, O, BLOCK_K):
+    for o0 in range(0, OUT, BLOCK_K):
         ro = o0 + tl.arange(0, BLOCK_K)
-        o_mask = ro < O
-        dy = tl.load(dy_ptr + rm[:, None] * O + ro[None, :], mask=m_mask[:, None] & o_mask[None, :], other=0.0)
+        o_mask = ro < OUT
+        dy = tl.load(dy_ptr + rm[:, None] * OUT + ro[None, :], mask=m_mask[:, None] & o_mask[None, :], other=0.0)
         wt = tl.load(lw_ptr + ro[:, None] * C + rc[None, :], mask=o_mask[:, None] & c_mask[None, :], other=0.0)
         if UPCAST_DOT:
             dy, wt = dy.to(tl.float32), wt.to(tl.float32)
@@ -148,17 +148,17 @@ def _config(dtype: torch.dtype, device: torch.device):
 def derf_linear_fwd_triton(x: Tensor, alpha: Tensor, shift: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                            linear_weight: Tensor, linear_bias: Optional[Tensor]) -> Tensor:
     M, C = x.shape
-    O = linear_weight.shape[0]
-    y = torch.empty(M, O, dtype=x.dtype, device=x.device)
+    OUT = linear_weight.shape[0]
+    y = torch.empty(M, OUT, dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
     xc, lw = x.contiguous(), linear_weight.contiguous()
     lb = linear_bias.contiguous() if linear_bias is not None else lw
     prm = _packed_params(xc, alpha, shift, weight, bias)
     bm, bn, bk, warps, stages = _config(x.dtype, x.device)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(O, bn),)
+    grid = (triton.cdiv(M, bm) * triton.cdiv(OUT, bn),)
     torch.library.wrap_triton(_fwd_kernel)[grid](
-        xc, lw, lb, y, prm, M, C, O, HAS_LINEAR_BIAS=linear_bias is not None,
+        xc, lw, lb, y, prm, M, C, OUT, HAS_LINEAR_BIAS=linear_bias is not None,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps,
         num_stages=stages, **_dot_flags(x))
     return y
@@ -169,7 +169,7 @@ def derf_linear_bwd_triton(v_y: Tensor, x: Tensor, alpha: Tensor, shift: Tensor,
                            bias: Optional[Tensor], linear_weight: Tensor, has_linear_bias: bool
                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     M, C = x.shape
-    O = linear_weight.shape[0]
+    OUT = linear_weight.shape[0]
     xc, lw, dy = x.contiguous(), linear_weight.contiguous(), v_y.to(x.dtype).contiguous()
     v_x = torch.empty_like(xc)
     n = torch.empty_like(xc)  # derf(x), recomputed by the dgrad epilogue; freed when this backward returns
@@ -179,7 +179,7 @@ def derf_linear_bwd_triton(v_y: Tensor, x: Tensor, alpha: Tensor, shift: Tensor,
     if M > 0 and C > 0:
         prm = _packed_params(xc, alpha, shift, weight, bias)
         torch.library.wrap_triton(_bwd_kernel)[(row_blocks * triton.cdiv(C, bn),)](
-            dy, lw, xc, v_x, n, partials, prm, M, C, O, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
+            dy, lw, xc, v_x, n, partials, prm, M, C, OUT, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
             num_warps=warps, num_stages=stages, **_dot_flags(x))
     else:
         v_x.zero_()
