@@ -1,10 +1,10 @@
 // CPU backend of pyops::derf_linear_fwd / derf_linear_bwd: y = derf(x) @ W^T + b without keeping derf(x).
 //
 // What the CPU path does (ATen GEMMs + the vectorised Derf kernels of csrc/cpu/derf_kernel.h, no new SIMD code):
-// x [M, C] is cut into row chunks of ~2^19 elements (682 rows at C = 768; the size depends only on C, never on the
-// thread count, so the parameter gradients are bitwise the same for any thread count). With at least as many
-// chunks as threads they run in parallel (at::parallel_for; each GEMM inside runs single-threaded on its chunk);
-// with fewer, one after the other, each ATen call multi-threaded itself:
+// x [M, C] is cut into row chunks of 2^19 elements (682 rows at C = 768; 2^21 for fp16/bf16: see chunk_rows; the
+// size never depends on the thread count, so the parameter gradients are bitwise the same for any thread count). With
+// at least as many chunks as threads they run in parallel (at::parallel_for; each GEMM inside runs single-threaded on
+// its chunk); with fewer, one after the other, each ATen call multi-threaded itself:
 //   forward, per chunk:  n = derf(x_chunk) into a [rows, C] scratch the thread reuses (it stays in cache),
 //                        y_chunk = n @ W^T (+ b) with at::addmm_out / at::mm_out straight into y.
 //   backward, per chunk: dn = dy_chunk @ W (at::mm_out into a scratch), then the Derf backward kernel on (dn,
@@ -84,11 +84,15 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
   return p;
 }
 
-// Rows per chunk, from C alone (so results never depend on the thread count): a 2^19-element derf(x) chunk (2 MB in
-// fp32: an L2's worth) between the elementwise pass and the GEMM. Measured on a 2-core Xeon at 4096 x 768 -> 3072
-// fp32, forward: 2^17 elements 130 ms, 2^19 107 ms, 1.5 * 2^20 112 ms (unfused Derf + nn.Linear 112-120 ms).
-int64_t chunk_rows(int64_t channels) {
-  return std::clamp<int64_t>((int64_t{1} << 19) / std::max<int64_t>(channels, 1), 16, 4096);
+// Rows per chunk, from C and the dtype alone (so results never depend on the thread count). fp32/fp64: a 2^19-element
+// derf(x) chunk (2 MB in fp32, an L2's worth) between the elementwise pass and the GEMM; fp16/bf16: 2^21 elements,
+// as their oneDNN GEMMs reorder W on every call and prefer fewer, taller chunks. Measured on a 2-core Xeon (noisy,
+// shared) at 4096 x 768 -> 3072: fp32 forward 130 / 107 / 112 ms with 2^17 / 2^19 / 1.5 * 2^20 elements (unfused
+// Derf + nn.Linear 112-120 ms); bf16 forward+backward median 152 / 142 / 162 ms with 2^19 / 2^21 / one chunk
+// (unfused 145-150 ms).
+int64_t chunk_rows(int64_t channels, at::ScalarType dtype) {
+  const int64_t elems = int64_t{1} << (at::elementSize(dtype) == 2 ? 21 : 19);
+  return std::clamp<int64_t>(elems / std::max<int64_t>(channels, 1), 16, 1 << 16);
 }
 
 // Runs body(k0, k1) over the chunks: in parallel when there are enough of them to occupy every thread (each chunk's
@@ -128,7 +132,7 @@ at::Tensor derf_linear_fwd_cpu(const at::Tensor& x,                             
   if (rows == 0 || out_features == 0) return y;
   if (p.channels == 0) return linear_bias.has_value() ? y.copy_(linear_bias->expand_as(y)) : y.zero_();
   const at::Tensor w_t = linear_weight.t();
-  const int64_t step = chunk_rows(p.channels), chunks = (rows + step - 1) / step;
+  const int64_t step = chunk_rows(p.channels, p.x.scalar_type()), chunks = (rows + step - 1) / step;
   for_chunks(chunks, [&](int64_t k0, int64_t k1) {
     at::Tensor n = at::empty({std::min(step, rows), p.channels}, p.x.options());  // this thread's scratch
     for (int64_t k = k0; k < k1; ++k) {
@@ -165,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   at::Tensor v_x = at::empty_like(p.x);
   at::Tensor n_full = at::empty_like(p.x);  // derf(x), recomputed; freed when this call returns
-  const int64_t step = chunk_rows(C), chunks = rows == 0 ? 0 : (rows + step - 1) / step;
+  const int64_t step = chunk_rows(C, p.x.scalar_type()), chunks = rows == 0 ? 0 : (rows + step - 1) / step;
   // Each chunk's Derf backward writes num_chunks(chunk) rows of partials; their offsets are fixed first.
   std::vector<int64_t> part_offset(chunks + 1, 0);
   for (int64_t k = 0; k < chunks; ++k) {
@@ -193,8 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     n_full.zero_();
   }
   at::Tensor v_lw = at::mm(dy.t(), n_full);
-  at::Tensor v_lb = has_linear_bias ? dy.sum({0}, /*keepdim=*/false, p.alpha.scalar_type()).to(dy.scalar_type())
-                                    : at::empty({0}, dy.options());
+  at::Tensor v_lb = has_linear_bias ? dy.sum(0) : at::empty({0}, dy.options());
   // Deterministic second stage: the partial rows summed in a fixed order, scalar alpha/shift folded over C.
   const at::Tensor totals = partials.sum(0);
   auto as_param = [&](int row, const at::Tensor& param) {

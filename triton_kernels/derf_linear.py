@@ -185,7 +185,7 @@ def derf_linear_bwd_triton(v_y: Tensor, x: Tensor, alpha: Tensor, shift: Tensor,
         v_x.zero_()
         n.zero_()
     v_lw = dy.t().matmul(n)
-    v_lb = dy.sum(0, dtype=torch.float32).to(dy.dtype) if has_linear_bias else dy.new_empty(0)
+    v_lb = dy.sum(0) if has_linear_bias else dy.new_empty(0)
     totals = partials.sum(0)  # the deterministic second stage
 
     def v_param(row: int, param: Optional[Tensor]) -> Tensor:
