@@ -395,3 +395,15 @@ def test_fuse_explicit_pairs_and_errors():
     bad = nn.Sequential(pyops.Derf(16), nn.Linear(12, 8))
     with pytest.raises(ValueError, match="fuse_derf_linear: 1 must be an nn.Linear with in_features=16"):
         pyops.fuse_derf_linear(bad, pairs=[("0", "1")])
+
+
+def test_fused_block_compiles_fullgraph():
+    torch.manual_seed(0)
+    block = pyops.fuse_derf_linear(GPTBlock(32, 2))
+    x = torch.randn(2, 5, 32)
+    compiled = torch.compile(block, fullgraph=True)
+    y_eager, g_eager = _grads(block, x)
+    y_comp, g_comp = _grads(compiled, x)
+    torch.testing.assert_close(y_comp, y_eager)
+    for name in g_eager:
+        torch.testing.assert_close(g_comp["_orig_mod." + name], g_eager[name], msg=name)
