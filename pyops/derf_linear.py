@@ -221,13 +221,20 @@ class DerfLinear(nn.Linear):
 
     @classmethod
     def from_pair(cls, norm: nn.Module, linear: nn.Linear) -> "DerfLinear":
-        """A DerfLinear on ``linear``'s own Parameter objects that references ``norm``'s (a FusedDerf)."""
+        """A DerfLinear on ``linear``'s own Parameter objects and ``norm``'s: a :class:`~pyops.Derf` becomes its
+        ``norm`` child (a standalone module computing ``linear(norm(x))``), a :class:`FusedDerf` is only
+        referenced (what :func:`fuse_derf_linear` does)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"DerfLinear.from_pair: linear must be an nn.Linear, got {type(linear).__name__}")
-        fused = cls(linear.in_features, linear.out_features, linear.bias is not None, norm=norm,
-                    backend=norm.backend, device="meta")
+        if not isinstance(norm, (Derf, FusedDerf)) or not norm.channels_last:
+            raise TypeError(f"DerfLinear.from_pair: norm must be a channels-last pyops.Derf or FusedDerf, got {norm}")
+        shared = isinstance(norm, FusedDerf)
+        fused = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    norm=norm if shared else None, backend=norm.backend, device="meta")
         fused.weight = linear.weight
         fused.bias = linear.bias
+        if not shared:
+            fused.norm = norm
         fused.train(linear.training)
         return fused
 

@@ -306,6 +306,12 @@ def test_module_matches_the_unfused_pair():
     assert sorted(fused.state_dict()) == ["bias", "norm.alpha", "norm.bias", "norm.shift", "norm.weight", "weight"]
     x = torch.randn(3, 7, 20)
     torch.testing.assert_close(fused(x), linear(derf(x)))
+    pair = pyops.DerfLinear.from_pair(derf, linear)  # owns derf as its `norm` child, shares the Parameters
+    assert pair.norm is derf and pair.weight is linear.weight
+    assert sorted(pair.state_dict()) == sorted(fused.state_dict())
+    torch.testing.assert_close(pair(x), linear(derf(x)))
+    with pytest.raises(TypeError, match="DerfLinear.from_pair: norm must be a channels-last pyops.Derf"):
+        pyops.DerfLinear.from_pair(pyops.Derf(20, channels_last=False), linear)
     no_bias = pyops.DerfLinear(20, 6, bias=False, elementwise_affine=False)
     assert no_bias.bias is None and no_bias.norm.weight is None
     torch.testing.assert_close(no_bias(x), nn.functional.linear(no_bias.norm(x), no_bias.weight))
