@@ -229,8 +229,10 @@ class DerfLinear(nn.Linear):
         if not isinstance(norm, (Derf, FusedDerf)) or not norm.channels_last:
             raise TypeError(f"DerfLinear.from_pair: norm must be a channels-last pyops.Derf or FusedDerf, got {norm}")
         shared = isinstance(norm, FusedDerf)
+        # A Derf pinned to its CUDA kernel gets the fastest GPU backend here: derf_linear has no .cu kernel.
+        backend = None if norm.backend == "cuda" else norm.backend
         fused = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    norm=norm if shared else None, backend=norm.backend, device="meta")
+                    norm=norm if shared else None, backend=backend, device="meta")
         fused.weight = linear.weight
         fused.bias = linear.bias
         if not shared:

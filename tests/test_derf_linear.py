@@ -312,6 +312,9 @@ def test_module_matches_the_unfused_pair():
     torch.testing.assert_close(pair(x), linear(derf(x)))
     with pytest.raises(TypeError, match="DerfLinear.from_pair: norm must be a channels-last pyops.Derf"):
         pyops.DerfLinear.from_pair(pyops.Derf(20, channels_last=False), linear)
+    torch.testing.assert_close(fused(x[0, 0]), linear(derf(x[0, 0])))  # 1-D x, as nn.Linear takes
+    # A Derf pinned to its CUDA kernel fuses into the default (Triton on GPU) backend: derf_linear has no .cu kernel.
+    assert pyops.DerfLinear.from_pair(pyops.FusedDerf(pyops.Derf(20, backend="cuda")), linear).backend is None
     no_bias = pyops.DerfLinear(20, 6, bias=False, elementwise_affine=False)
     assert no_bias.bias is None and no_bias.norm.weight is None
     torch.testing.assert_close(no_bias(x), nn.functional.linear(no_bias.norm(x), no_bias.weight))
