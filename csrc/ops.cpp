@@ -117,4 +117,15 @@ TORCH_LIBRARY(pyops, m) {
   m.def(
       "hexplane_bwd(Tensor v_features, Tensor points, Tensor? times, float time, Tensor[] planes, Tensor aabb) "
       "-> (Tensor, Tensor, Tensor[])");
+
+  // Derf followed by a Linear: y = derf(x) @ linear_weight^T + linear_bias, x [M, C] channels last, linear_weight
+  // [O, C] and linear_bias [O] in x's dtype; derf's parameters as in derf_fwd (pyops/reference/derf_linear.py).
+  m.def(
+      "derf_linear_fwd(Tensor x, Tensor alpha, Tensor shift, Tensor? weight, Tensor? bias, Tensor linear_weight, "
+      "Tensor? linear_bias) -> Tensor");
+  // derf(x) is recomputed, never saved. Returns (v_x, v_alpha, v_shift, v_weight, v_bias, v_linear_weight,
+  // v_linear_bias); absent weight/bias (and linear bias unless has_linear_bias) give empty ones.
+  m.def(
+      "derf_linear_bwd(Tensor v_y, Tensor x, Tensor alpha, Tensor shift, Tensor? weight, Tensor? bias, "
+      "Tensor linear_weight, bool has_linear_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

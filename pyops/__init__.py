@@ -3,6 +3,7 @@
 from ._backend import BACKENDS, available_backends
 from .anchors import AnchorDecoder, AnchorMLP, DecodedGaussians, anchor_blend_weight, anchor_decode
 from .derf import Derf, convert_to_derf, derf
+from .derf_linear import DerfLinear, FusedDerf, derf_linear, fuse_derf_linear
 from .gaussians import (
                         intersect_tiles,
                         isect_offsets,
@@ -21,5 +22,6 @@ __all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", 
            "VectorQuantizer", "hexplane_features", "HexPlaneField",
            "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterize_gaussians",
            "rasterize_to_pixels", "spherical_harmonics", "isect_offsets", "tile_offsets",
-           "anchor_blend_weight", "anchor_decode", "AnchorDecoder", "AnchorMLP", "DecodedGaussians"]
+           "anchor_blend_weight", "anchor_decode", "AnchorDecoder", "AnchorMLP", "DecodedGaussians",
+           "derf_linear", "DerfLinear", "FusedDerf", "fuse_derf_linear"]
 __version__ = "0.1.0"
