@@ -12,8 +12,9 @@ def test_quick_benchmark_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ops = ("derf", "vq", "gaussians", "anchors", "morel")
-    assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians", "anchor_decode", "hexplane", "morel"))
+    ops = ("derf", "derf_linear", "vq", "gaussians", "anchors", "morel", "models")
+    assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians", "anchor_decode", "hexplane", "morel",
+                                                   "derf_linear", "models"))
     assert "pyops-cpu" in proc.stdout
     (out,) = tmp_path.glob("*-quick")  # results/<device>-quick/<op>.{md,json,csv,png}
     rows = [r for op in ops for r in json.loads((out / f"{op}.json").read_text())["rows"]]
@@ -32,6 +33,11 @@ def test_quick_benchmark_run(tmp_path):
                           ("hexplane", ("eager 4DGS grid_sample", "torch.compile 4DGS"))):
         got = {(r["kernel_provider"], r["kernel_operation_mode"]) for r in rows if r["kernel_name"] == kernel}
         assert got >= {(p, m) for p in ("pyops-cpu",) + peers for m in ("forward", "full")}, got
+    fused = {(r["kernel_provider"], r["kernel_operation_mode"]) for r in rows if r["kernel_name"] == "derf_linear"}
+    assert fused == {(p, m) for p in ("pyops-cpu", "Derf kernel + F.linear", "eager", "torch.compile")
+                     for m in ("forward", "full")}
+    models = {(r["x_value"], r["kernel_provider"]) for r in rows if r["kernel_name"] == "models"}
+    assert len(models) == 14 and {p for _, p in models} >= {"LayerNorm eager", "pyops Derf + DerfLinear"}
     morel = [r for r in rows if r["kernel_name"] == "morel"]
     assert {(r["kernel_provider"], r["kernel_operation_mode"]) for r in morel} == {
         (p, m) for p in ("pyops-cpu", "eager composition", "all keyframes resident")
