@@ -5,7 +5,8 @@ point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/d
 pass forward and one backward; backward recomputes erf from x, so the output is never saved.
 """
 
-from typing import Optional
+import os
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,22 @@ if _backend.HAS_TRITON:
 # Registration: fake (meta) kernels and autograd for the native and Triton op pairs.
 
 
+def _check_devices(x, alpha, shift, weight, bias) -> None:
+    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: a parameter on the meta
+    device sends the native op's dispatch to them, so they must raise it themselves."""
+    for name, p in (("alpha", alpha), ("shift", shift), ("weight", weight), ("bias", bias)):
+        if p is not None and p.device != x.device:
+            raise ValueError(f"derf: {name} is on {p.device} but x is on {x.device}")
+
+
+def _fake_fwd(x, alpha, shift, weight, bias, channel_dim):
+    _check_devices(x, alpha, shift, weight, bias)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 def _fake_bwd(v_y, x, alpha, shift, weight, bias, channel_dim):
+    _check_devices(x, alpha, shift, weight, bias)
+
     def like(p):
         return torch.empty_like(p) if p is not None else alpha.new_empty(0)
 
@@ -46,11 +62,10 @@ def _register_autograd(fwd: str, bwd_op) -> None:
 
 
 if _backend._NATIVE_ERROR is None:
-    torch.library.register_fake("pyops::derf_fwd")(
-        lambda x, alpha, shift, weight, bias, channel_dim: torch.empty_like(x, memory_format=torch.contiguous_format)
-    )
+    # The native ops' autograd kernels are C++ (csrc/derf_autograd.cpp): no Python runs per call.
+    torch.library.register_fake("pyops::derf_fwd")(_fake_fwd)
     torch.library.register_fake("pyops::derf_bwd")(_fake_bwd)
-    _register_autograd("pyops::derf_fwd", torch.ops.pyops.derf_bwd)
+    _NATIVE_FWD = torch.ops.pyops.derf_fwd.default
 if _backend.HAS_TRITON:
     # triton_op derives the fake kernels from the Python launchers; only autograd is added.
     _register_autograd("pyops::derf_fwd_triton", torch.ops.pyops.derf_bwd_triton)
@@ -114,17 +129,70 @@ def derf(
         A tensor with x's shape and dtype. Math is fp32; parameter gradients come back in each
         parameter's dtype, accumulated in fp32.
     """
+    if not _is_compiling():
+        # Eager fast path: a cached backend choice, then the op, whose C++ kernels check every argument. Only
+        # when it raises do the Python checks run, to raise pyops' own error (type and message) for a bad one.
+        try:
+            which = _CHOICE[(backend or _environ_get("PYOPS_BACKEND") or None, x.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(x, alpha, shift, weight, bias, channel_dim, backend)
+        if which == "native":
+            try:
+                if channel_dim == -1:
+                    return _NATIVE_FWD(x, alpha, shift, weight, bias, channel_dim)
+                return _native_channels(x, alpha, shift, weight, bias, channel_dim)
+            except Exception:
+                _check_args(x, alpha, shift, weight, bias, channel_dim)
+                raise
+    return _derf(x, alpha, shift, weight, bias, channel_dim, backend)
+
+
+# Backend per (backend argument or $PYOPS_BACKEND, device type): "native" for the C++ kernels ("cpu",
+# "cuda"), else the name. Only successful choices are cached; an unavailable backend raises every time.
+_CHOICE: Dict[Tuple[Optional[str], str], str] = {}
+_environ_get = os.environ.get
+_is_compiling = torch.compiler.is_compiling
+
+
+def _choose(x, alpha, shift, weight, bias, channel_dim, backend) -> str:
+    _check_args(x, alpha, shift, weight, bias, channel_dim)  # x is a Tensor (or this raises)
+    backend = backend or os.environ.get("PYOPS_BACKEND") or None
+    which = _backend.resolve(backend, x.device, "derf_fwd")
+    which = "native" if which in ("cpu", "cuda") else which
+    _CHOICE[(backend, x.device.type)] = which
+    return which
+
+
+def _native_channels(x, alpha, shift, weight, bias, channel_dim):
+    """The native op with channels on another dim than the last; argument errors are left to the op."""
+    if type(channel_dim) is not int:
+        raise TypeError("derf: channel_dim must be an int")  # the caller's checks raise the full message
+    ndim = x.dim()
+    if -ndim <= channel_dim < ndim - 1:
+        return _channels_last(_NATIVE_FWD, x, alpha, shift, weight, bias, channel_dim % ndim)
+    return _NATIVE_FWD(x, alpha, shift, weight, bias, channel_dim)
+
+
+def _channels_last(op, x, alpha, shift, weight, bias, channel_dim):
+    """op on x with channels on channel_dim (not the last, non-negative). A channels-last tensor (e.g. NHWC
+    memory of an NCHW tensor) runs as (..., C) without a copy, and the result keeps that layout."""
+    perm = [d for d in range(x.dim()) if d != channel_dim] + [channel_dim]
+    x_last = x.permute(perm)
+    if x_last.is_contiguous():
+        return op(x_last, alpha, shift, weight, bias, -1).permute(_inverse(perm))
+    return op(x, alpha, shift, weight, bias, channel_dim)
+
+
+def _derf(x, alpha, shift, weight, bias, channel_dim, backend):
+    """Every backend, with the Python checks first: channels-first inputs, the reference and Triton backends,
+    and what torch.compile traces."""
     channel_dim = _check_args(x, alpha, shift, weight, bias, channel_dim)
     which = _backend.resolve(backend, x.device, "derf_fwd")
     if which == "torch":
         return reference.derf(x, alpha, shift, weight, bias, channel_dim)
     op = torch.ops.pyops.derf_fwd_triton if which == "triton" else torch.ops.pyops.derf_fwd
     if channel_dim != x.dim() - 1:
-        # A channels-last tensor (e.g. NHWC memory of an NCHW tensor) runs as (..., C) without a copy.
-        perm = [d for d in range(x.dim()) if d != channel_dim] + [channel_dim]
-        x_last = x.permute(perm)
-        if x_last.is_contiguous():
-            return op(x_last, alpha, shift, weight, bias, -1).permute(_inverse(perm))
+        return _channels_last(op, x, alpha, shift, weight, bias, channel_dim)
     return op(x, alpha, shift, weight, bias, channel_dim)
 
 
