@@ -95,8 +95,18 @@ class DerfForward : public torch::autograd::Function<DerfForward> {
   }
 };
 
+bool requires_grad(const OptTensor& t) { return t.has_value() && t->defined() && t->requires_grad(); }
+
 at::Tensor derf_fwd_autograd(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
                              const OptTensor& weight, const OptTensor& bias, int64_t channel_dim) {
+  // Inference (no_grad, or nothing requires grad): skip building the node, which costs about as much as the
+  // whole CPU kernel on a tiny tensor.
+  if (!at::GradMode::is_enabled() ||
+      !(x.requires_grad() || alpha.requires_grad() || shift.requires_grad() || requires_grad(weight) ||
+        requires_grad(bias))) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fwd_op().call(x, alpha, shift, weight, bias, channel_dim);
+  }
   return DerfForward::apply(x, alpha, shift, weight, bias, channel_dim);
 }
 

@@ -5,6 +5,7 @@ point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/d
 pass forward and one backward; backward recomputes erf from x, so the output is never saved.
 """
 
+import functools
 import os
 from typing import Dict, Optional, Tuple
 
@@ -65,7 +66,6 @@ if _backend._NATIVE_ERROR is None:
     # The native ops' autograd kernels are C++ (csrc/derf_autograd.cpp): no Python runs per call.
     torch.library.register_fake("pyops::derf_fwd")(_fake_fwd)
     torch.library.register_fake("pyops::derf_bwd")(_fake_bwd)
-    _NATIVE_FWD = torch.ops.pyops.derf_fwd.default
 if _backend.HAS_TRITON:
     # triton_op derives the fake kernels from the Python launchers; only autograd is added.
     _register_autograd("pyops::derf_fwd_triton", torch.ops.pyops.derf_bwd_triton)
@@ -133,7 +133,7 @@ def derf(
         # Eager fast path: a cached backend choice, then the op, whose C++ kernels check every argument. Only
         # when it raises do the Python checks run, to raise pyops' own error (type and message) for a bad one.
         try:
-            which = _CHOICE[(backend or _environ_get("PYOPS_BACKEND") or None, x.device.type)]
+            which = _CHOICE[(backend, _env_backend(), "cpu" if x.is_cpu else x.device.type)]
         except (KeyError, AttributeError):
             which = _choose(x, alpha, shift, weight, bias, channel_dim, backend)
         if which == "native":
@@ -147,19 +147,30 @@ def derf(
     return _derf(x, alpha, shift, weight, bias, channel_dim, backend)
 
 
-# Backend per (backend argument or $PYOPS_BACKEND, device type): "native" for the C++ kernels ("cpu",
-# "cuda"), else the name. Only successful choices are cached; an unavailable backend raises every time.
-_CHOICE: Dict[Tuple[Optional[str], str], str] = {}
-_environ_get = os.environ.get
+# The backend per (backend argument, $PYOPS_BACKEND as read by _env_backend, device type): "native" for the
+# C++ kernels ("cpu", "cuda"), else its name. Only successful choices are cached: an unavailable backend
+# raises every time.
+_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
 _is_compiling = torch.compiler.is_compiling
+_NATIVE_FWD = torch.ops.pyops.derf_fwd.default if _backend._NATIVE_ERROR is None else None
+# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
+_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
+
+
+# $PYOPS_BACKEND, read on every call (it may change at run time) but without os.environ.get's cost: for a
+# missing key it raises and catches a KeyError (0.5 us, a tenth of a tiny Derf's budget). On POSIX,
+# os.environ keeps its values in a bytes -> bytes dict that its setters keep current; read that.
+if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict):
+    _env_backend = functools.partial(os.environ._data.get, b"PYOPS_BACKEND")
+else:
+    _env_backend = functools.partial(os.environ.get, "PYOPS_BACKEND")
 
 
 def _choose(x, alpha, shift, weight, bias, channel_dim, backend) -> str:
     _check_args(x, alpha, shift, weight, bias, channel_dim)  # x is a Tensor (or this raises)
-    backend = backend or os.environ.get("PYOPS_BACKEND") or None
     which = _backend.resolve(backend, x.device, "derf_fwd")
     which = "native" if which in ("cpu", "cuda") else which
-    _CHOICE[(backend, x.device.type)] = which
+    _CHOICE[(backend, _env_backend(), x.device.type)] = which
     return which
 
 
@@ -240,8 +251,15 @@ class Derf(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return derf(x, self.alpha, self.shift, self.weight, self.bias,
-                    channel_dim=-1 if self.channels_last else 1, backend=self.backend)
+        # The parameters straight from _parameters: nn.Module.__getattr__ costs ~0.45 us each, a fifth of the
+        # whole call on a tiny tensor. A parametrized (torch.nn.utils.parametrize) parameter is not in there:
+        # then the attribute.
+        p = self._parameters
+        try:
+            alpha, shift, weight, bias = p["alpha"], p["shift"], p["weight"], p["bias"]
+        except KeyError:
+            alpha, shift, weight, bias = self.alpha, self.shift, self.weight, self.bias
+        return derf(x, alpha, shift, weight, bias, channel_dim=-1 if self.channels_last else 1, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, per_channel={self.alpha.numel() > 1}, "
