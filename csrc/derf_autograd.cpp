@@ -76,7 +76,10 @@ struct DerfBackwardNode : public torch::autograd::TraceableFunction {
     variable_list out(5);
     if (!grads[0].defined()) return out;  // y's gradient is undefined: so are the inputs'
     const at::Tensor weight = weight_.unpack(), bias = bias_.unpack();
-    // Through derf_bwd's autograd kernel: with create_graph=True the gradients get a DerfBackward node.
+    // With create_graph=True, through derf_bwd's autograd kernel (the gradients get a DerfBackward node);
+    // else straight to the backend kernel.
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
     auto [v_x, v_alpha, v_shift, v_weight, v_bias] =
         bwd_op().call(grads[0], x_.unpack(), alpha_.unpack(), shift_.unpack(), optional(weight), optional(bias),
                       channel_dim_);
