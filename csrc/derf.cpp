@@ -145,9 +145,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_small(const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials_small(
     const at::Tensor& partials, const Problem& p, const at::Tensor& alpha, const at::Tensor& shift,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
-  return partials.scalar_type() == at::kDouble
-             ? reduce_small<double>(partials, p.channels, alpha, shift, weight, bias)
-             : reduce_small<float>(partials, p.channels, alpha, shift, weight, bias);
+  return partials.scalar_type() == at::kDouble ? reduce_small<double>(partials, p.channels, alpha, shift, weight, bias)
+                                               : reduce_small<float>(partials, p.channels, alpha, shift, weight, bias);
 }
 
 }  // namespace
@@ -166,7 +165,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(const
                                                                            const at::Tensor& shift,
                                                                            const std::optional<at::Tensor>& weight,
                                                                            const std::optional<at::Tensor>& bias) {
-  if (partials.device().is_cpu() && partials.numel() <= kSmallReduction) return reduce_partials_small(partials, p, alpha, shift, weight, bias);
+  if (partials.device().is_cpu() && partials.numel() <= kSmallReduction)
+    return reduce_partials_small(partials, p, alpha, shift, weight, bias);
   const at::Tensor totals = partials.sum(0);  // [kNumPartials, C]; at::sum is run-to-run deterministic
   auto as_param = [&](int row, const at::Tensor& param) {
     at::Tensor g = totals[row];

@@ -43,8 +43,8 @@ const c10::TypedOperatorHandle<Grads(const at::Tensor&, const at::Tensor&, const
 bwd_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pyops::derf_bwd", "")
-                             .typed<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                          const at::Tensor&, const OptTensor&, const OptTensor&, int64_t)>();
+                             .typed<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                          const OptTensor&, const OptTensor&, int64_t)>();
   return op;
 }
 
@@ -80,9 +80,8 @@ struct DerfBackwardNode : public torch::autograd::TraceableFunction {
     // else straight to the backend kernel.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    auto [v_x, v_alpha, v_shift, v_weight, v_bias] =
-        bwd_op().call(grads[0], x_.unpack(), alpha_.unpack(), shift_.unpack(), optional(weight), optional(bias),
-                      channel_dim_);
+    auto [v_x, v_alpha, v_shift, v_weight, v_bias] = bwd_op().call(
+        grads[0], x_.unpack(), alpha_.unpack(), shift_.unpack(), optional(weight), optional(bias), channel_dim_);
     out[0] = std::move(v_x);
     out[1] = std::move(v_alpha);
     out[2] = std::move(v_shift);
@@ -129,9 +128,8 @@ at::Tensor derf_fwd_autograd(const at::Tensor& x, const at::Tensor& alpha, const
                              const OptTensor& weight, const OptTensor& bias, int64_t channel_dim) {
   // Inference (no_grad, or nothing requires grad): skip building the node, which costs about as much as the
   // whole CPU kernel on a tiny tensor.
-  if (!at::GradMode::is_enabled() ||
-      !(x.requires_grad() || alpha.requires_grad() || shift.requires_grad() || requires_grad(weight) ||
-        requires_grad(bias))) {
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || alpha.requires_grad() || shift.requires_grad() ||
+                                       requires_grad(weight) || requires_grad(bias))) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return fwd_op().call(x, alpha, shift, weight, bias, channel_dim);
   }

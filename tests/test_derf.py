@@ -255,6 +255,29 @@ def test_module_compile_fullgraph_forward_backward(channels_last):
         torch.testing.assert_close(a, b)
 
 
+def test_saved_tensor_hooks_and_checkpoint():
+    """The C++ node saves through SavedVariable: saved-tensor hooks (offloading) and non-reentrant activation
+    checkpointing see x and the parameters and give the same gradients."""
+    m = pyops.Derf(8, per_channel=True, backend="cpu")
+    x = torch.randn(3, 8)
+
+    def grads(fn):
+        m.zero_grad()
+        xg = x.clone().requires_grad_()
+        fn(xg).backward(torch.ones(3, 8))
+        return [xg.grad] + [p.grad.clone() for p in m.parameters()]
+
+    plain = grads(m)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t.clone(), lambda t: t):
+        hooked = grads(m)
+    assert sorted(packed) == sorted([(3, 8)] + [p.shape for p in m.parameters()])
+    ckpt = grads(lambda t: torch.utils.checkpoint.checkpoint(m, t, use_reentrant=False))
+    for a, b, c in zip(plain, hooked, ckpt):
+        torch.testing.assert_close(b, a)
+        torch.testing.assert_close(c, a)
+
+
 def test_parametrized_module_parameters():
     """A parametrized parameter is not in _parameters: forward falls back to the attribute."""
     from torch.nn.utils import parametrize
