@@ -3,6 +3,7 @@
 #include "pyops/derf_math.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -75,7 +76,7 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
   const int64_t dim = channel_dim < 0 ? channel_dim + x.dim() : channel_dim;
 
   Problem p;
-  p.x = x.contiguous();
+  p.x = x.is_contiguous() ? x : x.contiguous();  // skips a dispatcher call in the usual case
   p.channels = x.size(dim);
   p.outer = 1;
   for (int64_t d = 0; d < dim; ++d) p.outer *= x.size(d);
@@ -117,7 +118,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_small(const at
   const math_t* src = part.const_data_ptr<math_t>();
   const int64_t chunks = part.size(0), C = channels;
   auto grad = [&](int row, const at::Tensor& param) {
-    at::Tensor g = at::empty(param.sizes(), param.options());
+    // CPU-only path: the allocation without a trip through the dispatcher.
+    at::Tensor g = at::detail::empty_cpu(param.sizes(), param.scalar_type(), /*pin_memory=*/false);
     const bool scalar = param.numel() == 1;
     double total = 0;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "derf_reduce_partials", [&] {
@@ -157,6 +159,7 @@ at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p) {
                    v_y.scalar_type());
   TORCH_CHECK_VALUE(v_y.sizes() == p.x.sizes(), "derf_bwd: v_y has shape ", v_y.sizes(), " but x has shape ",
                     p.x.sizes());
+  if (v_y.scalar_type() == p.x.scalar_type() && v_y.is_contiguous()) return v_y;
   return v_y.to(p.x.scalar_type()).contiguous();
 }
 
