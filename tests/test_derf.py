@@ -278,6 +278,25 @@ def test_saved_tensor_hooks_and_checkpoint():
         torch.testing.assert_close(c, a)
 
 
+def test_compiled_autograd_with_compiled_forward(monkeypatch):
+    """torch.compile with compiled autograd: the compiled forward's backward (not the eager C++ node, which
+    compiled autograd cannot trace) runs under compiled autograd and gives the eager gradients."""
+    if not hasattr(torch._dynamo.config, "compiled_autograd"):
+        pytest.skip("this torch has no compiled autograd")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), pyops.Derf(8, per_channel=True, backend="cpu"), nn.Linear(8, 2))
+    x = torch.randn(5, 8)
+    model(x).square().sum().backward()
+    eager = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    monkeypatch.setattr(torch._dynamo.config, "compiled_autograd", True)
+    torch.compile(model)(x).square().sum().backward()
+    for p, g in zip(model.parameters(), eager):
+        torch.testing.assert_close(p.grad, g)
+    torch._dynamo.reset()
+
+
 def test_parametrized_module_parameters():
     """A parametrized parameter is not in _parameters: forward falls back to the attribute."""
     from torch.nn.utils import parametrize
