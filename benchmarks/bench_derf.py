@@ -4,6 +4,9 @@ forward+backward, with gradients for x, alpha, shift, weight and bias.
 
 Bytes moved (the GB/s column): forward reads x and writes y; backward reads x and dy and writes dx;
 forward+backward ("full") is the sum. Parameters and their gradients are negligible.
+
+Per-call cost: a (4, 64) fp32 case times the modules as a model calls them (pyops.Derf, the eager Derf,
+nn.LayerNorm), where the host, not the kernel, sets the pace; a note states each one's ratio to LayerNorm.
 """
 
 import importlib
@@ -95,6 +98,65 @@ def run(ctx):
                     ctx.fail(f"derf {case['x_value']} {dname} {name}", e, ours=name.startswith("pyops"))
                 if cuda:
                     torch.cuda.empty_cache()
+    rows += _bench_per_call(ctx)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-call host cost: at a tiny size the host (Python, dispatch, autograd), not the kernel, sets the pace.
+
+TINY = (4, 64)  # tokens x hidden
+
+
+class EagerDerf(torch.nn.Module):
+    """The paper's module: Derf composed of torch ops (the eager peer of pyops.Derf)."""
+
+    def __init__(self, hidden, device):
+        super().__init__()
+        ref = pyops.Derf(hidden, device=device)
+        self.alpha, self.shift, self.weight, self.bias = ref.alpha, ref.shift, ref.weight, ref.bias
+
+    def forward(self, x):
+        return self.weight * torch.erf(self.alpha * x + self.shift) + self.bias
+
+
+def _bench_per_call(ctx):
+    """Modules on a (4, 64) fp32 tensor, as a model calls them: pyops.Derf per backend, the eager Derf and
+    nn.LayerNorm (the norm Derf replaces, and the target: Derf's per-call cost within 1.2x of LayerNorm's
+    forward+backward and 1.5x of its forward), forward (graph built) and full (forward + backward into .grad)."""
+    tokens, hidden = TINY
+    ours = [b for b in OUR_BACKENDS
+            if b in available_backends(ctx.device) and (b != "triton" or ctx.device.type == "cuda")]
+    modules = {f"pyops-{b} Derf": pyops.Derf(hidden, backend=b, device=ctx.device) for b in ours}
+    modules["eager Derf"] = EagerDerf(hidden, ctx.device)
+    modules["nn.LayerNorm"] = torch.nn.LayerNorm(hidden, device=ctx.device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(tokens, hidden, generator=g).to(ctx.device).requires_grad_()
+    dy = torch.randn(tokens, hidden, generator=g).to(ctx.device)
+    case = dict(x_name="tokens x hidden", x_value=f"{tokens}x{hidden}",
+                extra={"tokens": tokens, "hidden": hidden, "dtype": "fp32", "case": "per-call (modules)"})
+    rows, median_us = [], {}
+    for name, module in modules.items():
+        def full(module=module):
+            module(x).backward(dy)
+
+        for mode, fn in (("forward", lambda module=module: module(x)), ("full", full)):
+            try:
+                row = ctx.record("derf", name, mode, fn=fn, **case)
+            except Exception as e:  # noqa: BLE001  (one broken provider must not hide the others)
+                ctx.fail(f"derf per-call {name} {mode}", e, ours=name.startswith("pyops"))
+                continue
+            rows.append(row)
+            median_us[name, mode] = row["y_value_50"] * 1e3
+    for name in modules:
+        if name == "nn.LayerNorm" or (name, "full") not in median_us:
+            continue
+        ln = {mode: median_us[key] for key in median_us if key[0] == "nn.LayerNorm" for mode in key[1:]}
+        parts = [f"{mode} {median_us[name, mode]:.1f} us = {median_us[name, mode] / ln[mode]:.2f}x"
+                 for mode in ("forward", "full") if mode in ln]
+        ctx.note(f"derf per-call cost at {tokens}x{hidden} fp32 ({torch.get_num_threads()} threads): {name} "
+                 f"{', '.join(parts)} nn.LayerNorm's ({ln.get('forward', float('nan')):.1f} / "
+                 f"{ln.get('full', float('nan')):.1f} us; target <= 1.5x / 1.2x)")
     return rows
 
 

@@ -2,6 +2,13 @@
 
 #include "pyops/derf_math.h"
 
+#include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
 namespace pyops {
 namespace derf {
 namespace {
@@ -13,6 +20,43 @@ void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int
   const bool ok = t.numel() == channels || (allow_scalar && t.numel() == 1);
   TORCH_CHECK_VALUE(ok && t.dim() <= 1, "derf: ", name, " must have ", allow_scalar ? "1 or " : "", channels,
                     " elements (one per channel) in at most one dimension, got shape ", t.sizes());
+}
+
+// The parameter in the kernels' math dtype, contiguous; the tensor itself (no new TensorImpl) when it already
+// is: this runs four times per call, and a tiny Derf's whole host cost is a few microseconds.
+at::Tensor as_math(const at::Tensor& t, at::ScalarType math) {
+  if (t.scalar_type() == math && t.is_contiguous()) return t;
+  return t.to(math).contiguous();
+}
+
+// PYOPS_CHECK_FINITE (read once, like pyops/_backend.py): "1" checks on every device, "0" never, unset CPU
+// tensors only (on a GPU the check is a host sync).
+bool check_finite_enabled(c10::DeviceType device_type) {
+  static const int mode = [] {
+    const char* env = std::getenv("PYOPS_CHECK_FINITE");
+    return env == nullptr ? -1 : std::string(env) == "1" ? 1 : std::string(env) == "0" ? 0 : -1;
+  }();
+  return mode == 1 || (mode == -1 && device_type == c10::DeviceType::CPU);
+}
+
+// ValueError naming `name` if t holds NaN or inf. On CPU a plain loop over the (C-element) parameter: no
+// ATen call, so it costs nanoseconds for the tiny tensors where per-call overhead matters.
+void check_finite(const at::Tensor& t, const char* name) {
+  if (t.numel() == 0) return;
+  bool finite = true;
+  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {  // the usual parameter
+    const float* data = t.const_data_ptr<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) finite &= std::isfinite(data[i]);
+  } else if (t.device().is_cpu()) {
+    const at::Tensor c = t.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "derf_check_finite", [&] {
+      const scalar_t* data = c.const_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < c.numel() && finite; ++i) finite = std::isfinite(static_cast<double>(data[i]));
+    });
+  } else {
+    finite = at::isfinite(t).all().item<bool>();  // opt-in (PYOPS_CHECK_FINITE=1): syncs the host
+  }
+  TORCH_CHECK_VALUE(finite, "derf: ", name, " has non-finite values");
 }
 
 }  // namespace
@@ -32,7 +76,7 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
   const int64_t dim = channel_dim < 0 ? channel_dim + x.dim() : channel_dim;
 
   Problem p;
-  p.x = x.contiguous();
+  p.x = x.is_contiguous() ? x : x.contiguous();  // skips a dispatcher call in the usual case
   p.channels = x.size(dim);
   p.outer = 1;
   for (int64_t d = 0; d < dim; ++d) p.outer *= x.size(d);
@@ -42,18 +86,72 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
   check_param(alpha, "alpha", x, p.channels, /*allow_scalar=*/true);
   check_param(shift, "shift", x, p.channels, /*allow_scalar=*/true);
   const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  p.alpha = alpha.to(math).contiguous().view({-1});
-  p.shift = shift.to(math).contiguous().view({-1});
-  if (weight.has_value()) {
-    check_param(*weight, "weight", x, p.channels, /*allow_scalar=*/false);
-    p.weight = weight->to(math).contiguous().view({-1});
+  if (weight.has_value()) check_param(*weight, "weight", x, p.channels, /*allow_scalar=*/false);
+  if (bias.has_value()) check_param(*bias, "bias", x, p.channels, /*allow_scalar=*/false);
+  if (check_finite_enabled(device_type)) {
+    check_finite(alpha, "alpha");
+    check_finite(shift, "shift");
+    if (weight.has_value()) check_finite(*weight, "weight");
+    if (bias.has_value()) check_finite(*bias, "bias");
   }
-  if (bias.has_value()) {
-    check_param(*bias, "bias", x, p.channels, /*allow_scalar=*/false);
-    p.bias = bias->to(math).contiguous().view({-1});
-  }
+  p.alpha = as_math(alpha, math);
+  p.shift = as_math(shift, math);
+  if (weight.has_value()) p.weight = as_math(*weight, math);
+  if (bias.has_value()) p.bias = as_math(*bias, math);
   return p;
 }
+
+namespace {
+
+// Up to this many partials (CPU) reduce_partials sums in a plain loop instead of ~12 ATen calls (sum,
+// select, cast, reshape per gradient), which cost more than the whole kernel on a tiny tensor.
+constexpr int64_t kSmallReduction = int64_t(1) << 16;
+
+// The same reduction as below, fixed order (P, then C for a scalar parameter), accumulated in double.
+template <typename math_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_small(const at::Tensor& partials, int64_t channels,
+                                                                        const at::Tensor& alpha,
+                                                                        const at::Tensor& shift,
+                                                                        const std::optional<at::Tensor>& weight,
+                                                                        const std::optional<at::Tensor>& bias) {
+  const at::Tensor part = partials.contiguous();
+  const math_t* src = part.const_data_ptr<math_t>();
+  const int64_t chunks = part.size(0), C = channels;
+  auto grad = [&](int row, const at::Tensor& param) {
+    // CPU-only path: the allocation without a trip through the dispatcher.
+    at::Tensor g = at::detail::empty_cpu(param.sizes(), param.scalar_type(), /*pin_memory=*/false);
+    const bool scalar = param.numel() == 1;
+    double total = 0;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "derf_reduce_partials", [&] {
+      scalar_t* out = g.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        double sum = 0;
+        for (int64_t k = 0; k < chunks; ++k) sum += static_cast<double>(src[(k * kNumPartials + row) * C + c]);
+        if (scalar) {
+          total += sum;
+        } else {
+          out[c] = static_cast<scalar_t>(static_cast<math_t>(sum));
+        }
+      }
+      if (scalar) out[0] = static_cast<scalar_t>(static_cast<math_t>(total));
+    });
+    return g;
+  };
+  auto optional_grad = [&](int row, const std::optional<at::Tensor>& param) {
+    return param.has_value() ? grad(row, *param) : at::empty({0}, alpha.options());
+  };
+  return {grad(kSumVZTimesX, alpha), grad(kSumVZ, shift), optional_grad(kSumVYTimesErf, weight),
+          optional_grad(kSumVY, bias)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials_small(
+    const at::Tensor& partials, const Problem& p, const at::Tensor& alpha, const at::Tensor& shift,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
+  return partials.scalar_type() == at::kDouble ? reduce_small<double>(partials, p.channels, alpha, shift, weight, bias)
+                                               : reduce_small<float>(partials, p.channels, alpha, shift, weight, bias);
+}
+
+}  // namespace
 
 at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p) {
   TORCH_CHECK_VALUE(v_y.device() == p.x.device(), "derf_bwd: v_y is on ", v_y.device(), " but x is on ", p.x.device());
@@ -61,6 +159,7 @@ at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p) {
                    v_y.scalar_type());
   TORCH_CHECK_VALUE(v_y.sizes() == p.x.sizes(), "derf_bwd: v_y has shape ", v_y.sizes(), " but x has shape ",
                     p.x.sizes());
+  if (v_y.scalar_type() == p.x.scalar_type() && v_y.is_contiguous()) return v_y;
   return v_y.to(p.x.scalar_type()).contiguous();
 }
 
@@ -69,6 +168,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(const
                                                                            const at::Tensor& shift,
                                                                            const std::optional<at::Tensor>& weight,
                                                                            const std::optional<at::Tensor>& bias) {
+  if (partials.device().is_cpu() && partials.numel() <= kSmallReduction)
+    return reduce_partials_small(partials, p, alpha, shift, weight, bias);
   const at::Tensor totals = partials.sum(0);  // [kNumPartials, C]; at::sum is run-to-run deterministic
   auto as_param = [&](int row, const at::Tensor& param) {
     at::Tensor g = totals[row];

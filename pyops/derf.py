@@ -5,7 +5,9 @@ point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/d
 pass forward and one backward; backward recomputes erf from x, so the output is never saved.
 """
 
-from typing import Optional
+import functools
+import os
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +23,22 @@ if _backend.HAS_TRITON:
 # Registration: fake (meta) kernels and autograd for the native and Triton op pairs.
 
 
+def _check_devices(x, alpha, shift, weight, bias) -> None:
+    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: a parameter on the meta
+    device sends the native op's dispatch to them, so they must raise it themselves."""
+    for name, p in (("alpha", alpha), ("shift", shift), ("weight", weight), ("bias", bias)):
+        if p is not None and p.device != x.device:
+            raise ValueError(f"derf: {name} is on {p.device} but x is on {x.device}")
+
+
+def _fake_fwd(x, alpha, shift, weight, bias, channel_dim):
+    _check_devices(x, alpha, shift, weight, bias)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 def _fake_bwd(v_y, x, alpha, shift, weight, bias, channel_dim):
+    _check_devices(x, alpha, shift, weight, bias)
+
     def like(p):
         return torch.empty_like(p) if p is not None else alpha.new_empty(0)
 
@@ -46,11 +63,9 @@ def _register_autograd(fwd: str, bwd_op) -> None:
 
 
 if _backend._NATIVE_ERROR is None:
-    torch.library.register_fake("pyops::derf_fwd")(
-        lambda x, alpha, shift, weight, bias, channel_dim: torch.empty_like(x, memory_format=torch.contiguous_format)
-    )
+    # The native ops' autograd kernels are C++ (csrc/derf_autograd.cpp): no Python runs per call.
+    torch.library.register_fake("pyops::derf_fwd")(_fake_fwd)
     torch.library.register_fake("pyops::derf_bwd")(_fake_bwd)
-    _register_autograd("pyops::derf_fwd", torch.ops.pyops.derf_bwd)
 if _backend.HAS_TRITON:
     # triton_op derives the fake kernels from the Python launchers; only autograd is added.
     _register_autograd("pyops::derf_fwd_triton", torch.ops.pyops.derf_bwd_triton)
@@ -63,9 +78,9 @@ def _check_args(x, alpha, shift, weight, bias, channel_dim) -> int:
     """Validates the arguments (pyops/_checks.py's policy and messages), naming the bad one; returns
     channel_dim made non-negative.
 
-    Hot path (one call per Derf layer per step): the conditions are tested inline and the _checks helpers
-    only run, to raise, when one fails (calling them unconditionally measured +7 us per call on a loaded
-    2-core machine)."""
+    Runs for the reference and Triton backends, under torch.compile, on the first call per backend choice,
+    and to re-raise in pyops' policy when the native op rejected an argument; the native ops' eager calls
+    rely on the C++ checks (csrc/derf.cpp) instead."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         check_tensor("derf", "x", x, floating=True)
     ndim = x.dim()
@@ -114,17 +129,81 @@ def derf(
         A tensor with x's shape and dtype. Math is fp32; parameter gradients come back in each
         parameter's dtype, accumulated in fp32.
     """
+    if not _is_compiling():
+        # Eager fast path: a cached backend choice, then the op, whose C++ kernels check every argument. Only
+        # when it raises do the Python checks run, to raise pyops' own error (type and message) for a bad one.
+        try:
+            which = _CHOICE[(backend, _env_backend(), "cpu" if x.is_cpu else x.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(x, alpha, shift, weight, bias, channel_dim, backend)
+        if which == "native":
+            try:
+                if channel_dim == -1:
+                    return _NATIVE_FWD(x, alpha, shift, weight, bias, channel_dim)
+                return _native_channels(x, alpha, shift, weight, bias, channel_dim)
+            except Exception:
+                _check_args(x, alpha, shift, weight, bias, channel_dim)
+                raise
+    return _derf(x, alpha, shift, weight, bias, channel_dim, backend)
+
+
+# The backend per (backend argument, $PYOPS_BACKEND as read by _env_backend, device type): "native" for the
+# C++ kernels ("cpu", "cuda"), else its name. Only successful choices are cached: an unavailable backend
+# raises every time.
+_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
+_is_compiling = torch.compiler.is_compiling
+_NATIVE_FWD = torch.ops.pyops.derf_fwd.default if _backend._NATIVE_ERROR is None else None
+# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
+_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
+
+
+# $PYOPS_BACKEND, read on every call (it may change at run time) but without os.environ.get's cost: for a
+# missing key it raises and catches a KeyError (0.5 us, a tenth of a tiny Derf's budget). On POSIX,
+# os.environ keeps its values in a bytes -> bytes dict that its setters keep current; read that.
+if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict):
+    _env_backend = functools.partial(os.environ._data.get, b"PYOPS_BACKEND")
+else:
+    _env_backend = functools.partial(os.environ.get, "PYOPS_BACKEND")
+
+
+def _choose(x, alpha, shift, weight, bias, channel_dim, backend) -> str:
+    _check_args(x, alpha, shift, weight, bias, channel_dim)  # x is a Tensor (or this raises)
+    which = _backend.resolve(backend, x.device, "derf_fwd")
+    which = "native" if which in ("cpu", "cuda") else which
+    _CHOICE[(backend, _env_backend(), x.device.type)] = which
+    return which
+
+
+def _native_channels(x, alpha, shift, weight, bias, channel_dim):
+    """The native op with channels on another dim than the last; argument errors are left to the op."""
+    if type(channel_dim) is not int:
+        raise TypeError("derf: channel_dim must be an int")  # the caller's checks raise the full message
+    ndim = x.dim()
+    if -ndim <= channel_dim < ndim - 1:
+        return _channels_last(_NATIVE_FWD, x, alpha, shift, weight, bias, channel_dim % ndim)
+    return _NATIVE_FWD(x, alpha, shift, weight, bias, channel_dim)
+
+
+def _channels_last(op, x, alpha, shift, weight, bias, channel_dim):
+    """op on x with channels on channel_dim (not the last, non-negative). A channels-last tensor (e.g. NHWC
+    memory of an NCHW tensor) runs as (..., C) without a copy, and the result keeps that layout."""
+    perm = [d for d in range(x.dim()) if d != channel_dim] + [channel_dim]
+    x_last = x.permute(perm)
+    if x_last.is_contiguous():
+        return op(x_last, alpha, shift, weight, bias, -1).permute(_inverse(perm))
+    return op(x, alpha, shift, weight, bias, channel_dim)
+
+
+def _derf(x, alpha, shift, weight, bias, channel_dim, backend):
+    """Every backend, with the Python checks first: channels-first inputs, the reference and Triton backends,
+    and what torch.compile traces."""
     channel_dim = _check_args(x, alpha, shift, weight, bias, channel_dim)
     which = _backend.resolve(backend, x.device, "derf_fwd")
     if which == "torch":
         return reference.derf(x, alpha, shift, weight, bias, channel_dim)
     op = torch.ops.pyops.derf_fwd_triton if which == "triton" else torch.ops.pyops.derf_fwd
     if channel_dim != x.dim() - 1:
-        # A channels-last tensor (e.g. NHWC memory of an NCHW tensor) runs as (..., C) without a copy.
-        perm = [d for d in range(x.dim()) if d != channel_dim] + [channel_dim]
-        x_last = x.permute(perm)
-        if x_last.is_contiguous():
-            return op(x_last, alpha, shift, weight, bias, -1).permute(_inverse(perm))
+        return _channels_last(op, x, alpha, shift, weight, bias, channel_dim)
     return op(x, alpha, shift, weight, bias, channel_dim)
 
 
@@ -172,8 +251,15 @@ class Derf(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return derf(x, self.alpha, self.shift, self.weight, self.bias,
-                    channel_dim=-1 if self.channels_last else 1, backend=self.backend)
+        # The parameters straight from _parameters: nn.Module.__getattr__ costs ~0.45 us each, a fifth of the
+        # whole call on a tiny tensor. A parametrized (torch.nn.utils.parametrize) parameter is not in there:
+        # then the attribute.
+        p = self._parameters
+        try:
+            alpha, shift, weight, bias = p["alpha"], p["shift"], p["weight"], p["bias"]
+        except KeyError:
+            alpha, shift, weight, bias = self.alpha, self.shift, self.weight, self.bias
+        return derf(x, alpha, shift, weight, bias, channel_dim=-1 if self.channels_last else 1, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, per_channel={self.alpha.numel() > 1}, "

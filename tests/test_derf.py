@@ -174,6 +174,177 @@ def run_fn(fn, x, params, dy):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The native ops' C++ autograd kernels (csrc/derf_autograd.cpp).
+
+
+@pytest.mark.parametrize("per_channel,has_weight,has_bias", PARAMS, ids=str)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cpp_autograd_module_matches_reference(per_channel, has_weight, has_bias, channels_last):
+    """The module's gradients, through the C++ autograd node into .grad, against the float64 reference."""
+    shape, dim = ((4, 64), -1) if channels_last else ((2, 5, 3, 7), 1)
+    x, params, dy = make_inputs(shape, dim, per_channel, has_weight, has_bias, torch.float32, "cpu")
+    m = pyops.Derf(shape[dim], channels_last=channels_last, per_channel=per_channel,
+                   elementwise_affine=has_weight, backend="cpu")
+    with torch.no_grad():
+        for name, p in zip(["alpha", "shift", "weight", "bias"], params):
+            if p is not None:
+                getattr(m, name).copy_(p)
+            elif getattr(m, name) is not None:  # weight without bias: a zero bias is the same function
+                getattr(m, name).zero_()
+    params = [m.alpha, m.shift, m.weight, m.bias]
+    xg = x.clone().requires_grad_()
+    y = m(xg)
+    assert type(y.grad_fn).__name__ != "BackwardCFunction"  # not a Python autograd.Function
+    assert "Derf" in y.grad_fn.name()
+    y.backward(dy)
+    exact_y, exact_grads = run(x.double(), [p.detach().double() if p is not None else None for p in params],
+                               dy.double(), dim, "torch")
+    ref_y, ref_grads = run(x, [p.detach() if p is not None else None for p in params], dy, dim, "torch")
+    assert_close("y", y, exact_y, ref_y, torch.float32)
+    got = [xg.grad] + [p.grad for p in params if p is not None]
+    for name, g, e, r in zip(["v_x", "v_alpha", "v_shift", "v_weight", "v_bias"], got, exact_grads, ref_grads):
+        assert_close(name, g, e, r, torch.float32)
+
+
+def test_cpp_autograd_gradcheck_and_no_grad():
+    x, params, _ = make_inputs((3, 6), -1, True, True, True, torch.float64, "cpu", torch.float64, seed=5)
+    inputs = [t.requires_grad_() for t in [x] + params]
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.pyops.derf_fwd(*a, -1), inputs)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.pyops.derf_fwd(*a, None, None, -1), inputs[:3])
+    # Without grad mode (or with nothing requiring grad) no node is built and the values are the same.
+    with torch.no_grad():
+        y = pyops.derf(*inputs, backend="cpu")
+    assert y.grad_fn is None and not y.requires_grad
+    with torch.inference_mode():
+        torch.testing.assert_close(pyops.derf(*inputs, backend="cpu"), y)
+    torch.testing.assert_close(pyops.derf(*[t.detach() for t in inputs], backend="cpu"), y)
+
+
+def test_double_backward_raises_a_clear_error():
+    x, params, dy = make_inputs((3, 6), -1, True, True, True, torch.float64, "cpu", torch.float64)
+    inputs = [t.requires_grad_() for t in [x] + params]
+    y = pyops.derf(*inputs, backend="cpu")
+    grads = torch.autograd.grad(y, inputs, dy, create_graph=True)  # first order works with create_graph
+    exact = torch.autograd.grad(reference_derf(*inputs), inputs, dy)
+    for g, e in zip(grads, exact):
+        torch.testing.assert_close(g, e)
+    assert grads[0].requires_grad
+    with pytest.raises(NotImplementedError, match="derf: double backward is not supported"):
+        torch.autograd.grad(grads[0].sum(), inputs)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_module_compile_fullgraph_forward_backward(channels_last):
+    """The module (its _parameters fast path and the C++ autograd kernel) under torch.compile(fullgraph)."""
+    torch._dynamo.reset()
+    shape = (3, 5, 8) if channels_last else (2, 8, 3, 5)
+    m = pyops.Derf(8, channels_last=channels_last, per_channel=True, backend="cpu")
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(*shape)
+    compiled = torch.compile(m, fullgraph=True)
+    outs = []
+    for fn in (m, compiled):
+        xg = x.clone().requires_grad_()
+        y = fn(xg)
+        grads = torch.autograd.grad(y, [xg] + list(m.parameters()), torch.ones_like(y))
+        outs.append((y, grads))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_saved_tensor_hooks_and_checkpoint():
+    """The C++ node saves through SavedVariable: saved-tensor hooks (offloading) and non-reentrant activation
+    checkpointing see x and the parameters and give the same gradients."""
+    m = pyops.Derf(8, per_channel=True, backend="cpu")
+    x = torch.randn(3, 8)
+
+    def grads(fn):
+        m.zero_grad()
+        xg = x.clone().requires_grad_()
+        fn(xg).backward(torch.ones(3, 8))
+        return [xg.grad] + [p.grad.clone() for p in m.parameters()]
+
+    plain = grads(m)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t.clone(), lambda t: t):
+        hooked = grads(m)
+    assert sorted(packed) == sorted([(3, 8)] + [p.shape for p in m.parameters()])
+    ckpt = grads(lambda t: torch.utils.checkpoint.checkpoint(m, t, use_reentrant=False))
+    for a, b, c in zip(plain, hooked, ckpt):
+        torch.testing.assert_close(b, a)
+        torch.testing.assert_close(c, a)
+
+
+def test_compiled_autograd_with_compiled_forward(monkeypatch):
+    """torch.compile with compiled autograd: the compiled forward's backward (not the eager C++ node, which
+    compiled autograd cannot trace) runs under compiled autograd and gives the eager gradients."""
+    if not hasattr(torch._dynamo.config, "compiled_autograd"):
+        pytest.skip("this torch has no compiled autograd")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), pyops.Derf(8, per_channel=True, backend="cpu"), nn.Linear(8, 2))
+    x = torch.randn(5, 8)
+    model(x).square().sum().backward()
+    eager = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    monkeypatch.setattr(torch._dynamo.config, "compiled_autograd", True)
+    torch.compile(model)(x).square().sum().backward()
+    for p, g in zip(model.parameters(), eager):
+        torch.testing.assert_close(p.grad, g)
+    torch._dynamo.reset()
+
+
+def test_parametrized_module_parameters():
+    """A parametrized parameter is not in _parameters: forward falls back to the attribute."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    m = pyops.Derf(6, backend="cpu")
+    parametrize.register_parametrization(m, "weight", Double())
+    x = torch.randn(2, 6)
+    torch.testing.assert_close(m(x), reference_derf(x, m.alpha, m.shift, 2 * m.parametrizations.weight.original,
+                                                    m.bias))
+
+
+def test_backend_env_is_read_every_call(monkeypatch):
+    """The backend choice is cached, but $PYOPS_BACKEND set after the first call still applies."""
+    x, params, _ = make_inputs((3, 4), -1, False, True, True, torch.float32, "cpu")
+    monkeypatch.delenv("PYOPS_BACKEND", raising=False)
+    pyops.derf(x, *params)  # cached: native CPU
+    monkeypatch.setenv("PYOPS_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        pyops.derf(x, *params)
+    monkeypatch.setenv("PYOPS_BACKEND", "torch")
+    torch.testing.assert_close(pyops.derf(x, *params), reference_derf(x, *params))
+    monkeypatch.delenv("PYOPS_BACKEND")
+    assert pyops.derf(x.requires_grad_(), *params).grad_fn.name() != reference_derf(x, *params).grad_fn.name()
+
+
+def test_native_op_checks_finite_parameters():
+    """The C++ host checks reject NaN/inf parameters on CPU (ValueError naming the parameter), so the
+    Python wrapper need not scan them per call; errors keep their type when raised from the native op."""
+    x = torch.randn(4, 5)
+    one, zero = torch.ones(1), torch.zeros(1)
+    with pytest.raises(ValueError, match="^derf: weight has non-finite values$"):
+        torch.ops.pyops.derf_fwd(x, one, zero, torch.full((5,), float("inf")), None, -1)
+    with pytest.raises(ValueError, match="^derf: shift has non-finite values$"):
+        torch.ops.pyops.derf_fwd(x, one, torch.tensor([float("nan")], dtype=torch.bfloat16), None, None, -1)
+    for _ in range(2):  # the second call hits the cached backend choice: the same errors
+        with pytest.raises(ValueError, match="^derf: bias has non-finite values$"):
+            pyops.derf(x, one, zero, torch.ones(5), torch.full((5,), float("nan")))
+        with pytest.raises(TypeError, match="^derf: alpha must be a Tensor, got float$"):
+            pyops.derf(x, 0.5, zero)
+        with pytest.raises(TypeError, match="^derf: channel_dim must be an int, got float$"):
+            pyops.derf(x, one, zero, channel_dim=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Bad input and backend choice.
 
 

@@ -27,6 +27,10 @@ struct Problem {
 // Validates the arguments (naming the offending one) and builds the canonical problem. `device_type` is
 // the backend's device; every tensor must be on x's device. Errors follow pyops/_checks.py's policy: a
 // wrong dtype throws c10::TypeError (Python TypeError), a wrong shape, value or device c10::ValueError.
+// The parameters are also checked for NaN/inf ("derf: <name> has non-finite values"): on CPU by default,
+// on every device with PYOPS_CHECK_FINITE=1 (a host sync on a GPU), never with PYOPS_CHECK_FINITE=0. These
+// checks are the eager public API's only ones (pyops/derf.py does no per-call Python checks): keep them
+// cheap, no ATen calls for what is already in shape.
 Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, int64_t channel_dim,
                 c10::DeviceType device_type);
@@ -36,7 +40,8 @@ at::Tensor prepare_grad(const at::Tensor& v_y, const Problem& p);
 
 // Second, deterministic stage of the parameter-gradient reduction: sums the per-block partials
 // [P, kNumPartials, C] (math dtype) over P, folds scalar alpha/shift over C, and casts each gradient to its
-// parameter's dtype and shape. Absent weight/bias give empty (0,) gradients.
+// parameter's dtype and shape. Absent weight/bias give empty (0,) gradients. Small CPU partials (a tiny
+// tensor's single chunk) are summed in a plain loop in double instead of through ~12 ATen calls.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(const at::Tensor& partials, const Problem& p,
                                                                            const at::Tensor& alpha,
                                                                            const at::Tensor& shift,
