@@ -278,7 +278,7 @@ def test_saved_tensor_hooks_and_checkpoint():
         torch.testing.assert_close(c, a)
 
 
-def test_compiled_autograd_with_compiled_forward(monkeypatch):
+def test_compiled_autograd_with_compiled_forward():
     """torch.compile with compiled autograd: the compiled forward's backward (not the eager C++ node, which
     compiled autograd cannot trace) runs under compiled autograd and gives the eager gradients."""
     if not hasattr(torch._dynamo.config, "compiled_autograd"):
@@ -290,8 +290,8 @@ def test_compiled_autograd_with_compiled_forward(monkeypatch):
     model(x).square().sum().backward()
     eager = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    monkeypatch.setattr(torch._dynamo.config, "compiled_autograd", True)
-    torch.compile(model)(x).square().sum().backward()
+    with torch._dynamo.config.patch(compiled_autograd=True):  # restores dynamo's config exactly afterwards
+        torch.compile(model)(x).square().sum().backward()
     for p, g in zip(model.parameters(), eager):
         torch.testing.assert_close(p.grad, g)
     torch._dynamo.reset()
