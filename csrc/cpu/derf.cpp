@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> derf_bwd_
   at::Tensor partials = at::zeros({base::num_chunks(p), kNumPartials, p.channels}, p.alpha.options());
   if (p.x.numel() != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "derf_bwd_cpu",
-                                    [&] { PYOPS_CPU_ISA_CALL(backward<scalar_t>, p, dy, dx, partials); });
+                                    [&] { PYOPS_CPU_ISA_CALL(backward<scalar_t>, p, dy, dx, partials, nullptr); });
   }
   auto [ga, gs, gw, gb] = reduce_partials(partials, p, alpha, shift, weight, bias);
   return {dx, ga, gs, gw, gb};

@@ -149,14 +149,17 @@ void forward(const Problem& p, at::Tensor& y) {
   });
 }
 
+// y: nullptr, or a tensor of x's shape that also receives derf(x) (derf_linear's backward needs it for its weight
+// gradient: erf(z) is computed here anyway, so it costs one store).
 template <typename scalar_t>
-void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& partials) {
+void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& partials, at::Tensor* y) {
   using IO = Io<scalar_t>;
   using Math = typename IO::Math;
   using V = Vectorized<Math>;
   const scalar_t* x = p.x.data_ptr<scalar_t>();
   const scalar_t* dy = grad_out.data_ptr<scalar_t>();
   scalar_t* dx = grad_x.data_ptr<scalar_t>();
+  scalar_t* y_out = y != nullptr ? y->data_ptr<scalar_t>() : nullptr;
   Math* part = partials.data_ptr<Math>();
   const ChannelParams<Math> prm(p);
   constexpr int64_t kStep = IO::kStep;
@@ -167,7 +170,7 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
 
   // Chunks of `outer` rows write disjoint partial rows [chunk, 4, C]: no atomics, fixed summation order.
   at::parallel_for(0, num_chunks(p), 1, [&](int64_t k0, int64_t k1) {
-    V xv[IO::kVecs], gv[IO::kVecs];
+    V xv[IO::kVecs], gv[IO::kVecs], yv[IO::kVecs];
     for (int64_t chunk = k0; chunk < k1; ++chunk) {
       Math* acc = part + chunk * kNumPartials * C;
       std::fill(acc, acc + kNumPartials * C, Math(0));
@@ -186,7 +189,7 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
             for (int k = 0; k < IO::kVecs; ++k) {
               const int64_t c = i + k * kLane, m = std::max<int64_t>(0, std::min(kLane, len - c));
               if (m == 0) {
-                xv[k] = V(Math(0));
+                xv[k] = yv[k] = V(Math(0));
                 continue;
               }
               V a, s, w;
@@ -198,6 +201,10 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
               }
               V erf_z, gaussian;
               erf_and_gaussian(at::vec::fmadd(a, xv[k], s), erf_z, gaussian);
+              if (y_out != nullptr) {
+                const V b = p.inner == 1 ? load_n<V>(prm.bias.data() + c, m) : V(prm.bias[c_run]);
+                yv[k] = at::vec::fmadd(w, erf_z, b);
+              }
               const V g = gv[k] * w * two_over_sqrt_pi * gaussian;  // dL/dz; zero in padded lanes
               const V terms[kNumPartials] = {g * xv[k], g, gv[k] * erf_z, gv[k]};
               if (p.inner == 1) {
@@ -211,6 +218,7 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
               xv[k] = g * a;
             }
             IO::store(dx + base + i, n, xv);
+            if (y_out != nullptr) IO::store(y_out + base + i, n, yv);
           }
           if (p.inner != 1) {
             for (int t = 0; t < kNumPartials; ++t)
@@ -225,7 +233,7 @@ void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x, 
 // derf.cpp dispatches on the dtype (no error path here: see isa.h).
 #define PYOPS_INSTANTIATE(T)                             \
   template void forward<T>(const Problem&, at::Tensor&); \
-  template void backward<T>(const Problem&, const at::Tensor&, at::Tensor&, at::Tensor&);
+  template void backward<T>(const Problem&, const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor*);
 PYOPS_CPU_ISA_INSTANTIATE_DTYPES(PYOPS_INSTANTIATE)
 #undef PYOPS_INSTANTIATE
 

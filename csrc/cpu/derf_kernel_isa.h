@@ -11,7 +11,8 @@ PYOPS_CPU_ISA_DECLARE(int64_t num_chunks(const Problem& p);
                       template <typename scalar_t> void forward(const Problem& p, at::Tensor& y);  // y: [x's shape]
                       template <typename scalar_t>
                       void backward(const Problem& p, const at::Tensor& grad_out, at::Tensor& grad_x,
-                                    at::Tensor& partials);  // [num_chunks, 4, C]
+                                    at::Tensor& partials,  // [num_chunks, 4, C]
+                                    at::Tensor* y);        // nullptr, or also derf(x) into *y
 )
 }  // namespace derf
 }  // namespace pyops
