@@ -89,20 +89,24 @@ def _check_args(x, alpha, shift, weight, bias, channel_dim) -> int:
     if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or not -ndim <= channel_dim < ndim:
         check_int("derf", "channel_dim", channel_dim, -ndim, ndim - 1)
     channel_dim %= ndim
-    channels = x.shape[channel_dim]
-    device = x.device
+    check_params("derf", x, channel_dim, alpha, shift, weight, bias)
+    return channel_dim
+
+
+def check_params(op: str, x: Tensor, channel_dim: int, alpha, shift, weight, bias) -> None:
+    """alpha/shift: 1 or C elements, weight/bias: C or None, floating, on x's device, finite (CPU)."""
+    channels, device = x.shape[channel_dim], x.device
     for name, p, scalar_ok in (("alpha", alpha, True), ("shift", shift, True), ("weight", weight, False),
                                ("bias", bias, False)):
         if p is None and not scalar_ok:
             continue
         if not isinstance(p, Tensor) or not p.is_floating_point() or p.device != device:
-            check_tensor("derf", name, p, floating=True, like=("x", x), same_dtype=False)
+            check_tensor(op, name, p, floating=True, like=("x", x), same_dtype=False)
         if p.dim() > 1 or not (p.numel() == channels or (scalar_ok and p.numel() == 1)):
             want = f"1 or {channels}" if scalar_ok else f"{channels}"
-            raise ValueError(f"derf: {name} must have {want} elements (x has {channels} channels on dim "
+            raise ValueError(f"{op}: {name} must have {want} elements (x has {channels} channels on dim "
                              f"{channel_dim}), got shape {tuple(p.shape)}")
-        _backend.check_finite("derf", name, p)
-    return channel_dim
+        _backend.check_finite(op, name, p)
 
 
 def derf(

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import _backend
 from ._checks import check_tensor
-from .derf import Derf
+from .derf import Derf, check_params
 from .reference import derf_linear as reference
 
 if _backend.HAS_TRITON:
@@ -83,17 +83,7 @@ def _check_args(x, alpha, shift, weight, bias, linear_weight, linear_bias) -> No
         raise ValueError("derf_linear: x must have at least one dimension (the channels), got shape ()")
     channels = x.shape[-1]
     device = x.device
-    for name, p, scalar_ok in (("alpha", alpha, True), ("shift", shift, True), ("weight", weight, False),
-                               ("bias", bias, False)):
-        if p is None and not scalar_ok:
-            continue
-        if not isinstance(p, Tensor) or not p.is_floating_point() or p.device != device:
-            check_tensor("derf_linear", name, p, floating=True, like=("x", x), same_dtype=False)
-        if p.dim() > 1 or not (p.numel() == channels or (scalar_ok and p.numel() == 1)):
-            want = f"1 or {channels}" if scalar_ok else f"{channels}"
-            raise ValueError(f"derf_linear: {name} must have {want} elements (x has {channels} channels on its "
-                             f"last dim), got shape {tuple(p.shape)}")
-        _backend.check_finite("derf_linear", name, p)
+    check_params("derf_linear", x, x.dim() - 1, alpha, shift, weight, bias)
     if (not isinstance(linear_weight, Tensor) or linear_weight.device != device or linear_weight.dtype != x.dtype
             or linear_weight.dim() != 2 or linear_weight.shape[1] != channels):
         check_tensor("derf_linear", "linear_weight", linear_weight, (None, channels), floating=True, like=("x", x))
