@@ -4,7 +4,7 @@ In a transformer every Derf feeds a Linear (attention QKV, MLP fc1). The unfused
 derf(x) (for the Linear's weight gradient) for the backward; :func:`derf_linear` keeps x and the parameters only
 and recomputes derf(x) in the backward: one activation of x's size less per fused pair.
 
-Backends: "cpu" (C++, csrc/derf_linear.cpp: ATen GEMMs + the vectorised Derf kernels on row chunks), "triton"
+Backends: "cpu" (C++, csrc/derf_linear.cpp: ATen GEMMs + the vectorised Derf kernels), "triton"
 (triton_kernels/derf_linear.py: Derf as the GEMM prologue forward, as the dgrad GEMM's epilogue backward) and
 "torch" (the reference composition, float64-capable; it keeps derf(x) like the unfused pair). There is no CUDA
 (.cu) kernel: on GPUs the default is Triton.

@@ -112,9 +112,9 @@ def test_gradients_are_deterministic(device, backend):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_row_chunks_and_thread_counts(threads):
-    # C = 520: 1008-row chunks, so 2100 rows make 3 (ragged) chunks, run in parallel with 2 threads and in order
-    # with 1. The Derf parameter gradients and v_x are bitwise the same for any thread count.
+def test_cpu_thread_counts(threads):
+    # 2100 rows of C = 520: several (ragged) chunks of the Derf backward's fixed partial sums, run in parallel with
+    # 2 threads and in order with 1. The Derf parameter gradients and v_x are bitwise the same for any thread count.
     x, params, dy = make_inputs((2100, 520), 12, True, True, True, torch.float32, "cpu", seed=4)
     before = torch.get_num_threads()
     try:
