@@ -12,7 +12,7 @@ def test_quick_benchmark_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ops = ("derf", "derf_linear", "vq", "gaussians", "anchors", "morel", "models")
+    ops = ("derf", "derf_linear", "vq", "gaussians", "anchors", "morel", "models", "overhead")
     assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians", "anchor_decode", "hexplane", "morel",
                                                    "derf_linear", "models"))
     assert "pyops-cpu" in proc.stdout
@@ -36,6 +36,8 @@ def test_quick_benchmark_run(tmp_path):
     fused = {(r["kernel_provider"], r["kernel_operation_mode"]) for r in rows if r["kernel_name"] == "derf_linear"}
     assert fused == {(p, m) for p in ("pyops-cpu", "Derf kernel + F.linear", "eager", "torch.compile")
                      for m in ("forward", "full")}
+    overhead = {r["x_value"] for r in rows if r["kernel_name"] == "overhead"}
+    assert len(overhead) == 7 and all(r["y_value_50"] < 1000 for r in rows if r["kernel_name"] == "overhead")
     models = {(r["x_value"], r["kernel_provider"]) for r in rows if r["kernel_name"] == "models"}
     assert len(models) == 14 and {p for _, p in models} >= {"LayerNorm eager", "pyops Derf + DerfLinear"}
     morel = [r for r in rows if r["kernel_name"] == "morel"]
