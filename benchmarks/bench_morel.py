@@ -83,17 +83,14 @@ def build_scene(cls, n_frames, n_anchors, device, max_resident=2, seed=0):
             kf.feat.copy_(torch.randn(kf.feat.shape, generator=g))
             kf.offset.copy_(torch.randn(kf.offset.shape, generator=g) * 0.5)
             kf.scaling.copy_(math.log(voxel / 3) + 0.2 * torch.randn(kf.scaling.shape, generator=g))
-            for p in kf.deform.heads.parameters():
+            for p in kf.deform.head.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.01)
             kf.fwd_decay.copy_(torch.rand(kf.fwd_decay.shape, generator=g) * 2)
             kf.bwd_decay.copy_(torch.rand(kf.bwd_decay.shape, generator=g) * 2)
-        states.append({k: v.detach().cpu() for k, v in kf.state_dict().items()})
-    if scene.store.pin:
-        states = [{k: v.pin_memory() for k, v in s.items()} for s in states]
-    for n in range(scene.n_keyframes):
+        states.append(scene.store.host_copy(kf.state_dict()))
+    for n in range(scene.n_keyframes):  # (put drops the resident copies)
         scene.store.put(n, states[n % 2], shared=True)  # shared storage (see the module docstring)
     scene.requires_grad_(False)
-    scene.store.evict_all()
     if max_resident > 2:
         for n in range(scene.n_keyframes):
             scene.store.get(n)

@@ -29,12 +29,12 @@ at::Tensor as_math(const at::Tensor& t, at::ScalarType math) {
   return t.to(math).contiguous();
 }
 
-// PYOPS_CHECK_FINITE (read once, like pyops/_backend.py): "1" checks on every device, "0" never, unset CPU
-// tensors only (on a GPU the check is a host sync).
+// PYOPS_CHECK_FINITE, read once with pyops/_backend.py's rule: "1" checks on every device, unset CPU tensors
+// only (on a GPU the check is a host sync), any other value never.
 bool check_finite_enabled(c10::DeviceType device_type) {
   static const int mode = [] {
     const char* env = std::getenv("PYOPS_CHECK_FINITE");
-    return env == nullptr ? -1 : std::string(env) == "1" ? 1 : std::string(env) == "0" ? 0 : -1;
+    return env == nullptr ? -1 : std::string(env) == "1" ? 1 : 0;
   }();
   return mode == 1 || (mode == -1 && device_type == c10::DeviceType::CPU);
 }

@@ -5,7 +5,6 @@ point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/d
 pass forward and one backward; backward recomputes erf from x, so the output is never saved.
 """
 
-import functools
 import os
 from typing import Dict, Optional, Tuple
 
@@ -151,7 +150,7 @@ def derf(
     return _derf(x, alpha, shift, weight, bias, channel_dim, backend)
 
 
-# The backend per (backend argument, $PYOPS_BACKEND as read by _env_backend, device type): "native" for the
+# The backend per (backend argument, $PYOPS_BACKEND, device type): "native" for the
 # C++ kernels ("cpu", "cuda"), else its name. Only successful choices are cached: an unavailable backend
 # raises every time.
 _CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
@@ -161,13 +160,9 @@ _NATIVE_FWD = torch.ops.pyops.derf_fwd.default if _backend._NATIVE_ERROR is None
 _NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
 
 
-# $PYOPS_BACKEND, read on every call (it may change at run time) but without os.environ.get's cost: for a
-# missing key it raises and catches a KeyError (0.5 us, a tenth of a tiny Derf's budget). On POSIX,
-# os.environ keeps its values in a bytes -> bytes dict that its setters keep current; read that.
-if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict):
-    _env_backend = functools.partial(os.environ._data.get, b"PYOPS_BACKEND")
-else:
-    _env_backend = functools.partial(os.environ.get, "PYOPS_BACKEND")
+def _env_backend() -> Optional[str]:
+    """$PYOPS_BACKEND, read on every call: it may change at run time."""
+    return os.environ.get("PYOPS_BACKEND")
 
 
 def _choose(x, alpha, shift, weight, bias, channel_dim, backend) -> str:

@@ -231,10 +231,6 @@ class DerfLinear(nn.Linear):
         return fused
 
 
-def _get(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
-
-
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, module)
@@ -282,7 +278,7 @@ def fuse_derf_linear(model: nn.Module, pairs: Optional[Iterable[Tuple[str, str]]
     """
     if pairs is not None:
         for derf_path, linear_path in pairs:
-            derf, linear = _get(model, derf_path), _get(model, linear_path)
+            derf, linear = model.get_submodule(derf_path), model.get_submodule(linear_path)
             if not isinstance(derf, Derf) or not derf.channels_last:
                 raise ValueError(f"fuse_derf_linear: {derf_path} must be a channels-last pyops.Derf, got "
                                  f"{type(derf).__name__}")
@@ -293,7 +289,7 @@ def fuse_derf_linear(model: nn.Module, pairs: Optional[Iterable[Tuple[str, str]]
         return model
     for block_path, block in list(model.named_modules()):
         for derf_name, linear_name in _known_pairs(block):
-            derf, linear = _get(block, derf_name), _get(block, linear_name)
+            derf, linear = block.get_submodule(derf_name), block.get_submodule(linear_name)
             if (isinstance(derf, Derf) and derf.channels_last and type(linear) is nn.Linear and
                     linear.in_features == derf.num_features):
                 _fuse(block, derf_name, linear_name)
@@ -301,7 +297,7 @@ def fuse_derf_linear(model: nn.Module, pairs: Optional[Iterable[Tuple[str, str]]
 
 
 def _fuse(root: nn.Module, derf_path: str, linear_path: str) -> None:
-    placeholder = FusedDerf(_get(root, derf_path))
-    fused = DerfLinear.from_pair(placeholder, _get(root, linear_path))
+    placeholder = FusedDerf(root.get_submodule(derf_path))
+    fused = DerfLinear.from_pair(placeholder, root.get_submodule(linear_path))
     _set(root, derf_path, placeholder)
     _set(root, linear_path, fused)

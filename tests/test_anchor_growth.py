@@ -16,45 +16,6 @@ def _gen(seed: int) -> torch.Generator:
 # -- voxel keys, voxelize, occupancy ----------------------------------------------------------------------
 
 
-def test_voxel_keys_unique_per_cell_with_negative_coordinates():
-    g = _gen(0)
-    points = (torch.rand(2000, 3, generator=g, dtype=torch.float64) - 0.5) * 4  # cells -10 .. 10 at 0.2
-    keys = ag.voxel_keys(points, 0.2)
-    assert keys.dtype == torch.int64 and keys.shape == (2000,)
-    cells = [tuple(c) for c in torch.round(points / 0.2).long().tolist()]
-    assert min(min(c) for c in cells) < 0
-    by_cell = {}
-    for key, cell in zip(keys.tolist(), cells):
-        by_cell.setdefault(cell, set()).add(key)
-    assert all(len(v) == 1 for v in by_cell.values())  # one key per cell
-    assert len({next(iter(v)) for v in by_cell.values()}) == len(by_cell)  # distinct cells, distinct keys
-    # Keys sort cells lexicographically (x most significant).
-    pairs = sorted(zip(keys.tolist(), cells))
-    assert [c for _, c in pairs] == sorted(cells)
-
-
-def test_voxel_keys_grid_limits_and_errors():
-    half = 2 ** 20
-    edge = torch.tensor([[-half, half - 1, 0.0], [half - 1, -half, 3.0]], dtype=torch.float64)
-    keys = ag.voxel_keys(edge, 1.0)
-    assert keys.unique().numel() == 2 and bool((keys >= 0).all())
-    with pytest.raises(ValueError, match="voxel_keys: points / voxel_size spans"):
-        ag.voxel_keys(torch.tensor([[half, 0.0, 0.0]], dtype=torch.float64), 1.0)
-    with pytest.raises(ValueError, match="voxel_keys: points / voxel_size spans"):
-        ag.voxel_keys(torch.tensor([[0.0, -half - 1.0, 0.0]], dtype=torch.float64), 1.0)
-    with pytest.raises(ValueError, match="voxel_keys: points has non-finite"):
-        ag.voxel_keys(torch.tensor([[0.0, float("nan"), 0.0]]), 1.0)
-    with pytest.raises(ValueError, match="voxel_keys: voxel_size"):
-        ag.voxel_keys(torch.zeros(2, 3), 0.0)
-    with pytest.raises(TypeError, match="voxel_keys: voxel_size"):
-        ag.voxel_keys(torch.zeros(2, 3), "0.1")
-    with pytest.raises(TypeError, match="voxel_keys: points"):
-        ag.voxel_keys(torch.zeros(2, 3, dtype=torch.int64), 0.1)
-    with pytest.raises(ValueError, match=r"voxel_keys: points must have shape \(\*, 3\)"):
-        ag.voxel_keys(torch.zeros(2, 2), 0.1)
-    assert ag.voxel_keys(torch.zeros(0, 3), 0.1).shape == (0,)
-
-
 def test_voxelize_matches_python_set():
     g = _gen(1)
     points = torch.randn(500, 3, generator=g, dtype=torch.float64) * 0.3
@@ -76,29 +37,6 @@ def test_voxelize_matches_python_set():
     assert none is None and centres32.dtype == torch.float32 and centres32.shape == centres.shape
     with pytest.raises(ValueError, match=r"voxelize: colors must have shape \(500, \*\)"):
         ag.voxelize(points, voxel, colors[:10])
-
-
-def test_knn_sq_dist_and_initial_log_scales():
-    g = _gen(13)
-    points = torch.rand(70, 3, generator=g, dtype=torch.float64)
-    points[5] = points[9]  # a duplicate: distance 0 to each other
-    got = ag.knn_sq_dist(points, 3)
-    pts = points.tolist()
-    for i, p in enumerate(pts):
-        d2 = sorted(sum((a - b) ** 2 for a, b in zip(p, q)) for j, q in enumerate(pts) if j != i)
-        assert math.isclose(float(got[i]), sum(d2[:3]) / 3, rel_tol=1e-12, abs_tol=1e-15)
-    assert got[5] == got[9]  # duplicates: the same neighbour distances (one of them 0)
-    # float32 keeps close points' distances (no |a|^2 + |b|^2 - 2ab cancellation far from the origin).
-    near = torch.tensor([[1000.0, 0, 0], [1000.0, 0, 1e-3], [1000.0, 1e-3, 0]])
-    torch.testing.assert_close(ag.knn_sq_dist(near, 1), torch.tensor([1e-6, 1e-6, 1e-6]), rtol=1e-3, atol=0)
-    assert ag.knn_sq_dist(near, 5).shape == (3,)  # fewer than k neighbours: the available ones
-    assert ag.knn_sq_dist(near[:1], 3).tolist() == [0.0]
-    scales = ag.initial_log_scales(points.float())
-    assert scales.shape == (70, 6)
-    torch.testing.assert_close(scales, (0.5 * got.clamp_min(1e-7).log()).float()[:, None].expand(70, 6))
-    assert torch.equal(ag.initial_log_scales(near[:1]), torch.full((1, 6), 0.5 * math.log(1e-7)))
-    with pytest.raises(ValueError, match="knn_sq_dist: k=0"):
-        ag.knn_sq_dist(points, 0)
 
 
 def _brute_occupied(query, existing):

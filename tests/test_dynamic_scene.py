@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import pyops
-from pyops.models.dynamic_scene import DynamicScene, quat_to_rotmat, synthetic_dynamic_scene
+from pyops.models.dynamic_scene import DynamicScene, synthetic_dynamic_scene
+from pyops.reference.gaussians import quat_to_rotmat
 
 W, H = 32, 24
 

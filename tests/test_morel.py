@@ -95,7 +95,7 @@ def test_frame_sets_and_keyframe_frames_render_one_set(data):
     vm, K = data.viewmats[1:], data.Ks[1:]
     with torch.no_grad():
         kf = scene.keyframe(1)
-        for p in kf.deform.heads.parameters():
+        for p in kf.deform.head.parameters():
             p.normal_()  # a field that moves things, except at tau = 0
         image, alpha, meta = scene.render(8, vm, K, SIZE, SIZE)
         alone, alone_alpha, _ = scene.render_sets([(kf, 0.0, None)], vm, K, SIZE, SIZE)
@@ -104,6 +104,19 @@ def test_frame_sets_and_keyframe_frames_render_one_set(data):
         torch.testing.assert_close(alpha, alone_alpha, rtol=0, atol=0)
         moved, _, _ = scene.render_sets([(kf, 0.5, None)], vm, K, SIZE, SIZE)
         assert not torch.equal(moved, alone)
+
+
+def test_cameras_render_like_one_camera_calls(data):
+    scene = _scene(data)
+    backgrounds = torch.tensor([[0.1, 0.2, 0.3], [0.9, 0.8, 0.7]])
+    with torch.no_grad():
+        both, alpha, _ = scene.render(11, data.viewmats, data.Ks, SIZE, SIZE, backgrounds=backgrounds)
+        for c in range(2):
+            one, one_alpha, _ = scene.render(11, data.viewmats[c:c + 1], data.Ks[c:c + 1], SIZE, SIZE,
+                                             backgrounds=backgrounds[c:c + 1])
+            torch.testing.assert_close(both[c:c + 1], one, rtol=0, atol=0)
+            torch.testing.assert_close(alpha[c:c + 1], one_alpha, rtol=0, atol=0)
+    assert not torch.equal(both[0], both[1])
 
 
 def test_blend_weights_scale_the_two_sets_opacities(data):

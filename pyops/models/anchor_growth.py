@@ -1,8 +1,7 @@
 """Anchor initialisation and densification for Scaffold-GS style anchors, with MoRel's feature-variance-guided
 hierarchical densification (FHD).
 
-- :func:`voxelize`: Scaffold-GS's initial anchors, the centres of the voxels a point cloud occupies;
-  :func:`initial_log_scales` their initial scaling from the k-nearest-neighbour distance (:func:`knn_sq_dist`).
+- :func:`voxelize`: Scaffold-GS's initial anchors, the centres of the voxels a point cloud occupies.
 - :class:`AnchorStats`: Scaffold-GS's training statistics (per neural Gaussian: the summed view-space gradient
   norm and the number of views it was rasterized in; per anchor: the summed neural opacity and the number of
   views it was visible in), the gradient optionally weighted per anchor by its FHD level.
@@ -41,12 +40,10 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_tensor
 
-__all__ = ["voxel_keys", "voxelize", "knn_sq_dist", "initial_log_scales", "occupied", "variance_levels",
+__all__ = ["voxelize", "occupied", "variance_levels",
            "fhd_level_weight", "LEVEL_WEIGHTS", "AnchorStats", "AnchorGrowth", "grow_anchors", "prune_mask",
            "resize_parameters"]
 
-KEY_BITS = 21  # bits per axis of voxel_keys: three fit in an int64 (63 bits)
-_KEY_HALF = 1 << (KEY_BITS - 1)  # cells -2^20 .. 2^20 - 1 per axis
 LEVEL_WEIGHTS = (1.0, 1.5, 2.0)  # FHD gradient weight per variance level (our choice)
 
 # Scaffold-GS's defaults (arguments/__init__.py): check_interval 100, success_threshold 0.8; a neural Gaussian may
@@ -80,7 +77,7 @@ def _cells(op: str, name: str, points: Tensor, voxel_size: float) -> Tensor:
 def _joint_keys(op: str, *cell_sets: Tensor) -> Tuple[Tensor, ...]:
     """One int64 key per cell, comparable across the given (N_i, 3) cell sets: mixed-radix over their joint
     bounding box, x most significant, so sorting keys sorts cells lexicographically. Any grid whose box has
-    fewer than 2^62 cells fits (wider than voxel_keys' fixed 2^21 per axis)."""
+    fewer than 2^62 cells fits."""
     nonempty = [c for c in cell_sets if c.shape[0]]
     if not nonempty:
         return tuple(torch.empty(0, dtype=torch.int64, device=c.device) for c in cell_sets)
@@ -92,30 +89,6 @@ def _joint_keys(op: str, *cell_sets: Tensor) -> Tuple[Tensor, ...]:
                          "voxel size")
     radix = torch.tensor([extent[1] * extent[2], extent[2], 1], dtype=torch.int64, device=lo.device)
     return tuple(((c - lo) * radix).sum(1) for c in cell_sets)
-
-
-def voxel_keys(points: Tensor, voxel_size: float) -> Tensor:
-    """A unique int64 key per voxel cell ``round(points / voxel_size)``, comparable between calls.
-
-    Args:
-        points: ``(N, 3)`` floating.
-        voxel_size: the cell edge, > 0.
-
-    Returns:
-        ``(N,)`` int64: the cell's (x, y, z) biased by 2^20 into 21 bits each, x most significant (so keys sort
-        cells lexicographically). ValueError when a cell coordinate is outside [-2^20, 2^20 - 1].
-    """
-    op = "voxel_keys"
-    check_tensor(op, "points", points, (None, 3), floating=True)
-    voxel_size = _check_voxel_size(op, voxel_size)
-    cells = _cells(op, "points", points, voxel_size)
-    if cells.numel():
-        lo, hi = torch.aminmax(cells)
-        if lo.item() < -_KEY_HALF or hi.item() >= _KEY_HALF:
-            raise ValueError(f"{op}: points / voxel_size spans cells [{lo.item()}, {hi.item()}], outside the "
-                             f"{KEY_BITS}-bit grid [{-_KEY_HALF}, {_KEY_HALF - 1}]: use a larger voxel_size")
-    biased = cells + _KEY_HALF
-    return (biased[:, 0] << (2 * KEY_BITS)) | (biased[:, 1] << KEY_BITS) | biased[:, 2]
 
 
 def voxelize(points: Tensor, voxel_size: float, colors: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
@@ -152,44 +125,9 @@ def voxelize(points: Tensor, voxel_size: float, colors: Optional[Tensor] = None)
     return centres, (sums / counts[:, None]).to(colors.dtype)
 
 
-def knn_sq_dist(points: Tensor, k: int = 3) -> Tensor:
-    """``(V,)`` mean squared distance of each point to its ``k`` nearest other points (simple-knn's
-    ``distCUDA2``, which Scaffold-GS and 3DGS use for initial scales), computed in points' dtype (fp32 or fp64).
-
-    Exact brute force in row chunks: O(V^2) time, O(V * chunk) memory (chunk ~ 2^26 / V rows); fine for the
-    anchors of one voxelized point cloud on a GPU, slow on a CPU beyond ~10^5 points. With fewer than k + 1
-    points the available neighbours are averaged; a single point gets 0. Duplicate points are at distance 0.
-    """
-    op = "knn_sq_dist"
-    check_tensor(op, "points", points, (None, 3), floating=True, finite=True)
-    check_int(op, "k", k, 1)
-    v = points.shape[0]
-    n = min(k, v - 1)
-    if n <= 0:
-        return points.new_zeros(v)
-    pts = points.detach()
-    chunk = max(1, (1 << 26) // v)
-    out = []
-    for start in range(0, v, chunk):
-        # No matrix-multiply form: |a|^2 + |b|^2 - 2ab loses nearby points' distances to cancellation.
-        d = torch.cdist(pts[start:start + chunk], pts, compute_mode="donot_use_mm_for_euclid_dist")
-        nearest = torch.topk(d, n + 1, dim=1, largest=False).values[:, 1:]  # drop one 0: the point itself
-        out.append((nearest * nearest).mean(1))
-    return torch.cat(out)
-
-
-def initial_log_scales(centres: Tensor, k: int = 3, min_sq_dist: float = 1e-7) -> Tensor:
-    """Scaffold-GS's initial anchor scaling parameters (``create_from_pcd``): ``(V, 6)``, each row
-    ``log(sqrt(max(knn_sq_dist, min_sq_dist)))`` six times (3 for the offsets' scale, 3 for the Gaussians')."""
-    if not (isinstance(min_sq_dist, (int, float)) and math.isfinite(min_sq_dist) and min_sq_dist > 0):
-        raise ValueError(f"initial_log_scales: min_sq_dist must be finite and > 0, got {min_sq_dist}")
-    d2 = knn_sq_dist(centres, k).clamp_min(min_sq_dist)
-    return (0.5 * torch.log(d2))[:, None].expand(-1, 6).contiguous()
-
-
 def occupied(query_keys: Tensor, existing_keys: Tensor) -> Tensor:
-    """``(Q,)`` bool: whether each query key is among the existing keys (any int64 keys, e.g.
-    :func:`voxel_keys`). Sorts the existing keys and binary-searches the queries: O((Q + E) log E) time, O(Q + E)
+    """``(Q,)`` bool: whether each query key is among the existing keys (any int64 keys, e.g. the cell keys of
+    :func:`grow_anchors`). Sorts the existing keys and binary-searches the queries: O((Q + E) log E) time, O(Q + E)
     memory, no Q x E comparison."""
     op = "occupied"
     check_tensor(op, "query_keys", query_keys, (None,), dtype=torch.int64)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
+from ..reference.gaussians import quat_to_rotmat
 from .gaussian_scene import look_at, pinhole
 
 Times = Union[int, float, Sequence[float], Tensor]
@@ -57,14 +58,6 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
     bw, bx, by, bz = b.unbind(-1)
     return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
                         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
-
-
-def quat_to_rotmat(q: Tensor) -> Tensor:
-    """Rotation matrices ``(..., 3, 3)`` of unit wxyz quaternions ``(..., 4)``."""
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).unflatten(-1, (3, 3))
 
 
 @dataclass(eq=False)

@@ -22,9 +22,9 @@ Where the paper is silent, these are our choices (MoDec-GS, by the same first au
 defaults otherwise):
 
 - A deformation field is a HexPlane (:class:`pyops.HexPlaneField`) at the canonical anchor positions and the time,
-  a ReLU trunk and four linear heads for the changes of anchor position, feature, offsets and log-scales. Each
+  a ReLU trunk and one linear head for the changes of anchor position, feature, offsets and log-scales. Each
   change is multiplied by the time (so a keyframe is exactly itself at tau = 0 and the relay is continuous) and
-  by a per-anchor gate ``sigmoid(g)``; the heads start at zero (identity deformation).
+  by a per-anchor gate ``sigmoid(g)``; the head starts at zero (identity deformation).
 - The decoder MLPs (Scaffold-GS's three heads) are global: trained in the GCA stage, frozen afterwards, so
   retraining one keyframe never changes another one's renders.
 - Anchors are initialised as Scaffold-GS does (voxel centres of the point cloud, zero features and offsets); the
@@ -95,14 +95,12 @@ class DeformField(nn.Module):
                                    multires=cfg.hex_multires, **kw)
         self.field.set_aabb(cfg.bounds[0], cfg.bounds[1])
         self.trunk = nn.Sequential(nn.Linear(self.field.feat_dim, cfg.deform_width, **kw), nn.ReLU())
-        self.heads = nn.ModuleDict({
-            "anchor": nn.Linear(cfg.deform_width, 3, **kw),
-            "feat": nn.Linear(cfg.deform_width, cfg.feat_dim, **kw),
-            "offset": nn.Linear(cfg.deform_width, 3 * cfg.n_offsets, **kw),
-            "scaling": nn.Linear(cfg.deform_width, 6, **kw)})
-        for head in self.heads.values():
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+        # One linear head for the four changes (position 3, feature C, offsets 3K, log-scales 6): one GEMM per
+        # deformed set instead of four.
+        self.sizes = {"anchor": 3, "feat": cfg.feat_dim, "offset": 3 * cfg.n_offsets, "scaling": 6}
+        self.head = nn.Linear(cfg.deform_width, sum(self.sizes.values()), **kw)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
         self.gate = nn.Parameter(torch.zeros(n_anchors, **kw))  # per-anchor gate logits: sigmoid(0) = 0.5
 
     def forward(self, anchors: Dict[str, Tensor], time: float, features: Optional[Tensor] = None) -> Dict[str, Tensor]:
@@ -112,13 +110,9 @@ class DeformField(nn.Module):
             return dict(anchors)
         if features is None:
             features = self.field(anchors["anchor"], time)
-        h = self.trunk(features)
-        scale = torch.sigmoid(self.gate)[:, None] * time
-        out = {}
-        for name, value in anchors.items():
-            delta = self.heads[name](h) * scale
-            out[name] = value + delta.view_as(value)
-        return out
+        delta = self.head(self.trunk(features)) * (torch.sigmoid(self.gate)[:, None] * time)
+        parts = dict(zip(self.sizes, delta.split(list(self.sizes.values()), dim=1)))
+        return {name: value + parts[name].view_as(value) for name, value in anchors.items()}
 
 
 class AnchorSet(nn.Module):
@@ -195,18 +189,23 @@ class KeyframeStore:
         self.dirty.discard(n)
         self._write(n, state, shared)
 
+    def host_copy(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """A CPU copy of a state (one copy; pinned when it stays in CPU memory for a CUDA device)."""
+        pin = self.pin and self.directory is None
+        return {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=pin).copy_(v.detach()) for k, v in state.items()}
+
     def _write(self, n: int, state: Dict[str, Tensor], shared: bool = False) -> None:
         if shared and self.directory is None:
             self.stored[n] = state
             return
-        state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        state = self.host_copy(state)
         if self.directory is not None:
             # A new file, then a rename: tensors memory-mapped from the old file stay valid.
             tmp = self.path(n) + ".tmp"
             torch.save(state, tmp)
             os.replace(tmp, self.path(n))
         else:
-            self.stored[n] = {k: v.pin_memory() for k, v in state.items()} if self.pin else state
+            self.stored[n] = state
 
     def state(self, n: int) -> Dict[str, Tensor]:
         """Keyframe n's state as stored, or the resident copy's if newer (CPU or memory-mapped tensors)."""
@@ -327,9 +326,7 @@ class MoRelScene(nn.Module):
             self.gca.anchor.copy_(centres)
         self.store = KeyframeStore(cfg, device, storage, max_resident)
         # Every keyframe starts as the initial GCA (the KfA stage re-clones it): one stored copy, shared.
-        initial = {k: v.detach().to("cpu", copy=True) for k, v in self.gca.state_dict().items()}
-        if self.store.pin:
-            initial = {k: v.pin_memory() for k, v in initial.items()}
+        initial = self.store.host_copy(self.gca.state_dict())
         for n in range(cfg.n_keyframes):
             self.store.put(n, initial, shared=True)
         self.stage, self.stage_keyframe = None, None
@@ -485,10 +482,12 @@ class MoRelScene(nn.Module):
         deformed = [(src, self.deform(src, time), time, mode) for src, time, mode in sets]
         cam_centers = torch.linalg.inv(viewmats)[:, :3, 3]
         images, alphas, views = [], [], []
+        backgrounds = rasterize_kwargs.pop("backgrounds", None)  # (C, D): one row per camera's call
         for c in range(viewmats.shape[0]):
             gaussians, decoded = self.view_gaussians(deformed, viewmats[c], Ks[c], cam_centers[c], width, height)
+            bg = None if backgrounds is None else backgrounds[c:c + 1]
             image, alpha, meta = rasterize_gaussians(*gaussians, viewmats[c:c + 1], Ks[c:c + 1], width, height,
-                                                     **rasterize_kwargs)
+                                                     backgrounds=bg, **rasterize_kwargs)
             if meta["means2d"].requires_grad:
                 meta["means2d"].retain_grad()  # densification statistics
             meta["decoded"] = decoded
