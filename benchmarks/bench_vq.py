@@ -4,7 +4,7 @@ Peers: torch chunked matmul + argmin (what vector-quantize-pytorch and most toke
 matrix in one piece), the same under torch.compile, torch.cdist + argmin where N x K fits, FAISS's exact flat
 index (faiss-cpu; faiss-gpu when importable), and vector-quantize-pytorch's VectorQuantize forward (eval mode,
 our codebook loaded), which also builds the quantized output. TFLOP/s counts 2*N*K*D; "% matmul" is that over
-the rate of a large torch matmul in the search dtype measured in the same run; "top-1 agree" is agreement with
+the rate of a large torch matmul in the search dtype measured in the same run; "agree %" is top-1 agreement with
 an fp32 brute-force search. GPU runs in bf16 (the VQRAE training dtype), CPU in fp32.
 """
 

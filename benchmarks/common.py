@@ -254,7 +254,7 @@ def markdown_table(rows: List[dict]) -> str:
 
     matmul = any(r.get("tflops") for r in rows)
     head = ["kernel", "size", "config", "mode", "provider", "median ms", "p20-p80 ms", "time / pyops best"]
-    head += ["TFLOP/s", "% matmul", "top-1 agree"] if matmul else ["GB/s", "% copy BW"]
+    head += ["TFLOP/s", "% matmul", "agree %"] if matmul else ["GB/s", "% copy BW"]
     resident = any(r.get("resident_mb") is not None for r in rows)
     head += ["peak MiB"] + (["resident MiB"] if resident else [])
     body = []

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download -q --no-deps --only-binary=:all: -d .whl \
-  gsplat==1.5.3 liger-kernel==0.8.5 vector-quantize-pytorch==1.32.0 einx loguru torch-einops-utils frozendict
+  gsplat==1.5.3 liger-kernel==0.8.5 inf-cl==1.2.1 vector-quantize-pytorch==1.32.0 einx loguru torch-einops-utils frozendict
 ls -1 .whl
