@@ -14,7 +14,9 @@ from pyops.reference import contrastive as reference
 
 WORLD, D, SCALE = 2, 16, 2.5
 # Per mode: rows per rank, columns per rank. The diagonal only needs equal GLOBAL counts.
-SIZES = {"diagonal": ([5, 7], [7, 5]), "labels": ([5, 7], [6, 3]), "groups": ([5, 7], [4, 6])}
+# "empty rank": rank 0 holds no rows (it still takes part in every collective and in the backward).
+SIZES = {"diagonal": ([5, 7], [7, 5]), "labels": ([5, 7], [6, 3]), "groups": ([5, 7], [4, 6]),
+         "empty rank": ([0, 12], [6, 3])}
 CASES = [(mode, symmetric, reduction) for mode in SIZES for symmetric in (True, False)
          for reduction in ("mean", "sum", "none")]
 
@@ -28,7 +30,7 @@ def global_data(mode):
            "k": torch.randn(m, D, generator=g, dtype=torch.float64),
            "w_rows": torch.rand(n, generator=g, dtype=torch.float64),  # weights of the "none" outputs' loss
            "w_cols": torch.rand(m, generator=g, dtype=torch.float64)}
-    if mode == "labels":
+    if mode in ("labels", "empty rank"):
         out["labels"] = torch.tensor([1, 2, 3, 5, 6, 7, 8, 1, 2, 3, 5, 8])
     if mode == "groups":
         out["q_groups"] = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 5, 3, 3])
@@ -57,7 +59,7 @@ def _worker(rank, init_file, out_file):
         rows, cols = slice(q_off, q_off + n_sizes[rank]), slice(k_off, k_off + m_sizes[rank])
         q, k = data["q"][rows].clone().requires_grad_(), data["k"][cols].clone().requires_grad_()
         scale = torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)
-        kwargs = {"labels": data["labels"][rows]} if mode == "labels" else (
+        kwargs = {"labels": data["labels"][rows]} if "labels" in data else (
             {"q_groups": data["q_groups"][rows], "k_groups": data["k_groups"][cols]} if mode == "groups" else {})
         out = distributed_contrastive_loss(q, k, scale, symmetric=symmetric, reduction=reduction,
                                            group=dist.group.WORLD, local_loss=local_loss, **kwargs)
