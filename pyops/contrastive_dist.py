@@ -74,7 +74,9 @@ class _GatherRows(torch.autograd.Function):
         sizes, group = ctx.sizes, ctx.group
         world, rank = len(sizes), dist.get_rank(group)
         max_n, max_m = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        buf = d_gq.new_zeros(world, max_n + max_m, d_gq.shape[1])
+        # The ranks' shares are summed in fp32 for fp16/bf16 rows: one rounding at the end, as in one process.
+        acc = torch.float32 if d_gq.dtype in (torch.float16, torch.bfloat16) else d_gq.dtype
+        buf = d_gq.new_zeros(world, max_n + max_m, d_gq.shape[1], dtype=acc)
         for r, (dq, dk) in enumerate(zip(d_gq.split([s[0] for s in sizes]), d_gk.split([s[1] for s in sizes]))):
             buf[r, :dq.shape[0]] = dq
             buf[r, max_n:max_n + dk.shape[0]] = dk
@@ -88,7 +90,7 @@ class _GatherRows(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dist.all_reduce(d_scale, group=group)
         n, m = sizes[rank]
-        return d_scale, mine[:n], mine[max_n:max_n + m], None, None
+        return d_scale, mine[:n].to(d_gq.dtype), mine[max_n:max_n + m].to(d_gk.dtype), None, None
 
 
 def distributed_contrastive_loss(

@@ -67,6 +67,12 @@ def _worker(rank, init_file, out_file):
         loss.backward()
         value = tuple(t.detach() for t in out) if isinstance(out, tuple) else out.detach()
         results.append({"value": value, "q": q.grad, "k": k.grad, "scale": scale.grad})
+    # bf16 rows: the gather and the fp32 sum of the ranks' gradient shares keep the input dtype at the ends.
+    data, rows = global_data("diagonal"), slice(5 * rank, 5 + 7 * rank)
+    q, k = data["q"][rows].bfloat16().requires_grad_(), data["k"][rows].bfloat16().requires_grad_()
+    scale = torch.tensor(SCALE, requires_grad=True)
+    distributed_contrastive_loss(q, k, scale, group=dist.group.WORLD, local_loss=local_loss).backward()
+    low_precision = {"q": q.grad, "k": k.grad, "scale": scale.grad}
     # A bad call fails on every rank alike (no rank is left waiting in a collective).
     try:
         distributed_contrastive_loss(torch.zeros(3 + rank, D), torch.zeros(3, D), torch.tensor(1.0),
@@ -74,7 +80,7 @@ def _worker(rank, init_file, out_file):
         error = None
     except ValueError as e:
         error = str(e)
-    torch.save({"results": results, "error": error}, out_file + str(rank))
+    torch.save({"results": results, "error": error, "bf16": low_precision}, out_file + str(rank))
     dist.destroy_process_group()
 
 
@@ -123,3 +129,16 @@ def test_default_diagonal_needs_equal_global_counts(ranks):
     for result in ranks:
         assert result["error"] == ("contrastive_loss: the default (diagonal) positives need as many rows as columns "
                                    "in the global batch, got 7 rows and 6 columns (pass labels or groups)")
+
+
+def test_bf16_rows(ranks):
+    data = global_data("diagonal")
+    q, k = data["q"].bfloat16().requires_grad_(), data["k"].bfloat16().requires_grad_()
+    scale = torch.tensor(SCALE, requires_grad=True)
+    reference.contrastive_loss(q, k, scale).backward()
+    for rank, result in enumerate(ranks):
+        got, rows = result["bf16"], slice(5 * rank, 5 + 7 * rank)
+        assert got["q"].dtype == got["k"].dtype == torch.bfloat16 and got["scale"].dtype == torch.float32
+        torch.testing.assert_close(got["q"], q.grad[rows], rtol=2e-2, atol=2e-3)
+        torch.testing.assert_close(got["k"], k.grad[rows], rtol=2e-2, atol=2e-3)
+        torch.testing.assert_close(got["scale"], scale.grad, rtol=1e-5, atol=1e-6)
