@@ -19,10 +19,10 @@ def randn(*shape, seed=0, dtype=torch.float64, device="cpu"):
 
 
 def query_forms(device, dtype):
-    """(name, queries, weights): a plain query, A attributes with the default 1/A, (A,) and (Q, A) weights
+    """(name, queries, weights): a plain query, (Q, 1, D), A attributes with the default 1/A, (A,) and (Q, A) weights
     (of both signs), and a single attribute with a negative weight (the combined query points the other way)."""
     q3 = randn(Q, A, D, seed=1, dtype=dtype, device=device)
-    return [("plain", q3[:, 0], None), ("attributes", q3, None),
+    return [("plain", q3[:, 0], None), ("one attribute", q3[:, 1:2], None), ("attributes", q3, None),
             ("weights (A,)", q3, torch.tensor([0.5, 0.2, 0.3], device=device)),
             ("weights (Q, A)", q3, randn(Q, A, seed=2, device=device)),
             ("one negative weight", q3[:, :1], torch.tensor([-2.0], dtype=torch.float64, device=device))]
