@@ -34,6 +34,17 @@ from .vq import MAX_K, vq_search
 METRICS = reference.RETRIEVE_METRICS
 
 
+def _search(x: Tensor, bank: Tensor, k: int, metric: str, exact: bool, backend: Optional[str]) -> Tuple[Tensor, Tensor]:
+    # vq_search checks the bank for NaN/inf (a pass over it, on CPU tensors); checking it here as well would
+    # double that pass, so its error is renamed to this op's instead.
+    try:
+        return vq_search(x, bank, k=k, metric=metric, exact=exact, backend=backend)
+    except ValueError as e:
+        if str(e) == "vq_search: codebook has non-finite values":
+            raise ValueError("retrieve: bank has non-finite values") from None
+        raise
+
+
 def retrieve(
     queries: Tensor,  # [Q, D] or [Q, A, D]
     bank: Tensor,  # [B, D]
@@ -82,7 +93,7 @@ def retrieve(
     queries, bank = queries.detach(), bank.detach()
 
     if weights is None and num_a == 1:  # one embedding per query: a plain search, nothing to combine
-        return vq_search(queries.reshape(num_q, dim), bank, k=k, metric=metric, exact=exact, backend=backend)
+        return _search(queries.reshape(num_q, dim), bank, k, metric, exact, backend)
 
     math = torch.float64 if queries.dtype == torch.float64 else torch.float32
     qs = queries.to(math).reshape(num_q, num_a, dim)
@@ -91,7 +102,7 @@ def retrieve(
     if metric == "cosine":
         qs = F.normalize(qs, dim=-1, eps=NORM_EPS)
     qc = (w[..., None] * qs).sum(1)  # [Q, D]: the whole weighted query as one vector
-    d, i = vq_search(qc.to(queries.dtype), bank, k=k, metric=metric, exact=exact, backend=backend)
+    d, i = _search(qc.to(queries.dtype), bank, k, metric, exact, backend)
     if metric == "cosine":
         d = 1 - qc.norm(dim=1, keepdim=True).to(d.dtype) * (1 - d)  # 1 - |qc| cos(qc, b), same order as d
     return d, i

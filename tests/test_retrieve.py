@@ -159,6 +159,8 @@ def test_bad_inputs():
         ((q, bank, 3), {"weights": torch.ones(2, device="meta")}, ValueError, "retrieve: weights is on meta"),
         ((q, bank, 3), {"weights": torch.tensor([1.0, float("nan")])}, ValueError, "retrieve: weights has non-finite"),
         ((q.clone().fill_(float("inf")), bank, 3), {}, ValueError, "retrieve: queries has non-finite"),
+        ((q, bank.clone().fill_(float("nan")), 3), {}, ValueError, "retrieve: bank has non-finite"),
+        ((q[:, 0], bank.clone().fill_(float("nan")), 3), {}, ValueError, "retrieve: bank has non-finite"),
         ((q, bank, 3), {"backend": "nope"}, ValueError, "unknown backend 'nope'"),
     ]
     for args, kwargs, exc, match in cases:
