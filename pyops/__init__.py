@@ -16,6 +16,7 @@ from .gaussians import (
 )
 from .hexplane import HexPlaneField, hexplane_features
 from .quantizer import VectorQuantizer
+from .retrieve import retrieve
 from .vq import vq_search, vq_segment_sum
 
 __all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum",
@@ -23,5 +24,5 @@ __all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", 
            "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterize_gaussians",
            "rasterize_to_pixels", "spherical_harmonics", "isect_offsets", "tile_offsets",
            "anchor_blend_weight", "anchor_decode", "AnchorDecoder", "AnchorMLP", "DecodedGaussians",
-           "derf_linear", "DerfLinear", "FusedDerf", "fuse_derf_linear"]
+           "derf_linear", "DerfLinear", "FusedDerf", "fuse_derf_linear", "retrieve"]
 __version__ = "0.1.0"
