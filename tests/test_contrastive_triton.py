@@ -189,3 +189,18 @@ def test_float64_is_rejected():
     q = torch.randn(3, 4, dtype=torch.float64)
     with pytest.raises(TypeError, match="contrastive_fwd_triton: float64"):
         torch.ops.pyops.contrastive_fwd_triton(q, q, torch.tensor(1.0), torch.arange(3), torch.arange(3), True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autotuned_launch(monkeypatch, device):
+    """The opt-in autotuned launchers (grids from the chosen config). On CPU each tuner gets one small config:
+    the interpreter cannot time kernels, and one config is launched without timing."""
+    monkeypatch.setattr(triton_contrastive, "AUTOTUNE", True)
+    if device == "cpu":
+        monkeypatch.setattr(triton_contrastive, "_tuned", lambda x: True)
+        monkeypatch.setattr(triton_contrastive._FWD_TUNED, "configs", triton_contrastive._tune_configs(
+            [(16, 32, 16, 1, 1)]))
+        monkeypatch.setattr(triton_contrastive._BWD_TUNED, "configs", triton_contrastive._tune_configs(
+            [(32, 16, 16, 16, 1, 1)]))
+    q, k, ls, qg, kg = make_case(37, 53, 19, torch.bfloat16, "groups", device, seed=8)
+    check_case(q, k, ls, qg, kg, True, torch.bfloat16)

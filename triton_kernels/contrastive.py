@@ -15,6 +15,7 @@ FLOPs: forward 2NMD per launch; backward (2 ceil(D / BLOCK_DV) + 2) NMD per laun
 for each output D chunk; one chunk for D <= 256 on GPU).
 """
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -24,6 +25,9 @@ from torch import Tensor
 
 # Tests set this to (BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV) to force several tiles along every dimension.
 BLOCK_OVERRIDE: Optional[Tuple[int, int, int, int]] = None
+# Opt-in (PYOPS_CONTRASTIVE_AUTOTUNE=1): pick the block sizes per (D, dtypes) by timing the configs below on the
+# first call (CUDA only; reruns are safe, the kernels write their outputs without accumulating into them).
+AUTOTUNE = os.environ.get("PYOPS_CONTRASTIVE_AUTOTUNE", "0") == "1"
 
 
 @triton.jit
@@ -147,6 +151,25 @@ def _contrastive_bwd_kernel(a_ptr, b_ptr, ga_ptr, gb_ptr, scale_ptr, norm_ptr, v
         tl.store(part_ptr + rows, part * norm, mask=row_mask & (tl.program_id(1) == 0))
 
 
+def _tune_configs(shapes):
+    return [triton.Config(dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV"), shape)), num_warps=warps,
+                          num_stages=stages) for *shape, warps, stages in shapes]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_D[, BLOCK_DV], num_warps, num_stages); configs that do not fit are skipped by Triton.
+_FWD_TUNED = triton.autotune(configs=_tune_configs([
+    (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 32, 4, 4), (64, 64, 64, 4, 4),
+    (128, 128, 32, 8, 4), (64, 64, 32, 4, 3), (32, 64, 32, 4, 3)]), key=["D", "PRECISION"])(_contrastive_fwd_kernel)
+_BWD_TUNED = triton.autotune(configs=_tune_configs([
+    (64, 64, 64, 256, 8, 2), (64, 64, 64, 128, 4, 3), (128, 64, 64, 128, 8, 2), (128, 32, 64, 256, 8, 2),
+    (64, 32, 64, 256, 4, 2), (64, 64, 32, 256, 8, 3), (64, 32, 32, 128, 4, 2), (32, 32, 32, 128, 4, 2)]),
+    key=["D", "PRECISION"])(_contrastive_bwd_kernel)
+
+
+def _tuned(x: Tensor) -> bool:
+    return AUTOTUNE and BLOCK_OVERRIDE is None and x.device.type == "cuda"
+
+
 def _dot_flags(x: Tensor) -> dict:
     """fp32 operands use TF32 only when torch's own matmul would (off by default); Triton's CPU interpreter
     multiplies bf16 operands wrongly (triton 3.8), so there they are widened to fp32 first (exact: the same
@@ -189,10 +212,14 @@ def _fwd_side(a: Tensor, b: Tensor, ga: Tensor, gb: Tensor, scale: Tensor):
     loss, lse, npos = (a.new_empty(na, dtype=torch.float32) for _ in range(3))
     if na == 0:
         return loss, lse, npos
+    args = (a, b, ga, gb, scale, loss, lse, npos, na, nb, dim, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
+    if _tuned(a):
+        grid = lambda meta: (triton.cdiv(na, meta["BLOCK_M"]),)  # noqa: E731
+        torch.library.wrap_triton(_FWD_TUNED)[grid](*args, **_dot_flags(a))
+        return loss, lse, npos
     bm, bn, bd, _, warps, stages = _config(a.dtype, a.device, dim, backward=False)
     torch.library.wrap_triton(_contrastive_fwd_kernel)[(triton.cdiv(na, bm),)](
-        a, b, ga, gb, scale, loss, lse, npos, na, nb, dim, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages, **_dot_flags(a))
+        *args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages, **_dot_flags(a))
     return loss, lse, npos
 
 
@@ -220,16 +247,20 @@ def _bwd_side(a: Tensor, b: Tensor, ga: Tensor, gb: Tensor, scale: Tensor, norm:
         if part is not None:
             part.zero_()
         return v_a
+    own_t = own if own is not None else other  # an unused side passes the other's tensors (never read)
+    oth_t = other if other is not None else own
+    args = (a, b, ga, gb, scale, norm, own_t[0], own_t[1], own_t[2], oth_t[0], oth_t[1], oth_t[2], v_a,
+            part if part is not None else scale, na, nb, dim, a.stride(0), a.stride(1), b.stride(0), b.stride(1))
+    flags = dict(HAS_OWN=own is not None, HAS_OTHER=other is not None, WRITE_PART=part is not None,
+                 **_dot_flags(a))
+    if _tuned(a):
+        grid = lambda meta: (triton.cdiv(na, meta["BLOCK_M"]), triton.cdiv(dim, meta["BLOCK_DV"]))  # noqa: E731
+        torch.library.wrap_triton(_BWD_TUNED)[grid](*args, **flags)
+        return v_a
     bm, bn, bd, bdv, warps, stages = _config(a.dtype, a.device, dim, backward=True)
-    dummy = own if own is not None else other
-    own_t = own if own is not None else dummy
-    oth_t = other if other is not None else dummy
     grid = (triton.cdiv(na, bm), triton.cdiv(dim, bdv))
     torch.library.wrap_triton(_contrastive_bwd_kernel)[grid](
-        a, b, ga, gb, scale, norm, own_t[0], own_t[1], own_t[2], oth_t[0], oth_t[1], oth_t[2], v_a,
-        part if part is not None else scale, na, nb, dim, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        HAS_OWN=own is not None, HAS_OTHER=other is not None, WRITE_PART=part is not None, BLOCK_M=bm,
-        BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps, num_stages=stages, **_dot_flags(a))
+        *args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps, num_stages=stages, **flags)
     return v_a
 
 
