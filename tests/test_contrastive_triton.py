@@ -159,6 +159,13 @@ def test_non_contiguous(small_blocks, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_wide_group_ids(small_blocks, device):
+    """Group ids beyond int32 whose low 32 bits all agree: the kernels must compare the full values."""
+    q, k, ls, qg, kg = make_case(37, 53, 19, torch.float32, "groups", device, seed=9)
+    check_case(q, k, ls, qg * 2 ** 32 - 2 ** 62, kg * 2 ** 32 - 2 ** 62, True, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_deterministic(small_blocks, device, dtype):
     q, k, ls, qg, kg = make_case(37, 53, 19, dtype, "groups", device, seed=7)
@@ -204,3 +211,30 @@ def test_autotuned_launch(monkeypatch, device):
             [(32, 16, 16, 16, 1, 1)]))
     q, k, ls, qg, kg = make_case(37, 53, 19, torch.bfloat16, "groups", device, seed=8)
     check_case(q, k, ls, qg, kg, True, torch.bfloat16)
+
+
+# Registration: opcheck and torch.compile (CUDA only: fake tensors cannot run Triton's CPU interpreter).
+CUDA = ["cuda"] if torch.cuda.is_available() else []
+
+
+@pytest.mark.parametrize("device", CUDA)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_opcheck(device, symmetric):
+    q, k, ls, qg, kg = make_case(9, 12, 8, torch.float32, "groups", device)
+    fwd = torch.ops.pyops.contrastive_fwd_triton(q, k, ls, qg, kg, symmetric)
+    v_row, v_col = torch.randn(9, device=device), torch.randn(12 if symmetric else 0, device=device)
+    torch.library.opcheck(torch.ops.pyops.contrastive_fwd_triton, (q, k, ls, qg, kg, symmetric))
+    torch.library.opcheck(torch.ops.pyops.contrastive_bwd_triton,
+                          (v_row, v_col, q, k, ls, qg, kg, *fwd[2:], symmetric))
+
+
+@pytest.mark.parametrize("device", CUDA)
+def test_torch_compile_fullgraph(device):
+    q, k, ls, qg, kg = make_case(9, 12, 8, torch.float32, "groups", device)
+    v_row, v_col = torch.randn(9, device=device), torch.randn(12, device=device)
+    step = lambda *args: run_triton(*args)  # noqa: E731
+    compiled = torch.compile(step, fullgraph=True)
+    eager = step(q, k, ls, qg, kg, True, v_row, v_col)
+    got = compiled(q, k, ls, qg, kg, True, v_row, v_col)
+    for a, b in zip(got[0] + got[1], eager[0] + eager[1]):
+        torch.testing.assert_close(a, b)

@@ -157,12 +157,13 @@ def _tune_configs(shapes):
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_D[, BLOCK_DV], num_warps, num_stages); configs that do not fit are skipped by Triton.
+# Shapes that compile without spills for 16-bit inputs on sm_90 (a few spill for fp32 and simply lose).
 _FWD_TUNED = triton.autotune(configs=_tune_configs([
-    (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 32, 4, 4), (64, 64, 64, 4, 4),
-    (128, 128, 32, 8, 4), (64, 64, 32, 4, 3), (32, 64, 32, 4, 3)]), key=["D", "PRECISION"])(_contrastive_fwd_kernel)
+    (128, 64, 64, 8, 3), (128, 64, 64, 8, 4), (64, 64, 64, 4, 3), (128, 64, 32, 8, 4), (128, 64, 32, 8, 3),
+    (64, 64, 32, 4, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)]), key=["D", "PRECISION"])(_contrastive_fwd_kernel)
 _BWD_TUNED = triton.autotune(configs=_tune_configs([
-    (64, 64, 64, 256, 8, 2), (64, 64, 64, 128, 4, 3), (128, 64, 64, 128, 8, 2), (128, 32, 64, 256, 8, 2),
-    (64, 32, 64, 256, 4, 2), (64, 64, 32, 256, 8, 3), (64, 32, 32, 128, 4, 2), (32, 32, 32, 128, 4, 2)]),
+    (64, 64, 64, 256, 8, 2), (64, 64, 64, 128, 8, 2), (64, 32, 64, 256, 8, 2), (64, 64, 32, 256, 8, 3),
+    (128, 32, 64, 128, 8, 2), (64, 32, 32, 128, 4, 2), (32, 32, 32, 128, 4, 2), (64, 64, 64, 128, 4, 2)]),
     key=["D", "PRECISION"])(_contrastive_bwd_kernel)
 
 
@@ -178,27 +179,39 @@ def _dot_flags(x: Tensor) -> dict:
     return dict(PRECISION="tf32" if tf32 else "ieee", UPCAST=x.device.type != "cuda" and x.dtype == torch.bfloat16)
 
 
-def _config(dtype: torch.dtype, device: torch.device, dim: int, backward: bool):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages).
+def _config(x: Tensor, dim: int, backward: bool):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, num_warps, num_stages) for A = x.
 
-    GPU values are untuned defaults for H100/H200 (not measured: no GPU was available when they were chosen):
-    16-bit forward 128 x 64 logit tiles with 64-wide D steps; backward 64-row blocks and output D chunks of up
-    to 256 so that D <= 256 needs one S recomputation (D = 768 takes three). fp32 (IEEE FMA dots) uses smaller
-    tiles. The interpreter uses small tiles so that tests reach several tiles per dimension."""
-    block_dv_cap = 256
-    if device.type != "cuda":
-        bm, bn, bd, block_dv_cap, warps, stages = 16, 32, 32, 32, 1, 1
-    elif dtype == torch.float32:
-        bm, bn, bd, warps, stages = 64, (64 if not backward else 32), 32, 4, (3 if not backward else 2)
-        block_dv_cap = 128
+    GPU values are untimed defaults for H100/H200 (no GPU was available when they were chosen): among Triton's
+    shapes, those that compile for sm_90 without register spills (ptxas -v, triton 3.8) with the largest tiles.
+    16-bit: forward 128 x 64 logit tiles, 64-wide D steps (wgmma, 178 registers); backward 64 x 64 tiles and
+    output D chunks of 256 (236 registers), so D <= 256 needs one S recomputation and D = 768 three. fp32 runs
+    IEEE FMA dots (or TF32 when torch's matmul does) with smaller tiles. The interpreter uses small tiles so
+    that tests reach several tiles per dimension."""
+    tf32 = _dot_flags(x)["PRECISION"] == "tf32"
+    if x.device.type != "cuda":
+        bm, bn, bd, bdv, warps, stages = 16, 32, 32, 32, 1, 1
     elif backward:
-        bm, bn, bd, warps, stages = 64, 64, 64, 8, 2
+        bm, bn, bd, bdv, warps, stages = (64, 32, 64, 256, 8, 2) if x.dtype == torch.float32 else (
+            64, 64, 64, 256, 8, 2)
+    elif x.dtype == torch.float32 and not tf32:
+        bm, bn, bd, bdv, warps, stages = 64, 32, 32, 0, 4, 3
     else:
-        bm, bn, bd, warps, stages = 128, 64, 64, 8, 3
-    bdv = min(block_dv_cap, max(16, triton.next_power_of_2(max(dim, 1))))
+        bm, bn, bd, bdv, warps, stages = (128, 64, 32, 0, 8, 3) if tf32 else (128, 64, 64, 0, 8, 3)
+    bdv = min(bdv, max(16, triton.next_power_of_2(max(dim, 1))))
     if BLOCK_OVERRIDE is not None:
         bm, bn, bd, bdv = BLOCK_OVERRIDE
     return bm, bn, bd, bdv, warps, stages
+
+
+def _dense_groups(qg: Tensor, kg: Tensor) -> Tuple[Tensor, Tensor]:
+    """int32 ids with the same equalities as the int64 (qg, kg): the dense rank of their values. 32-bit ids halve
+    the registers the tiles' positive masks take (one sort of N + M ids, no host sync)."""
+    both = torch.cat([qg, kg])
+    values, order = torch.sort(both)
+    new = torch.cat([values.new_zeros(min(1, values.numel())), (values[1:] != values[:-1]).long()])
+    ids = torch.empty_like(order).scatter_(0, order, torch.cumsum(new, 0)).to(torch.int32)
+    return ids[:qg.numel()], ids[qg.numel():]
 
 
 def _check_dtype(name: str, q: Tensor):
@@ -217,7 +230,7 @@ def _fwd_side(a: Tensor, b: Tensor, ga: Tensor, gb: Tensor, scale: Tensor):
         grid = lambda meta: (triton.cdiv(na, meta["BLOCK_M"]),)  # noqa: E731
         torch.library.wrap_triton(_FWD_TUNED)[grid](*args, **_dot_flags(a))
         return loss, lse, npos
-    bm, bn, bd, _, warps, stages = _config(a.dtype, a.device, dim, backward=False)
+    bm, bn, bd, _, warps, stages = _config(a, dim, backward=False)
     torch.library.wrap_triton(_contrastive_fwd_kernel)[(triton.cdiv(na, bm),)](
         *args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages, **_dot_flags(a))
     return loss, lse, npos
@@ -228,7 +241,7 @@ def contrastive_fwd_triton(q: Tensor, k: Tensor, logit_scale: Tensor, qg: Tensor
                            symmetric: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_dtype("contrastive_fwd_triton", q)
     scale = logit_scale.to(torch.float32).reshape(1)
-    qg, kg = qg.contiguous(), kg.contiguous()
+    qg, kg = _dense_groups(qg, kg)
     row_loss, row_lse, row_npos = _fwd_side(q, k, qg, kg, scale)
     if symmetric:
         col_loss, col_lse, col_npos = _fwd_side(k, q, kg, qg, scale)
@@ -257,7 +270,7 @@ def _bwd_side(a: Tensor, b: Tensor, ga: Tensor, gb: Tensor, scale: Tensor, norm:
         grid = lambda meta: (triton.cdiv(na, meta["BLOCK_M"]), triton.cdiv(dim, meta["BLOCK_DV"]))  # noqa: E731
         torch.library.wrap_triton(_BWD_TUNED)[grid](*args, **flags)
         return v_a
-    bm, bn, bd, bdv, warps, stages = _config(a.dtype, a.device, dim, backward=True)
+    bm, bn, bd, bdv, warps, stages = _config(a, dim, backward=True)
     grid = (triton.cdiv(na, bm), triton.cdiv(dim, bdv))
     torch.library.wrap_triton(_contrastive_bwd_kernel)[grid](
         *args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=warps, num_stages=stages, **flags)
@@ -281,7 +294,7 @@ def contrastive_bwd_triton(v_row: Tensor, v_col: Tensor, q: Tensor, k: Tensor, l
     _check_dtype("contrastive_bwd_triton", q)
     f32 = lambda t: t.to(torch.float32).contiguous()
     scale = logit_scale.to(torch.float32).reshape(1)
-    qg, kg = qg.contiguous(), kg.contiguous()
+    qg, kg = _dense_groups(qg, kg)
     rows = (f32(v_row), f32(row_lse), f32(row_npos))
     cols = (f32(v_col), f32(col_lse), f32(col_npos)) if symmetric else None
     norm = _grad_norm(rows[0], rows[2], cols[0] if symmetric else rows[0][:0],
