@@ -253,7 +253,7 @@ def contrastive_fwd_triton(q: Tensor, k: Tensor, logit_scale: Tensor, qg: Tensor
 
 def _bwd_side(a: Tensor, b: Tensor, ga: Tensor, gb: Tensor, scale: Tensor, norm: Tensor, own, other,
               part: Optional[Tensor]) -> Tensor:
-    """v_A / (1): [NA, D] in A's dtype. own / other: (v, lse, npos) of A's rows / B's rows, or None if that
+    """v_A [NA, D] in A's dtype. own / other: (v, lse, npos) of A's rows / B's rows, or None if that
     loss is not part of the objective. part: [NA] fp32 that receives the rows' v_logit_scale terms, or None."""
     na, nb, dim = a.shape[0], b.shape[0], a.shape[1]
     v_a = torch.empty(na, dim, dtype=a.dtype, device=a.device)
