@@ -163,7 +163,8 @@ _FWD_TUNED = triton.autotune(configs=_tune_configs([
     (64, 64, 32, 4, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)]), key=["D", "PRECISION"])(_contrastive_fwd_kernel)
 _BWD_TUNED = triton.autotune(configs=_tune_configs([
     (64, 64, 64, 256, 8, 2), (64, 64, 64, 128, 8, 2), (64, 32, 64, 256, 8, 2), (64, 64, 32, 256, 8, 3),
-    (128, 32, 64, 128, 8, 2), (64, 32, 32, 128, 4, 2), (32, 32, 32, 128, 4, 2), (64, 64, 64, 128, 4, 2)]),
+    (128, 32, 64, 128, 8, 2), (64, 32, 32, 128, 4, 2), (32, 32, 32, 128, 4, 2), (64, 64, 64, 128, 4, 2),
+    (64, 32, 64, 512, 8, 2)]),  # the last: D <= 512 in one chunk (D = 768 in two), 250 registers
     key=["D", "PRECISION"])(_contrastive_bwd_kernel)
 
 
