@@ -26,6 +26,7 @@ namespace {
 constexpr int kTile = 4;                         // slots per register tile, rows and columns
 constexpr int kRed = kTile * kTile + 2 * kTile;  // values per block reduction: the tile's dots and norms
 constexpr int kMaxThreads = 256;
+constexpr int kUnroll = 4;          // tokens per step of the pooling loop
 constexpr int64_t kMaxSlots = 100;  // dynamic shared memory (A^2 + 3A floats) stays under 48 KiB
 
 template <typename T, int N>
@@ -156,13 +157,25 @@ __global__ void __launch_bounds__(kMaxThreads)
         const scalar_t* src = (side ? ey : ex) + (b * A + a) * L * D;
         float* dst = (side ? py : px) + (b * A + a) * D;
         for (int64_t d = int64_t(threadIdx.x) * VEC; d < D; d += int64_t(blockDim.x) * VEC) {
-          float acc[VEC] = {}, x[VEC];
-          for (int64_t l = 0; l < L; ++l) {
-            const float w = token_weight(mask, (b * A + a) * L + l);
-            if (w == 0.f) continue;  // masked tokens are not read
-            load_vec<VEC>(src + l * D + d, x);
+          // kUnroll tokens' loads in flight per step (memory-level parallelism); masked tokens are not read.
+          // The sum still runs in token order.
+          float acc[VEC] = {};
+          for (int64_t l0 = 0; l0 < L; l0 += kUnroll) {
+            float w[kUnroll], x[kUnroll][VEC];
 #pragma unroll
-            for (int k = 0; k < VEC; ++k) acc[k] += w * x[k];
+            for (int u = 0; u < kUnroll; ++u) {
+              w[u] = l0 + u < L ? token_weight(mask, (b * A + a) * L + l0 + u) : 0.f;
+              if (w[u] != 0.f) {
+                load_vec<VEC>(src + (l0 + u) * D + d, x[u]);
+              } else {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) x[u][k] = 0.f;
+              }
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+              for (int k = 0; k < VEC; ++k) acc[k] += w[u] * x[u][k];
           }
           store_vec<VEC>(dst + d, acc, inv_count[a]);  // read back below by this same thread only
         }
