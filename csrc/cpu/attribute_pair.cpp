@@ -1,12 +1,13 @@
 // CPU backend of pyops::attribute_pair_fwd / attribute_pair_bwd: at::parallel_for over the pairs b, each pair
-// one pass over its 2A slots. Rows are streamed with plain loops that the compiler vectorises (`omp simd`
-// turns the dot products' reductions into a fixed-width vector sum: deterministic, as the reduction order
-// depends only on the build). One file, no per-ISA copies (derf_kernel_*.cpp): the op is memory-bound and
-// the default SSE2 vectors already keep up with two cores' memory bandwidth.
+// one pass over its 2A slots. Rows are streamed with plain loops that the compiler vectorises; the dot products
+// keep kTile x kLanes independent accumulators summed in a fixed order (deterministic). One file, no per-ISA copies
+// (derf_kernel_*.cpp): the op is memory-bound and the default SSE2 vectors already keep up with two cores' memory
+// bandwidth.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -20,12 +21,46 @@ namespace {
 template <typename scalar_t>
 using math_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// xs[t] . ys[t] for t < kTile in one pass: kTile x kLanes independent accumulators (no loop-carried reduction,
+// so the compiler vectorises the lane loops and the additions overlap), summed in a fixed order.
+constexpr int kTile = 4, kLanes = 8;
+
 template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t k = 0; k < n; ++k) sum += a[k] * b[k];
-  return sum;
+void dot_tile(const T* const* xs, const T* const* ys, int64_t n, T* out) {
+  T acc[kTile][kLanes] = {};
+  const int64_t main = n - n % kLanes;
+  for (int64_t d = 0; d < main; d += kLanes)
+    for (int t = 0; t < kTile; ++t)
+      for (int k = 0; k < kLanes; ++k) acc[t][k] += xs[t][d + k] * ys[t][d + k];
+  for (int t = 0; t < kTile; ++t) {
+    T sum = 0;
+    for (int k = 0; k < kLanes; ++k) sum += acc[t][k];
+    for (int64_t d = main; d < n; ++d) sum += xs[t][d] * ys[t][d];
+    out[t] = sum;
+  }
+}
+
+// The pair's squared norms sq[2A] and dots[A * A] of its rows (x rows then y rows): the 2A + A^2 products in
+// groups of kTile (a short last group repeats its last product: no branches in the loop).
+template <typename T>
+void pair_products(const std::vector<const T*>& rows, int64_t A, int64_t D, T* sq, T* dots) {
+  const int64_t n = 2 * A + A * A;
+  auto operands = [&](int64_t p, const T*& x, const T*& y) {
+    if (p < 2 * A) {
+      x = y = rows[p];
+    } else {
+      x = rows[(p - 2 * A) / A];
+      y = rows[A + (p - 2 * A) % A];
+    }
+  };
+  const T* xs[kTile];
+  const T* ys[kTile];
+  T out[kTile];
+  for (int64_t p0 = 0; p0 < n; p0 += kTile) {
+    for (int t = 0; t < kTile; ++t) operands(std::min(p0 + t, n - 1), xs[t], ys[t]);
+    dot_tile(xs, ys, D, out);
+    for (int t = 0; t < kTile && p0 + t < n; ++t) (p0 + t < 2 * A ? sq[p0 + t] : dots[p0 + t - 2 * A]) = out[t];
+  }
 }
 
 // Pairs per parallel_for chunk: about 64K streamed elements, so tiny problems stay on one thread.
@@ -108,11 +143,11 @@ void forward(const Problem& p, const mask_t* mask, at::Tensor& loss, at::Tensor&
       }
       pair_rows<scalar_t, math_t>(p, b, px_out, py_out, scratch, rows);
       math_t* r = norms_out + b * 2 * A;  // |x_a| then |y_a|
-      for (int64_t k = 0; k < 2 * A; ++k) r[k] = std::sqrt(dot(rows[k], rows[k], D));
       math_t* c = cos_out + b * A * A;
+      pair_products(rows, A, D, r, c);
+      for (int64_t k = 0; k < 2 * A; ++k) r[k] = std::sqrt(r[k]);
       for (int64_t i = 0; i < A; ++i)
-        for (int64_t j = 0; j < A; ++j)
-          c[i * A + j] = dot(rows[i], rows[A + j], D) / (clamp_norm(r[i]) * clamp_norm(r[A + j]));
+        for (int64_t j = 0; j < A; ++j) c[i * A + j] /= clamp_norm(r[i]) * clamp_norm(r[A + j]);
       loss_out[b] = pair_loss(c, A, s);
     }
   });
