@@ -118,20 +118,33 @@ void forward(const Problem& p, const mask_t* mask, at::Tensor& loss, at::Tensor&
   math_t* py_out = p.tokens ? py.data_ptr<math_t>() : nullptr;
   at::parallel_for(0, p.B, grain(p), [&](int64_t b0, int64_t b1) {
     std::vector<math_t> w(A * L), inv_count(A), scratch(p.tokens || std::is_same_v<scalar_t, math_t> ? 0 : 2 * A * D);
+    std::vector<int64_t> kept_l(L);
     std::vector<const math_t*> rows(2 * A);
     for (int64_t b = b0; b < b1; ++b) {
       if (p.tokens) {
-        // Masked mean-pool: masked tokens are never read.
+        // Masked mean-pool: masked tokens are never read; kept ones are added four per pass over the row.
         token_weights(mask, b, A, L, w.data(), inv_count.data());
-        for (int side = 0; side < 2; ++side) {
-          const scalar_t* src = (side ? p.ey : p.ex).template const_data_ptr<scalar_t>();
-          for (int64_t a = 0; a < A; ++a) {
+        for (int64_t a = 0; a < A; ++a) {
+          int64_t kept = 0;
+          for (int64_t l = 0; l < L; ++l)
+            if (w[a * L + l] != 0) kept_l[kept++] = l;
+          for (int side = 0; side < 2; ++side) {
+            const scalar_t* src = (side ? p.ey : p.ex).template const_data_ptr<scalar_t>() + (b * A + a) * L * D;
             math_t* acc = (side ? py_out : px_out) + (b * A + a) * D;
             for (int64_t d = 0; d < D; ++d) acc[d] = 0;
-            for (int64_t l = 0; l < L; ++l) {
-              const math_t wl = w[a * L + l];
-              if (wl == 0) continue;
-              const scalar_t* x = src + ((b * A + a) * L + l) * D;
+            int64_t q = 0;
+            for (; q + 4 <= kept; q += 4) {
+              const int64_t* l = kept_l.data() + q;
+              const scalar_t *x0 = src + l[0] * D, *x1 = src + l[1] * D, *x2 = src + l[2] * D, *x3 = src + l[3] * D;
+              const math_t w0 = w[a * L + l[0]], w1 = w[a * L + l[1]], w2 = w[a * L + l[2]], w3 = w[a * L + l[3]];
+#pragma omp simd
+              for (int64_t d = 0; d < D; ++d)
+                acc[d] += (w0 * static_cast<math_t>(x0[d]) + w1 * static_cast<math_t>(x1[d])) +
+                          (w2 * static_cast<math_t>(x2[d]) + w3 * static_cast<math_t>(x3[d]));
+            }
+            for (; q < kept; ++q) {
+              const scalar_t* x = src + kept_l[q] * D;
+              const math_t wl = w[a * L + kept_l[q]];
 #pragma omp simd
               for (int64_t d = 0; d < D; ++d) acc[d] += wl * static_cast<math_t>(x[d]);
             }
