@@ -128,4 +128,20 @@ TORCH_LIBRARY(pyops, m) {
   m.def(
       "derf_linear_bwd(Tensor v_y, Tensor x, Tensor alpha, Tensor shift, Tensor? weight, Tensor? bias, "
       "Tensor linear_weight, bool has_linear_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // Omni-Attribute's attribute pair loss (pyops/reference/contrastive.py: attribute_pair_loss is the spec; host
+  // checks in csrc/attribute_pair.cpp, math in csrc/include/pyops/attribute_pair_math.h). ex, ey [B, A, D]
+  // pooled embeddings or [B, A, L, D] tokens (same shape and dtype), logit_scale 0-d, mask [B, A, L] (bool or
+  // ex's dtype; token inputs only; None: every token kept). Per pair b: cos_ij = cosine(pooled x_i, pooled
+  // y_j), loss_b = logsumexp_ij(logit_scale * cos_ij) - logit_scale * cos_00. Returns (loss [B], cos [B, A, A],
+  // norms [B, 2, A] (|pooled x_a|, |pooled y_a|), px, py [B, A, D] (the pooled token vectors; shape [0] for
+  // pooled inputs)), all fp32 (fp64 for fp64 inputs); the last four are what the backward needs.
+  m.def(
+      "attribute_pair_fwd(Tensor ex, Tensor ey, Tensor logit_scale, Tensor? mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // v_loss [B]: the gradient w.r.t. loss. Returns (v_ex, v_ey (ex's shape and dtype), v_logit_scale (0-d,
+  // logit_scale's dtype)); masked tokens get zero gradient.
+  m.def(
+      "attribute_pair_bwd(Tensor v_loss, Tensor ex, Tensor ey, Tensor logit_scale, Tensor? mask, Tensor cos, "
+      "Tensor norms, Tensor px, Tensor py) -> (Tensor, Tensor, Tensor)");
 }
