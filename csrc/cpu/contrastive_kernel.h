@@ -1,0 +1,153 @@
+// Vectorised CPU kernels of the contrastive loss's chunk steps, compiled once per instruction set
+// (contrastive_kernel_{base,avx2,avx512}.cpp; see isa.h): raw pointers and ATen's Vectorized only. Rows and
+// columns are each owned by one thread and reduced in a fixed order: the results never depend on the thread count.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "contrastive_kernel_isa.h"
+
+namespace pyops {
+namespace contrastive {
+namespace PYOPS_ISA_NAMESPACE {
+
+using at::vec::Vectorized;
+
+template <typename V, typename T>
+inline V load_n(const T* p, int64_t n) {
+  return n == V::size() ? V::loadu(p) : V::loadu(p, n);
+}
+template <typename V, typename T>
+inline void store_n(const V& v, T* p, int64_t n) {
+  n == V::size() ? v.store(p) : v.store(p, n);
+}
+
+// Rows (or column blocks) per parallel task: ~32K elements each.
+inline int64_t grain(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
+
+template <typename T>
+void rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* lse, T* npos,
+          T* loss) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t mv = m - m % L;
+  at::parallel_for(0, c, grain(m), [&](int64_t i0, int64_t i1) {
+    const V vs(scale);
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* x = dots + i * m;
+      V vmax(-std::numeric_limits<T>::infinity());
+      for (int64_t j = 0; j < mv; j += L) vmax = at::vec::maximum(vmax, V::loadu(x + j) * vs);
+      T mx = at::vec::vec_reduce_all([](V u, V v) { return at::vec::maximum(u, v); }, vmax);
+      for (int64_t j = mv; j < m; ++j) mx = std::max(mx, scale * x[j]);
+      const V vmx(mx);
+      V acc(T(0));
+      for (int64_t j = 0; j < mv; j += L) acc += (V::loadu(x + j) * vs - vmx).exp();
+      T sum = at::vec::vec_reduce_all([](V u, V v) { return u + v; }, acc);
+      for (int64_t j = mv; j < m; ++j) sum += std::exp(scale * x[j] - mx);
+      // Positives: usually a handful per row, so a predictable branch beats a masked pass.
+      const int64_t g = qg[i];
+      T ps = 0, np = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        if (kg[j] == g) ps += scale * x[j], np += 1;
+      }
+      lse[i] = mx + std::log(sum);
+      npos[i] = np;
+      loss[i] = np > 0 ? lse[i] - ps / np : T(0);
+    }
+  });
+}
+
+template <typename T>
+void cols(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* cmax, T* csum, T* cpos,
+          T* cnpos) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  // Blocks of kVecs vectors of columns: the block's c x kBlock slice of the chunk (c * 256 bytes for float
+  // AVX-512) stays in L2 across the passes over its rows.
+  constexpr int kVecs = 4;
+  constexpr int64_t kBlock = kVecs * L;
+  const int64_t blocks = (m + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, grain(c * kBlock), [&](int64_t b0, int64_t b1) {
+    const V vs(scale);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t j0 = blk * kBlock, w = std::min(kBlock, m - j0);
+      const int nv = int((w + L - 1) / L);
+      int64_t lanes[kVecs];
+      for (int v = 0; v < nv; ++v) lanes[v] = std::min(L, w - v * L);
+      // Lanes past the last column read as 0 and are never stored: columns are independent lanes.
+      V mx[kVecs], sm[kVecs];
+      for (int v = 0; v < nv; ++v) mx[v] = V(-std::numeric_limits<T>::infinity()), sm[v] = V(T(0));
+      for (int64_t i = 0; i < c; ++i) {
+        const T* x = dots + i * m + j0;
+        for (int v = 0; v < nv; ++v) mx[v] = at::vec::maximum(mx[v], load_n<V>(x + v * L, lanes[v]) * vs);
+      }
+      for (int64_t i = 0; i < c; ++i) {
+        const T* x = dots + i * m + j0;
+        for (int v = 0; v < nv; ++v) sm[v] += (load_n<V>(x + v * L, lanes[v]) * vs - mx[v]).exp();
+      }
+      // Merge into the running state: rescale both sums to the new max (exp(-inf) = 0 for the empty state).
+      for (int v = 0; v < nv; ++v) {
+        const int64_t j = j0 + v * L;
+        const V old_max = load_n<V>(cmax + j, lanes[v]), old_sum = load_n<V>(csum + j, lanes[v]);
+        const V new_max = at::vec::maximum(old_max, mx[v]);
+        const V new_sum = old_sum * (old_max - new_max).exp() + sm[v] * (mx[v] - new_max).exp();
+        store_n(new_max, cmax + j, lanes[v]);
+        store_n(new_sum, csum + j, lanes[v]);
+      }
+      T ps[kBlock], np[kBlock];
+      for (int64_t jj = 0; jj < w; ++jj) ps[jj] = 0, np[jj] = 0;
+      for (int64_t i = 0; i < c; ++i) {
+        const T* x = dots + i * m + j0;
+        const int64_t g = qg[i];
+        for (int64_t jj = 0; jj < w; ++jj) {
+          if (kg[j0 + jj] == g) ps[jj] += scale * x[jj], np[jj] += 1;
+        }
+      }
+      for (int64_t jj = 0; jj < w; ++jj) cpos[j0 + jj] += ps[jj], cnpos[j0 + jj] += np[jj];
+    }
+  });
+}
+
+template <typename T>
+void grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, const T* row_lse, const T* a,
+          const T* a_inv, const T* col_lse, const T* b, const T* b_inv) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  at::parallel_for(0, c, grain(m), [&](int64_t i0, int64_t i1) {
+    const V vs(scale);
+    for (int64_t i = i0; i < i1; ++i) {
+      T* x = dots + i * m;
+      const V va(a[i]), vlse(row_lse[i]);
+      for (int64_t j = 0; j < m; j += L) {
+        const int64_t n = std::min(L, m - j);
+        const V s = load_n<V>(x + j, n) * vs;
+        V gv = va * (s - vlse).exp();
+        if (b != nullptr) gv = at::vec::fmadd(load_n<V>(b + j, n), (s - load_n<V>(col_lse + j, n)).exp(), gv);
+        store_n(gv, x + j, n);
+      }
+      const int64_t g = qg[i];
+      for (int64_t j = 0; j < m; ++j) {
+        if (kg[j] == g) x[j] -= a_inv[i] + (b_inv != nullptr ? b_inv[j] : T(0));
+      }
+    }
+  });
+}
+
+#define PYOPS_CONTRASTIVE_INSTANTIATE(T)                                                                       \
+  template void rows<T>(const T*, int64_t, int64_t, T, const int64_t*, const int64_t*, T*, T*, T*);            \
+  template void cols<T>(const T*, int64_t, int64_t, T, const int64_t*, const int64_t*, T*, T*, T*, T*);        \
+  template void grad<T>(T*, int64_t, int64_t, T, const int64_t*, const int64_t*, const T*, const T*, const T*, \
+                        const T*, const T*, const T*);
+PYOPS_CONTRASTIVE_INSTANTIATE(float)
+PYOPS_CONTRASTIVE_INSTANTIATE(double)
+#undef PYOPS_CONTRASTIVE_INSTANTIATE
+
+}  // namespace PYOPS_ISA_NAMESPACE
+}  // namespace contrastive
+}  // namespace pyops
