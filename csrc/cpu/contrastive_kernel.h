@@ -32,8 +32,8 @@ inline void store_n(const V& v, T* p, int64_t n) {
 inline int64_t grain(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
 
 template <typename T>
-void rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* lse, T* npos,
-          T* loss) {
+void Chunk<T>::rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* lse, T* npos,
+                    T* loss) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t mv = m - m % L;
@@ -64,8 +64,8 @@ void rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const
 }
 
 template <typename T>
-void cols(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* cmax, T* csum, T* cpos,
-          T* cnpos) {
+void Chunk<T>::cols(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* cmax,
+                    T* csum, T* cpos, T* cnpos) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   // Blocks of kVecs vectors of columns: the block's c x kBlock slice of the chunk (c * 256 bytes for float
@@ -115,8 +115,8 @@ void cols(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const
 }
 
 template <typename T>
-void grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, const T* row_lse, const T* a,
-          const T* a_inv, const T* col_lse, const T* b, const T* b_inv) {
+void Chunk<T>::grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, const T* row_lse,
+                    const T* a, const T* a_inv, const T* col_lse, const T* b, const T* b_inv) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   at::parallel_for(0, c, grain(m), [&](int64_t i0, int64_t i1) {
@@ -139,14 +139,8 @@ void grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64
   });
 }
 
-#define PYOPS_CONTRASTIVE_INSTANTIATE(T)                                                                       \
-  template void rows<T>(const T*, int64_t, int64_t, T, const int64_t*, const int64_t*, T*, T*, T*);            \
-  template void cols<T>(const T*, int64_t, int64_t, T, const int64_t*, const int64_t*, T*, T*, T*, T*);        \
-  template void grad<T>(T*, int64_t, int64_t, T, const int64_t*, const int64_t*, const T*, const T*, const T*, \
-                        const T*, const T*, const T*);
-PYOPS_CONTRASTIVE_INSTANTIATE(float)
-PYOPS_CONTRASTIVE_INSTANTIATE(double)
-#undef PYOPS_CONTRASTIVE_INSTANTIATE
+template struct Chunk<float>;
+template struct Chunk<double>;
 
 }  // namespace PYOPS_ISA_NAMESPACE
 }  // namespace contrastive
