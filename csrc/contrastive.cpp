@@ -101,6 +101,16 @@ Problem prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const 
   p.symmetric = symmetric;
   p.q = contiguous(q), p.k = contiguous(k);
   p.qg = contiguous(qg), p.kg = contiguous(kg);
+  // O((N + M) log) once per call, on the op's device (no host sync).
+  auto ranges = [](const at::Tensor& groups, const at::Tensor& queries, at::Tensor& perm, at::Tensor& lo,
+                   at::Tensor& hi) {
+    const auto sorted = at::sort(groups, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    perm = std::get<1>(sorted).contiguous();
+    lo = at::searchsorted(std::get<0>(sorted), queries, /*out_int32=*/false, /*right=*/false).contiguous();
+    hi = at::searchsorted(std::get<0>(sorted), queries, /*out_int32=*/false, /*right=*/true).contiguous();
+  };
+  ranges(p.kg, p.qg, p.kperm, p.row_lo, p.row_hi);
+  if (symmetric) ranges(p.qg, p.kg, p.qperm, p.col_lo, p.col_hi);
   p.scale = logit_scale.reshape({}).to(p.math);
   if (cpu) {
     // MKL's GEMMs want the math dtype: 16-bit inputs are upcast once (O((N + M) D)), and G stays in it.
@@ -176,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const Problem& p, const 
       const at::Tensor q_rows = p.q_bwd.narrow(0, r0, rows);
       at::Tensor gk = v_q.narrow(0, r0, rows);  // G k, scaled below
       mm(g_mm, p.k_bwd, gk, /*accumulate=*/false);
-      v_ls.add_((q_rows.to(p.math) * gk).sum());  // sum_ij G_ij q_i.k_j, in chunk order
+      v_ls.add_((q_rows.to(p.math) * gk).sum());  // sum_ij G_ij q_i.k_j, in chunk order (a c x D temporary)
       mm(g_mm.t(), q_rows, v_k, /*accumulate=*/r0 > 0);
     }
     v_q.mul_(p.scale);

@@ -16,7 +16,8 @@ struct CpuKernels final : Kernels {
             at::Tensor& loss) const override {
     AT_DISPATCH_FLOATING_TYPES(p.math, "contrastive_rows_cpu", [&] {
       PYOPS_CPU_ISA_CALL(Chunk<scalar_t>::rows, dots.const_data_ptr<scalar_t>(), dots.size(0), p.m,
-                         p.scale.item<scalar_t>(), p.qg.const_data_ptr<int64_t>() + r0, p.kg.const_data_ptr<int64_t>(),
+                         p.scale.item<scalar_t>(), p.kperm.const_data_ptr<int64_t>(),
+                         p.row_lo.const_data_ptr<int64_t>() + r0, p.row_hi.const_data_ptr<int64_t>() + r0,
                          lse.data_ptr<scalar_t>() + r0, npos.data_ptr<scalar_t>() + r0, loss.data_ptr<scalar_t>() + r0);
     });
   }
@@ -24,10 +25,10 @@ struct CpuKernels final : Kernels {
   void cols(const Problem& p, int64_t r0, const at::Tensor& dots, at::Tensor& cmax, at::Tensor& csum, at::Tensor& cpos,
             at::Tensor& cnpos) const override {
     AT_DISPATCH_FLOATING_TYPES(p.math, "contrastive_cols_cpu", [&] {
-      PYOPS_CPU_ISA_CALL(Chunk<scalar_t>::cols, dots.const_data_ptr<scalar_t>(), dots.size(0), p.m,
-                         p.scale.item<scalar_t>(), p.qg.const_data_ptr<int64_t>() + r0, p.kg.const_data_ptr<int64_t>(),
-                         cmax.data_ptr<scalar_t>(), csum.data_ptr<scalar_t>(), cpos.data_ptr<scalar_t>(),
-                         cnpos.data_ptr<scalar_t>());
+      PYOPS_CPU_ISA_CALL(
+          Chunk<scalar_t>::cols, dots.const_data_ptr<scalar_t>(), dots.size(0), p.m, p.scale.item<scalar_t>(), r0,
+          p.qperm.const_data_ptr<int64_t>(), p.col_lo.const_data_ptr<int64_t>(), p.col_hi.const_data_ptr<int64_t>(),
+          cmax.data_ptr<scalar_t>(), csum.data_ptr<scalar_t>(), cpos.data_ptr<scalar_t>(), cnpos.data_ptr<scalar_t>());
     });
   }
 
@@ -37,9 +38,10 @@ struct CpuKernels final : Kernels {
     AT_DISPATCH_FLOATING_TYPES(p.math, "contrastive_grad_cpu", [&] {
       const bool sym = p.symmetric;
       PYOPS_CPU_ISA_CALL(Chunk<scalar_t>::grad, dots.data_ptr<scalar_t>(), dots.size(0), p.m, p.scale.item<scalar_t>(),
-                         p.qg.const_data_ptr<int64_t>() + r0, p.kg.const_data_ptr<int64_t>(),
-                         row_lse.const_data_ptr<scalar_t>() + r0, a.const_data_ptr<scalar_t>() + r0,
-                         a_inv.const_data_ptr<scalar_t>() + r0, sym ? col_lse.const_data_ptr<scalar_t>() : nullptr,
+                         p.kperm.const_data_ptr<int64_t>(), p.row_lo.const_data_ptr<int64_t>() + r0,
+                         p.row_hi.const_data_ptr<int64_t>() + r0, row_lse.const_data_ptr<scalar_t>() + r0,
+                         a.const_data_ptr<scalar_t>() + r0, a_inv.const_data_ptr<scalar_t>() + r0,
+                         sym ? col_lse.const_data_ptr<scalar_t>() : nullptr,
                          sym ? b.const_data_ptr<scalar_t>() : nullptr,
                          sym ? b_inv.const_data_ptr<scalar_t>() : nullptr);
     });

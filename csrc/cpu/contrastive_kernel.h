@@ -28,12 +28,26 @@ inline void store_n(const V& v, T* p, int64_t n) {
   n == V::size() ? v.store(p) : v.store(p, n);
 }
 
+// The first t in [lo, hi) with sorted[t] >= value (hi if none); std::lower_bound's job, written out because the ISA
+// copies must not instantiate library templates (isa.h).
+inline int64_t lower_bound(const int64_t* sorted, int64_t lo, int64_t hi, int64_t value) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (sorted[mid] < value) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 // Rows (or column blocks) per parallel task: ~32K elements each.
 inline int64_t grain(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
 
 template <typename T>
-void Chunk<T>::rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* lse, T* npos,
-                    T* loss) {
+void Chunk<T>::rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t* kperm, const int64_t* lo,
+                    const int64_t* hi, T* lse, T* npos, T* loss) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t mv = m - m % L;
@@ -50,12 +64,9 @@ void Chunk<T>::rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t*
       for (int64_t j = 0; j < mv; j += L) acc += (V::loadu(x + j) * vs - vmx).exp();
       T sum = at::vec::vec_reduce_all([](V u, V v) { return u + v; }, acc);
       for (int64_t j = mv; j < m; ++j) sum += std::exp(scale * x[j] - mx);
-      // Positives: usually a handful per row, so a predictable branch beats a masked pass.
-      const int64_t g = qg[i];
-      T ps = 0, np = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        if (kg[j] == g) ps += scale * x[j], np += 1;
-      }
+      T ps = 0;
+      for (int64_t t = lo[i]; t < hi[i]; ++t) ps += scale * x[kperm[t]];
+      const T np = T(hi[i] - lo[i]);
       lse[i] = mx + std::log(sum);
       npos[i] = np;
       loss[i] = np > 0 ? lse[i] - ps / np : T(0);
@@ -64,8 +75,8 @@ void Chunk<T>::rows(const T* dots, int64_t c, int64_t m, T scale, const int64_t*
 }
 
 template <typename T>
-void Chunk<T>::cols(const T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, T* cmax,
-                    T* csum, T* cpos, T* cnpos) {
+void Chunk<T>::cols(const T* dots, int64_t c, int64_t m, T scale, int64_t r0, const int64_t* qperm,
+                    const int64_t* col_lo, const int64_t* col_hi, T* cmax, T* csum, T* cpos, T* cnpos) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   // Blocks of kVecs vectors of columns: the block's c x kBlock slice of the chunk (c * 256 bytes for float
@@ -100,23 +111,22 @@ void Chunk<T>::cols(const T* dots, int64_t c, int64_t m, T scale, const int64_t*
         store_n(new_max, cmax + j, lanes[v]);
         store_n(new_sum, csum + j, lanes[v]);
       }
-      T ps[kBlock], np[kBlock];
-      for (int64_t jj = 0; jj < w; ++jj) ps[jj] = 0, np[jj] = 0;
-      for (int64_t i = 0; i < c; ++i) {
-        const T* x = dots + i * m + j0;
-        const int64_t g = qg[i];
-        for (int64_t jj = 0; jj < w; ++jj) {
-          if (kg[j0 + jj] == g) ps[jj] += scale * x[jj], np[jj] += 1;
-        }
+      // Positives: the column's positive rows inside this chunk, a sub-range of its ascending list.
+      for (int64_t j = j0; j < j0 + w; ++j) {
+        const int64_t t0 = lower_bound(qperm, col_lo[j], col_hi[j], r0);
+        const int64_t t1 = lower_bound(qperm, t0, col_hi[j], r0 + c);
+        T ps = 0;
+        for (int64_t t = t0; t < t1; ++t) ps += scale * dots[(qperm[t] - r0) * m + j];
+        cpos[j] += ps;
+        cnpos[j] += T(t1 - t0);
       }
-      for (int64_t jj = 0; jj < w; ++jj) cpos[j0 + jj] += ps[jj], cnpos[j0 + jj] += np[jj];
     }
   });
 }
 
 template <typename T>
-void Chunk<T>::grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, const int64_t* kg, const T* row_lse,
-                    const T* a, const T* a_inv, const T* col_lse, const T* b, const T* b_inv) {
+void Chunk<T>::grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* kperm, const int64_t* lo, const int64_t* hi,
+                    const T* row_lse, const T* a, const T* a_inv, const T* col_lse, const T* b, const T* b_inv) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   at::parallel_for(0, c, grain(m), [&](int64_t i0, int64_t i1) {
@@ -131,9 +141,9 @@ void Chunk<T>::grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* qg, c
         if (b != nullptr) gv = at::vec::fmadd(load_n<V>(b + j, n), (s - load_n<V>(col_lse + j, n)).exp(), gv);
         store_n(gv, x + j, n);
       }
-      const int64_t g = qg[i];
-      for (int64_t j = 0; j < m; ++j) {
-        if (kg[j] == g) x[j] -= a_inv[i] + (b_inv != nullptr ? b_inv[j] : T(0));
+      for (int64_t t = lo[i]; t < hi[i]; ++t) {
+        const int64_t j = kperm[t];
+        x[j] -= a_inv[i] + (b_inv != nullptr ? b_inv[j] : T(0));
       }
     }
   });

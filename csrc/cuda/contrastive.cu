@@ -43,51 +43,61 @@ struct Sum {
   __device__ float operator()(float a, float b) const { return a + b; }
 };
 
-// grid: one block of kThreads threads per chunk row.
+// grid: one block of kThreads threads per chunk row. Row i's positive columns are kperm[lo[i]:hi[i]].
 __global__ void rows_kernel(const float* __restrict__ dots, int64_t m, const float* __restrict__ scale_ptr,
-                            const int64_t* __restrict__ qg, const int64_t* __restrict__ kg, float* __restrict__ lse,
-                            float* __restrict__ npos, float* __restrict__ loss) {
+                            const int64_t* __restrict__ kperm, const int64_t* __restrict__ lo,
+                            const int64_t* __restrict__ hi, float* __restrict__ lse, float* __restrict__ npos,
+                            float* __restrict__ loss) {
   __shared__ float smem[kThreads / 32];
   const int64_t i = blockIdx.x;
   const float* x = dots + i * m;
   const float scale = *scale_ptr;
-  const int64_t g = qg[i];
   float mx = -INFINITY;
   for (int64_t j = threadIdx.x; j < m; j += kThreads) mx = fmaxf(mx, scale * x[j]);
   mx = block_reduce(mx, Max(), -INFINITY, smem);
-  float sum = 0.f, ps = 0.f, np = 0.f;
-  for (int64_t j = threadIdx.x; j < m; j += kThreads) {
-    const float s = scale * x[j];
-    sum += expf(s - mx);
-    if (kg[j] == g) ps += s, np += 1.f;
-  }
+  float sum = 0.f, ps = 0.f;
+  for (int64_t j = threadIdx.x; j < m; j += kThreads) sum += expf(scale * x[j] - mx);
+  for (int64_t t = lo[i] + threadIdx.x; t < hi[i]; t += kThreads) ps += scale * x[kperm[t]];
   sum = block_reduce(sum, Sum(), 0.f, smem);
   ps = block_reduce(ps, Sum(), 0.f, smem);
-  np = block_reduce(np, Sum(), 0.f, smem);
   if (threadIdx.x == 0) {
-    const float l = mx + logf(sum);
+    const float np = float(hi[i] - lo[i]), l = mx + logf(sum);
     lse[i] = l;
     npos[i] = np;
     loss[i] = np > 0.f ? l - ps / np : 0.f;
   }
 }
 
-// grid: ceil(M / kThreads) blocks, one thread per column, over the chunk's c rows in order.
+// The first t in [lo, hi) with sorted[t] >= value (hi if none).
+__device__ int64_t lower_bound(const int64_t* sorted, int64_t lo, int64_t hi, int64_t value) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (sorted[mid] < value) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// grid: ceil(M / kThreads) blocks, one thread per column, over the chunk's rows r0 .. r0 + c in order. Column j's
+// positive rows are qperm[col_lo[j]:col_hi[j]], ascending.
 __global__ void cols_kernel(const float* __restrict__ dots, int64_t c, int64_t m, const float* __restrict__ scale_ptr,
-                            const int64_t* __restrict__ qg, const int64_t* __restrict__ kg, float* __restrict__ cmax,
-                            float* __restrict__ csum, float* __restrict__ cpos, float* __restrict__ cnpos) {
+                            int64_t r0, const int64_t* __restrict__ qperm, const int64_t* __restrict__ col_lo,
+                            const int64_t* __restrict__ col_hi, float* __restrict__ cmax, float* __restrict__ csum,
+                            float* __restrict__ cpos, float* __restrict__ cnpos) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= m) return;
   const float scale = *scale_ptr;
-  const int64_t g = kg[j];
   float mx = -INFINITY;
   for (int64_t i = 0; i < c; ++i) mx = fmaxf(mx, scale * dots[i * m + j]);
-  float sum = 0.f, ps = 0.f, np = 0.f;
-  for (int64_t i = 0; i < c; ++i) {
-    const float s = scale * dots[i * m + j];
-    sum += expf(s - mx);
-    if (qg[i] == g) ps += s, np += 1.f;
-  }
+  float sum = 0.f, ps = 0.f;
+  for (int64_t i = 0; i < c; ++i) sum += expf(scale * dots[i * m + j] - mx);
+  const int64_t t0 = lower_bound(qperm, col_lo[j], col_hi[j], r0);
+  const int64_t t1 = lower_bound(qperm, t0, col_hi[j], r0 + c);
+  for (int64_t t = t0; t < t1; ++t) ps += scale * dots[(qperm[t] - r0) * m + j];
+  const float np = float(t1 - t0);
   // Merge: both sums rescaled to the new max (expf(-inf) = 0 for the empty state).
   const float old_max = cmax[j], new_max = fmaxf(old_max, mx);
   csum[j] = csum[j] * expf(old_max - new_max) + sum * expf(mx - new_max);
@@ -120,8 +130,9 @@ struct CudaKernels final : Kernels {
     const int64_t c = dots.size(0);
     TORCH_CHECK(c <= INT32_MAX, "contrastive: chunk too large");
     rows_kernel<<<unsigned(c), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        dots.data_ptr<float>(), p.m, p.scale.data_ptr<float>(), p.qg.data_ptr<int64_t>() + r0, p.kg.data_ptr<int64_t>(),
-        lse.data_ptr<float>() + r0, npos.data_ptr<float>() + r0, loss.data_ptr<float>() + r0);
+        dots.data_ptr<float>(), p.m, p.scale.data_ptr<float>(), p.kperm.data_ptr<int64_t>(),
+        p.row_lo.data_ptr<int64_t>() + r0, p.row_hi.data_ptr<int64_t>() + r0, lse.data_ptr<float>() + r0,
+        npos.data_ptr<float>() + r0, loss.data_ptr<float>() + r0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
@@ -129,9 +140,9 @@ struct CudaKernels final : Kernels {
             at::Tensor& cnpos) const override {
     const int64_t blocks = (p.m + kThreads - 1) / kThreads;
     cols_kernel<<<unsigned(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        dots.data_ptr<float>(), dots.size(0), p.m, p.scale.data_ptr<float>(), p.qg.data_ptr<int64_t>() + r0,
-        p.kg.data_ptr<int64_t>(), cmax.data_ptr<float>(), csum.data_ptr<float>(), cpos.data_ptr<float>(),
-        cnpos.data_ptr<float>());
+        dots.data_ptr<float>(), dots.size(0), p.m, p.scale.data_ptr<float>(), r0, p.qperm.data_ptr<int64_t>(),
+        p.col_lo.data_ptr<int64_t>(), p.col_hi.data_ptr<int64_t>(), cmax.data_ptr<float>(), csum.data_ptr<float>(),
+        cpos.data_ptr<float>(), cnpos.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 

@@ -39,11 +39,15 @@ constexpr int64_t kChunkBytes = int64_t(32) << 20;
 int64_t chunk_rows(int64_t n, int64_t m, int64_t elem_size);
 
 struct Problem {
-  at::Tensor q, k;                         // [N, D], [M, D] contiguous, input dtype
-  at::Tensor q_mm, k_mm;                   // the forward GEMM's operands: q, k (CUDA) or q, k in the math dtype (CPU)
-  at::Tensor q_bwd, k_bwd;                 // the backward GEMMs' right-hand operands, in grad_dtype
-  at::Tensor scale;                        // 0-d, math dtype, on the op's device
-  at::Tensor qg, kg;                       // [N], [M] int64 contiguous: S_ij is a positive iff qg[i] == kg[j]
+  at::Tensor q, k;          // [N, D], [M, D] contiguous, input dtype
+  at::Tensor q_mm, k_mm;    // the forward GEMM's operands: q, k (CUDA) or q, k in the math dtype (CPU)
+  at::Tensor q_bwd, k_bwd;  // the backward GEMMs' right-hand operands, in grad_dtype
+  at::Tensor scale;         // 0-d, math dtype, on the op's device
+  at::Tensor qg, kg;        // [N], [M] int64 contiguous: S_ij is a positive iff qg[i] == kg[j]
+  // The positives as lists, so kernels visit them instead of testing all N x M pairs: kperm holds the columns
+  // sorted by group (stable), row i's positive columns are kperm[row_lo[i]:row_hi[i]]; qperm, col_lo, col_hi the
+  // same for the columns' positive rows (in ascending row order; undefined when not symmetric). All int64.
+  at::Tensor kperm, row_lo, row_hi, qperm, col_lo, col_hi;
   at::ScalarType math = at::kFloat;        // float, or double for float64 inputs
   at::ScalarType grad_dtype = at::kFloat;  // G is cast to this for the backward GEMMs
   int64_t n = 0, m = 0, d = 0;
