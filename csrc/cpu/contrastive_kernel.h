@@ -79,37 +79,45 @@ void Chunk<T>::cols(const T* dots, int64_t c, int64_t m, T scale, int64_t r0, co
                     const int64_t* col_lo, const int64_t* col_hi, T* cmax, T* csum, T* cpos, T* cnpos) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  // Blocks of kVecs vectors of columns: the block's c x kBlock slice of the chunk (c * 256 bytes for float
-  // AVX-512) stays in L2 across the passes over its rows.
-  constexpr int kVecs = 4;
-  constexpr int64_t kBlock = kVecs * L;
-  const int64_t blocks = (m + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, grain(c * kBlock), [&](int64_t b0, int64_t b1) {
+  // Column blocks of up to kMaxBlock columns (a 4 KiB run of each fp32 row: the hardware prefetchers stream it;
+  // narrow blocks would touch a few lines per row at a power-of-two stride and wait on every one), narrower when
+  // that leaves threads idle. Each column still reduces its rows in order, whatever its block.
+  constexpr int64_t kMaxBlock = 1024;
+  const int64_t per_thread = m / (2 * at::get_num_threads()) / L * L;
+  const int64_t width = std::max<int64_t>(L, std::min<int64_t>(kMaxBlock, per_thread));
+  const int64_t blocks = (m + width - 1) / width;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     const V vs(scale);
+    alignas(64) T mx[kMaxBlock], sm[kMaxBlock];  // the block's max and sum of exp, in L1
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t j0 = blk * kBlock, w = std::min(kBlock, m - j0);
-      const int nv = int((w + L - 1) / L);
-      int64_t lanes[kVecs];
-      for (int v = 0; v < nv; ++v) lanes[v] = std::min(L, w - v * L);
+      const int64_t j0 = blk * width, w = std::min(width, m - j0);
       // Lanes past the last column read as 0 and are never stored: columns are independent lanes.
-      V mx[kVecs], sm[kVecs];
-      for (int v = 0; v < nv; ++v) mx[v] = V(-std::numeric_limits<T>::infinity()), sm[v] = V(T(0));
-      for (int64_t i = 0; i < c; ++i) {
-        const T* x = dots + i * m + j0;
-        for (int v = 0; v < nv; ++v) mx[v] = at::vec::maximum(mx[v], load_n<V>(x + v * L, lanes[v]) * vs);
+      for (int64_t jj = 0; jj < w; jj += L) {
+        V(-std::numeric_limits<T>::infinity()).store(mx + jj);
+        V(T(0)).store(sm + jj);
       }
       for (int64_t i = 0; i < c; ++i) {
         const T* x = dots + i * m + j0;
-        for (int v = 0; v < nv; ++v) sm[v] += (load_n<V>(x + v * L, lanes[v]) * vs - mx[v]).exp();
+        for (int64_t jj = 0; jj < w; jj += L) {
+          at::vec::maximum(V::loadu(mx + jj), load_n<V>(x + jj, std::min(L, w - jj)) * vs).store(mx + jj);
+        }
+      }
+      for (int64_t i = 0; i < c; ++i) {
+        const T* x = dots + i * m + j0;
+        for (int64_t jj = 0; jj < w; jj += L) {
+          const V e = (load_n<V>(x + jj, std::min(L, w - jj)) * vs - V::loadu(mx + jj)).exp();
+          (V::loadu(sm + jj) + e).store(sm + jj);
+        }
       }
       // Merge into the running state: rescale both sums to the new max (exp(-inf) = 0 for the empty state).
-      for (int v = 0; v < nv; ++v) {
-        const int64_t j = j0 + v * L;
-        const V old_max = load_n<V>(cmax + j, lanes[v]), old_sum = load_n<V>(csum + j, lanes[v]);
-        const V new_max = at::vec::maximum(old_max, mx[v]);
-        const V new_sum = old_sum * (old_max - new_max).exp() + sm[v] * (mx[v] - new_max).exp();
-        store_n(new_max, cmax + j, lanes[v]);
-        store_n(new_sum, csum + j, lanes[v]);
+      for (int64_t jj = 0; jj < w; jj += L) {
+        const int64_t j = j0 + jj, n = std::min(L, w - jj);
+        const V old_max = load_n<V>(cmax + j, n), old_sum = load_n<V>(csum + j, n);
+        const V chunk_max = V::loadu(mx + jj), chunk_sum = V::loadu(sm + jj);
+        const V new_max = at::vec::maximum(old_max, chunk_max);
+        const V new_sum = old_sum * (old_max - new_max).exp() + chunk_sum * (chunk_max - new_max).exp();
+        store_n(new_max, cmax + j, n);
+        store_n(new_sum, csum + j, n);
       }
       // Positives: the column's positive rows inside this chunk, a sub-range of its ascending list.
       for (int64_t j = j0; j < j0 + w; ++j) {
