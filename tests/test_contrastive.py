@@ -174,6 +174,18 @@ def test_no_positive_anywhere_gives_zero(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("n,m", [(0, 5), (4, 0), (0, 0)], ids=str)
+def test_empty_sides(device, backend, n, m):
+    q, k, scale = make(n, m, 3, torch.float32, device)
+    q, k, scale = (t.requires_grad_() for t in (q, k, scale))
+    zeros = lambda size: torch.zeros(size, dtype=torch.long, device=device)  # noqa: E731
+    loss = pyops.contrastive_loss(q, k, scale, q_groups=zeros(n), k_groups=zeros(m), backend=backend)
+    grads = torch.autograd.grad(loss, [q, k, scale])
+    assert loss.item() == 0 and all(not g.any() for g in grads)
+    assert [g.shape for g in grads] == [q.shape, k.shape, scale.shape]
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
 def test_float64(device, backend):
     if backend == "triton" or (device == "cuda" and backend == "cuda"):
         pytest.skip("float64 runs on the CPU and torch backends")
