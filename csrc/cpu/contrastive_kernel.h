@@ -1,6 +1,7 @@
-// Vectorised CPU kernels of the contrastive loss's chunk steps, compiled once per instruction set
-// (contrastive_kernel_{base,avx2,avx512}.cpp; see isa.h): raw pointers and ATen's Vectorized only. Rows and
-// columns are each owned by one thread and reduced in a fixed order: the results never depend on the thread count.
+// Vectorised CPU kernels of the contrastive loss's chunk steps (the formulas of pyops/contrastive_math.h, lane by
+// lane), compiled once per instruction set (contrastive_kernel_{base,avx2,avx512}.cpp; see isa.h): raw pointers and
+// ATen's Vectorized only. Rows and columns are each owned by one thread and reduced in a fixed order: the results never
+// depend on the thread count.
 #pragma once
 
 #include <ATen/Parallel.h>

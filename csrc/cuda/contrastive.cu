@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "pyops/contrastive.h"
+#include "pyops/contrastive_math.h"
 
 namespace pyops {
 namespace contrastive {
@@ -64,7 +65,7 @@ __global__ void rows_kernel(const float* __restrict__ dots, int64_t m, const flo
     const float np = float(hi[i] - lo[i]), l = mx + logf(sum);
     lse[i] = l;
     npos[i] = np;
-    loss[i] = np > 0.f ? l - ps / np : 0.f;
+    loss[i] = side_loss(l, ps, np);
   }
 }
 
@@ -98,10 +99,10 @@ __global__ void cols_kernel(const float* __restrict__ dots, int64_t c, int64_t m
   const int64_t t1 = lower_bound(qperm, t0, col_hi[j], r0 + c);
   for (int64_t t = t0; t < t1; ++t) ps += scale * dots[(qperm[t] - r0) * m + j];
   const float np = float(t1 - t0);
-  // Merge: both sums rescaled to the new max (expf(-inf) = 0 for the empty state).
-  const float old_max = cmax[j], new_max = fmaxf(old_max, mx);
-  csum[j] = csum[j] * expf(old_max - new_max) + sum * expf(mx - new_max);
-  cmax[j] = new_max;
+  float state_max = cmax[j], state_sum = csum[j];
+  merge_lse(state_max, state_sum, mx, sum);
+  cmax[j] = state_max;
+  csum[j] = state_sum;
   cpos[j] += ps;
   cnpos[j] += np;
 }
@@ -117,8 +118,8 @@ __global__ void grad_kernel(float* __restrict__ dots, int64_t c, int64_t m, cons
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / m, j = e - i * m;
     const float s = scale * dots[e];
-    float g = a[i] * expf(s - row_lse[i]);
-    if (b != nullptr) g += b[j] * expf(s - col_lse[j]);
+    float g = b != nullptr ? grad_softmax_terms(s, a[i], row_lse[i], b[j], col_lse[j])
+                           : grad_softmax_terms(s, a[i], row_lse[i], 0.f, 0.f);
     if (qg[i] == kg[j]) g -= a_inv[i] + (b_inv != nullptr ? b_inv[j] : 0.f);
     dots[e] = g;
   }
