@@ -95,15 +95,17 @@ def positives(case, n, m, device):
     return {}
 
 
-@pytest.mark.parametrize("device,backend", BACKENDS)
+def with_chunks(backends, rows):
+    """(device, backend, chunk rows): the native backends (csrc/contrastive.cpp's chunks) also with `rows`."""
+    return [(d, b, c) for d, b in backends for c in ([0, rows] if b in ("cpu", "cuda") else [0])]
+
+
+@pytest.mark.parametrize("device,backend,chunk_rows", with_chunks(BACKENDS, 8), indirect=["chunk_rows"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n,m,d,case", CASES, ids=str)
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("chunk_rows", [0, 8], indirect=True)
-def test_matches_reference(device, backend, dtype, n, m, d, case, symmetric, chunk_rows):
-    # chunk_rows=8: several chunks and a ragged last one (37 = 4 * 8 + 5) on the native backends.
-    if chunk_rows and backend not in ("cpu", "cuda"):
-        pytest.skip("the chunk size is the native backends' (csrc/contrastive.cpp)")
+def test_matches_reference(device, backend, chunk_rows, dtype, n, m, d, case, symmetric):
+    # chunk_rows=8: several chunks and a ragged last one (37 = 4 * 8 + 5).
     if small(device, backend):
         n, m, d = min(n, 13), min(m, 11), 9
     q, k, scale = make(n, m, d, dtype, device)
@@ -258,11 +260,9 @@ def test_torch_compile_fullgraph(device, backend):
 # Determinism, the distributed building block, open_clip, memory.
 
 
-@pytest.mark.parametrize("device,backend", [(d, b) for d, b in BACKENDS if b != "torch"])
-@pytest.mark.parametrize("chunk_rows", [0, 16], indirect=True)
+@pytest.mark.parametrize("device,backend,chunk_rows", with_chunks([(d, b) for d, b in BACKENDS if b != "torch"], 16),
+                         indirect=["chunk_rows"])
 def test_bitwise_deterministic(device, backend, chunk_rows):
-    if chunk_rows and backend not in ("cpu", "cuda"):
-        pytest.skip("the chunk size is the native backends' (csrc/contrastive.cpp)")
     n, m, d = (12, 10, 8) if small(device, backend) else (150, 120, 40)
     q, k, scale = make(n, m, d, torch.float32, device, seed=5)
     kw = positives("groups", n, m, device)
