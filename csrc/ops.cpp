@@ -144,4 +144,18 @@ TORCH_LIBRARY(pyops, m) {
   m.def(
       "attribute_pair_bwd(Tensor v_loss, Tensor ex, Tensor ey, Tensor logit_scale, Tensor? mask, Tensor cos, "
       "Tensor norms, Tensor px, Tensor py) -> (Tensor, Tensor, Tensor)");
+
+  // Contrastive loss (InfoNCE / CLIP / SupCon L_out; pyops/reference/contrastive.py is the spec; host algorithm in
+  // csrc/contrastive.cpp): q [N, D], k [M, D] (same floating dtype), logit_scale 0-d, qg [N], kg [M] int64
+  // (S_ij = logit_scale q_i.k_j is a positive iff qg[i] == kg[j]). Returns (row_loss [N], col_loss [M], row_lse
+  // [N], col_lse [M], row_npos [N], col_npos [M]) in fp32 (fp64 for fp64 inputs); a row or column without a
+  // positive has loss 0; the col_* are empty (0,) when not symmetric. S is never materialised.
+  m.def(
+      "contrastive_fwd(Tensor q, Tensor k, Tensor logit_scale, Tensor qg, Tensor kg, bool symmetric) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // v_row [N], v_col [M] (empty when not symmetric): gradients w.r.t. row_loss and col_loss. Returns (v_q, v_k,
+  // v_logit_scale) in q's, k's and logit_scale's dtypes.
+  m.def(
+      "contrastive_bwd(Tensor v_row, Tensor v_col, Tensor q, Tensor k, Tensor logit_scale, Tensor qg, Tensor kg, "
+      "Tensor row_lse, Tensor col_lse, Tensor row_npos, Tensor col_npos, bool symmetric) -> (Tensor, Tensor, Tensor)");
 }

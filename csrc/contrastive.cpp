@@ -1,0 +1,200 @@
+// The contrastive loss's host algorithm, shared by the CPU and CUDA backends (see pyops/contrastive.h): argument
+// checks, the chunk loop and the O(N + M) steps before and after it, in ATen ops on the op's device and stream.
+#include "pyops/contrastive.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+namespace pyops {
+namespace contrastive {
+namespace {
+
+// PYOPS_CHECK_FINITE with pyops/_backend.py's rule: "1" checks on every device, unset CPU tensors only.
+bool check_finite_enabled(c10::DeviceType device_type) {
+  const char* env = std::getenv("PYOPS_CHECK_FINITE");
+  return env == nullptr ? device_type == c10::DeviceType::CPU : std::string(env) == "1";
+}
+
+void check_groups(const char* op, const char* name, const at::Tensor& g, int64_t size, const at::Tensor& q) {
+  TORCH_CHECK_VALUE(g.device() == q.device(), op, ": ", name, " is on ", g.device(), " but q is on ", q.device());
+  TORCH_CHECK_TYPE(g.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", g.scalar_type());
+  TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == size, op, ": ", name, " must have shape (", size, ",), got ",
+                    g.sizes());
+}
+
+at::Tensor contiguous(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+// A [size] vector argument of the backward in the math dtype, contiguous.
+at::Tensor vector_arg(const char* name, const at::Tensor& t, int64_t size, const Problem& p) {
+  TORCH_CHECK_VALUE(t.device() == p.q.device(), "contrastive_bwd: ", name, " is on ", t.device(), " but q is on ",
+                    p.q.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "contrastive_bwd: ", name,
+                   " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == size, "contrastive_bwd: ", name, " must have shape (", size,
+                    ",), got ", t.sizes());
+  return contiguous(t.to(p.math));
+}
+
+// out = a @ b, or out += a @ b with accumulate; out in the math dtype, a and b in it or (CUDA) both 16-bit.
+void mm(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate) {
+  if (a.scalar_type() == out.scalar_type()) {
+    if (accumulate) {
+      out.addmm_(a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+    return;
+  }
+#if PYOPS_CONTRASTIVE_MM_OUT_DTYPE
+  if (accumulate) {
+    out.add_(at::mm(a, b, out.scalar_type()));  // an [M, D] temporary: O((N + M) D) still
+  } else {
+    at::mm_out(out, a, b, out.scalar_type());
+  }
+#else
+  TORCH_INTERNAL_ASSERT(false, "contrastive: 16-bit GEMM operands need torch >= 2.9");
+#endif
+}
+
+}  // namespace
+
+int64_t chunk_rows(int64_t n, int64_t m, int64_t elem_size) {
+  int64_t c = kChunkBytes / std::max<int64_t>(1, m * elem_size);
+  if (const char* env = std::getenv("PYOPS_CONTRASTIVE_CHUNK_ROWS")) {
+    const long long v = std::atoll(env);
+    if (v > 0) c = v;
+  }
+  return std::max<int64_t>(1, std::min(c, n));
+}
+
+Problem prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& logit_scale,
+                const at::Tensor& qg, const at::Tensor& kg, bool symmetric, c10::DeviceType device_type) {
+  TORCH_CHECK_VALUE(q.device().type() == device_type, op, ": q is on ", q.device(), ", expected a ",
+                    c10::DeviceTypeName(device_type), " tensor for this backend");
+  const auto dtype = q.scalar_type();
+  const bool cpu = device_type == c10::DeviceType::CPU;
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || (dtype == at::kDouble && cpu),
+                   op, ": q must be float32, float16 or bfloat16", cpu ? " or float64" : "", ", got ", dtype);
+  TORCH_CHECK_VALUE(k.device() == q.device(), op, ": k is on ", k.device(), " but q is on ", q.device());
+  TORCH_CHECK_TYPE(k.scalar_type() == dtype, op, ": k has dtype ", k.scalar_type(), " but q has ", dtype);
+  TORCH_CHECK_VALUE(q.dim() == 2, op, ": q must have shape (N, D), got ", q.sizes());
+  TORCH_CHECK_VALUE(k.dim() == 2 && k.size(1) == q.size(1), op, ": k must have shape (M, ", q.size(1), "), got ",
+                    k.sizes());
+  TORCH_CHECK_VALUE(logit_scale.device() == q.device(), op, ": logit_scale is on ", logit_scale.device(),
+                    " but q is on ", q.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(logit_scale.scalar_type()), op,
+                   ": logit_scale must be a floating-point tensor, got ", logit_scale.scalar_type());
+  TORCH_CHECK_VALUE(logit_scale.numel() == 1 && logit_scale.dim() <= 1, op,
+                    ": logit_scale must be a 0-d tensor (one element), got shape ", logit_scale.sizes());
+  check_groups(op, "qg", qg, q.size(0), q);
+  check_groups(op, "kg", kg, k.size(0), q);
+  if (check_finite_enabled(device_type)) {
+    TORCH_CHECK_VALUE(std::isfinite(logit_scale.item<double>()), op, ": logit_scale has non-finite values");
+  }
+
+  Problem p;
+  p.math = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  p.n = q.size(0), p.m = k.size(0), p.d = q.size(1);
+  p.symmetric = symmetric;
+  p.q = contiguous(q), p.k = contiguous(k);
+  p.qg = contiguous(qg), p.kg = contiguous(kg);
+  // O((N + M) log) once per call, on the op's device (no host sync).
+  auto ranges = [](const at::Tensor& groups, const at::Tensor& queries, at::Tensor& perm, at::Tensor& lo,
+                   at::Tensor& hi) {
+    const auto sorted = at::sort(groups, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    perm = std::get<1>(sorted).contiguous();
+    lo = at::searchsorted(std::get<0>(sorted), queries, /*out_int32=*/false, /*right=*/false).contiguous();
+    hi = at::searchsorted(std::get<0>(sorted), queries, /*out_int32=*/false, /*right=*/true).contiguous();
+  };
+  ranges(p.kg, p.qg, p.kperm, p.row_lo, p.row_hi);
+  if (symmetric) ranges(p.qg, p.kg, p.qperm, p.col_lo, p.col_hi);
+  p.scale = logit_scale.reshape({}).to(p.math);
+  if (cpu) {
+    // MKL's GEMMs want the math dtype: 16-bit inputs are upcast once (O((N + M) D)), and G stays in it.
+    p.q_mm = p.q.to(p.math), p.k_mm = p.k.to(p.math);
+    p.q_bwd = p.q_mm, p.k_bwd = p.k_mm;
+    p.grad_dtype = p.math;
+  } else if (PYOPS_CONTRASTIVE_MM_OUT_DTYPE) {
+    // CUDA: the forward GEMM reads the 16-bit inputs on tensor cores with fp32 output. The backward GEMMs take G
+    // in bfloat16 for bfloat16 inputs (tensor cores; bf16 has fp32's range). float16's range would flush the
+    // small entries of G (e.g. 1/N * softmax at N = 8192) to zero, so float16 inputs run those in fp32 instead.
+    p.q_mm = p.q, p.k_mm = p.k;
+    p.grad_dtype = dtype == at::kHalf ? at::kFloat : dtype;
+    p.q_bwd = p.q.to(p.grad_dtype), p.k_bwd = p.k.to(p.grad_dtype);
+  } else {
+    p.q_mm = p.q.to(p.math), p.k_mm = p.k.to(p.math);  // older torch: fp32 GEMMs throughout
+    p.q_bwd = p.q_mm, p.k_bwd = p.k_mm;
+    p.grad_dtype = p.math;
+  }
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const Problem& p,
+                                                                                           const Kernels& kern) {
+  const auto opts = p.q.options().dtype(p.math);
+  const double inf = std::numeric_limits<double>::infinity();
+  const int64_t mc = p.symmetric ? p.m : 0;
+  at::Tensor row_loss = at::zeros({p.n}, opts), row_lse = at::full({p.n}, -inf, opts),
+             row_npos = at::zeros({p.n}, opts);
+  // The running column state: max, sum of exp(S - max), positive sum and count.
+  at::Tensor cmax = at::full({mc}, -inf, opts), csum = at::zeros({mc}, opts), cpos = at::zeros({mc}, opts),
+             cnpos = at::zeros({mc}, opts);
+  if (p.n > 0 && p.m > 0) {
+    const int64_t c = chunk_rows(p.n, p.m, c10::elementSize(p.math));
+    at::Tensor buffer = at::empty({c, p.m}, opts);
+    for (int64_t r0 = 0; r0 < p.n; r0 += c) {
+      const int64_t rows = std::min(c, p.n - r0);
+      at::Tensor dots = buffer.narrow(0, 0, rows);
+      mm(p.q_mm.narrow(0, r0, rows), p.k_mm.t(), dots, /*accumulate=*/false);
+      kern.rows(p, r0, dots, row_lse, row_npos, row_loss);
+      if (p.symmetric) kern.cols(p, r0, dots, cmax, csum, cpos, cnpos);
+    }
+  }
+  if (!p.symmetric) return {row_loss, cpos, row_lse, cmax, row_npos, cnpos};  // the col_* are all empty
+  at::Tensor col_lse = cmax + at::log(csum);  // -inf + log(0) = -inf for M > 0 = N: logsumexp of nothing
+  at::Tensor col_loss = at::where(cnpos > 0, col_lse - cpos / cnpos.clamp_min(1), at::zeros_like(col_lse));
+  return {row_loss, col_loss, row_lse, col_lse, row_npos, cnpos};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const Problem& p, const Kernels& kern, const at::Tensor& v_row,
+                                                        const at::Tensor& v_col, const at::Tensor& logit_scale,
+                                                        const at::Tensor& row_lse, const at::Tensor& col_lse,
+                                                        const at::Tensor& row_npos, const at::Tensor& col_npos) {
+  const int64_t mc = p.symmetric ? p.m : 0;
+  const at::Tensor vr = vector_arg("v_row", v_row, p.n, p), rl = vector_arg("row_lse", row_lse, p.n, p),
+                   rn = vector_arg("row_npos", row_npos, p.n, p);
+  const at::Tensor vc = vector_arg("v_col", v_col, mc, p), cl = vector_arg("col_lse", col_lse, mc, p),
+                   cn = vector_arg("col_npos", col_npos, mc, p);
+  const auto opts = p.q.options().dtype(p.math);
+  // Rows (columns) without a positive have loss 0: no gradient.
+  const at::Tensor a = at::where(rn > 0, vr, at::zeros_like(vr)), a_inv = a / rn.clamp_min(1);
+  at::Tensor b, b_inv;
+  if (p.symmetric) b = at::where(cn > 0, vc, at::zeros_like(vc)), b_inv = b / cn.clamp_min(1);
+  at::Tensor v_q = at::zeros({p.n, p.d}, opts), v_k = at::zeros({p.m, p.d}, opts), v_ls = at::zeros({}, opts);
+  if (p.n > 0 && p.m > 0) {
+    const int64_t c = chunk_rows(p.n, p.m, c10::elementSize(p.math));
+    at::Tensor buffer = at::empty({c, p.m}, opts);
+    for (int64_t r0 = 0; r0 < p.n; r0 += c) {
+      const int64_t rows = std::min(c, p.n - r0);
+      at::Tensor g = buffer.narrow(0, 0, rows);
+      mm(p.q_mm.narrow(0, r0, rows), p.k_mm.t(), g, /*accumulate=*/false);
+      kern.grad(p, r0, g, rl, a, a_inv, cl, b, b_inv);
+      const at::Tensor g_mm = p.grad_dtype == p.math ? g : g.to(p.grad_dtype);
+      const at::Tensor q_rows = p.q_bwd.narrow(0, r0, rows);
+      at::Tensor gk = v_q.narrow(0, r0, rows);  // G k, scaled below
+      mm(g_mm, p.k_bwd, gk, /*accumulate=*/false);
+      v_ls.add_((q_rows.to(p.math) * gk).sum());  // sum_ij G_ij q_i.k_j, in chunk order (a c x D temporary)
+      mm(g_mm.t(), q_rows, v_k, /*accumulate=*/r0 > 0);
+    }
+    v_q.mul_(p.scale);
+    v_k.mul_(p.scale);
+  }
+  return {v_q.to(p.q.scalar_type()), v_k.to(p.k.scalar_type()),
+          v_ls.to(logit_scale.scalar_type()).reshape(logit_scale.sizes())};
+}
+
+}  // namespace contrastive
+}  // namespace pyops
