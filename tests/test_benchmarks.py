@@ -12,7 +12,8 @@ def test_quick_benchmark_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ops = ("derf", "derf_linear", "vq", "gaussians", "anchors", "morel", "models", "overhead")
+    ops = ("derf", "derf_linear", "vq", "gaussians", "anchors", "morel", "models", "overhead", "contrastive",
+           "attribute_pair")
     assert all(f"| {op}" in proc.stdout for op in ("derf", "vq", "gaussians", "anchor_decode", "hexplane", "morel",
                                                    "derf_linear", "models"))
     assert "pyops-cpu" in proc.stdout
@@ -46,7 +47,15 @@ def test_quick_benchmark_run(tmp_path):
         for m in ("playback", "random", "deform+decode")}
     resident = {r["kernel_provider"]: r["resident_mb"] for r in morel}
     assert 0 < resident["pyops-cpu"] < resident["all keyframes resident"]  # 2 of the 3 quick keyframes
+    contrastive = {r["kernel_provider"] for r in rows if r["kernel_name"] == "contrastive"}
+    assert contrastive == {"pyops-cpu", "torch eager", "torch.compile", "open_clip ClipLoss"}, contrastive
+    retrieve = [r for r in rows if r["kernel_name"] == "retrieve"]
+    assert {"pyops-cpu", "torch normalise+matmul+topk", "faiss IndexFlatIP"} <= {r["kernel_provider"] for r in retrieve}
+    assert all(r["agreement"] == 1.0 for r in retrieve)
+    pair = {(r["kernel_provider"], r["kernel_operation_mode"]) for r in rows if r["kernel_name"] == "attribute_pair"}
+    assert pair == {(p, m) for p in ("pyops-cpu", "eager", "torch.compile") for m in ("forward", "full")}, pair
     for op in ops:
         assert all((out / f"{op}.{ext}").stat().st_size > 0 for ext in ("md", "csv", "png"))
         kernels = {r["kernel_name"] for r in json.loads((out / f"{op}.json").read_text())["rows"]}
-        assert kernels == ({"anchor_decode", "hexplane"} if op == "anchors" else {op})
+        assert kernels == {"anchors": {"anchor_decode", "hexplane"}, "contrastive": {"contrastive", "retrieve"}}.get(
+            op, {op})

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import pyops
 from pyops.contrastive_dist import distributed_contrastive_loss
 from pyops.reference import contrastive as reference
 
@@ -53,7 +54,7 @@ def _worker(rank, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
     results = []
-    for mode, symmetric, reduction in CASES:
+    for (mode, symmetric, reduction), public in [(c, p) for p in (False, True) for c in CASES]:
         data = global_data(mode)
         (n_sizes, m_sizes), (q_off, k_off) = SIZES[mode], (sum(SIZES[mode][0][:rank]), sum(SIZES[mode][1][:rank]))
         rows, cols = slice(q_off, q_off + n_sizes[rank]), slice(k_off, k_off + m_sizes[rank])
@@ -61,8 +62,12 @@ def _worker(rank, init_file, out_file):
         scale = torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)
         kwargs = {"labels": data["labels"][rows]} if "labels" in data else (
             {"q_groups": data["q_groups"][rows], "k_groups": data["k_groups"][cols]} if mode == "groups" else {})
-        out = distributed_contrastive_loss(q, k, scale, symmetric=symmetric, reduction=reduction,
-                                           group=dist.group.WORLD, local_loss=local_loss, **kwargs)
+        if public:  # the same through the public op and its CPU kernels
+            out = pyops.contrastive_loss(q, k, scale, symmetric=symmetric, reduction=reduction,
+                                         group=dist.group.WORLD, backend="cpu", **kwargs)
+        else:
+            out = distributed_contrastive_loss(q, k, scale, symmetric=symmetric, reduction=reduction,
+                                               group=dist.group.WORLD, local_loss=local_loss, **kwargs)
         loss = weighted(out, data["w_rows"][rows], data["w_cols"][cols], symmetric) if reduction == "none" else out
         loss.backward()
         value = tuple(t.detach() for t in out) if isinstance(out, tuple) else out.detach()
@@ -97,8 +102,9 @@ def ranks(tmp_path_factory):
     return [torch.load(tmp / f"rank{r}", weights_only=False) for r in range(WORLD)]
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["reference local loss", "pyops.contrastive_loss cpu"])
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{m}-{'sym' if s else 'rows'}-{r}" for m, s, r in CASES])
-def test_matches_single_process(ranks, case):
+def test_matches_single_process(ranks, case, public):
     mode, symmetric, reduction = CASES[case]
     data = global_data(mode)
     q, k = data["q"].clone().requires_grad_(), data["k"].clone().requires_grad_()
@@ -108,7 +114,7 @@ def test_matches_single_process(ranks, case):
     (weighted(out, data["w_rows"], data["w_cols"], symmetric) if reduction == "none" else out).backward()
     close = dict(rtol=0, atol=1e-10)
     for rank, result in enumerate(ranks):
-        got = result["results"][case]
+        got = result["results"][case + len(CASES) * public]
         n_sizes, m_sizes = SIZES[mode]
         rows = slice(sum(n_sizes[:rank]), sum(n_sizes[:rank + 1]))
         cols = slice(sum(m_sizes[:rank]), sum(m_sizes[:rank + 1]))
