@@ -70,6 +70,7 @@ class AttributeEncoderConfig:
     steps: int = 300
     seed: int = 0
     text_queries: bool = True  # add the projected mean of the attribute words to every query
+    text_gate: bool = True  # gate the query outputs' channels by the attribute words
     alpha_init: float = 4.0  # Derf's initial alpha (see the module docstring)
 
 
@@ -110,6 +111,9 @@ class AttributeEncoder(nn.Module):
         self.query_text = nn.Linear(c.text_dim, c.width) if c.text_queries else None
         self.blocks = nn.ModuleList(ViTBlock(c.width, c.heads, alpha_init=c.alpha_init, backend=backend) for _ in range(c.depth))
         self.norm = Derf(c.width, c.alpha_init, backend=backend)
+        # Text-conditioned channel gate on the query outputs: the words pick which features reach the embedding
+        # (multiplicatively), an easy path for attribute-specific selection that attention alone learns slowly.
+        self.text_gate = nn.Linear(c.text_dim, c.width) if c.text_gate else None
         self.connector = nn.Sequential(nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.embed_dim))
 
     def forward(self, images: Tensor, text: Tensor) -> Tensor:
@@ -125,7 +129,10 @@ class AttributeEncoder(nn.Module):
         seq = torch.cat([words, patches[:, None].expand(n, a, -1, -1), queries], 2).flatten(0, 1)  # [N * A, L, W]
         for block in self.blocks:
             seq = block(seq)
-        out = self.connector(self.norm(seq[:, -c.num_queries:]))
+        h = self.norm(seq[:, -c.num_queries:])  # [N * A, Q, W]
+        if self.text_gate is not None:
+            h = h * torch.sigmoid(self.text_gate(self.words[text].mean(2))).flatten(0, 1)[:, None]
+        out = self.connector(h)
         return out.view(n, a, c.num_queries, c.embed_dim)
 
     def embed(self, images: Tensor, text: Tensor) -> Tensor:
