@@ -71,7 +71,7 @@ class AttributeEncoderConfig:
     seed: int = 0
     text_queries: bool = True  # add the projected mean of the attribute words to every query
     text_gate: bool = True  # gate the query outputs' channels by the attribute words
-    alpha_init: float = 4.0  # Derf's initial alpha (see the module docstring)
+    alpha_init: float = 0.5  # Derf's initial alpha
 
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
@@ -215,12 +215,18 @@ def train_attribute_model(config: AttributeEncoderConfig, *, contrastive_weight:
 
 @torch.no_grad()
 def attribute_delta(encoder: AttributeEncoder, batch: data.PairBatch) -> Dict[str, float]:
-    """Delta(pos, neg) on a pair batch (definition in the module docstring): {"delta", "pos", "neg"}, the last
-    two the mean cosines of the positive and of the negative attributes."""
+    """Delta(pos, neg) on a pair batch (definition in the module docstring): {"delta", "pos", "neg", "cross"}:
+    "pos" and "neg" the mean cosines of the positive and of the negative attributes (the diagonal of each pair's
+    A x A block), "cross" the mean cosine of x's and y's embeddings for two different attributes (the
+    off-diagonal cells): the part of the block that text alone can separate."""
     ex, ey = encoder.embed(torch.cat([batch.x, batch.y]), torch.cat([batch.text, batch.text])).chunk(2)
-    cos = F.cosine_similarity(ex, ey, dim=-1)  # [B, A]
-    pos, neg = cos[:, 0].mean().item(), cos[:, 1:].mean().item()
-    return {"delta": pos - neg, "pos": pos, "neg": neg}
+    nx, ny = F.normalize(ex, dim=-1), F.normalize(ey, dim=-1)
+    cos = nx @ ny.transpose(1, 2)  # [B, A, A]
+    diag = cos.diagonal(dim1=1, dim2=2)
+    a = cos.shape[1]
+    pos, neg = diag[:, 0].mean().item(), diag[:, 1:].mean().item()
+    cross = ((cos.sum((1, 2)) - diag.sum(1)) / (a * a - a)).mean().item()
+    return {"delta": pos - neg, "pos": pos, "neg": neg, "cross": cross}
 
 
 def _single_factor_text(factor: int, n: int, gen: torch.Generator, held_out: bool) -> Tensor:
