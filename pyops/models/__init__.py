@@ -1,6 +1,14 @@
-from .attribute_encoder import (AttributeDecoder, AttributeEncoder, AttributeEncoderConfig, AttributeLosses,
-                                AttributeModel, attribute_delta, leakage_probe, retrieval_metrics,
-                                train_attribute_model)
+from .attribute_encoder import (
+    AttributeDecoder,
+    AttributeEncoder,
+    AttributeEncoderConfig,
+    AttributeLosses,
+    AttributeModel,
+    attribute_delta,
+    leakage_probe,
+    retrieval_metrics,
+    train_attribute_model,
+)
 from .dynamic_scene import DynamicScene, synthetic_dynamic_scene
 from .gaussian_scene import GaussianScene, look_at, pinhole, synthetic_scene
 from .morel import MoRelConfig, MoRelScene

@@ -121,8 +121,8 @@ def render(factors: Tensor, generator: torch.Generator, size: int = 24) -> Tenso
     ], 1)
     mask = masks.gather(1, shape[:, None, None, None].expand(n, 1, size, size)).float()  # [N, 1, S, S]
     i = torch.arange(size)
-    patterns = torch.stack([torch.ones(size, size, dtype=torch.bool), (i[:, None] // 2 % 2 == 0).expand(size, size),
-                            (i[None, :] // 2 % 2 == 0).expand(size, size), (i[:, None] // 2 + i[None, :] // 2) % 2 == 0])
+    rows, cols = (i[:, None] // 2 % 2 == 0).expand(size, size), (i[None, :] // 2 % 2 == 0).expand(size, size)
+    patterns = torch.stack([torch.ones_like(rows), rows, cols, rows == cols])  # solid, h-/v-stripes, checker
     shade = torch.where(patterns[texture], 1.0, _TEXTURE_DIM)[:, None]  # [N, 1, S, S]
     fg = (_FG[colour] + 0.06 * (2 * torch.rand(n, 3, generator=generator) - 1))[:, :, None, None]
     bg = (_BG[background] + 0.06 * (2 * torch.rand(n, 3, generator=generator) - 1))[:, :, None, None]

@@ -3,7 +3,12 @@
 The encoder maps (image, attribute text) to attribute-specific embedding tokens: a stack of Derf-normalised
 ``ViTBlock``s runs over ``[attribute words; image patches; learned queries]``, the query outputs go through a
 connector (Derf, then a two-layer MLP) to ``num_queries`` embedding tokens, and their mean is the attribute's
-vector (used by the contrastive loss and retrieval). Training pairs come from ``attribute_data`` (x and y share
+vector (used by the contrastive loss and retrieval). Patches: a 3x3 conv then a patch_size-stride conv (a
+linear patch embedding learned shape and size far more slowly), plus fixed 2-D sin-cos positions (learned
+0.02-scale ones left position unlearned in hundreds of steps). Text: the frozen word table of
+``attribute_data`` projected to the width; its mean is also added to every query (``text_queries``) and gates
+the query outputs' channels (``text_gate``), cheap paths for text-conditioned selection that attention alone
+learns slowly at this size. Training pairs come from ``attribute_data`` (x and y share
 the positive attribute, differ in each negative one).
 
 Losses (``AttributeModel.losses``), total = generative + contrastive_weight * contrastive:
@@ -45,7 +50,9 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_tensor
 from ..derf import Derf
-from ..reference.contrastive import attribute_pair_loss, retrieve  # LEAD: switch to `from .. import attribute_pair_loss, retrieve` at merge
+
+# LEAD: switch to `from .. import attribute_pair_loss, retrieve` at merge
+from ..reference.contrastive import attribute_pair_loss, retrieve
 from . import attribute_data as data
 from .transformer import ViTBlock
 
@@ -71,6 +78,7 @@ class AttributeEncoderConfig:
     seed: int = 0
     text_queries: bool = True  # add the projected mean of the attribute words to every query
     text_gate: bool = True  # gate the query outputs' channels by the attribute words
+    pos_scale: float = 1.0  # scale of the fixed sin-cos position embeddings
     alpha_init: float = 0.5  # Derf's initial alpha
 
 
@@ -98,7 +106,6 @@ class AttributeEncoder(nn.Module):
         if check_int("AttributeEncoder", "image_size", c.image_size, 1) % c.patch_size:
             raise ValueError(f"AttributeEncoder: image_size={c.image_size} is not a multiple of "
                              f"patch_size={c.patch_size}")
-        num_patches = (c.image_size // c.patch_size) ** 2
         self.register_buffer("words", data.word_vectors(c.text_dim), persistent=False)  # frozen
         self.text_proj = nn.Linear(c.text_dim, c.width)
         self.text_pos = nn.Parameter(0.02 * torch.randn(1, data.TEXT_LEN, c.width))
@@ -106,10 +113,12 @@ class AttributeEncoder(nn.Module):
         # learns shapes far more slowly at these sizes.
         self.patch_embed = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GELU(),
                                          nn.Conv2d(16, c.width, c.patch_size, stride=c.patch_size))
-        self.register_buffer("patch_pos", sincos_2d(c.image_size // c.patch_size, c.width), persistent=False)
+        self.register_buffer("patch_pos", c.pos_scale * sincos_2d(c.image_size // c.patch_size, c.width),
+                             persistent=False)
         self.queries = nn.Parameter(0.02 * torch.randn(1, c.num_queries, c.width))
         self.query_text = nn.Linear(c.text_dim, c.width) if c.text_queries else None
-        self.blocks = nn.ModuleList(ViTBlock(c.width, c.heads, alpha_init=c.alpha_init, backend=backend) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(ViTBlock(c.width, c.heads, alpha_init=c.alpha_init, backend=backend)
+                                    for _ in range(c.depth))
         self.norm = Derf(c.width, c.alpha_init, backend=backend)
         # Text-conditioned channel gate on the query outputs: the words pick which features reach the embedding
         # (multiplicatively), an easy path for attribute-specific selection that attention alone learns slowly.
