@@ -130,7 +130,7 @@ class AttributeEncoder(nn.Module):
         check_tensor("AttributeEncoder", "images", images, (None, 3, c.image_size, c.image_size), floating=True)
         check_tensor("AttributeEncoder", "text", text, (images.shape[0], None, data.TEXT_LEN), dtype=torch.int64)
         n, a = text.shape[:2]
-        patches = self.patch_embed(images).flatten(2).transpose(1, 2) + self.patch_pos  # [N, P, W]
+        patches = self.patch_embed(2 * images - 1).flatten(2).transpose(1, 2) + self.patch_pos  # [N, P, W]
         words = self.text_proj(self.words[text]) + self.text_pos  # [N, A, T, W]
         queries = self.queries[:, None].expand(n, a, -1, -1)
         if c.text_queries:
