@@ -28,7 +28,8 @@ def test_pairs_are_deterministic_and_annotated():
     words = a.text - 1
     factor, synonym = words // len(data.SYNONYMS[0]), words % len(data.SYNONYMS[0])
     used = a.text[:, 0] != data.PAD  # [B, TEXT_LEN]
-    pos_named = torch.zeros(a.shared.shape, dtype=torch.long).scatter_add_(1, factor[:, 0].clamp_min(0), used.long()) > 0
+    counts = torch.zeros(a.shared.shape, dtype=torch.long).scatter_add_(1, factor[:, 0].clamp_min(0), used.long())
+    pos_named = counts > 0
     assert torch.equal(pos_named, a.shared)
     assert torch.equal(factor[:, 1:, 0], a.neg_factors) and (a.text[:, 1:, 1] == data.PAD).all()
     assert (synonym[a.text != data.PAD] < data.NUM_TRAIN_SYNONYMS).all()

@@ -17,13 +17,17 @@ Losses (``AttributeModel.losses``), total = generative + contrastive_weight * co
   (pixels, mean squared error) from x's positive-attribute tokens plus a "prompt" for y, the one-hot values of
   y's factors outside the positive attribute (the paper's generator likewise gets a text prompt of the target);
   and x from y's tokens, symmetrically. The shared factors reach the decoder only through the other image's
-  embedding. Nothing in this term makes the embedding depend on the attribute text: an encoder that ignores
-  the text and encodes the whole image satisfies it as well.
+  embedding. Nothing in this term asks the negative-attribute embeddings to differ, and an encoder that ignores
+  the text and encodes the whole image satisfies it too (in practice the text gate still makes it partly
+  attribute-specific: Delta ~0.3 after 1500 generative-only steps).
 - contrastive: ``attribute_pair_loss`` over each pair's A x A block of cosine similarities (A = 1 + num_neg
   attributes, slot 0 the positive), logit_scale 10 (tau = 0.1) as in the paper. It pulls the two images'
   positive-attribute embeddings together and pushes the negative ones (which differ) apart, so the embedding
-  must follow the text. The paper weighs it 0.01 against its diffusion loss; our pixel MSE is ~0.01-0.05, so
-  the default weight here is 0.01 x (a pixel-loss to diffusion-loss scale of ~3): 0.03.
+  must follow the text. The paper weighs it 0.01 against its diffusion loss; against our pixel MSE (~0.02-0.05)
+  the default is 0.03. It must stay small: the block has an easy partial solution, embeddings that depend on the
+  text alone (different attributes orthogonal, the same attribute alike whatever the image: loss ~log 3), and
+  with weight 1 training sits there and image content is learned far more slowly than with the generative
+  term in charge.
 
 Evaluation:
 
@@ -37,8 +41,16 @@ Evaluation:
   the diagonal is the attribute itself, the off-diagonal entries are leakage of other factors (accuracies
   normalised so chance = 0, perfect = 1).
 
+Measured (CPU, 1500 steps of 16 pairs, ~2 min; held-out synonyms; seeds 0 / 1), contrastive weight 0.03 vs 0:
+Delta 0.32 / 0.37 vs 0.32 / 0.31; cross-attribute cosine 0.11 / 0.14 vs 0.49 / 0.45; colour retrieval mAP
+0.87 / 0.83 vs 0.62 / 0.65 (background ~1.0 in both; shape, size, position, texture near chance in both at
+this budget). So the contrastive term mainly makes the embeddings attribute-specific (cross-attribute
+separation, colour); the rise of Delta itself comes mostly from the generative term here.
+
 Ours, not the paper's: the procedural data and frozen toy word table (in place of an MLLM and its text encoder;
-the paper fine-tunes Qwen2.5-VL with LoRA), the MLP pixel decoder and its one-hot prompt, the tiny sizes.
+the paper fine-tunes Qwen2.5-VL with LoRA), the MLP pixel decoder and its one-hot prompt, the conv stem,
+the text query/gate paths, the tiny sizes. ``python -m pyops.models.attribute_encoder --steps N`` trains with
+and without the contrastive term and prints every metric.
 """
 
 from dataclasses import dataclass
@@ -304,3 +316,35 @@ def leakage_probe(encoder: AttributeEncoder, *, num_images: int = 1024, seed: in
     own = sum(acc[f][f] for f in range(data.NUM_FACTORS)) / data.NUM_FACTORS
     leak = sum(acc[f][g] for f in range(data.NUM_FACTORS) for g in range(data.NUM_FACTORS) if f != g)
     return {"accuracy": acc, "own": own, "leak": leak / (data.NUM_FACTORS * (data.NUM_FACTORS - 1))}
+
+
+def _main() -> None:
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="Train the attribute encoder with and without the contrastive "
+                                                 "term and print Delta, retrieval and probe metrics.")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-pairs", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", default="0.03,0", help="contrastive weights, comma-separated")
+    args = parser.parse_args()
+    held_out = data.sample_pairs(256, torch.Generator().manual_seed(99), held_out=True)
+    for w in (float(x) for x in args.weights.split(",")):
+        t = time.perf_counter()
+        cfg = AttributeEncoderConfig(steps=args.steps, batch_pairs=args.batch_pairs, seed=args.seed)
+        model, _ = train_attribute_model(cfg, contrastive_weight=w)
+        seconds = time.perf_counter() - t
+        enc = model.encoder
+        d, r, p = attribute_delta(enc, held_out), retrieval_metrics(enc), leakage_probe(enc)
+        print(f"contrastive_weight={w} ({seconds:.0f} s): " + " ".join(f"{k} {v:.3f}" for k, v in d.items()))
+        for f, name in enumerate(data.FACTOR_NAMES):
+            leak = [round(p["accuracy"][f][g], 2) for g in range(data.NUM_FACTORS) if g != f]
+            print(f"  {name:10s} P@10 {r['precision_at_k'][f]:.3f} mAP {r['map'][f]:.3f} probe own "
+                  f"{p['accuracy'][f][f]:.3f} leak {leak}")
+        print(f"  mean P@10 {r['mean_precision_at_k']:.3f} mAP {r['mean_map']:.3f} probe own {p['own']:.3f} "
+              f"leak {p['leak']:.3f}")
+
+
+if __name__ == "__main__":
+    _main()
