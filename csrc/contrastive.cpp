@@ -173,20 +173,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const Problem& p, const 
   const at::Tensor a = at::where(rn > 0, vr, at::zeros_like(vr)), a_inv = a / rn.clamp_min(1);
   at::Tensor b, b_inv;
   if (p.symmetric) b = at::where(cn > 0, vc, at::zeros_like(vc)), b_inv = b / cn.clamp_min(1);
-  at::Tensor v_q = at::zeros({p.n, p.d}, opts), v_k = at::zeros({p.m, p.d}, opts), v_ls = at::zeros({}, opts);
+  at::Tensor v_q = at::zeros({p.n, p.d}, opts), v_k = at::zeros({p.m, p.d}, opts);
+  at::Tensor v_ls = at::zeros({}, opts.dtype(at::kDouble));  // sum_ij G_ij q_i.k_j, in chunk order
   if (p.n > 0 && p.m > 0) {
     const int64_t c = chunk_rows(p.n, p.m, c10::elementSize(p.math));
-    at::Tensor buffer = at::empty({c, p.m}, opts);
+    at::Tensor buffer = at::empty({c, p.m}, opts), terms_buffer = at::empty({c}, opts.dtype(at::kDouble));
     for (int64_t r0 = 0; r0 < p.n; r0 += c) {
       const int64_t rows = std::min(c, p.n - r0);
-      at::Tensor g = buffer.narrow(0, 0, rows);
+      at::Tensor g = buffer.narrow(0, 0, rows), terms = terms_buffer.narrow(0, 0, rows);
       mm(p.q_mm.narrow(0, r0, rows), p.k_mm.t(), g, /*accumulate=*/false);
-      kern.grad(p, r0, g, rl, a, a_inv, cl, b, b_inv);
+      const bool have_terms = kern.grad(p, r0, g, rl, a, a_inv, cl, b, b_inv, terms);
       const at::Tensor g_mm = p.grad_dtype == p.math ? g : g.to(p.grad_dtype);
       const at::Tensor q_rows = p.q_bwd.narrow(0, r0, rows);
       at::Tensor gk = v_q.narrow(0, r0, rows);  // G k, scaled below
       mm(g_mm, p.k_bwd, gk, /*accumulate=*/false);
-      v_ls.add_((q_rows.to(p.math) * gk).sum());  // sum_ij G_ij q_i.k_j, in chunk order (a c x D temporary)
+      v_ls.add_(have_terms ? terms.sum() : (q_rows.to(at::kDouble) * gk.to(at::kDouble)).sum());
       mm(g_mm.t(), q_rows, v_k, /*accumulate=*/r0 > 0);
     }
     v_q.mul_(p.scale);

@@ -32,9 +32,9 @@ struct CpuKernels final : Kernels {
     });
   }
 
-  void grad(const Problem& p, int64_t r0, at::Tensor& dots, const at::Tensor& row_lse, const at::Tensor& a,
-            const at::Tensor& a_inv, const at::Tensor& col_lse, const at::Tensor& b,
-            const at::Tensor& b_inv) const override {
+  bool grad(const Problem& p, int64_t r0, at::Tensor& dots, const at::Tensor& row_lse, const at::Tensor& a,
+            const at::Tensor& a_inv, const at::Tensor& col_lse, const at::Tensor& b, const at::Tensor& b_inv,
+            at::Tensor& scale_terms) const override {
     AT_DISPATCH_FLOATING_TYPES(p.math, "contrastive_grad_cpu", [&] {
       const bool sym = p.symmetric;
       PYOPS_CPU_ISA_CALL(Chunk<scalar_t>::grad, dots.data_ptr<scalar_t>(), dots.size(0), p.m, p.scale.item<scalar_t>(),
@@ -42,9 +42,10 @@ struct CpuKernels final : Kernels {
                          p.row_hi.const_data_ptr<int64_t>() + r0, row_lse.const_data_ptr<scalar_t>() + r0,
                          a.const_data_ptr<scalar_t>() + r0, a_inv.const_data_ptr<scalar_t>() + r0,
                          sym ? col_lse.const_data_ptr<scalar_t>() : nullptr,
-                         sym ? b.const_data_ptr<scalar_t>() : nullptr,
-                         sym ? b_inv.const_data_ptr<scalar_t>() : nullptr);
+                         sym ? b.const_data_ptr<scalar_t>() : nullptr, sym ? b_inv.const_data_ptr<scalar_t>() : nullptr,
+                         scale_terms.data_ptr<double>());
     });
+    return true;
   }
 };
 

@@ -135,21 +135,34 @@ void Chunk<T>::cols(const T* dots, int64_t c, int64_t m, T scale, int64_t r0, co
 
 template <typename T>
 void Chunk<T>::grad(T* dots, int64_t c, int64_t m, T scale, const int64_t* kperm, const int64_t* lo, const int64_t* hi,
-                    const T* row_lse, const T* a, const T* a_inv, const T* col_lse, const T* b, const T* b_inv) {
+                    const T* row_lse, const T* a, const T* a_inv, const T* col_lse, const T* b, const T* b_inv,
+                    double* scale_terms) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   at::parallel_for(0, c, grain(m), [&](int64_t i0, int64_t i1) {
     const V vs(scale);
+    T lanes[L];
     for (int64_t i = i0; i < i1; ++i) {
       T* x = dots + i * m;
       const V va(a[i]), vlse(row_lse[i]);
+      // sum_j G_ij dots_ij: the positives' part first, while x still holds their dots.
+      double terms = 0;
+      for (int64_t t = lo[i]; t < hi[i]; ++t) {
+        const int64_t j = kperm[t];
+        terms -= double(a_inv[i] + (b_inv != nullptr ? b_inv[j] : T(0))) * double(x[j]);
+      }
+      V acc(T(0));
       for (int64_t j = 0; j < m; j += L) {
         const int64_t n = std::min(L, m - j);
-        const V s = load_n<V>(x + j, n) * vs;
+        const V d = load_n<V>(x + j, n), s = d * vs;  // the tail lanes load 0, so they add nothing to acc
         V gv = va * (s - vlse).exp();
         if (b != nullptr) gv = at::vec::fmadd(load_n<V>(b + j, n), (s - load_n<V>(col_lse + j, n)).exp(), gv);
+        acc = at::vec::fmadd(gv, d, acc);
         store_n(gv, x + j, n);
       }
+      acc.store(lanes);
+      for (int64_t l = 0; l < L; ++l) terms += double(lanes[l]);
+      scale_terms[i] = terms;
       for (int64_t t = lo[i]; t < hi[i]; ++t) {
         const int64_t j = kperm[t];
         x[j] -= a_inv[i] + (b_inv != nullptr ? b_inv[j] : T(0));

@@ -20,9 +20,11 @@ PYOPS_CPU_ISA_DECLARE(template <typename T> struct Chunk {
   // positive sum, count. Column j's positive rows are qperm[col_lo[j]:col_hi[j]], ascending.
   static void cols(const T* dots, int64_t c, int64_t m, T scale, int64_t r0, const int64_t* qperm,
                    const int64_t* col_lo, const int64_t* col_hi, T* cmax, T* csum, T* cpos, T* cnpos);
-  // dots -> G in place (pyops/contrastive.h); col_lse, b, b_inv are nullptr when not symmetric.
+  // dots -> G in place (pyops/contrastive.h); col_lse, b, b_inv are nullptr when not symmetric. scale_terms[i] =
+  // sum_j G_ij dots_ij (the row's share of the logit_scale gradient), accumulated in double.
   static void grad(T * dots, int64_t c, int64_t m, T scale, const int64_t* kperm, const int64_t* lo, const int64_t* hi,
-                   const T* row_lse, const T* a, const T* a_inv, const T* col_lse, const T* b, const T* b_inv);
+                   const T* row_lse, const T* a, const T* a_inv, const T* col_lse, const T* b, const T* b_inv,
+                   double* scale_terms);
 };)
 }  // namespace contrastive
 }  // namespace pyops

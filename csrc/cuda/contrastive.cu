@@ -149,9 +149,9 @@ struct CudaKernels final : Kernels {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  void grad(const Problem& p, int64_t r0, at::Tensor& dots, const at::Tensor& row_lse, const at::Tensor& a,
-            const at::Tensor& a_inv, const at::Tensor& col_lse, const at::Tensor& b,
-            const at::Tensor& b_inv) const override {
+  bool grad(const Problem& p, int64_t r0, at::Tensor& dots, const at::Tensor& row_lse, const at::Tensor& a,
+            const at::Tensor& a_inv, const at::Tensor& col_lse, const at::Tensor& b, const at::Tensor& b_inv,
+            at::Tensor& /*scale_terms*/) const override {  // one thread per element: the host sums q_i.(G k)_i
     const int64_t total = dots.numel();
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 16);
     const bool sym = p.symmetric;
@@ -161,6 +161,7 @@ struct CudaKernels final : Kernels {
         a_inv.data_ptr<float>() + r0, sym ? col_lse.data_ptr<float>() : nullptr, sym ? b.data_ptr<float>() : nullptr,
         sym ? b_inv.data_ptr<float>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return false;
   }
 };
 

@@ -71,10 +71,12 @@ struct Kernels {
   virtual void cols(const Problem& p, int64_t r0, const at::Tensor& dots, at::Tensor& cmax, at::Tensor& csum,
                     at::Tensor& cpos, at::Tensor& cnpos) const = 0;
   // Backward: dots -> G in place. a/a_inv: [N] row coefficients [rn > 0] v_row and a / max(rn, 1); b/b_inv the
-  // same per column, undefined when not symmetric.
-  virtual void grad(const Problem& p, int64_t r0, at::Tensor& dots, const at::Tensor& row_lse, const at::Tensor& a,
-                    const at::Tensor& a_inv, const at::Tensor& col_lse, const at::Tensor& b,
-                    const at::Tensor& b_inv) const = 0;
+  // same per column, undefined when not symmetric. A backend that can also fills scale_terms ([c] float64) with
+  // sum_j G_ij dots_ij per row and returns true: the logit_scale gradient from the logits it already holds,
+  // summed in double (a single scalar over N x M terms that largely cancel). Otherwise the host sums q_i.(G k)_i.
+  virtual bool grad(const Problem& p, int64_t r0, at::Tensor& dots, const at::Tensor& row_lse, const at::Tensor& a,
+                    const at::Tensor& a_inv, const at::Tensor& col_lse, const at::Tensor& b, const at::Tensor& b_inv,
+                    at::Tensor& scale_terms) const = 0;
 };
 
 // (row_loss, col_loss, row_lse, col_lse, row_npos, col_npos); col_* are empty when not symmetric.
