@@ -111,5 +111,10 @@ def test_retrieval_and_probe_run(trained):
     assert len(r["precision_at_k"]) == len(r["map"]) == data.NUM_FACTORS
     chance = sum(1 / n for n in data.NUM_VALUES) / data.NUM_FACTORS
     assert r["mean_map"] > chance  # better than a random ranking
+    assert r["map_depth"] == 128  # the whole bank: retrieve's limit is 128
+    big = retrieval_metrics(with_cl.encoder, num_queries=8, bank_size=512, k=10)  # the CLI's bank: mAP@128
+    assert big["map_depth"] == 128 and all(0 <= m <= 1 for m in big["map"])
+    with pytest.raises(ValueError, match="retrieval_metrics: k=200"):
+        retrieval_metrics(with_cl.encoder, num_queries=4, bank_size=512, k=200)
     p = leakage_probe(with_cl.encoder, num_images=256)
     assert len(p["accuracy"]) == data.NUM_FACTORS and -1 <= p["leak"] <= 1 and p["own"] > 0.1
