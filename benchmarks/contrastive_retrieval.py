@@ -10,10 +10,10 @@ pre-normalised bank. TFLOP/s counts 2*Q*B*D; the agreement column is recall@10 a
 the same (stored) values. GPU runs in bf16, CPU in fp32.
 """
 
-import importlib
 
 import torch
 import torch.nn.functional as F
+from bench_vq import _faiss
 
 import pyops
 
@@ -38,16 +38,6 @@ def torch_topk(queries, bank_n, k, rows):
         out_d.append(1 - s)
         out_i.append(i)
     return torch.cat(out_d), torch.cat(out_i)
-
-
-def _faiss(cuda: bool):
-    try:
-        faiss = importlib.import_module("faiss")
-    except ImportError:
-        return None, "faiss is not installed (pip install faiss-cpu)"
-    if cuda and not hasattr(faiss, "StandardGpuResources"):
-        return None, "faiss-gpu skipped: the installed faiss has no GPU support"
-    return faiss, None
 
 
 def providers(ctx, bank, bank_n):

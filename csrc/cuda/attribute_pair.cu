@@ -283,18 +283,6 @@ void check_cuda_problem(const Problem& p) {
                     " attribute slots (A), got ", p.A, "; use backend='triton'");
 }
 
-// Calls f(mask pointer) with the mask's element type: bool, the input's scalar_t, or no mask (a null bool*).
-template <typename scalar_t, typename F>
-void with_mask(const Problem& p, F&& f) {
-  if (!p.mask.defined()) {
-    f(static_cast<const bool*>(nullptr));
-  } else if (p.mask.scalar_type() == at::kBool) {
-    f(p.mask.const_data_ptr<bool>());
-  } else {
-    f(p.mask.const_data_ptr<scalar_t>());
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attribute_pair_fwd_cuda(
     const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& logit_scale, const std::optional<at::Tensor>& mask) {
   const Problem p = prepare(ex, ey, logit_scale, mask, c10::DeviceType::CUDA);

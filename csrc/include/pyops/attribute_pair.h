@@ -41,5 +41,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_
 // v_logit_scale from the per-pair partials [B] (math dtype), summed in a fixed order, in logit_scale's dtype.
 at::Tensor reduce_v_logit_scale(const at::Tensor& partials, const at::Tensor& logit_scale);
 
+// Calls f(mask pointer) with the mask's element type: bool, the input's scalar_t, or no mask (a null bool*).
+template <typename scalar_t, typename F>
+void with_mask(const Problem& p, F&& f) {
+  if (!p.mask.defined()) {
+    f(static_cast<const bool*>(nullptr));
+  } else if (p.mask.scalar_type() == at::kBool) {
+    f(p.mask.const_data_ptr<bool>());
+  } else {
+    f(p.mask.const_data_ptr<scalar_t>());
+  }
+}
+
 }  // namespace attribute_pair
 }  // namespace pyops
