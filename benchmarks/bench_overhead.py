@@ -44,6 +44,13 @@ def cases():
         "pyops.hexplane_features (N=4, F=4, 8x8)": (lambda: pyops.hexplane_features(pts, 0.3, planes, aabb),
                                                    [pts] + planes),
     }
+    q, k, s = _rnd(8, 32), _rnd(8, 32), torch.tensor(10.0)
+    ex, ey = _rnd(4, 3, 32), _rnd(4, 3, 32)
+    out.update({
+        "pyops.contrastive_loss (8x32)": (lambda: pyops.contrastive_loss(q, k, s), [q, k, s]),
+        "pyops.attribute_pair_loss (4x3x32)": (lambda: pyops.attribute_pair_loss(ex, ey, s), [ex, ey, s]),
+        "pyops.retrieve (4x64, 16 codes)": (lambda: pyops.retrieve(x, codes, 4)[0], []),
+    })
     for t in {id(t): t for _, leaves in out.values() for t in leaves}.values():
         t.requires_grad_()
     return out
