@@ -94,9 +94,10 @@ def _check_args(ex, ey, logit_scale, mask) -> None:
     if mask is not None:
         if ex.dim() != 4:
             raise ValueError(f"{OP}: mask is only for token inputs (B, A, L, D); ex has shape {tuple(ex.shape)}")
-        check_tensor(OP, "mask", mask, tuple(ex.shape[:3]), dtype=(torch.bool, ex.dtype))
-        if mask.device != ex.device:
-            raise ValueError(f"{OP}: mask is on {mask.device} but ex is on {ex.device}")
+        check_tensor(OP, "mask", mask, tuple(ex.shape[:3]), dtype=(torch.bool, ex.dtype), like=("ex", ex),
+                     same_dtype=False)
+    _backend.check_finite(OP, "ex", ex)
+    _backend.check_finite(OP, "ey", ey)
 
 
 def attribute_pair_loss(

@@ -224,6 +224,11 @@ def test_bad_input_names_the_argument(backend):
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="^attribute_pair_loss: logit_scale has non-finite values$"):
             loss(px, py, torch.tensor(bad))
+        for name in ("ex", "ey"):
+            args = {"ex": px.clone(), "ey": py.clone()}
+            args[name][1, 0, 2] = bad
+            with pytest.raises(ValueError, match=f"^attribute_pair_loss: {name} has non-finite values$"):
+                loss(args["ex"], args["ey"], s)
     with pytest.raises(ValueError, match="^attribute_pair_loss: ey is on meta but ex is on cpu$"):
         loss(px, py.to("meta"), s)
     with pytest.raises(ValueError, match="^attribute_pair_loss: logit_scale is on meta but ex is on cpu$"):

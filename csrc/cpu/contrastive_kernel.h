@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "contrastive_kernel_isa.h"
+#include "vec_util.h"
 
 namespace pyops {
 namespace contrastive {
@@ -20,14 +21,8 @@ namespace PYOPS_ISA_NAMESPACE {
 
 using at::vec::Vectorized;
 
-template <typename V, typename T>
-inline V load_n(const T* p, int64_t n) {
-  return n == V::size() ? V::loadu(p) : V::loadu(p, n);
-}
-template <typename V, typename T>
-inline void store_n(const V& v, T* p, int64_t n) {
-  n == V::size() ? v.store(p) : v.store(p, n);
-}
+using cpu_isa::PYOPS_ISA_NAMESPACE::load_n;
+using cpu_isa::PYOPS_ISA_NAMESPACE::store_n;
 
 // The first t in [lo, hi) with sorted[t] >= value (hi if none); std::lower_bound's job, written out because the ISA
 // copies must not instantiate library templates (isa.h).

@@ -8,6 +8,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include "derf_kernel_isa.h"
+#include "vec_util.h"
 #include "pyops/derf.h"
 #include "pyops/derf_math.h"
 
@@ -18,15 +19,8 @@ namespace PYOPS_ISA_NAMESPACE {
 using at::vec::Vectorized;
 using cpu_isa::PYOPS_ISA_NAMESPACE::Buffer;
 
-// Full-width loads/stores unless at a ragged tail: ATen's counted loadu/store go through a stack buffer.
-template <typename V, typename T>
-inline V load_n(const T* p, int64_t n) {
-  return n == V::size() ? V::loadu(p) : V::loadu(p, n);
-}
-template <typename V, typename T>
-inline void store_n(const V& v, T* p, int64_t n) {
-  n == V::size() ? v.store(p) : v.store(p, n);
-}
+using cpu_isa::PYOPS_ISA_NAMESPACE::load_n;
+using cpu_isa::PYOPS_ISA_NAMESPACE::store_n;
 
 // Loads/stores one storage vector of scalar_t as kVecs vectors of the math type (two float vectors for
 // fp16/bf16, one otherwise); n < kStep handles row tails (missing lanes read as zero, never written back).
