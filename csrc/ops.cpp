@@ -17,6 +17,17 @@ TORCH_LIBRARY(pyops, m) {
   // Segment sum for EMA codebooks: (sums [S, D], counts [S]) of the rows of values [N, D] grouped by
   // indices [N] (int64 in [0, S)); fp32 outputs (fp64 for fp64 values).
   m.def("vq_segment_sum(Tensor values, Tensor indices, int num_segments) -> (Tensor, Tensor)");
+  // Prepared index (pyops.VQIndex): the per-code data a search needs, built once per codebook.
+  //   stat [K] (fp32; fp64 for fp64 codebooks): ||c||^2 (l2), 1 / max(||c||, eps) (cosine), 0 (ip).
+  //   packed: empty (exact fp32/fp64 scores), uint8 [ceil(K/16), ceil(D/64)*16, 16, 4] (CPU int8 tiles, q + 128,
+  //   with code_scale [ceil(K/16)*16] fp32), or fp16/bf16 [K, D] (GPU 16-bit tiles; code_scale empty).
+  // vq_index_pack writes the CPU int8 tiles and scales of codebook rows `rows` (int64) in place.
+  m.def("vq_index_pack(Tensor codebook, Tensor rows, Tensor(a!) packed, Tensor(b!) code_scale) -> ()");
+  // vq_search against a prepared index: same results contract (exact re-rank against codebook); the
+  // score precision follows packed's dtype.
+  m.def(
+      "vq_index_search(Tensor x, Tensor codebook, Tensor packed, Tensor code_scale, Tensor stat, int k, "
+      "str metric) -> (Tensor, Tensor)");
 
   // Gaussian splatting, gsplat's conventions and stages (pyops/reference/gaussians.py is the spec; the shared
   // host checks are in csrc/gaussians.cpp, the shared math in csrc/include/pyops/gaussians_math.h). A bad argument
