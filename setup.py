@@ -31,6 +31,9 @@ ISA_FLAGS = {
     # The VQ int8 scores (vq_int8_avx512vnni.cpp), called only on CPUs with VNNI at the AVX-512 level.
     "avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-Wno-uninitialized",
                    "-Wno-maybe-uninitialized"],
+    # The VQ int8 tile kernel (vq_int8_amx.cpp), called only at the "amx" level.
+    "amx": ["-mamx-tile", "-mamx-int8", "-mavx512f", "-mavx512bw", "-mavx512vl", "-Wno-uninitialized",
+            "-Wno-maybe-uninitialized"],
 }
 # x86-64 with GCC or Clang (the Unix compilers setuptools drives): base + AVX2 + AVX-512; else base only.
 ISA_COPIES = platform.machine().lower() in ("x86_64", "amd64") and os.name == "posix"

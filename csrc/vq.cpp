@@ -49,6 +49,42 @@ SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, in
   return p;
 }
 
+SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebook, const at::Tensor& packed,
+                                   const at::Tensor& code_scale, const at::Tensor& stat, int64_t k,
+                                   std::string_view metric, c10::DeviceType device_type) {
+  const bool exact = packed.numel() == 0;
+  SearchProblem p = prepare_search(x, codebook, k, metric, exact, device_type);
+  const char* op = "vq_index_search";
+  const char* stale = " (a stale index? rebuild it or call update_ after changing the codebook)";
+  for (auto [t, name] : {std::pair{&stat, "stat"}, {&packed, "packed"}, {&code_scale, "code_scale"}})
+    TORCH_CHECK_VALUE(t->device() == x.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x.device());
+  TORCH_CHECK_TYPE(stat.scalar_type() == p.out_dtype(), op, ": stat must be ", p.out_dtype(), ", got ",
+                   stat.scalar_type());
+  TORCH_CHECK_VALUE(stat.dim() == 1 && stat.size(0) == p.num_codes, op, ": stat must have shape [", p.num_codes,
+                    "] (one per code), got ", stat.sizes(), stale);
+  if (!exact && device_type == c10::DeviceType::CPU) {
+    const int64_t groups = (p.num_codes + 15) / 16, dim4 = (p.dim + 63) / 64 * 16;
+    TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8 (int8 tiles) on CPU, got ",
+                     packed.scalar_type());
+    TORCH_CHECK_VALUE(packed.sizes() == at::IntArrayRef({groups, dim4, 16, 4}), op, ": packed must have shape [",
+                      groups, ", ", dim4, ", 16, 4] for K=", p.num_codes, ", D=", p.dim, ", got ", packed.sizes(),
+                      stale);
+    TORCH_CHECK_TYPE(code_scale.scalar_type() == at::kFloat, op, ": code_scale must be float32, got ",
+                     code_scale.scalar_type());
+    TORCH_CHECK_VALUE(code_scale.dim() == 1 && code_scale.size(0) == groups * 16, op,
+                      ": code_scale must have shape [", groups * 16, "], got ", code_scale.sizes(), stale);
+  } else if (!exact) {
+    TORCH_CHECK_TYPE(packed.scalar_type() == at::kHalf || packed.scalar_type() == at::kBFloat16, op,
+                     ": packed must be float16 or bfloat16 on GPU, got ", packed.scalar_type());
+    TORCH_CHECK_VALUE(packed.sizes() == codebook.sizes(), op, ": packed must have the codebook's shape ",
+                      codebook.sizes(), ", got ", packed.sizes(), stale);
+  }
+  p.stat = stat.contiguous();
+  p.packed = packed.contiguous();
+  p.code_scale = code_scale.contiguous();
+  return p;
+}
+
 std::tuple<at::Tensor, at::Tensor> empty_search_outputs(const SearchProblem& p) {
   return {at::empty({p.n, p.k}, p.x.options().dtype(p.out_dtype())),
           at::empty({p.n, p.k}, p.x.options().dtype(at::kLong))};

@@ -20,9 +20,10 @@ from .hexplane import HexPlaneField, hexplane_features
 from .quantizer import VectorQuantizer
 from .retrieve import retrieve
 from .vq import vq_search, vq_segment_sum
+from .vq_index import VQIndex
 
 __all__ = ["BACKENDS", "available_backends", "Derf", "convert_to_derf", "derf", "vq_search", "vq_segment_sum",
-           "VectorQuantizer", "hexplane_features", "HexPlaneField",
+           "VQIndex", "VectorQuantizer", "hexplane_features", "HexPlaneField",
            "intersect_tiles", "project_gaussians", "quat_scale_to_covar", "rasterize_gaussians",
            "rasterize_to_pixels", "spherical_harmonics", "isect_offsets", "tile_offsets",
            "anchor_blend_weight", "anchor_decode", "AnchorDecoder", "AnchorMLP", "DecodedGaussians",

@@ -8,7 +8,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-CPU_ISA_LEVELS = ("base", "avx2", "avx512")
+CPU_ISA_LEVELS = ("base", "avx2", "avx512", "amx")
 
 
 def pytest_configure(config):

@@ -10,11 +10,29 @@
 #include <string>
 #include <string_view>
 
+#if PYOPS_CPU_ISA_X86 && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace pyops {
 namespace cpu_isa {
 namespace {
 
-constexpr Level kLevels[] = {Level::kBase, Level::kAvx2, Level::kAvx512};
+constexpr Level kLevels[] = {Level::kBase, Level::kAvx2, Level::kAvx512, Level::kAmx};
+
+// Whether this CPU has AMX-INT8 tiles and the kernel lets this process use them: Linux keeps the 8 KiB tile
+// state off until the process asks (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)); without the grant
+// the first tile instruction faults. The permission covers every thread of the process.
+bool amx_usable() {
+#if PYOPS_CPU_ISA_X86 && defined(__linux__)
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8")) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 
 // The best level this build and CPU can run; the AVX-512 copy is also compiled with AVX2/FMA/F16C.
 Level best() {
@@ -23,7 +41,9 @@ Level best() {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return avx512 ? Level::kAvx512 : avx2 ? Level::kAvx2 : Level::kBase;
+    // The AMX level also runs the VNNI copy (vq_int8_avx512vnni.cpp) for the blocks too small for tiles.
+    const bool amx = avx512 && __builtin_cpu_supports("avx512vnni") && amx_usable();
+    return amx ? Level::kAmx : avx512 ? Level::kAvx512 : avx2 ? Level::kAvx2 : Level::kBase;
   }();
   return level;
 #else
@@ -48,7 +68,7 @@ Level parse(std::string_view text, const char* what) {
                       "; supported levels: ", supported_list());
     return l;
   }
-  TORCH_CHECK_VALUE(false, what, "='", text, "' is not a CPU ISA level; expected one of base, avx2, avx512");
+  TORCH_CHECK_VALUE(false, what, "='", text, "' is not a CPU ISA level; expected one of base, avx2, avx512, amx");
 }
 
 // -1 until the first active() call reads PYOPS_CPU_ISA.
@@ -58,6 +78,8 @@ std::atomic<int> g_active{-1};
 
 const char* name(Level level) {
   switch (level) {
+    case Level::kAmx:
+      return "amx";
     case Level::kAvx512:
       return "avx512";
     case Level::kAvx2:
@@ -98,7 +120,7 @@ std::string cpu_isa_op(std::optional<c10::string_view> level) {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(pyops, m) {
-  // The CPU instruction-set level of the Derf and VQ kernels ("base", "avx2", "avx512"); with `level`,
+  // The CPU instruction-set level of the native CPU kernels ("base", "avx2", "avx512", "amx"); with `level`,
   // switches to it (ValueError if this CPU or build cannot run it). For tests and benchmarks.
   m.def("cpu_isa(str? level=None) -> str", &cpu_isa_op);
 }

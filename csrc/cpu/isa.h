@@ -6,13 +6,18 @@
 // as ATen builds its own per-capability kernels. Each copy defines everything in pyops::<op>::<level>
 // (PYOPS_ISA_NAMESPACE) and ATen's Vectorized in its at::vec::<CPU_CAPABILITY> inline namespace, so no two
 // copies share a mangled name. Host code calls a copy through PYOPS_CPU_ISA_CALL, which follows
-// pyops::cpu_isa::active(): the best level this CPU has, or PYOPS_CPU_ISA=base|avx2|avx512.
+// pyops::cpu_isa::active(): the best level this CPU has, or PYOPS_CPU_ISA=base|avx2|avx512|amx. "amx" runs
+// the AVX-512 copies plus the AMX-INT8 tile kernels of the VQ search (vq_int8_amx.cpp); it needs a CPU with
+// AMX and a kernel that grants the tile state (Linux >= 5.16, arch_prctl(ARCH_REQ_XCOMP_PERM)).
 //
 // The build defines PYOPS_CPU_ISA_X86=1 when it compiles the AVX2/AVX-512 copies (x86-64 with GCC or
 // Clang); other builds have the base copy only.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <new>
+#include <type_traits>
 
 #ifndef PYOPS_CPU_ISA_X86
 #define PYOPS_CPU_ISA_X86 0
@@ -37,9 +42,9 @@
 namespace pyops {
 namespace cpu_isa {
 
-enum class Level : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Level : int { kBase = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
-// "base", "avx2" or "avx512".
+// "base", "avx2", "avx512" or "amx".
 const char* name(Level level);
 // Whether this build carries the level's copy and this CPU can run it (decided once).
 bool supported(Level level);
@@ -58,12 +63,21 @@ void set_active(Level level);
 // to check this.
 namespace PYOPS_ISA_NAMESPACE {
 
-// A heap array of n Ts (value-initialised).
+// A heap array of n Ts, zeroed, 64-byte aligned: a cache line, and a whole AVX-512 vector / AMX tile row,
+// so no tile row or vector load of a buffer straddles two lines (misaligned int8 rows halved the AMX rate).
 template <typename T>
 class Buffer {
+  static_assert(std::is_trivially_copyable_v<T>, "Buffer zeroes raw memory");
+  static constexpr std::align_val_t kAlign{64};
+
  public:
-  explicit Buffer(int64_t n) : data_(n > 0 ? new T[n]() : nullptr) {}
-  ~Buffer() { delete[] data_; }
+  explicit Buffer(int64_t n)
+      : data_(n > 0 ? static_cast<T*>(::operator new[](n * sizeof(T), kAlign)) : nullptr) {
+    if (n > 0) std::memset(static_cast<void*>(data_), 0, n * sizeof(T));
+  }
+  ~Buffer() {
+    if (data_) ::operator delete[](data_, kAlign);
+  }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   T* data() const { return data_; }
@@ -100,6 +114,7 @@ class Buffer {
 #define PYOPS_CPU_ISA_CALL(fn, ...)          \
   do {                                       \
     switch (::pyops::cpu_isa::active()) {    \
+      case ::pyops::cpu_isa::Level::kAmx:    \
       case ::pyops::cpu_isa::Level::kAvx512: \
         avx512::fn(__VA_ARGS__);             \
         break;                               \

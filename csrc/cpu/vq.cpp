@@ -1,6 +1,7 @@
 // CPU backend of pyops::vq_search / vq_segment_sum: host entry points and registration; the
 // kernels run in the ISA copy that pyops::cpu_isa::active() names (isa.h).
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -13,21 +14,36 @@ namespace pyops {
 namespace vq {
 
 namespace int8 {
-// Baseline code: the VNNI copy (vq_int8_avx512vnni.cpp) runs only at the AVX-512 level (so PYOPS_CPU_ISA=base
-// or avx2 turns it off too) on a CPU with VNNI.
+// Baseline code: the VNNI copy (vq_int8_avx512vnni.cpp) runs only at the AVX-512 or AMX level (so
+// PYOPS_CPU_ISA=base or avx2 turns it off too) on a CPU with VNNI; the AMX copy only at the AMX level
+// (which implies VNNI, see isa.cpp).
 bool supported() {
 #if PYOPS_CPU_ISA_X86
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  return vnni && cpu_isa::active() == cpu_isa::Level::kAvx512;
+  return vnni && cpu_isa::active() >= cpu_isa::Level::kAvx512;
 #else
   return false;
 #endif
 }
-#if !PYOPS_CPU_ISA_X86  // the VNNI copy is not built: never called, since supported() is false
+bool use_amx() { return cpu_isa::active() == cpu_isa::Level::kAmx; }
+
+void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
+          const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld) {
+  // Fewer than 16 rows leave most of an A tile empty: below that VNNI is as fast (llama.cpp found the same
+  // for batch-1 GEMV).
+  if (use_amx() && rows >= 16)
+    dots_amx(q, scale, bias, rows, packed, code_scale, cols, dim, out, ld);
+  else
+    dots_vnni(q, scale, bias, rows, packed, code_scale, cols, dim, out, ld);
+}
+#if !PYOPS_CPU_ISA_X86  // the int8 copies are not built: never called, since supported() is false
+float pack_code(const float*, int64_t, uint8_t*, int64_t) { return 0.f; }
 void pack_codes(const float*, int64_t, int64_t, uint8_t*, float*) {}
 void quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int32_t*) {}
-void dots(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t, float*,
-          int64_t) {}
+void dots_vnni(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
+               float*, int64_t) {}
+void dots_amx(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
+              float*, int64_t) {}
 #endif
 }  // namespace int8
 
@@ -45,6 +61,73 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cpu(const at::Tensor& x,         //
   }
   return {dist, idx};
 }
+
+std::tuple<at::Tensor, at::Tensor> vq_index_search_cpu(const at::Tensor& x, const at::Tensor& codebook,
+                                                       const at::Tensor& packed, const at::Tensor& code_scale,
+                                                       const at::Tensor& stat, int64_t k, c10::string_view metric) {
+  const SearchProblem p = prepare_index_search(x, codebook, packed, code_scale, stat, k,
+                                               std::string_view(metric.data(), metric.size()), c10::DeviceType::CPU);
+  auto [dist, idx] = empty_search_outputs(p);  // [N, k], [N, k]
+  if (p.n != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "vq_index_search_cpu",
+                                    [&] { PYOPS_CPU_ISA_CALL(search<scalar_t>, p, dist, idx); });
+  }
+  return {dist, idx};
+}
+
+// Writes the int8 tiles and scales of codebook rows `rows` into packed / code_scale (vq_int8.h's layout).
+void vq_index_pack_cpu(const at::Tensor& codebook, const at::Tensor& rows, const at::Tensor& packed,
+                       const at::Tensor& code_scale) {
+  const char* op = "vq_index_pack";
+  TORCH_CHECK(int8::supported(), op, ": int8 tiles need a CPU with AVX512-VNNI at the avx512 or amx ISA level (",
+              "active level: ", cpu_isa::name(cpu_isa::active()), "); use precision='fp32'");
+  TORCH_CHECK_TYPE(codebook.scalar_type() == at::kFloat || codebook.scalar_type() == at::kHalf ||
+                       codebook.scalar_type() == at::kBFloat16,
+                   op, ": codebook must be float32, float16 or bfloat16 for int8 tiles, got ", codebook.scalar_type());
+  for (auto [t, name] : {std::pair{&codebook, "codebook"}, {&rows, "rows"}, {&packed, "packed"},
+                         {&code_scale, "code_scale"}})
+    TORCH_CHECK_VALUE(t->device().is_cpu(), op, ": ", name, " is on ", t->device(), ", expected a CPU tensor");
+  TORCH_CHECK_VALUE(codebook.dim() == 2, op, ": codebook must be 2-D, got shape ", codebook.sizes());
+  const int64_t num_codes = codebook.size(0), dim = codebook.size(1);
+  TORCH_CHECK_VALUE(dim <= int8::kMaxDim, op, ": codebook dimension ", dim, " is above the int8 limit ",
+                    int8::kMaxDim);
+  const int64_t groups = (num_codes + int8::kGroup - 1) / int8::kGroup, dp = int8::padded_dim(dim);
+  TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, op, ": rows must be int64, got ", rows.scalar_type());
+  TORCH_CHECK_VALUE(rows.dim() == 1, op, ": rows must be 1-D, got shape ", rows.sizes());
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8, got ", packed.scalar_type());
+  TORCH_CHECK_VALUE(packed.sizes() == at::IntArrayRef({groups, dp / 4, int8::kGroup, 4}) && packed.is_contiguous(),
+                    op, ": packed must be a contiguous [", groups, ", ", dp / 4, ", 16, 4] tensor, got ",
+                    packed.sizes());
+  TORCH_CHECK_TYPE(code_scale.scalar_type() == at::kFloat, op, ": code_scale must be float32, got ",
+                   code_scale.scalar_type());
+  TORCH_CHECK_VALUE(code_scale.sizes() == at::IntArrayRef({groups * int8::kGroup}) && code_scale.is_contiguous(), op,
+                    ": code_scale must be a contiguous [", groups * int8::kGroup, "] tensor, got ",
+                    code_scale.sizes());
+  const at::Tensor idx = rows.contiguous();
+  const int64_t* r = idx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < idx.numel(); ++i)
+    TORCH_CHECK_VALUE(r[i] >= 0 && r[i] < num_codes, op, ": rows has value ", r[i], " at position ", i,
+                      ", outside [0, K=", num_codes, ")");
+  const at::Tensor codes = codebook.contiguous();
+  uint8_t* out = packed.data_ptr<uint8_t>();
+  float* scale = code_scale.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, codes.scalar_type(), "vq_index_pack_cpu", [&] {
+    const scalar_t* cb = codes.data_ptr<scalar_t>();
+    // Distinct codes own distinct 4-byte words of a group; a repeated row writes the same bytes twice.
+    at::parallel_for(0, idx.numel(), 64, [&](int64_t i0, int64_t i1) {
+      std::vector<float> row(dim);
+      for (int64_t i = i0; i < i1; ++i) {
+        const scalar_t* c = cb + r[i] * dim;
+        for (int64_t d = 0; d < dim; ++d) row[d] = static_cast<float>(c[d]);
+        scale[r[i]] = int8::pack_code(row.data(), dim, out + (r[i] / int8::kGroup) * dp * int8::kGroup,
+                                      r[i] % int8::kGroup);
+      }
+    });
+  });
+}
+
+// pyops::vq_int8_supported(): whether the CPU search has int8 kernels at the active ISA level.
+bool vq_int8_supported() { return int8::supported(); }
 
 std::tuple<at::Tensor, at::Tensor> vq_segment_sum_cpu(const at::Tensor& values,   // [N, D]
                                                       const at::Tensor& indices,  // [N] int64
@@ -83,8 +166,12 @@ void gemm_nt(const double* x, const double* codes, int64_t rows, int64_t cols, i
   gemm_nt_impl(x, codes, rows, cols, dim, out);
 }
 
+TORCH_LIBRARY_FRAGMENT(pyops, m) { m.def("vq_int8_supported() -> bool", &vq_int8_supported); }
+
 TORCH_LIBRARY_IMPL(pyops, CPU, m) {
   m.impl("vq_search", &vq_search_cpu);
+  m.impl("vq_index_search", &vq_index_search_cpu);
+  m.impl("vq_index_pack", &vq_index_pack_cpu);
   m.impl("vq_segment_sum", &vq_segment_sum_cpu);
 }
 

@@ -1,7 +1,12 @@
 // Int8 search scores for the CPU VQ search (exact=False): row-wise symmetric int8 quantization of rows and
-// codes, and AVX512-VNNI dot products (vpdpbusd: 64 multiply-adds per instruction, 1.6x the fp32 FMA rate
-// on the Xeons we measured, where bf16's vdpbf16ps runs at half the fp32 rate). The scores only pick the
-// k + 8 candidates; the caller re-ranks them in fp32, so returned distances stay exact.
+// codes, and int8 dot products: AMX tiles (tdpbsud: 16x16x64 multiply-adds per instruction, measured 7.6x
+// the VNNI rate on a Sapphire Rapids-class Xeon) at the "amx" ISA level, else AVX512-VNNI (vpdpbusd: 64
+// multiply-adds per instruction, 1.6x the fp32 FMA rate; bf16's vdpbf16ps runs at half the fp32 rate there).
+// The scores only pick the k + 8 candidates; the caller re-ranks them in fp32, so returned distances stay exact.
+//
+// The packed code layout is both kernels' operand as is: a group of 16 codes is [dim4][16 codes][4 dims], so
+// 16 consecutive dim4 rows (64 dims) of a group are one 1 KiB AMX B tile in VNNI order, and one dim4 row is
+// one 64-byte vpdpbusd operand.
 //
 // A value v of a row with scale s = max|v| / 127 becomes q = round(v / s), so |v - s q| <= s / 2 and
 // |x.c - sx sc qx.qc| <= (sc |x|_1 + sx |c|_1) / 2 + D sx sc / 4 <= |x| |c| (sqrt(D) / 127 + D / 64516).
@@ -14,25 +19,36 @@ namespace vq {
 namespace int8 {
 
 constexpr int64_t kGroup = 16;      // codes per packed group: one 64-byte vector holds 16 codes x 4 dims
-constexpr int64_t kRows = 8;        // rows per micro-tile (quantized row buffers are padded to it)
+constexpr int64_t kRows = 32;       // quantized row buffers are padded to it: two 16-row AMX A tiles
 constexpr int64_t kMaxDim = 65536;  // |sum of D products| <= D * 127 * 255 stays below 2^31
 
-// Whether this CPU (and build) can run the kernels below.
+// Whether this CPU (and build) can run the kernels below (VNNI at the "avx512" or "amx" level), and whether
+// dots() uses AMX tiles ("amx" level).
 bool supported();
-inline int64_t padded_dim(int64_t dim) { return (dim + 3) / 4 * 4; }
+bool use_amx();
+// Dims padded to whole 64-byte tile rows (zeros, which add nothing to a dot product).
+inline int64_t padded_dim(int64_t dim) { return (dim + 63) / 64 * 64; }
 
-// Codes [cols, dim] fp32 -> packed [ceil(cols / 16), padded_dim / 4, 16, 4] bytes (q + 128) and scales
-// [ceil(cols / 16) * 16]; padding codes and dims quantize to 0.
+// Code `code` [dim] fp32 -> its slot (0..15) of a packed group [padded_dim / 4, 16, 4] bytes (q + 128);
+// returns the code's scale. Padding dims quantize to 0.
+float pack_code(const float* code, int64_t dim, uint8_t* group, int64_t slot);
+// Codes [cols, dim] fp32 -> packed [ceil(cols / 16), padded_dim / 4, 16, 4] and scales [ceil(cols / 16) * 16];
+// padding codes quantize to 0 with scale 0.
 void pack_codes(const float* codes, int64_t cols, int64_t dim, uint8_t* packed, float* scale);
 
-// Rows [rows, dim] fp32 -> q [round_up(rows, 8), padded_dim] int8, scale and bias (128 * sum q, the
+// Rows [rows, dim] fp32 -> q [round_up(rows, kRows), padded_dim] int8, scale and bias (128 * sum q, the
 // unsigned-offset correction) per row; padding rows are zero.
 void quantize_rows(const float* x, int64_t rows, int64_t dim, int8_t* q, float* scale, int32_t* bias);
 
 // out[r, j] ~ x_r . c_j for the rows quantized by quantize_rows and the codes packed by pack_codes
-// (`packed` and `code_scale` point at the first code's group); out has row stride ld.
+// (`packed` and `code_scale` point at the first code's group); out has row stride ld. dots() picks
+// dots_amx when use_amx(), else dots_vnni; both give the same values (exact int32 sums, the same scaling).
 void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
           const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld);
+void dots_vnni(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
+               const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld);
+void dots_amx(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
+              const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld);
 
 }  // namespace int8
 }  // namespace vq

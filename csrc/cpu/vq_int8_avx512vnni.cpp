@@ -38,25 +38,27 @@ float quantize_row(const float* v, int64_t dim, int8_t* q) {
   return m / 127.f;
 }
 
-// One micro-tile: kRows rows x (16 * H) codes, accumulated over every dim in int32, then scaled to floats.
+constexpr int64_t kTileRows = 8;  // rows per micro-tile: 8 x 2 accumulators + 2 code vectors in registers
+
+// One micro-tile: kTileRows rows x (16 * H) codes, accumulated over every dim in int32, then scaled to floats.
 template <int H>
 void micro_tile(const int8_t* q, int64_t ldq, const float* scale, const int32_t* bias, int64_t rows,
                 const uint8_t* panel, int64_t group_stride, const float* code_scale, int64_t cols, int64_t dim4,
                 float* out, int64_t ld) {
-  __m512i acc[kRows][H];
-  for (int r = 0; r < kRows; ++r)
+  __m512i acc[kTileRows][H];
+  for (int r = 0; r < kTileRows; ++r)
     for (int h = 0; h < H; ++h) acc[r][h] = _mm512_setzero_si512();
   for (int64_t t = 0; t < dim4; ++t) {
     __m512i c[H];
     for (int h = 0; h < H; ++h) c[h] = _mm512_loadu_si512(panel + h * group_stride + t * 64);
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < kTileRows; ++r) {
       int32_t four;  // dims 4t..4t+3 of row r, broadcast to every lane
       std::memcpy(&four, q + r * ldq + 4 * t, 4);
       const __m512i xb = _mm512_set1_epi32(four);
       for (int h = 0; h < H; ++h) acc[r][h] = _mm512_dpbusd_epi32(acc[r][h], c[h], xb);
     }
   }
-  for (int64_t r = 0; r < (rows < kRows ? rows : kRows); ++r) {
+  for (int64_t r = 0; r < (rows < kTileRows ? rows : kTileRows); ++r) {
     const __m512 sx = _mm512_set1_ps(scale[r]);
     const __m512i b = _mm512_set1_epi32(bias[r]);
     for (int h = 0; h < H; ++h) {
@@ -72,25 +74,32 @@ void micro_tile(const int8_t* q, int64_t ldq, const float* scale, const int32_t*
 
 }  // namespace
 
-void pack_codes(const float* codes, int64_t cols, int64_t dim, uint8_t* packed, float* scale) {
-  const int64_t dp = padded_dim(dim), dim4 = dp / 4, groups = (cols + kGroup - 1) / kGroup;
+float pack_code(const float* code, int64_t dim, uint8_t* group, int64_t slot) {
+  const int64_t dp = padded_dim(dim);
   int8_t* row = new int8_t[dp]();  // not std::vector: see the top of the file
-  for (int64_t j = 0; j < groups * kGroup; ++j) {
-    if (j < cols) {
-      scale[j] = quantize_row(codes + j * dim, dim, row);
-    } else {
-      scale[j] = 0.f;
-      std::memset(row, 0, dp);
-    }
-    // Group layout [dim4][16 codes][4 dims]; xor 0x80 per byte = q + 128 (vpdpbusd's unsigned operand).
-    uint32_t* dst = reinterpret_cast<uint32_t*>(packed + (j / kGroup) * dim4 * 64) + j % kGroup;
-    for (int64_t t = 0; t < dim4; ++t) {
-      uint32_t four;
-      std::memcpy(&four, row + 4 * t, 4);
-      dst[t * kGroup] = four ^ 0x80808080u;
-    }
+  const float scale = quantize_row(code, dim, row);
+  // Group layout [dim4][16 codes][4 dims]; xor 0x80 per byte = q + 128 (the unsigned operand).
+  uint32_t* dst = reinterpret_cast<uint32_t*>(group) + slot;
+  for (int64_t t = 0; t < dp / 4; ++t) {
+    uint32_t four;
+    std::memcpy(&four, row + 4 * t, 4);
+    dst[t * kGroup] = four ^ 0x80808080u;
   }
   delete[] row;
+  return scale;
+}
+
+void pack_codes(const float* codes, int64_t cols, int64_t dim, uint8_t* packed, float* scale) {
+  const int64_t group_bytes = padded_dim(dim) * kGroup, groups = (cols + kGroup - 1) / kGroup;
+  for (int64_t j = 0; j < groups * kGroup; ++j) {
+    uint8_t* group = packed + (j / kGroup) * group_bytes;
+    if (j < cols) {
+      scale[j] = pack_code(codes + j * dim, dim, group, j % kGroup);
+    } else {  // a padding code: q = 0
+      scale[j] = 0.f;
+      for (int64_t t = 0; t < group_bytes / 64; ++t) std::memset(group + t * 64 + (j % kGroup) * 4, 0x80, 4);
+    }
+  }
 }
 
 void quantize_rows(const float* x, int64_t rows, int64_t dim, int8_t* q, float* scale, int32_t* bias) {
@@ -109,16 +118,16 @@ void quantize_rows(const float* x, int64_t rows, int64_t dim, int8_t* q, float* 
   }
 }
 
-void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
-          const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld) {
+void dots_vnni(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
+               const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld) {
   const int64_t dp = padded_dim(dim), dim4 = dp / 4, group_stride = dim4 * 64;
   // Two groups (32 codes) per panel: 16 accumulators + 2 code vectors stay in registers, and each 64-byte
   // code load feeds 8 vpdpbusd. The panel streams from L2; the 8 rows (8 * D bytes) sit in L1.
   for (int64_t j0 = 0; j0 < cols; j0 += 2 * kGroup) {
     const uint8_t* panel = packed + (j0 / kGroup) * group_stride;
     const int64_t n = (cols - j0 < 2 * kGroup ? cols - j0 : 2 * kGroup);
-    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-      const int64_t m = (rows - r0 < kRows ? rows - r0 : kRows);
+    for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+      const int64_t m = (rows - r0 < kTileRows ? rows - r0 : kTileRows);
       if (n > kGroup)
         micro_tile<2>(q + r0 * dp, dp, scale + r0, bias + r0, m, panel, group_stride, code_scale + j0, n, dim4,
                       out + r0 * ld + j0, ld);

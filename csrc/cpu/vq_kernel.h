@@ -8,7 +8,8 @@
 // exact re-rank then merges them and recomputes distances from the inputs.
 //
 // Scores: exact=True (and fp64) uses the BLAS in fp32 (fp64); exact=False uses int8 dot products where the
-// CPU has AVX512-VNNI (vq_int8.h), else fp32 too. Not bf16: on the AVX-512 Xeons we measured, vdpbf16ps
+// CPU has AVX512-VNNI or AMX (vq_int8.h), else fp32 too. A prepared index (pyops.VQIndex: p.stat defined)
+// brings the per-code terms and, for int8, the whole packed codebook, so the call packs nothing. Not bf16: on the AVX-512 Xeons we measured, vdpbf16ps
 // gives half the fp32 FMA rate and ATen's bf16 matmul (oneDNN) 0.65x its fp32 rate.
 #pragma once
 
@@ -71,13 +72,13 @@ const M* as_math(const scalar_t* src, M* buf, int64_t n) {
 }
 
 // Search score from a dot product x.c of code j (see vq_math.h); `stat` is ||c||^2 (l2) or
-// -1 / max(||c||, eps) (cosine), unused for ip.
+// 1 / max(||c||, eps) (cosine), unused for ip (the index's stat, see csrc/ops.cpp).
 template <Metric kMetric, typename V>
 inline V score_of(const V& dot, const V& stat) {
   if constexpr (kMetric == Metric::kL2)
     return stat - V(2) * dot;
   else if constexpr (kMetric == Metric::kCosine)
-    return dot * stat;
+    return V(0) - dot * stat;
   else
     return V(0) - dot;
 }
@@ -154,16 +155,17 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
   const scalar_t* x = p.x.data_ptr<scalar_t>();
   const scalar_t* cb = p.codebook.data_ptr<scalar_t>();
 
-  // Per-code term of the score, once per call (O(K) memory).
-  Buffer<M> stat_buf(num_codes);  // [K]
-  M* stat = stat_buf.data();
-  if (p.metric != Metric::kIp) {
+  // Per-code term of the score: the index's, or once per call (O(K) memory).
+  const bool prepared = p.stat.defined();
+  Buffer<M> stat_buf(prepared ? 0 : num_codes);  // [K]
+  const M* stat = prepared ? p.stat.data_ptr<M>() : stat_buf.data();
+  if (!prepared && p.metric != Metric::kIp) {
     at::parallel_for(0, num_codes, 256, [&](int64_t c0, int64_t c1) {
       Buffer<M> row(dim);
       for (int64_t c = c0; c < c1; ++c) {
         const M* cr = as_math(cb + c * dim, row.data(), dim);
         const M cc = row_stats<M>(cr, cr, dim).cc;
-        stat[c] = p.metric == Metric::kL2 ? cc : -M(1) / std::max(std::sqrt(cc), M(kNormEps));
+        stat_buf[c] = p.metric == Metric::kL2 ? cc : M(1) / std::max(std::sqrt(cc), M(kNormEps));
       }
     });
   }
@@ -184,24 +186,32 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
   std::fill(cand_i, cand_i + splits * n * kc, kNoCode);
 
   // exact=False with fp32 math: int8 scores (vq_int8.h) when the CPU has VNNI. The codebook is packed a
-  // chunk at a time (at most kInt8Workspace bytes), once per chunk for all row blocks.
-  const bool use_int8 = std::is_same_v<M, float> && !p.exact && dim <= int8::kMaxDim && int8::supported();
+  // chunk at a time (at most kInt8Workspace bytes), once per chunk for all row blocks, unless the index
+  // holds it packed (one chunk). An int8 index searched at a level without the int8 kernels (PYOPS_CPU_ISA)
+  // falls back to fp32 scores.
+  const bool index_int8 = prepared && p.packed.numel() > 0;
+  const bool use_int8 = std::is_same_v<M, float> && !p.exact && dim <= int8::kMaxDim && int8::supported() &&
+                        (index_int8 || !prepared);
   const int64_t dp = int8::padded_dim(dim);
-  const int64_t chunk =
-      use_int8 ? std::clamp<int64_t>(kInt8Workspace / dp / kCodeTile, 1, tiles) * kCodeTile : tiles * kCodeTile;
-  Buffer<uint8_t> packed(use_int8 ? std::min(chunk, tiles * kCodeTile) * dp : 0);  // [chunk/16, dp/4, 16, 4]
-  Buffer<float> code_scale(use_int8 ? std::min(chunk, tiles * kCodeTile) : 0);     // [chunk]
+  const int64_t chunk = use_int8 && !index_int8
+                            ? std::clamp<int64_t>(kInt8Workspace / dp / kCodeTile, 1, tiles) * kCodeTile
+                            : tiles * kCodeTile;
+  const bool pack_here = use_int8 && !index_int8;
+  Buffer<uint8_t> pack_buf(pack_here ? std::min(chunk, tiles * kCodeTile) * dp : 0);  // [chunk/16, dp/4, 16, 4]
+  Buffer<float> scale_buf(pack_here ? std::min(chunk, tiles * kCodeTile) : 0);        // [chunk]
+  const uint8_t* packed = index_int8 ? p.packed.data_ptr<uint8_t>() : pack_buf.data();
+  const float* code_scale = index_int8 ? p.code_scale.data_ptr<float>() : scale_buf.data();
 
   for (int64_t chunk0 = 0; chunk0 < num_codes; chunk0 += chunk) {
     const int64_t chunk_end = std::min(num_codes, chunk0 + chunk);
-    if (use_int8) {
+    if (pack_here) {
       const int64_t groups = (chunk_end - chunk0 + int8::kGroup - 1) / int8::kGroup;
       at::parallel_for(0, groups, 16, [&](int64_t g0, int64_t g1) {
         const int64_t c0 = chunk0 + g0 * int8::kGroup, cols = std::min(chunk_end, chunk0 + g1 * int8::kGroup) - c0;
         if constexpr (std::is_same_v<M, float>) {
           Buffer<float> buf(std::is_same_v<scalar_t, float> ? 0 : cols * dim);
           int8::pack_codes(as_math(cb + c0 * dim, buf.data(), cols * dim), cols, dim,
-                           packed.data() + g0 * int8::kGroup * dp, code_scale.data() + g0 * int8::kGroup);
+                           pack_buf.data() + g0 * int8::kGroup * dp, scale_buf.data() + g0 * int8::kGroup);
         }
       });
     }
@@ -231,8 +241,8 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
           const int64_t cols = std::min(kCodeTile, code_end - c0);
           if constexpr (std::is_same_v<M, float>) {
             if (use_int8)
-              int8::dots(qx.data(), qx_scale.data(), qx_bias.data(), rows, packed.data() + (c0 - chunk0) * dp,
-                         code_scale.data() + (c0 - chunk0), cols, dim, dots, cols);
+              int8::dots(qx.data(), qx_scale.data(), qx_bias.data(), rows, packed + (c0 - chunk0) * dp,
+                         code_scale + (c0 - chunk0), cols, dim, dots, cols);
           }
           if (!use_int8) {
             gemm_nt(xr, as_math(cb + c0 * dim, c_buf.data(), cols * dim), rows, cols, dim, dots);

@@ -20,6 +20,9 @@ struct SearchProblem {
   int64_t candidates = 0;  // num_candidates(k, num_codes)
   Metric metric = Metric::kL2;
   bool exact = false;
+  // A prepared index (vq_index_search), else undefined: stat [K] out_dtype; packed (uint8 int8 tiles on CPU,
+  // 16-bit [K, D] on GPU, or empty for exact scores) and code_scale (CPU int8 only), contiguous.
+  at::Tensor stat, packed, code_scale;
   at::ScalarType out_dtype() const { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 };
 
@@ -29,6 +32,14 @@ Metric parse_metric(std::string_view metric);
 // 1 <= k <= min(K, kMaxK) and the metric.
 SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k, std::string_view metric,
                              bool exact, c10::DeviceType device_type);
+
+// prepare_search for a prepared index (see csrc/ops.cpp), plus its checks: stat [K] of the output dtype,
+// packed either empty (exact scores) or, on CPU, uint8 [ceil(K/16), padded D/4, 16, 4] with code_scale
+// [ceil(K/16)*16] fp32 (vq_int8.h's layout), or, on CUDA, fp16/bf16 [K, D]. A shape that does not match the
+// codebook names the argument and says the index is stale.
+SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebook, const at::Tensor& packed,
+                                   const at::Tensor& code_scale, const at::Tensor& stat, int64_t k,
+                                   std::string_view metric, c10::DeviceType device_type);
 
 // Empty outputs (distances out_dtype, indices int64) of shape [N, k].
 std::tuple<at::Tensor, at::Tensor> empty_search_outputs(const SearchProblem& p);
