@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_int, check_tensor
 from .vq import METRICS, vq_search, vq_segment_sum
+from .vq_index import VQIndex
 
 CODEBOOKS = ("learned", "ema", "simvq")
 DISTRIBUTED = ("replicated", "sharded")
@@ -94,6 +95,8 @@ class VectorQuantizer(nn.Module):
 
     The return convention is vector-quantize-pytorch's ``VectorQuantize``: ``quantized`` has x's shape and
     dtype, ``indices`` is ``x.shape[:-1]`` (int64, global code indices), ``loss`` is an fp32 scalar.
+    In eval mode the search runs on a `pyops.VQIndex` of the codebook, prepared on the first call and reused
+    until the codebook changes (in place or by a move), so an eval loop or tokenizer prepares it once.
 
     Codebooks (``codebook=``):
         - "learned": an ``nn.Parameter`` trained by the codebook loss ``||sg(x) - q||^2``.
@@ -306,12 +309,28 @@ class VectorQuantizer(nn.Module):
         return out.reshape(x.shape), indices.reshape(lead), loss
 
     def _search(self, flat: Tensor, codes: Tensor) -> Tensor:  # [N, dim], [K_local, dim] -> [N]
-        d, i = vq_search(flat, codes, metric=self.metric, backend=self.backend)
+        if self.training or torch.compiler.is_compiling():
+            self.__dict__.pop("_index_cache", None)  # training changes the codes every step: free the index
+            d, i = vq_search(flat, codes, metric=self.metric, backend=self.backend)
+        else:
+            d, i = self._eval_index(codes).search(flat, backend=self.backend)
         if self.distributed != "sharded":
             return i[:, 0]
         keys = pack_keys(d[:, 0], i[:, 0] + self.offset)
         dist.all_reduce(keys, op=dist.ReduceOp.MIN, group=self.group)
         return unpack_indices(keys)
+
+    def _eval_index(self, codes: Tensor) -> VQIndex:
+        """A prepared index of `codes` (the effective codebook in x's dtype), reused while the tensors it is
+        computed from are unchanged: an eval loop or tokenizer then prepares the codebook once, not per call."""
+        sources = (self.basis, self.proj.weight) if self.kind == "simvq" else (self.embed,)
+        # In-place updates (optimizer steps, EMA, restarts, load_state_dict) bump _version; moves change data_ptr.
+        key = tuple((t.data_ptr(), t._version) for t in sources) + (codes.dtype, codes.device)
+        cached = self.__dict__.get("_index_cache")  # a plain attribute: not a submodule, not in the state dict
+        if cached is None or cached[0] != key:
+            cached = (key, VQIndex(codes, metric=self.metric))
+            self.__dict__["_index_cache"] = cached
+        return cached[1]
 
     def _gather(self, codes: Tensor, indices: Tensor) -> Tensor:  # [K_local, dim], [N] -> [N, dim]
         if self.distributed != "sharded":

@@ -80,9 +80,10 @@ def test_default_is_the_best_level_and_the_op_switches():
 # A function belongs to an ISA copy when its name mentions a per-ISA namespace (pyops::<op>::avx2::...,
 # also as a template argument, e.g. at::parallel_for<lambda in pyops::derf::avx2::...>), or ATen's
 # per-capability namespace at::vec::AVX2/AVX512 (-DCPU_CAPABILITY): such names exist in one copy only.
-# The VQ int8 scores (vq_int8_avx512vnni.cpp) are the VNNI copy, in pyops::vq::int8 (after a return type, if any).
+# The VQ int8 scores (vq_int8_avx512vnni.cpp, vq_int8_amx.cpp) are the VNNI and AMX copies, in pyops::vq::int8
+# (after a return type, if any). AMX tile instructions count as AVX code here.
 ISA_NAME = re.compile(r"pyops::\w+::avx(2|512)::|at::vec::AVX(2|512)::|(^|[\s*&])pyops::vq::int8::")
-AVX = re.compile(r"^v[a-z0-9]+$|%[yz]mm\d+|%k[0-7]\b")
+AVX = re.compile(r"^v[a-z0-9]+$|^(tdp\w+|tile\w+|ldtilecfg|sttilecfg)$|%[yz]mm\d+|%k[0-7]\b|%tmm\d\b")
 
 
 def avx_functions_outside_isa_copies(path):
