@@ -1,10 +1,11 @@
-"""Triton kernels of pyops::vq_search, pyops::vq_index_search and pyops::vq_segment_sum, registered as torch.library.triton_op so
-torch.compile sees them. Same semantics as the native ops (csrc/include/pyops/vq_math.h): the N x K distance
-matrix is never built. The search walks the codebook in [BLOCK_N, D] tiles against [BLOCK_M, D] row blocks
-with tl.dot and keeps a running top-k' per row in registers (k' = min(K, k + 8)); the re-rank recomputes the
-candidates' exact distances from the inputs and writes the top k. Extra memory: the code norms [K], the
-candidates [N, splits * k'] and the outputs. The prepared-index variant (pyops.VQIndex) takes the norms and a
-16-bit copy of the codebook for the search from the index instead of computing them per call."""
+"""Triton kernels of pyops::vq_search, pyops::vq_index_search and pyops::vq_segment_sum, registered as
+torch.library.triton_op so torch.compile sees them. Same semantics as the native ops (csrc/include/pyops/
+vq_math.h): the N x K distance matrix is never built. The search walks the codebook in [BLOCK_N, D] tiles
+against [BLOCK_M, D] row blocks with tl.dot and keeps a running top-k' per row in registers
+(k' = min(K, k + 8)); the re-rank recomputes the candidates' exact distances from the inputs and writes the
+top k. Extra memory: the code norms [K], the candidates [N, splits * k'] and the outputs. The prepared-index
+variant (pyops.VQIndex) takes the norms, and a 16-bit copy of the codebook for the search, from the index
+instead of computing them per call."""
 
 from typing import Tuple
 
