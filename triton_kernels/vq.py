@@ -271,13 +271,17 @@ def _check_index(x: Tensor, codebook: Tensor, packed: Tensor, stat: Tensor, k: i
     """Metadata checks of vq_index_search_triton (no device syncs): an index that does not match its codebook
     would make the kernels read out of bounds."""
     op = "vq_index_search_triton"
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
+    for name, t in (("x", x), ("codebook", codebook)):
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{op}: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+        if t.dim() != 2:
+            raise ValueError(f"{op}: {name} must be 2-D, got shape {tuple(t.shape)}")
     if codebook.dtype != x.dtype:
         raise TypeError(f"{op}: codebook has dtype {codebook.dtype} but x has {x.dtype}")
-    if x.dim() != 2 or codebook.dim() != 2 or codebook.shape[1] != x.shape[1] or codebook.shape[0] < 1:
-        raise ValueError(f"{op}: x [N, D] and codebook [K, D] (K >= 1) must be 2-D with the same D, got shapes "
-                         f"{tuple(x.shape)} and {tuple(codebook.shape)}")
+    if codebook.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: codebook has dimension {codebook.shape[1]} but x has {x.shape[1]}")
+    if codebook.shape[0] < 1:
+        raise ValueError(f"{op}: codebook is empty")
     num_codes, dim = codebook.shape
     for name, t in (("codebook", codebook), ("packed", packed), ("stat", stat)):
         if t.device != x.device:
