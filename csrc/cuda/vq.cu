@@ -305,7 +305,7 @@ struct SimtTile {
 template <typename scalar_t, typename Tile, bool kVec>
 __global__ void __launch_bounds__(kThreads, 2) search_kernel(const scalar_t* __restrict__ x,         // [N, D]
                                                              const scalar_t* __restrict__ codebook,  // [K, D]
-                                                             const float* __restrict__ stat,  // [K] (not read for ip)
+                                                             const float* __restrict__ stat,  // [K], not read for ip
                                                              float* __restrict__ ws_score,    // [lists, N, kc]
                                                              int* __restrict__ ws_index,      // [lists, N, kc]
                                                              int64_t n, int64_t num_codes, int64_t dim, int kc,
