@@ -1,9 +1,11 @@
-"""Triton kernels of pyops::vq_search and pyops::vq_segment_sum, registered as torch.library.triton_op so
-torch.compile sees them. Same semantics as the native ops (csrc/include/pyops/vq_math.h): the N x K distance
-matrix is never built. The search walks the codebook in [BLOCK_N, D] tiles against [BLOCK_M, D] row blocks
-with tl.dot and keeps a running top-k' per row in registers (k' = min(K, k + 8)); the re-rank recomputes the
-candidates' exact distances from the inputs and writes the top k. Extra memory: the code norms [K], the
-candidates [N, splits * k'] and the outputs."""
+"""Triton kernels of pyops::vq_search, pyops::vq_index_search and pyops::vq_segment_sum, registered as
+torch.library.triton_op so torch.compile sees them. Same semantics as the native ops (csrc/include/pyops/
+vq_math.h): the N x K distance matrix is never built. The search walks the codebook in [BLOCK_N, D] tiles
+against [BLOCK_M, D] row blocks with tl.dot and keeps a running top-k' per row in registers
+(k' = min(K, k + 8)); the re-rank recomputes the candidates' exact distances from the inputs and writes the
+top k. Extra memory: the code norms [K], the candidates [N, splits * k'] and the outputs. The prepared-index
+variant (pyops.VQIndex) takes the norms, and a 16-bit copy of the codebook for the search, from the index
+instead of computing them per call."""
 
 from typing import Tuple
 
@@ -19,6 +21,7 @@ METRIC_IDS = {"l2": 0, "cosine": 1, "ip": 2}
 # _EMPTY - j, keeping every index in a row's running list distinct.
 _EMPTY: tl.constexpr = tl.constexpr(2**31 - 1)
 _MAX_CANDIDATES = 512  # bound on splits * k', the candidates one re-rank program holds
+_MAX_K = 128  # kMaxK in vq_math.h
 
 
 @triton.jit
@@ -205,10 +208,11 @@ def _search_settings(n: int, num_codes: int, kc: int, dtype: torch.dtype, exact:
     return block_m, block_n, block_d, warps, stages, splits, tiles_per_split * block_n
 
 
-@torch.library.triton_op("pyops::vq_search_triton", mutates_args=())
-def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bool) -> Tuple[Tensor, Tensor]:
-    if x.dtype == torch.float64:
-        raise TypeError("vq_search_triton: float64 runs on the CPU and torch backends only")
+def _search(x: Tensor, codebook: Tensor, search_x: Tensor, search_c: Tensor, stat, k: int, metric: str,
+            exact: bool) -> Tuple[Tensor, Tensor]:
+    """Search + exact re-rank shared by vq_search_triton and vq_index_search_triton. The search stage scores
+    search_x [N, D] against search_c [K, D] (x and codebook, or their 16-bit copies) with the per-code stat
+    [K] fp32 (None: computed here from codebook); the re-rank reads x and codebook."""
     n, dim = x.shape
     num_codes = codebook.shape[0]
     dist = x.new_empty(n, k, dtype=torch.float32)
@@ -219,30 +223,32 @@ def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bo
     kc = min(num_codes, k + RERANK_EXTRA)
     kp = triton.next_power_of_2(kc)
 
-    # (1) Code norms, once per call: ||c||^2 for l2, 1 / max(||c||, eps) for cosine (unused for ip).
-    norms = codebook.new_empty(num_codes if metric_id != 2 else 1, dtype=torch.float32)
-    if metric_id != 2:
-        block_k = 64 if x.is_cuda else 32
-        torch.library.wrap_triton(_vq_code_norms_kernel)[(triton.cdiv(num_codes, block_k),)](
-            codebook, norms, num_codes, dim, COSINE=metric_id == 1, BLOCK_K=block_k, BLOCK_D=64, num_warps=4)
+    # (1) Code norms, once per call unless prepared: ||c||^2 for l2, 1 / max(||c||, eps) for cosine (unused
+    # for ip).
+    if stat is None:
+        stat = codebook.new_empty(num_codes if metric_id != 2 else 1, dtype=torch.float32)
+        if metric_id != 2:
+            block_k = 64 if x.is_cuda else 32
+            torch.library.wrap_triton(_vq_code_norms_kernel)[(triton.cdiv(num_codes, block_k),)](
+                codebook, stat, num_codes, dim, COSINE=metric_id == 1, BLOCK_K=block_k, BLOCK_D=64, num_warps=4)
 
-    # (2) Search: tensor cores in the input precision (tf32 for fp32) unless exact; fp32 math for exact.
+    # (2) Search: tensor cores in the operands' precision (tf32 for fp32) unless exact; fp32 math for exact.
     block_m, block_n, block_d, warps, stages, splits, codes_per_split = _search_settings(
-        n, num_codes, kc, x.dtype, exact, x.device)
+        n, num_codes, kc, search_x.dtype, exact, x.device)
     cands_per_row = splits * kc
     cand = x.new_empty(n, cands_per_row, dtype=torch.int32)
-    low_precision = x.dtype in (torch.float16, torch.bfloat16)
+    low_precision = search_x.dtype in (torch.float16, torch.bfloat16)
     if exact:
         upcast, precision = low_precision, "ieee"
     else:
         upcast, precision = False, "tf32"  # Triton's default; it only changes fp32 operands
-    if x.dtype == torch.bfloat16 and not x.is_cuda:
+    if search_x.dtype == torch.bfloat16 and not x.is_cuda:
         # Triton's interpreter multiplies bf16 tiles as their raw uint16 bits (triton 3.8); bf16 -> fp32 is
         # exact and a bf16 tensor-core dot accumulates exact products in fp32, so this is the same search.
         upcast = True
     torch.library.wrap_triton(_vq_search_kernel)[(triton.cdiv(n, block_m), splits)](
-        x, codebook, norms, cand, n, num_codes, dim, codes_per_split, cands_per_row, METRIC=metric_id, KC=kc,
-        KP=kp, UPCAST=upcast, PRECISION=precision, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        search_x, search_c, stat, cand, n, num_codes, dim, codes_per_split, cands_per_row, METRIC=metric_id,
+        KC=kc, KP=kp, UPCAST=upcast, PRECISION=precision, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=warps, num_stages=stages)
 
     # (3) Re-rank: exact distances of the candidates, top k by (distance, index).
@@ -252,6 +258,64 @@ def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bo
         x, codebook, cand, dist, idx, num_codes, dim, cands_per_row, k, METRIC=metric_id, BLOCK_C=block_c,
         BLOCK_D=rerank_d, num_warps=4 if block_c * rerank_d <= 4096 else 8)
     return dist, idx
+
+
+@torch.library.triton_op("pyops::vq_search_triton", mutates_args=())
+def vq_search_triton(x: Tensor, codebook: Tensor, k: int, metric: str, exact: bool) -> Tuple[Tensor, Tensor]:
+    if x.dtype == torch.float64:
+        raise TypeError("vq_search_triton: float64 runs on the CPU and torch backends only")
+    return _search(x, codebook, x, codebook, None, k, metric, exact)
+
+
+def _check_index(x: Tensor, codebook: Tensor, packed: Tensor, stat: Tensor, k: int, metric: str) -> None:
+    """Metadata checks of vq_index_search_triton (no device syncs): an index that does not match its codebook
+    would make the kernels read out of bounds."""
+    op = "vq_index_search_triton"
+    for name, t in (("x", x), ("codebook", codebook)):
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{op}: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+        if t.dim() != 2:
+            raise ValueError(f"{op}: {name} must be 2-D, got shape {tuple(t.shape)}")
+    if codebook.dtype != x.dtype:
+        raise TypeError(f"{op}: codebook has dtype {codebook.dtype} but x has {x.dtype}")
+    if codebook.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: codebook has dimension {codebook.shape[1]} but x has {x.shape[1]}")
+    if codebook.shape[0] < 1:
+        raise ValueError(f"{op}: codebook is empty")
+    num_codes, dim = codebook.shape
+    for name, t in (("codebook", codebook), ("packed", packed), ("stat", stat)):
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+    if packed.numel() != 0:
+        if packed.dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(f"{op}: packed must be float16 or bfloat16 (or empty for exact fp32 scores), got "
+                            f"{packed.dtype}")
+        if tuple(packed.shape) != (num_codes, dim):
+            raise ValueError(f"{op}: packed must have shape [{num_codes}, {dim}] (the codebook's), got "
+                             f"{tuple(packed.shape)}")
+    if stat.dtype != torch.float32:
+        raise TypeError(f"{op}: stat must be float32, got {stat.dtype}")
+    if tuple(stat.shape) != (num_codes,):
+        raise ValueError(f"{op}: stat must have shape [{num_codes}] (one per code), got {tuple(stat.shape)}")
+    if metric not in METRIC_IDS:
+        raise ValueError(f"{op}: unknown metric {metric!r}; expected 'l2', 'cosine' or 'ip'")
+    if not 1 <= k <= min(num_codes, _MAX_K):
+        raise ValueError(f"{op}: k={k} is out of range [1, min(K, {_MAX_K})] for a codebook of K={num_codes} codes")
+
+
+@torch.library.triton_op("pyops::vq_index_search_triton", mutates_args=())
+def vq_index_search_triton(x: Tensor, codebook: Tensor, packed: Tensor, stat: Tensor, k: int,
+                           metric: str) -> Tuple[Tensor, Tensor]:
+    """vq_search_triton against a prepared index (pyops.VQIndex): stat [K] fp32 holds the code norms
+    (||c||^2 for l2, 1 / max(||c||, eps) for cosine, unused for ip); packed is a bf16/fp16 copy of the
+    codebook [K, D] that the search stage reads (x converted to its dtype, N x D per call), or empty for an
+    exact fp32 search of codebook. The re-rank reads x and codebook: the same results contract."""
+    _check_index(x, codebook, packed, stat, k, metric)
+    x, codebook, stat = x.contiguous(), codebook.contiguous(), stat.contiguous()  # no-ops for a prepared index
+    if packed.numel() == 0:
+        return _search(x, codebook, x, codebook, stat, k, metric, True)
+    search_x = x.to(packed.dtype).contiguous()
+    return _search(x, codebook, search_x, packed.contiguous(), stat, k, metric, False)
 
 
 @torch.library.triton_op("pyops::vq_segment_sum_triton", mutates_args=())

@@ -1,8 +1,9 @@
-// CUDA backend of pyops::vq_search and pyops::vq_segment_sum.
+// CUDA backend of pyops::vq_search, pyops::vq_index_search and pyops::vq_segment_sum.
 //
 // vq_search runs three kernels and never builds the N x K score matrix:
-//  1. code_coef_kernel: per code, score = offset[c] + scale[c] * (x.c) (l2: ||c||^2 and -2; cosine: 0 and
-//     -1/max(||c||, eps); ip: 0 and -1), in fp32, once per call. The search kernel is then metric-free.
+//  1. code_stat_kernel: per code, stat[c] = ||c||^2 (l2) or 1 / max(||c||, eps) (cosine), in fp32, once per
+//     call (none for ip). The search scores a code as offset + scale * (x.c) (l2: ||c||^2 and -2; cosine: 0
+//     and -stat; ip: 0 and -1).
 //  2. search_kernel: a block owns BM rows and walks its share of the codebook in BN-code tiles; the dot
 //     products of a tile come from tensor cores (wmma; bf16/fp16 as given, tf32 for fp32) or, for
 //     exact=True, from fp32 FMAs, with D staged through shared memory in 128-byte-per-row chunks (cp.async
@@ -12,7 +13,10 @@
 //     tiles; the k'-th entry sits in registers for the fast reject).
 //  3. rerank_kernel: one warp per row merges the row's lists (search scores) into the top k', recomputes
 //     their exact fp32 distances from the inputs and writes the k nearest, ties to the lower index.
-// Extra memory: 2K floats and the workspace, 2 * splits * N * k' * 8 bytes with splits = 8 (more for small
+// vq_index_search (pyops.VQIndex) takes stat from the index and runs 2 and 3 only: the search reads the
+// index's 16-bit copy of the codebook (x converted to its dtype, N x D per call) or, for an empty one, the
+// codebook itself in exact fp32; the re-rank always reads x and the codebook.
+// Extra memory: K floats and the workspace, 2 * splits * N * k' * 8 bytes with splits = 8 (more for small
 // N, fewer to stay under 256 MiB).
 //
 // vq_segment_sum scatters with fp32 atomicAdd: the order of the additions, hence the last bits of the sums,
@@ -135,11 +139,11 @@ __device__ __forceinline__ void cp_async_wait_all_but_one() {
 }
 
 // ------------------------------------------------------------------------------------------------------
-// 1. Per-code score coefficients: coef [2, K] = (offset, scale). One warp per code.
+// 1. Per-code statistic (l2 and cosine): stat [K] = ||c||^2 or 1 / max(||c||, eps). One warp per code.
 
 template <typename scalar_t>
-__global__ void code_coef_kernel(const scalar_t* __restrict__ codebook,  // [K, D]
-                                 float* __restrict__ coef,               // [2, K]
+__global__ void code_stat_kernel(const scalar_t* __restrict__ codebook,  // [K, D]
+                                 float* __restrict__ stat,               // [K]
                                  int64_t num_codes, int64_t dim, int metric) {
   const int lane = threadIdx.x % 32;
   const int64_t code = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
@@ -151,16 +155,7 @@ __global__ void code_coef_kernel(const scalar_t* __restrict__ codebook,  // [K, 
     ss = fmaf(v, v, ss);
   }
   for (int off = 16; off > 0; off /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  if (lane != 0) return;
-  float offset = 0.f, scale = -1.f;
-  if (metric == int(Metric::kL2)) {
-    offset = ss;
-    scale = -2.f;
-  } else if (metric == int(Metric::kCosine)) {
-    scale = -1.f / fmaxf(sqrtf(ss), kNormEps);
-  }
-  coef[code] = offset;
-  coef[num_codes + code] = scale;
+  if (lane == 0) stat[code] = metric == int(Metric::kCosine) ? 1.f / fmaxf(sqrtf(ss), kNormEps) : ss;
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -308,13 +303,13 @@ struct SimtTile {
 // Thread t scans row t % BM, columns of half t / BM of each tile, into list s * 2 + t / BM of the
 // workspace ws_* [lists, N, kc], which it alone owns.
 template <typename scalar_t, typename Tile, bool kVec>
-__global__ void __launch_bounds__(kThreads, 2)
-    search_kernel(const scalar_t* __restrict__ x,         // [N, D]
-                  const scalar_t* __restrict__ codebook,  // [K, D]
-                  const float* __restrict__ coef,         // [2, K]
-                  float* __restrict__ ws_score,           // [lists, N, kc]
-                  int* __restrict__ ws_index,             // [lists, N, kc]
-                  int64_t n, int64_t num_codes, int64_t dim, int kc, int64_t splits, int64_t tiles_per_split) {
+__global__ void __launch_bounds__(kThreads, 2) search_kernel(const scalar_t* __restrict__ x,         // [N, D]
+                                                             const scalar_t* __restrict__ codebook,  // [K, D]
+                                                             const float* __restrict__ stat,  // [K], not read for ip
+                                                             float* __restrict__ ws_score,    // [lists, N, kc]
+                                                             int* __restrict__ ws_index,      // [lists, N, kc]
+                                                             int64_t n, int64_t num_codes, int64_t dim, int kc,
+                                                             int64_t splits, int64_t tiles_per_split, int metric) {
   using Smem = SearchSmem<scalar_t>;
   constexpr int LDS = Traits<scalar_t>::LDS, BK = Traits<scalar_t>::BK;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -346,10 +341,11 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     const int64_t code0 = t * BN;
-    if (tid < BN) {
+    if (tid < BN) {  // score = offset + scale * (x.c), see code_stat_kernel
       const int64_t code = code0 + tid;
-      coef_s[tid] = code < num_codes ? coef[code] : 0.f;
-      coef_s[BN + tid] = code < num_codes ? coef[num_codes + code] : 0.f;
+      const float st = code < num_codes && metric != int(Metric::kIp) ? stat[code] : 0.f;
+      coef_s[tid] = metric == int(Metric::kL2) ? st : 0.f;
+      coef_s[BN + tid] = metric == int(Metric::kL2) ? -2.f : metric == int(Metric::kCosine) ? -st : -1.f;
     }
     tile.zero();
     if (num_chunks > 0) {
@@ -550,8 +546,8 @@ bool sync_loads_forced() {
 }
 
 template <typename scalar_t, typename Tile, bool kVec>
-void launch_search(const SearchProblem& p, const float* coef, float* ws_score, int* ws_index, int64_t splits,
-                   int64_t tiles_per_split, cudaStream_t stream) {
+void launch_search(const SearchProblem& p, const at::Tensor& search_x, const at::Tensor& search_c, const float* stat,
+                   float* ws_score, int* ws_index, int64_t splits, int64_t tiles_per_split, cudaStream_t stream) {
   auto kernel = search_kernel<scalar_t, Tile, kVec>;
   constexpr int64_t smem = SearchSmem<scalar_t>::kBytes;
   TORCH_CHECK(smem <= device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin), "vq_search: the CUDA kernel needs ",
@@ -560,26 +556,26 @@ void launch_search(const SearchProblem& p, const float* coef, float* ws_score, i
   const int64_t blocks = (p.n + BM - 1) / BM * splits;
   TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int>::max(), "vq_search: x has too many rows (", p.n,
                     ") for one launch");
-  kernel<<<unsigned(blocks), kThreads, smem, stream>>>(p.x.data_ptr<scalar_t>(), p.codebook.data_ptr<scalar_t>(), coef,
-                                                       ws_score, ws_index, p.n, p.num_codes, p.dim, int(p.candidates),
-                                                       splits, tiles_per_split);
+  kernel<<<unsigned(blocks), kThreads, smem, stream>>>(search_x.data_ptr<scalar_t>(), search_c.data_ptr<scalar_t>(),
+                                                       stat, ws_score, ws_index, p.n, p.num_codes, p.dim,
+                                                       int(p.candidates), splits, tiles_per_split, int(p.metric));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         // [N, D]
-                                                  const at::Tensor& codebook,  // [K, D]
-                                                  int64_t k, c10::string_view metric, bool exact) {
-  const SearchProblem p =
-      prepare_search(x, codebook, k, std::string_view(metric.data(), metric.size()), exact, c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(p.x.device());
+void check_compute_capability(const char* op) {
   const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
-  TORCH_CHECK(major >= 8,
-              "vq_search: the CUDA kernel needs compute capability 8.0 or newer (tensor-core bf16/tf32 "
+  TORCH_CHECK(major >= 8, op,
+              ": the CUDA kernel needs compute capability 8.0 or newer (tensor-core bf16/tf32 "
               "and cp.async), this GPU has ",
               major, ".x; use backend='torch' or 'triton'");
-  auto [out_dist, out_index] = empty_search_outputs(p);
-  if (p.n == 0) return {out_dist, out_index};
-  TORCH_CHECK_VALUE(p.num_codes < kNoCode, "vq_search: the CUDA kernel takes fewer than 2^31 - 1 codes, codebook has ",
+}
+
+// Stages 2 and 3 into out_dist / out_index (p.n > 0): the search scores search_x [N, D] against search_c [K, D]
+// (p.x and p.codebook, or their 16-bit copies; contiguous, one dtype) with stat [K] (see code_stat_kernel; not
+// read for ip), in fp32 FMAs if exact, else on tensor cores; the re-rank reads p.x and p.codebook.
+void search_and_rerank(const SearchProblem& p, const at::Tensor& search_x, const at::Tensor& search_c,
+                       const float* stat, bool exact, const char* op, at::Tensor& out_dist, at::Tensor& out_index) {
+  TORCH_CHECK_VALUE(p.num_codes < kNoCode, op, ": the CUDA kernel takes fewer than 2^31 - 1 codes, codebook has ",
                     p.num_codes);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto f32 = p.x.options().dtype(at::kFloat);
@@ -598,42 +594,155 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
   splits = (num_tiles + tiles_per_split - 1) / tiles_per_split;  // no empty split
   const int64_t lists = splits * kListsPerBlock;
 
-  at::Tensor coef = at::empty({2, p.num_codes}, f32);
   at::Tensor ws_score = at::empty({lists, p.n, p.candidates}, f32);
   at::Tensor ws_index = at::empty({lists, p.n, p.candidates}, p.x.options().dtype(at::kInt));
+  float* wss = ws_score.data_ptr<float>();
+  int* wsi = ws_index.data_ptr<int>();
 
-  PYOPS_DISPATCH_FLOAT_HALF_BF16(p.x.scalar_type(), "vq_search_cuda", [&] {
-    const scalar_t* xp = p.x.data_ptr<scalar_t>();
-    const scalar_t* cp = p.codebook.data_ptr<scalar_t>();
-    {
-      constexpr int kWarps = 8;
-      const int64_t blocks = (p.num_codes + kWarps - 1) / kWarps;
-      code_coef_kernel<scalar_t>
-          <<<unsigned(blocks), kWarps * 32, 0, stream>>>(cp, coef.data_ptr<float>(), p.num_codes, p.dim, int(p.metric));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+  PYOPS_DISPATCH_FLOAT_HALF_BF16(search_x.scalar_type(), "vq_search_cuda", [&] {
     // cp.async moves 16-byte vectors: rows must start on 16-byte boundaries.
-    const bool vec = p.dim % (16 / sizeof(scalar_t)) == 0 && aligned16(xp) && aligned16(cp) && !sync_loads_forced();
-    float* wss = ws_score.data_ptr<float>();
-    int* wsi = ws_index.data_ptr<int>();
-    const float* cf = coef.data_ptr<float>();
-    if (p.exact) {
+    const bool vec = p.dim % (16 / sizeof(scalar_t)) == 0 && aligned16(search_x.data_ptr()) &&
+                     aligned16(search_c.data_ptr()) && !sync_loads_forced();
+    if (exact) {
       if (vec)
-        launch_search<scalar_t, SimtTile<scalar_t>, true>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+        launch_search<scalar_t, SimtTile<scalar_t>, true>(p, search_x, search_c, stat, wss, wsi, splits,
+                                                          tiles_per_split, stream);
       else
-        launch_search<scalar_t, SimtTile<scalar_t>, false>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+        launch_search<scalar_t, SimtTile<scalar_t>, false>(p, search_x, search_c, stat, wss, wsi, splits,
+                                                           tiles_per_split, stream);
     } else {
       if (vec)
-        launch_search<scalar_t, MmaTile<scalar_t>, true>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+        launch_search<scalar_t, MmaTile<scalar_t>, true>(p, search_x, search_c, stat, wss, wsi, splits, tiles_per_split,
+                                                         stream);
       else
-        launch_search<scalar_t, MmaTile<scalar_t>, false>(p, cf, wss, wsi, splits, tiles_per_split, stream);
+        launch_search<scalar_t, MmaTile<scalar_t>, false>(p, search_x, search_c, stat, wss, wsi, splits,
+                                                          tiles_per_split, stream);
     }
+  });
+  PYOPS_DISPATCH_FLOAT_HALF_BF16(p.x.scalar_type(), "vq_search_cuda", [&] {
     const int64_t blocks = (p.n + kRerankWarps - 1) / kRerankWarps;
     rerank_kernel<scalar_t><<<unsigned(blocks), kRerankWarps * 32, 0, stream>>>(
-        xp, cp, wss, wsi, out_dist.data_ptr<float>(), out_index.data_ptr<int64_t>(), p.n, p.num_codes, p.dim, int(p.k),
-        int(p.candidates), lists, int(p.metric));
+        p.x.data_ptr<scalar_t>(), p.codebook.data_ptr<scalar_t>(), wss, wsi, out_dist.data_ptr<float>(),
+        out_index.data_ptr<int64_t>(), p.n, p.num_codes, p.dim, int(p.k), int(p.candidates), lists, int(p.metric));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         // [N, D]
+                                                  const at::Tensor& codebook,  // [K, D]
+                                                  int64_t k, c10::string_view metric, bool exact) {
+  const SearchProblem p =
+      prepare_search(x, codebook, k, std::string_view(metric.data(), metric.size()), exact, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  check_compute_capability("vq_search");
+  auto [out_dist, out_index] = empty_search_outputs(p);
+  if (p.n == 0) return {out_dist, out_index};
+
+  // Stage 1: the code statistic, once per call (ip needs none).
+  at::Tensor stat;
+  if (p.metric != Metric::kIp) {
+    stat = at::empty({p.num_codes}, p.x.options().dtype(at::kFloat));
+    PYOPS_DISPATCH_FLOAT_HALF_BF16(p.x.scalar_type(), "vq_search_cuda", [&] {
+      constexpr int kWarps = 8;
+      const int64_t blocks = (p.num_codes + kWarps - 1) / kWarps;
+      code_stat_kernel<scalar_t><<<unsigned(blocks), kWarps * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          p.codebook.data_ptr<scalar_t>(), stat.data_ptr<float>(), p.num_codes, p.dim, int(p.metric));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  search_and_rerank(p, p.x, p.codebook, stat.defined() ? stat.data_ptr<float>() : nullptr, p.exact, "vq_search",
+                    out_dist, out_index);
+  return {out_dist, out_index};
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Prepared index (pyops.VQIndex).
+
+// x and codebook: CUDA, float32 / float16 / bfloat16, 2-D.
+void check_index_operand(const at::Tensor& t, const char* name) {
+  constexpr const char* op = "vq_index_search";
+  TORCH_CHECK_VALUE(t.device().is_cuda(), op, ": ", name, " is on ", t.device(),
+                    ", expected a CUDA tensor for this backend");
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op, ": ", name,
+                   " must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK_VALUE(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
+}
+
+// The checks of prepare_search under this op's name, plus the index: packed empty (exact fp32 search) or
+// float16 / bfloat16 [K, D]; code_scale empty (it holds the CPU int8 index's scales); stat float32 [K]; all on
+// x's device. p.exact: packed is empty.
+SearchProblem prepare_index_search_cuda(const at::Tensor& x, const at::Tensor& codebook, const at::Tensor& packed,
+                                        const at::Tensor& code_scale, const at::Tensor& stat, int64_t k,
+                                        std::string_view metric) {
+  constexpr const char* op = "vq_index_search";
+  check_index_operand(x, "x");
+  check_index_operand(codebook, "codebook");
+  const auto check_device = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  };
+  check_device(codebook, "codebook");
+  check_device(packed, "packed");
+  check_device(code_scale, "code_scale");
+  check_device(stat, "stat");
+  TORCH_CHECK_TYPE(codebook.scalar_type() == x.scalar_type(), op, ": codebook has dtype ", codebook.scalar_type(),
+                   " but x has ", x.scalar_type());
+  TORCH_CHECK_VALUE(codebook.size(1) == x.size(1), op, ": codebook has dimension ", codebook.size(1), " but x has ",
+                    x.size(1));
+  const int64_t num_codes = codebook.size(0), dim = codebook.size(1);
+  TORCH_CHECK_VALUE(num_codes >= 1, op, ": codebook is empty");
+  TORCH_CHECK_VALUE(k >= 1 && k <= num_codes && k <= kMaxK, op, ": k=", k, " is out of range [1, min(K, ", kMaxK,
+                    ")] for a codebook of K=", num_codes, " codes");
+  TORCH_CHECK_VALUE(metric == "l2" || metric == "cosine" || metric == "ip", op, ": unknown metric '", metric,
+                    "'; expected 'l2', 'cosine' or 'ip'");
+  if (packed.numel() != 0) {
+    TORCH_CHECK_TYPE(packed.scalar_type() == at::kHalf || packed.scalar_type() == at::kBFloat16, op,
+                     ": packed must be float16 or bfloat16 (a GPU index) or empty (exact fp32 scores), got ",
+                     packed.scalar_type());
+    TORCH_CHECK_VALUE(packed.dim() == 2 && packed.size(0) == num_codes && packed.size(1) == dim, op,
+                      ": packed must have shape [", num_codes, ", ", dim, "] (the codebook's), got ", packed.sizes());
+  }
+  TORCH_CHECK_VALUE(code_scale.numel() == 0, op,
+                    ": code_scale must be empty for a GPU index (it holds the CPU int8 index's scales), got shape ",
+                    code_scale.sizes());
+  TORCH_CHECK_TYPE(stat.scalar_type() == at::kFloat, op, ": stat must be float32, got ", stat.scalar_type());
+  TORCH_CHECK_VALUE(stat.dim() == 1 && stat.size(0) == num_codes, op, ": stat must have shape [", num_codes,
+                    "] (one per code), got ", stat.sizes());
+  SearchProblem p;
+  p.metric = parse_metric(metric);
+  p.x = x.contiguous();
+  p.codebook = codebook.contiguous();
+  p.n = x.size(0);
+  p.num_codes = num_codes;
+  p.dim = dim;
+  p.k = k;
+  p.candidates = num_candidates(k, num_codes);
+  p.exact = packed.numel() == 0;
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> vq_index_search_cuda(const at::Tensor& x,           // [N, D]
+                                                        const at::Tensor& codebook,    // [K, D]
+                                                        const at::Tensor& packed,      // [K, D] 16-bit, or empty
+                                                        const at::Tensor& code_scale,  // empty
+                                                        const at::Tensor& stat,        // [K] float32
+                                                        int64_t k, c10::string_view metric) {
+  const SearchProblem p = prepare_index_search_cuda(x, codebook, packed, code_scale, stat, k,
+                                                    std::string_view(metric.data(), metric.size()));
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  check_compute_capability("vq_index_search");
+  auto [out_dist, out_index] = empty_search_outputs(p);
+  if (p.n == 0) return {out_dist, out_index};
+  // contiguous() and to() return their input for a prepared index and x of packed's dtype; otherwise they
+  // queue one copy on the current stream (x: N x D, cheap next to the K x D search).
+  const at::Tensor stat_c = stat.contiguous();
+  if (p.exact) {
+    search_and_rerank(p, p.x, p.codebook, stat_c.data_ptr<float>(), true, "vq_index_search", out_dist, out_index);
+  } else {
+    const at::Tensor search_x = p.x.to(packed.scalar_type());
+    const at::Tensor packed_c = packed.contiguous();
+    search_and_rerank(p, search_x, packed_c, stat_c.data_ptr<float>(), false, "vq_index_search", out_dist, out_index);
+  }
   return {out_dist, out_index};
 }
 
@@ -663,6 +772,7 @@ std::tuple<at::Tensor, at::Tensor> vq_segment_sum_cuda(const at::Tensor& values,
 TORCH_LIBRARY_IMPL(pyops, CUDA, m) {
   m.impl("vq_search", &vq_search_cuda);
   m.impl("vq_segment_sum", &vq_segment_sum_cuda);
+  m.impl("vq_index_search", &vq_index_search_cuda);
 }
 
 }  // namespace vq
