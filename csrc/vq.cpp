@@ -16,28 +16,28 @@ void check_float(const at::Tensor& t, const char* op, const char* name, c10::Dev
 
 }  // namespace
 
-Metric parse_metric(std::string_view metric) {
+Metric parse_metric(std::string_view metric, const char* op) {
   if (metric == "l2") return Metric::kL2;
   if (metric == "cosine") return Metric::kCosine;
-  TORCH_CHECK_VALUE(metric == "ip", "vq_search: unknown metric '", metric, "'; expected 'l2', 'cosine' or 'ip'");
+  TORCH_CHECK_VALUE(metric == "ip", op, ": unknown metric '", metric, "'; expected 'l2', 'cosine' or 'ip'");
   return Metric::kIp;
 }
 
 SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k, std::string_view metric,
-                             bool exact, c10::DeviceType device_type) {
-  check_float(x, "vq_search", "x", device_type);
-  check_float(codebook, "vq_search", "codebook", device_type);
-  TORCH_CHECK_VALUE(codebook.device() == x.device(), "vq_search: codebook is on ", codebook.device(), " but x is on ",
+                             bool exact, c10::DeviceType device_type, const char* op) {
+  check_float(x, op, "x", device_type);
+  check_float(codebook, op, "codebook", device_type);
+  TORCH_CHECK_VALUE(codebook.device() == x.device(), op, ": codebook is on ", codebook.device(), " but x is on ",
                     x.device());
-  TORCH_CHECK_TYPE(codebook.scalar_type() == x.scalar_type(), "vq_search: codebook has dtype ", codebook.scalar_type(),
+  TORCH_CHECK_TYPE(codebook.scalar_type() == x.scalar_type(), op, ": codebook has dtype ", codebook.scalar_type(),
                    " but x has ", x.scalar_type());
-  TORCH_CHECK_VALUE(codebook.size(1) == x.size(1), "vq_search: codebook has dimension ", codebook.size(1),
-                    " but x has ", x.size(1));
-  TORCH_CHECK_VALUE(codebook.size(0) >= 1, "vq_search: codebook is empty");
-  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0) && k <= kMaxK, "vq_search: k=", k, " is out of range [1, min(K, ",
+  TORCH_CHECK_VALUE(codebook.size(1) == x.size(1), op, ": codebook has dimension ", codebook.size(1), " but x has ",
+                    x.size(1));
+  TORCH_CHECK_VALUE(codebook.size(0) >= 1, op, ": codebook is empty");
+  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0) && k <= kMaxK, op, ": k=", k, " is out of range [1, min(K, ",
                     kMaxK, ")] for a codebook of K=", codebook.size(0), " codes");
   SearchProblem p;
-  p.metric = parse_metric(metric);
+  p.metric = parse_metric(metric, op);
   p.x = x.contiguous();
   p.codebook = codebook.contiguous();
   p.n = x.size(0);
@@ -52,14 +52,14 @@ SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, in
 SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebook, const at::Tensor& packed,
                                    const at::Tensor& code_scale, const at::Tensor& stat, int64_t k,
                                    std::string_view metric, c10::DeviceType device_type) {
-  const bool exact = packed.numel() == 0;
-  SearchProblem p = prepare_search(x, codebook, k, metric, exact, device_type);
   const char* op = "vq_index_search";
+  const bool exact = packed.numel() == 0;
+  SearchProblem p = prepare_search(x, codebook, k, metric, exact, device_type, op);
   const char* stale = " (a stale index? rebuild it or call update_ after changing the codebook)";
   for (auto [t, name] : {std::pair{&stat, "stat"}, {&packed, "packed"}, {&code_scale, "code_scale"}})
     TORCH_CHECK_VALUE(t->device() == x.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x.device());
-  TORCH_CHECK_TYPE(stat.scalar_type() == p.out_dtype(), op, ": stat must be ", p.out_dtype(), ", got ",
-                   stat.scalar_type());
+  TORCH_CHECK_TYPE(stat.scalar_type() == p.out_dtype(), op, ": stat must be ",
+                   p.out_dtype() == at::kDouble ? "float64" : "float32", ", got ", stat.scalar_type());
   TORCH_CHECK_VALUE(stat.dim() == 1 && stat.size(0) == p.num_codes, op, ": stat must have shape [", p.num_codes,
                     "] (one per code), got ", stat.sizes(), stale);
   if (!exact && device_type == c10::DeviceType::CPU) {
@@ -75,10 +75,14 @@ SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebo
                       ": code_scale must have shape [", groups * 16, "], got ", code_scale.sizes(), stale);
   } else if (!exact) {
     TORCH_CHECK_TYPE(packed.scalar_type() == at::kHalf || packed.scalar_type() == at::kBFloat16, op,
-                     ": packed must be float16 or bfloat16 on GPU, got ", packed.scalar_type());
-    TORCH_CHECK_VALUE(packed.sizes() == codebook.sizes(), op, ": packed must have the codebook's shape ",
-                      codebook.sizes(), ", got ", packed.sizes(), stale);
+                     ": packed must be float16 or bfloat16 (a GPU index) or empty (exact scores), got ",
+                     packed.scalar_type());
+    TORCH_CHECK_VALUE(packed.sizes() == codebook.sizes(), op, ": packed must have shape ", codebook.sizes(),
+                      " (the codebook's), got ", packed.sizes(), stale);
   }
+  if (device_type != c10::DeviceType::CPU || exact)
+    TORCH_CHECK_VALUE(code_scale.numel() == 0, op, ": code_scale must be empty (it holds the CPU int8 scales), got shape ",
+                      code_scale.sizes());
   p.stat = stat.contiguous();
   p.packed = packed.contiguous();
   p.code_scale = code_scale.contiguous();

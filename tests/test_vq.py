@@ -44,8 +44,12 @@ def score_tolerance(x, codebook, exact, backend):
     return 4 * u * (xn + cn) ** 2 + 1e-12
 
 
-def check_search(x, codebook, k, metric, backend, exact=False):
-    d, i = pyops.vq_search(x, codebook, k=k, metric=metric, exact=exact, backend=backend)
+def check_search(x, codebook, k, metric, backend, exact=False, search=None):
+    """Checks vq_search (or `search(x, k)`: a prepared index) against the float64 brute force."""
+    if search is None:
+        d, i = pyops.vq_search(x, codebook, k=k, metric=metric, exact=exact, backend=backend)
+    else:
+        d, i = search(x, k)
     lead = x.shape[:-1]
     assert d.shape == (*lead, k) and i.shape == (*lead, k)
     assert i.dtype == torch.long and d.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)

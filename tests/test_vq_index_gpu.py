@@ -218,7 +218,7 @@ def test_bad_index_arguments(device, backend):
             (ValueError, "code_scale must be empty", dict(code_scale=torch.ones(16, device=device))),
             (ValueError, "packed is on cpu but x is on cuda", dict(packed=packed.cpu())),
             (ValueError, "code_scale is on cpu but x is on cuda", dict(code_scale=torch.empty(0))),
-            (ValueError, "codebook is on cpu but x is on cuda", dict(codebook=codebook.cpu())),
+            (ValueError, "codebook is on cpu, expected a CUDA tensor", dict(codebook=codebook.cpu())),
         ]
     for error, message, change in cases:
         args = dict(x=x, codebook=codebook, packed=packed, stat=stat, k=1, metric="l2",

@@ -658,90 +658,26 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cuda(const at::Tensor& x,         /
 // ------------------------------------------------------------------------------------------------------
 // Prepared index (pyops.VQIndex).
 
-// x and codebook: CUDA, float32 / float16 / bfloat16, 2-D.
-void check_index_operand(const at::Tensor& t, const char* name) {
-  constexpr const char* op = "vq_index_search";
-  TORCH_CHECK_VALUE(t.device().is_cuda(), op, ": ", name, " is on ", t.device(),
-                    ", expected a CUDA tensor for this backend");
-  const auto dtype = t.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op, ": ", name,
-                   " must be float32, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK_VALUE(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-}
-
-// The checks of prepare_search under this op's name, plus the index: packed empty (exact fp32 search) or
-// float16 / bfloat16 [K, D]; code_scale empty (it holds the CPU int8 index's scales); stat float32 [K]; all on
-// x's device. p.exact: packed is empty.
-SearchProblem prepare_index_search_cuda(const at::Tensor& x, const at::Tensor& codebook, const at::Tensor& packed,
-                                        const at::Tensor& code_scale, const at::Tensor& stat, int64_t k,
-                                        std::string_view metric) {
-  constexpr const char* op = "vq_index_search";
-  check_index_operand(x, "x");
-  check_index_operand(codebook, "codebook");
-  const auto check_device = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
-  };
-  check_device(codebook, "codebook");
-  check_device(packed, "packed");
-  check_device(code_scale, "code_scale");
-  check_device(stat, "stat");
-  TORCH_CHECK_TYPE(codebook.scalar_type() == x.scalar_type(), op, ": codebook has dtype ", codebook.scalar_type(),
-                   " but x has ", x.scalar_type());
-  TORCH_CHECK_VALUE(codebook.size(1) == x.size(1), op, ": codebook has dimension ", codebook.size(1), " but x has ",
-                    x.size(1));
-  const int64_t num_codes = codebook.size(0), dim = codebook.size(1);
-  TORCH_CHECK_VALUE(num_codes >= 1, op, ": codebook is empty");
-  TORCH_CHECK_VALUE(k >= 1 && k <= num_codes && k <= kMaxK, op, ": k=", k, " is out of range [1, min(K, ", kMaxK,
-                    ")] for a codebook of K=", num_codes, " codes");
-  TORCH_CHECK_VALUE(metric == "l2" || metric == "cosine" || metric == "ip", op, ": unknown metric '", metric,
-                    "'; expected 'l2', 'cosine' or 'ip'");
-  if (packed.numel() != 0) {
-    TORCH_CHECK_TYPE(packed.scalar_type() == at::kHalf || packed.scalar_type() == at::kBFloat16, op,
-                     ": packed must be float16 or bfloat16 (a GPU index) or empty (exact fp32 scores), got ",
-                     packed.scalar_type());
-    TORCH_CHECK_VALUE(packed.dim() == 2 && packed.size(0) == num_codes && packed.size(1) == dim, op,
-                      ": packed must have shape [", num_codes, ", ", dim, "] (the codebook's), got ", packed.sizes());
-  }
-  TORCH_CHECK_VALUE(code_scale.numel() == 0, op,
-                    ": code_scale must be empty for a GPU index (it holds the CPU int8 index's scales), got shape ",
-                    code_scale.sizes());
-  TORCH_CHECK_TYPE(stat.scalar_type() == at::kFloat, op, ": stat must be float32, got ", stat.scalar_type());
-  TORCH_CHECK_VALUE(stat.dim() == 1 && stat.size(0) == num_codes, op, ": stat must have shape [", num_codes,
-                    "] (one per code), got ", stat.sizes());
-  SearchProblem p;
-  p.metric = parse_metric(metric);
-  p.x = x.contiguous();
-  p.codebook = codebook.contiguous();
-  p.n = x.size(0);
-  p.num_codes = num_codes;
-  p.dim = dim;
-  p.k = k;
-  p.candidates = num_candidates(k, num_codes);
-  p.exact = packed.numel() == 0;
-  return p;
-}
-
 std::tuple<at::Tensor, at::Tensor> vq_index_search_cuda(const at::Tensor& x,           // [N, D]
                                                         const at::Tensor& codebook,    // [K, D]
                                                         const at::Tensor& packed,      // [K, D] 16-bit, or empty
                                                         const at::Tensor& code_scale,  // empty
                                                         const at::Tensor& stat,        // [K] float32
                                                         int64_t k, c10::string_view metric) {
-  const SearchProblem p = prepare_index_search_cuda(x, codebook, packed, code_scale, stat, k,
-                                                    std::string_view(metric.data(), metric.size()));
+  const SearchProblem p = prepare_index_search(x, codebook, packed, code_scale, stat, k,
+                                               std::string_view(metric.data(), metric.size()), c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(p.x.device());
   check_compute_capability("vq_index_search");
   auto [out_dist, out_index] = empty_search_outputs(p);
   if (p.n == 0) return {out_dist, out_index};
   // contiguous() and to() return their input for a prepared index and x of packed's dtype; otherwise they
   // queue one copy on the current stream (x: N x D, cheap next to the K x D search).
-  const at::Tensor stat_c = stat.contiguous();
+  const float* stat_ptr = p.stat.data_ptr<float>();
   if (p.exact) {
-    search_and_rerank(p, p.x, p.codebook, stat_c.data_ptr<float>(), true, "vq_index_search", out_dist, out_index);
+    search_and_rerank(p, p.x, p.codebook, stat_ptr, true, "vq_index_search", out_dist, out_index);
   } else {
-    const at::Tensor search_x = p.x.to(packed.scalar_type());
-    const at::Tensor packed_c = packed.contiguous();
-    search_and_rerank(p, search_x, packed_c, stat_c.data_ptr<float>(), false, "vq_index_search", out_dist, out_index);
+    const at::Tensor search_x = p.x.to(p.packed.scalar_type());
+    search_and_rerank(p, search_x, p.packed, stat_ptr, false, "vq_index_search", out_dist, out_index);
   }
   return {out_dist, out_index};
 }

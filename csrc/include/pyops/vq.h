@@ -26,12 +26,13 @@ struct SearchProblem {
   at::ScalarType out_dtype() const { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 };
 
-Metric parse_metric(std::string_view metric);
+// `op` names the calling op in error messages.
+Metric parse_metric(std::string_view metric, const char* op = "vq_search");
 
 // Checks x [N, D] and codebook [K, D] (device of the backend, same floating dtype, float64 only on CPU),
 // 1 <= k <= min(K, kMaxK) and the metric.
 SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, int64_t k, std::string_view metric,
-                             bool exact, c10::DeviceType device_type);
+                             bool exact, c10::DeviceType device_type, const char* op = "vq_search");
 
 // prepare_search for a prepared index (see csrc/ops.cpp), plus its checks: stat [K] of the output dtype,
 // packed either empty (exact scores) or, on CPU, uint8 [ceil(K/16), padded D/4, 16, 4] with code_scale
