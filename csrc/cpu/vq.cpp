@@ -4,6 +4,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <vector>
 
 #include "pyops/vq.h"
@@ -27,23 +30,23 @@ bool supported() {
 }
 bool use_amx() { return cpu_isa::active() == cpu_isa::Level::kAmx; }
 
-void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
-          const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld) {
+void dots(const int8_t* q, int64_t rows, const uint8_t* packed, int64_t cols, int64_t dim, int32_t* acc, int64_t ld) {
   // Fewer than 16 rows leave most of an A tile empty: below that VNNI is as fast (llama.cpp found the same
   // for batch-1 GEMV).
   if (use_amx() && rows >= 16)
-    dots_amx(q, scale, bias, rows, packed, code_scale, cols, dim, out, ld);
+    dots_amx(q, rows, packed, cols, dim, acc, ld);
   else
-    dots_vnni(q, scale, bias, rows, packed, code_scale, cols, dim, out, ld);
+    dots_vnni(q, rows, packed, cols, dim, acc, ld);
 }
 #if !PYOPS_CPU_ISA_X86  // the int8 copies are not built: never called, since supported() is false
+int64_t amx_peak_macs(int64_t) { return 0; }
+int64_t vnni_peak_macs(int64_t) { return 0; }
+uint64_t read_bytes(const uint8_t*, int64_t) { return 0; }
 float pack_code(const float*, int64_t, uint8_t*, int64_t) { return 0.f; }
 void pack_codes(const float*, int64_t, int64_t, uint8_t*, float*) {}
 void quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int32_t*) {}
-void dots_vnni(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
-               float*, int64_t) {}
-void dots_amx(const int8_t*, const float*, const int32_t*, int64_t, const uint8_t*, const float*, int64_t, int64_t,
-              float*, int64_t) {}
+void dots_vnni(const int8_t*, int64_t, const uint8_t*, int64_t, int64_t, int32_t*, int64_t) {}
+void dots_amx(const int8_t*, int64_t, const uint8_t*, int64_t, int64_t, int32_t*, int64_t) {}
 #endif
 }  // namespace int8
 
@@ -126,6 +129,39 @@ void vq_index_pack_cpu(const at::Tensor& codebook, const at::Tensor& rows, const
   });
 }
 
+// pyops::_cpu_limits(buffer): what the CPU search is measured against, on every thread of at::parallel_for:
+// (read GB/s of `buffer`, which should be well past the caches, VNNI int8 TOPS, AMX int8 TOPS). A limit this CPU
+// or ISA level lacks is 0. Each is the best of 3 timings.
+std::tuple<double, double, double> cpu_limits(const at::Tensor& buffer) {
+  TORCH_CHECK_VALUE(buffer.device().is_cpu() && buffer.scalar_type() == at::kByte && buffer.is_contiguous(),
+                    "_cpu_limits: buffer must be a contiguous CPU uint8 tensor");
+  const int64_t threads = at::get_num_threads();
+  auto best_rate = [&](auto&& body) {  // body(thread) -> units of work; returns the best units per second
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+      std::atomic<int64_t> work{0};
+      const auto t0 = std::chrono::steady_clock::now();
+      at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) work += body(t);
+      });
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::max(best, double(work) / s);
+    }
+    return best;
+  };
+  const int64_t bytes = buffer.numel(), per_thread = bytes / threads / 64 * 64;
+  const uint8_t* data = buffer.data_ptr<uint8_t>();
+  std::atomic<uint64_t> sink{0};
+  const bool vnni = int8::supported(), amx = int8::use_amx();
+  const double read = !vnni ? 0.0 : best_rate([&](int64_t t) {
+    sink += int8::read_bytes(data + t * per_thread, per_thread);
+    return per_thread;
+  });
+  const double vnni_ops = !vnni ? 0.0 : 2 * best_rate([](int64_t) { return int8::vnni_peak_macs(int64_t{1} << 22); });
+  const double amx_ops = !amx ? 0.0 : 2 * best_rate([](int64_t) { return int8::amx_peak_macs(int64_t{1} << 16); });
+  return {read / 1e9, vnni_ops / 1e12, amx_ops / 1e12};
+}
+
 // pyops::vq_int8_supported(): whether the CPU search has int8 kernels at the active ISA level.
 bool vq_int8_supported() { return int8::supported(); }
 
@@ -166,7 +202,10 @@ void gemm_nt(const double* x, const double* codes, int64_t rows, int64_t cols, i
   gemm_nt_impl(x, codes, rows, cols, dim, out);
 }
 
-TORCH_LIBRARY_FRAGMENT(pyops, m) { m.def("vq_int8_supported() -> bool", &vq_int8_supported); }
+TORCH_LIBRARY_FRAGMENT(pyops, m) {
+  m.def("vq_int8_supported() -> bool", &vq_int8_supported);
+  m.def("_cpu_limits(Tensor buffer) -> (float, float, float)", &cpu_limits);
+}
 
 TORCH_LIBRARY_IMPL(pyops, CPU, m) {
   m.impl("vq_search", &vq_search_cpu);

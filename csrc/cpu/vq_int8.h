@@ -40,15 +40,24 @@ void pack_codes(const float* codes, int64_t cols, int64_t dim, uint8_t* packed, 
 // unsigned-offset correction) per row; padding rows are zero.
 void quantize_rows(const float* x, int64_t rows, int64_t dim, int8_t* q, float* scale, int32_t* bias);
 
-// out[r, j] ~ x_r . c_j for the rows quantized by quantize_rows and the codes packed by pack_codes
-// (`packed` and `code_scale` point at the first code's group); out has row stride ld. dots() picks
-// dots_amx when use_amx(), else dots_vnni; both give the same values (exact int32 sums, the same scaling).
-void dots(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
-          const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld);
-void dots_vnni(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
-               const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld);
-void dots_amx(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
-              const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld);
+// acc[r, j] = the int32 dot product of row r's int8 values (quantize_rows) with code j's unsigned packed
+// values (pack_codes, `packed` pointing at the first code's group), so x_r . c_j ~ (acc[r, j] - bias[r]) *
+// scale[r] * code_scale[j]; the search's scan applies that as it reads acc. acc has row stride ld (a multiple
+// of 16) and room for round_up(rows, kRows) rows x round_up(cols, 32) columns: the AMX kernel stores whole
+// 16 x 16 tiles. dots() picks dots_amx when use_amx() and rows >= 16, else dots_vnni; the sums are exact, so
+// both give identical results.
+void dots(const int8_t* q, int64_t rows, const uint8_t* packed, int64_t cols, int64_t dim, int32_t* acc, int64_t ld);
+void dots_vnni(const int8_t* q, int64_t rows, const uint8_t* packed, int64_t cols, int64_t dim, int32_t* acc,
+               int64_t ld);
+void dots_amx(const int8_t* q, int64_t rows, const uint8_t* packed, int64_t cols, int64_t dim, int32_t* acc,
+              int64_t ld);
+
+// Machine limits for the benchmarks (pyops::_cpu_limits): int8 multiply-adds done by `reps` rounds of a
+// register-only loop of the AMX / VNNI instruction (the instruction's peak rate), and a streaming read of
+// `bytes` bytes at `data` (returns a value that depends on every byte, so the reads cannot be elided).
+int64_t amx_peak_macs(int64_t reps);
+int64_t vnni_peak_macs(int64_t reps);
+uint64_t read_bytes(const uint8_t* data, int64_t bytes);
 
 }  // namespace int8
 }  // namespace vq

@@ -13,7 +13,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "vq_int8.h"
@@ -38,28 +37,38 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
+// Configures all 8 tiles as 16 rows x 64 bytes. GCC 12 does not model _tile_loadconfig as reading its operand
+// and drops the stores that fill it (then every tile has 0 rows and the first tile instruction faults), so
+// the address escapes through an empty asm with a memory clobber first.
+void load_tile_config() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = kTile;
+  asm volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+}
+
 // Dims per pass over the rows: a 32-code panel of 512 dims is 16 KiB, so it stays in L1 while every 32-row
-// block of the rows streams past it from L2; the C tiles go through `acc` between passes.
+// block of the rows streams past it from L2; the C tiles wait in acc between passes.
 constexpr int64_t kDimChunk = 512;
 
-// Rows r0.. x codes of groups g0.. (MR x NR tiles) over dims [d0, d1): C = acc (or 0 on the first pass) +
-// the chunk's products; on the last pass out = (C - bias) * sx * sc, else C goes back to acc.
+// C (MR x NR tiles: 16-row blocks of q x groups of 16 codes) = acc (or zero on the first pass) + the products
+// over dims [d0, d1), stored back to acc (row stride ld ints).
 template <int MR, int NR>
-void block(const int8_t* q, int64_t dp, int64_t d0, int64_t d1, const float* scale, const int32_t* bias,
-           int64_t rows, const uint8_t* groups, const float* code_scale, int64_t cols, int32_t (*acc)[2 * kTile],
-           float* out, int64_t ld) {
-  constexpr int64_t kLd = 2 * kTile * sizeof(int32_t);  // acc's row stride in bytes
-  const int64_t group_bytes = dp * kGroup;
+void block(const int8_t* q, int64_t dp, int64_t d0, int64_t d1, const uint8_t* groups, int32_t* acc, int64_t ld) {
+  const int64_t group_bytes = dp * kGroup, ld_bytes = ld * sizeof(int32_t);
+  int32_t* c1 = acc + kTile;       // codes 16..31
+  int32_t* c2 = acc + kTile * ld;  // rows 16..31
+  int32_t* c3 = c2 + kTile;
   if (d0 == 0) {
     _tile_zero(0);
     if (NR > 1) _tile_zero(1);
     if (MR > 1) _tile_zero(2);
     if (MR > 1 && NR > 1) _tile_zero(3);
   } else {
-    _tile_loadd(0, &acc[0][0], kLd);
-    if (NR > 1) _tile_loadd(1, &acc[0][kTile], kLd);
-    if (MR > 1) _tile_loadd(2, &acc[kTile][0], kLd);
-    if (MR > 1 && NR > 1) _tile_loadd(3, &acc[kTile][kTile], kLd);
+    _tile_loadd(0, acc, ld_bytes);
+    if (NR > 1) _tile_loadd(1, c1, ld_bytes);
+    if (MR > 1) _tile_loadd(2, c2, ld_bytes);
+    if (MR > 1 && NR > 1) _tile_loadd(3, c3, ld_bytes);
   }
   for (int64_t d = d0; d < d1; d += 64) {
     _tile_loadd(4, q + d, dp);
@@ -71,63 +80,57 @@ void block(const int8_t* q, int64_t dp, int64_t d0, int64_t d1, const float* sca
     if (MR > 1) _tile_dpbsud(2, 5, 6);
     if (MR > 1 && NR > 1) _tile_dpbsud(3, 5, 7);
   }
-  _tile_stored(0, &acc[0][0], kLd);
-  if (NR > 1) _tile_stored(1, &acc[0][kTile], kLd);
-  if (MR > 1) _tile_stored(2, &acc[kTile][0], kLd);
-  if (MR > 1 && NR > 1) _tile_stored(3, &acc[kTile][kTile], kLd);
-  if (d1 < dp) return;
-  const int64_t m = rows < MR * kTile ? rows : MR * kTile;
-  for (int64_t r = 0; r < m; ++r) {
-    const __m512 sx = _mm512_set1_ps(scale[r]);
-    const __m512i b = _mm512_set1_epi32(bias[r]);
-    for (int h = 0; h < NR; ++h) {
-      const int64_t left = cols - kTile * h;
-      if (left <= 0) break;
-      const __mmask16 mask = left >= kTile ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-      const __m512i c = _mm512_load_si512(&acc[r][kTile * h]);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, b)), sx),
-                                     _mm512_maskz_loadu_ps(mask, code_scale + kTile * h));
-      _mm512_mask_storeu_ps(out + r * ld + kTile * h, mask, v);
-    }
-  }
+  _tile_stored(0, acc, ld_bytes);
+  if (NR > 1) _tile_stored(1, c1, ld_bytes);
+  if (MR > 1) _tile_stored(2, c2, ld_bytes);
+  if (MR > 1 && NR > 1) _tile_stored(3, c3, ld_bytes);
 }
 
 }  // namespace
 
-void dots_amx(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
-              const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld) {
+void dots_amx(const int8_t* q, int64_t rows, const uint8_t* packed, int64_t cols, int64_t dim, int32_t* acc,
+              int64_t ld) {
   const int64_t dp = padded_dim(dim), group_bytes = dp * kGroup;
-  const int64_t row_blocks = (rows + 2 * kTile - 1) / (2 * kTile);
-  // The C tiles of every 32-row block between dim passes: [row_blocks * 32 rows][32 codes] int32.
-  auto* acc = static_cast<int32_t(*)[2 * kTile]>(
-      std::aligned_alloc(64, row_blocks * 2 * kTile * sizeof(int32_t[2 * kTile])));
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = kTile;
-  _tile_loadconfig(&cfg);
+  load_tile_config();
   for (int64_t j0 = 0; j0 < cols; j0 += 2 * kGroup) {
     const uint8_t* groups = packed + (j0 / kGroup) * group_bytes;
-    const int64_t n = cols - j0 < 2 * kGroup ? cols - j0 : 2 * kGroup;
+    const bool two = cols - j0 > kGroup;
     for (int64_t d0 = 0; d0 < dp; d0 += kDimChunk) {
       const int64_t d1 = d0 + kDimChunk < dp ? d0 + kDimChunk : dp;
-      // q holds round_up(rows, kRows) rows (zero padding), so a 32-row block never reads past it.
+      // q and acc hold round_up(rows, kRows) rows, so a 32-row block never leaves them.
       for (int64_t r0 = 0; r0 < rows; r0 += 2 * kTile) {
-        const int64_t m = rows - r0;
         const int8_t* qr = q + r0 * dp;
-        int32_t(*a)[2 * kTile] = acc + r0;
-        float* o = out + r0 * ld + j0;
-        if (m > kTile && n > kGroup)
-          block<2, 2>(qr, dp, d0, d1, scale + r0, bias + r0, m, groups, code_scale + j0, n, a, o, ld);
-        else if (m > kTile)
-          block<2, 1>(qr, dp, d0, d1, scale + r0, bias + r0, m, groups, code_scale + j0, n, a, o, ld);
-        else if (n > kGroup)
-          block<1, 2>(qr, dp, d0, d1, scale + r0, bias + r0, m, groups, code_scale + j0, n, a, o, ld);
+        int32_t* a = acc + r0 * ld + j0;
+        if (rows - r0 > kTile)
+          two ? block<2, 2>(qr, dp, d0, d1, groups, a, ld) : block<2, 1>(qr, dp, d0, d1, groups, a, ld);
         else
-          block<1, 1>(qr, dp, d0, d1, scale + r0, bias + r0, m, groups, code_scale + j0, n, a, o, ld);
+          two ? block<1, 2>(qr, dp, d0, d1, groups, a, ld) : block<1, 1>(qr, dp, d0, d1, groups, a, ld);
       }
     }
   }
   _tile_release();
-  std::free(acc);
+}
+
+int64_t amx_peak_macs(int64_t reps) {
+  load_tile_config();
+  alignas(64) int8_t ones[kTile * 64];
+  std::memset(ones, 1, sizeof(ones));
+  _tile_zero(0);  // tile numbers are immediates
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (int64_t i = 0; i < reps; ++i) {  // four independent accumulators, as in dots_amx
+    _tile_dpbsud(0, 4, 6);
+    _tile_dpbsud(1, 4, 7);
+    _tile_dpbsud(2, 5, 6);
+    _tile_dpbsud(3, 5, 7);
+  }
+  _tile_release();
+  return reps * 4 * kTile * kTile * 64;
 }
 
 }  // namespace int8

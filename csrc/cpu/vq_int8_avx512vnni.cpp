@@ -40,14 +40,13 @@ float quantize_row(const float* v, int64_t dim, int8_t* q) {
 
 constexpr int64_t kTileRows = 8;  // rows per micro-tile: 8 x 2 accumulators + 2 code vectors in registers
 
-// One micro-tile: kTileRows rows x (16 * H) codes, accumulated over every dim in int32, then scaled to floats.
+// One micro-tile: kTileRows rows x (16 * H) codes, accumulated over every dim in int32.
 template <int H>
-void micro_tile(const int8_t* q, int64_t ldq, const float* scale, const int32_t* bias, int64_t rows,
-                const uint8_t* panel, int64_t group_stride, const float* code_scale, int64_t cols, int64_t dim4,
-                float* out, int64_t ld) {
-  __m512i acc[kTileRows][H];
+void micro_tile(const int8_t* q, int64_t ldq, int64_t rows, const uint8_t* panel, int64_t group_stride, int64_t cols,
+                int64_t dim4, int32_t* acc, int64_t ld) {
+  __m512i sum[kTileRows][H];
   for (int r = 0; r < kTileRows; ++r)
-    for (int h = 0; h < H; ++h) acc[r][h] = _mm512_setzero_si512();
+    for (int h = 0; h < H; ++h) sum[r][h] = _mm512_setzero_si512();
   for (int64_t t = 0; t < dim4; ++t) {
     __m512i c[H];
     for (int h = 0; h < H; ++h) c[h] = _mm512_loadu_si512(panel + h * group_stride + t * 64);
@@ -55,21 +54,16 @@ void micro_tile(const int8_t* q, int64_t ldq, const float* scale, const int32_t*
       int32_t four;  // dims 4t..4t+3 of row r, broadcast to every lane
       std::memcpy(&four, q + r * ldq + 4 * t, 4);
       const __m512i xb = _mm512_set1_epi32(four);
-      for (int h = 0; h < H; ++h) acc[r][h] = _mm512_dpbusd_epi32(acc[r][h], c[h], xb);
+      for (int h = 0; h < H; ++h) sum[r][h] = _mm512_dpbusd_epi32(sum[r][h], c[h], xb);
     }
   }
-  for (int64_t r = 0; r < (rows < kTileRows ? rows : kTileRows); ++r) {
-    const __m512 sx = _mm512_set1_ps(scale[r]);
-    const __m512i b = _mm512_set1_epi32(bias[r]);
+  for (int64_t r = 0; r < (rows < kTileRows ? rows : kTileRows); ++r)
     for (int h = 0; h < H; ++h) {
       const int64_t left = cols - 16 * h;
       if (left <= 0) break;
       const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][h], b)), sx),
-                                     _mm512_loadu_ps(code_scale + 16 * h));
-      _mm512_mask_storeu_ps(out + r * ld + 16 * h, mask, v);
+      _mm512_mask_storeu_epi32(acc + r * ld + 16 * h, mask, sum[r][h]);
     }
-  }
 }
 
 }  // namespace
@@ -118,8 +112,8 @@ void quantize_rows(const float* x, int64_t rows, int64_t dim, int8_t* q, float* 
   }
 }
 
-void dots_vnni(const int8_t* q, const float* scale, const int32_t* bias, int64_t rows, const uint8_t* packed,
-               const float* code_scale, int64_t cols, int64_t dim, float* out, int64_t ld) {
+void dots_vnni(const int8_t* q, int64_t rows, const uint8_t* packed, int64_t cols, int64_t dim, int32_t* acc,
+               int64_t ld) {
   const int64_t dp = padded_dim(dim), dim4 = dp / 4, group_stride = dim4 * 64;
   // Two groups (32 codes) per panel: 16 accumulators + 2 code vectors stay in registers, and each 64-byte
   // code load feeds 8 vpdpbusd. The panel streams from L2; the 8 rows (8 * D bytes) sit in L1.
@@ -129,13 +123,40 @@ void dots_vnni(const int8_t* q, const float* scale, const int32_t* bias, int64_t
     for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
       const int64_t m = (rows - r0 < kTileRows ? rows - r0 : kTileRows);
       if (n > kGroup)
-        micro_tile<2>(q + r0 * dp, dp, scale + r0, bias + r0, m, panel, group_stride, code_scale + j0, n, dim4,
-                      out + r0 * ld + j0, ld);
+        micro_tile<2>(q + r0 * dp, dp, m, panel, group_stride, n, dim4, acc + r0 * ld + j0, ld);
       else
-        micro_tile<1>(q + r0 * dp, dp, scale + r0, bias + r0, m, panel, group_stride, code_scale + j0, n, dim4,
-                      out + r0 * ld + j0, ld);
+        micro_tile<1>(q + r0 * dp, dp, m, panel, group_stride, n, dim4, acc + r0 * ld + j0, ld);
     }
   }
+}
+
+int64_t vnni_peak_macs(int64_t reps) {
+  constexpr int kAcc = 12;  // enough independent chains to cover vpdpbusd's latency at 2 per cycle
+  __m512i acc[kAcc];
+  for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_set1_epi32(a);
+  const __m512i u = _mm512_set1_epi8(1), s = _mm512_set1_epi8(2);
+  for (int64_t i = 0; i < reps; ++i)
+    for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_dpbusd_epi32(acc[a], u, s);
+  int32_t sink = 0;
+  for (int a = 0; a < kAcc; ++a) sink += _mm512_reduce_add_epi32(acc[a]);
+  volatile int32_t keep = sink;  // the loop must run
+  (void)keep;
+  return reps * kAcc * 64;
+}
+
+uint64_t read_bytes(const uint8_t* data, int64_t bytes) {
+  __m512i x0 = _mm512_setzero_si512(), x1 = x0, x2 = x0, x3 = x0;
+  int64_t i = 0;
+  for (; i + 256 <= bytes; i += 256) {
+    x0 = _mm512_xor_si512(x0, _mm512_loadu_si512(data + i));
+    x1 = _mm512_xor_si512(x1, _mm512_loadu_si512(data + i + 64));
+    x2 = _mm512_xor_si512(x2, _mm512_loadu_si512(data + i + 128));
+    x3 = _mm512_xor_si512(x3, _mm512_loadu_si512(data + i + 192));
+  }
+  uint64_t out = static_cast<uint64_t>(
+      _mm512_reduce_add_epi64(_mm512_xor_si512(_mm512_xor_si512(x0, x1), _mm512_xor_si512(x2, x3))));
+  for (; i < bytes; ++i) out += data[i];
+  return out;
 }
 
 }  // namespace int8

@@ -83,23 +83,55 @@ inline V score_of(const V& dot, const V& stat) {
     return V(0) - dot;
 }
 
-// Folds a [rows, cols] tile of dot products (row stride ld) for codes code0.. into the rows' running
-// top-kc lists (best_d/best_i, kc per row, sorted by before()). Codes arrive in increasing index order,
-// so a score equal to a row's current kc-th never displaces it: the vector pre-test `s < kc-th` skips
-// almost every code without touching the list.
-template <Metric kMetric, typename S>
-void scan_tile(const S* dots, int64_t rows, int64_t cols, int64_t ld, const S* stat, int64_t code0, S* best_d,
+// A tile of dot products as the scan reads them, one row at a time: plain values [rows, ld] ...
+template <typename S>
+struct PlainDots {
+  const S* dots;
+  int64_t ld;
+  struct Row {
+    const S* d;
+    Vectorized<S> vec(int64_t j) const { return Vectorized<S>::loadu(d + j); }
+    S one(int64_t j) const { return d[j]; }
+  };
+  Row row(int64_t r) const { return {dots + r * ld}; }
+};
+
+// ... or the int8 kernels' int32 sums, scaled as they are read: x_r . c_j ~ (acc - bias_r) sx_r sc_j (vq_int8.h).
+struct Int8Dots {
+  const int32_t* acc;
+  int64_t ld;
+  const float *sx, *sc;
+  const int32_t* bias;
+  struct Row {
+    const int32_t* a;
+    int32_t bias;
+    float sx;
+    const float* sc;
+    Vectorized<float> vec(int64_t j) const {
+      const auto v = Vectorized<int32_t>::loadu(a + j) - Vectorized<int32_t>(bias);
+      return at::vec::convert_to_fp_of_same_size<float>(v) * Vectorized<float>(sx) * Vectorized<float>::loadu(sc + j);
+    }
+    float one(int64_t j) const { return static_cast<float>(a[j] - bias) * sx * sc[j]; }
+  };
+  Row row(int64_t r) const { return {acc + r * ld, bias[r], sx[r], sc}; }
+};
+
+// Folds a [rows, cols] tile of dot products for codes code0.. into the rows' running top-kc lists (best_d/best_i,
+// kc per row, sorted by before()). Codes arrive in increasing index order, so a score equal to a row's current
+// kc-th never displaces it: the vector pre-test `s < kc-th` skips almost every code without touching the list.
+template <Metric kMetric, typename S, typename Dots>
+void scan_tile(const Dots& dots, int64_t rows, int64_t cols, const S* stat, int64_t code0, S* best_d,
                int64_t* best_i, int kc) {
   using V = Vectorized<S>;
   constexpr int64_t kLane = V::size();
   for (int64_t r = 0; r < rows; ++r) {
-    const S* dr = dots + r * ld;
+    const auto dr = dots.row(r);
     S* bd = best_d + r * kc;
     int64_t* bi = best_i + r * kc;
     S worst = bd[kc - 1];
     int64_t j = 0;
     for (; j + kLane <= cols; j += kLane) {
-      const V s = score_of<kMetric>(V::loadu(dr + j), V::loadu(stat + j));
+      const V s = score_of<kMetric>(dr.vec(j), V::loadu(stat + j));
       // zero_mask: bit set where the lane is zero, i.e. where `s < worst` failed.
       const int fails = (s < V(worst)).zero_mask();
       if (fails == (1 << kLane) - 1) continue;
@@ -112,12 +144,26 @@ void scan_tile(const S* dots, int64_t rows, int64_t cols, int64_t ld, const S* s
       worst = bd[kc - 1];
     }
     for (; j < cols; ++j) {
-      const S s = score_of<kMetric>(dr[j], stat[j]);
+      const S s = score_of<kMetric>(dr.one(j), stat[j]);
       if (s < worst) {
         insert_sorted(bd, bi, kc, s, code0 + j);
         worst = bd[kc - 1];
       }
     }
+  }
+}
+
+// scan_tile for the metric chosen at run time.
+template <typename S, typename Dots>
+void scan_tile(Metric metric, const Dots& dots, int64_t rows, int64_t cols, const S* stat, int64_t code0, S* best_d,
+               int64_t* best_i, int kc) {
+  switch (metric) {
+    case Metric::kL2:
+      return scan_tile<Metric::kL2>(dots, rows, cols, stat, code0, best_d, best_i, kc);
+    case Metric::kCosine:
+      return scan_tile<Metric::kCosine>(dots, rows, cols, stat, code0, best_d, best_i, kc);
+    case Metric::kIp:
+      return scan_tile<Metric::kIp>(dots, rows, cols, stat, code0, best_d, best_i, kc);
   }
 }
 
@@ -223,8 +269,11 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
       Buffer<int8_t> qx(use_int8 ? rows_padded * dp : 0);            // [rows, dp] int8 rows
       Buffer<float> qx_scale(use_int8 ? rows_padded : 0);
       Buffer<int32_t> qx_bias(use_int8 ? rows_padded : 0);
-      Buffer<M> dots_buf(rows_per_task * kCodeTile);  // [rows, tile]
-      M* dots = dots_buf.data();
+      // [rows, tile] dots: BLAS values, or the int8 kernels' int32 sums, which fill whole 32 x 32 blocks
+      // (vq_int8.h) with a row stride padded off 4 KiB (a power-of-two stride maps a block's rows to one L1 set).
+      constexpr int64_t kLd = kCodeTile + 16;
+      Buffer<M> dots_buf(use_int8 ? 0 : rows_per_task * kCodeTile);
+      Buffer<int32_t> acc_buf(use_int8 ? rows_padded * kLd : 0);
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t block = task / splits, split = task % splits;
         const int64_t r0 = block * rows_per_task, rows = std::min(rows_per_task, n - r0);
@@ -240,24 +289,15 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
         for (int64_t c0 = code_begin; c0 < code_end; c0 += kCodeTile) {
           const int64_t cols = std::min(kCodeTile, code_end - c0);
           if constexpr (std::is_same_v<M, float>) {
-            if (use_int8)
-              int8::dots(qx.data(), qx_scale.data(), qx_bias.data(), rows, packed + (c0 - chunk0) * dp,
-                         code_scale + (c0 - chunk0), cols, dim, dots, cols);
+            if (use_int8) {
+              int8::dots(qx.data(), rows, packed + (c0 - chunk0) * dp, cols, dim, acc_buf.data(), kLd);
+              const Int8Dots dots{acc_buf.data(), kLd, qx_scale.data(), code_scale + (c0 - chunk0), qx_bias.data()};
+              scan_tile(p.metric, dots, rows, cols, stat + c0, c0, bd, bi, kc);
+              continue;
+            }
           }
-          if (!use_int8) {
-            gemm_nt(xr, as_math(cb + c0 * dim, c_buf.data(), cols * dim), rows, cols, dim, dots);
-          }
-          switch (p.metric) {
-            case Metric::kL2:
-              scan_tile<Metric::kL2>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
-              break;
-            case Metric::kCosine:
-              scan_tile<Metric::kCosine>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
-              break;
-            case Metric::kIp:
-              scan_tile<Metric::kIp>(dots, rows, cols, cols, stat + c0, c0, bd, bi, kc);
-              break;
-          }
+          gemm_nt(xr, as_math(cb + c0 * dim, c_buf.data(), cols * dim), rows, cols, dim, dots_buf.data());
+          scan_tile(p.metric, PlainDots<M>{dots_buf.data(), cols}, rows, cols, stat + c0, c0, bd, bi, kc);
         }
       }
     });
