@@ -3,9 +3,14 @@
 Peers: torch chunked matmul + argmin (what vector-quantize-pytorch and most tokenizers do, minus the N x K
 matrix in one piece), the same under torch.compile, torch.cdist + argmin where N x K fits, FAISS's exact flat
 index (faiss-cpu; faiss-gpu when importable), and vector-quantize-pytorch's VectorQuantize forward (eval mode,
-our codebook loaded), which also builds the quantized output. TFLOP/s counts 2*N*K*D; "% matmul" is that over
-the rate of a large torch matmul in the search dtype measured in the same run; "agree %" is top-1 agreement with
-an fp32 brute-force search. GPU runs in bf16 (the VQRAE training dtype), CPU in fp32.
+our codebook loaded), which also builds the quantized output. `pyops.VQIndex` and FAISS's indexes are built
+once outside the timing, as their users do; their build times are rows of their own (mode "build"). Mode
+"top-1 ip" compares the inner-product searches (FAISS IndexFlatIP). On CPU the notes give the machine's
+limits measured in the same run (streaming read GB/s, int8 VNNI and AMX peaks: `pyops::_cpu_limits`) and what
+they mean for each case: the time to read the packed int8 codebook once, and the int8 compute time. TFLOP/s
+counts 2*N*K*D; "% matmul" is that over the rate of a large torch matmul in the search dtype measured in the
+same run; "agree %" is top-1 agreement with an fp32 brute-force search. GPU runs in bf16 (the VQRAE training
+dtype), CPU in fp32.
 """
 
 import importlib
@@ -16,8 +21,9 @@ import pyops
 
 DIM = 1536
 # (N, K): a training batch of 65,536 tokens and one 256-token image, against 16k to 262k codes.
-GPU_CASES = [(65536, 16384), (65536, 65536), (65536, 262144), (256, 16384), (256, 65536), (256, 262144)]
-CPU_CASES = [(4096, 16384), (256, 65536), (256, 262144)]  # 2 cores: about 1 s per pyops call
+GPU_CASES = [(65536, 16384), (65536, 65536), (65536, 262144), (256, 16384), (256, 65536), (256, 262144),
+             (16, 262144)]  # small N: what a prepared index saves
+CPU_CASES = [(4096, 16384), (256, 65536), (256, 262144)]  # the issue's shapes (prepared-index targets)
 QUICK_CASES, QUICK_DIM = [(64, 512)], 64
 OUR_BACKENDS = ("cuda", "triton", "cpu")
 
@@ -42,8 +48,9 @@ def _faiss(cuda: bool):
     return faiss, None
 
 
-def providers(ctx, n, codebook):
-    """name -> factory returning fn(x, codebook) -> top-1 indices [N]. Factories run once per case."""
+def providers(ctx, n, codebook, builds):
+    """name -> factory returning fn(x, codebook) -> top-1 indices [N]. Factories run once per case; index
+    build times go to `builds`."""
     num_codes, dim = codebook.shape
     cuda = ctx.device.type == "cuda"
     ours = [b for b in OUR_BACKENDS if b in pyops.available_backends(ctx.device, "vq_search")
@@ -67,22 +74,76 @@ def providers(ctx, n, codebook):
     out["torch chunked"], out["torch.compile chunked"] = chunked, compiled
     if n * num_codes * 4 <= ((16 << 30) if cuda else (1 << 30)):
         out["torch cdist"] = lambda: lambda x, c: torch.cdist(x.float(), c.float()).argmin(1)
+    out["pyops VQIndex"] = lambda: _index_search(ctx, n, codebook, "l2", builds)
     faiss, why = _faiss(cuda)
     if faiss is None:
         ctx.note(why)
     elif not cuda:
-        def flat():
-            index = faiss.IndexFlatL2(dim)  # built once outside the timing, as a FAISS user would
-            index.add(codebook.float().numpy())
-            return lambda x, c: torch.from_numpy(index.search(x.float().numpy(), 1)[1][:, 0])
-
-        out["faiss IndexFlatL2"] = flat
+        out["faiss IndexFlatL2"] = lambda: _faiss_search(ctx, n, faiss.IndexFlatL2, codebook, builds)
     if n * num_codes * 4 <= ((16 << 30) if cuda else (1 << 30)):
         out["vector-quantize-pytorch"] = lambda: _vqtorch(ctx, codebook)
     else:
         ctx.note(f"vector-quantize-pytorch skipped at N={n}, K={num_codes}: its N x K fp32 distance matrix "
                  f"would take {n * num_codes * 4 / 2**30:.0f} GiB")
     return out
+
+
+def _index_search(ctx, n, codebook, metric, builds):
+    """A VQIndex built once (its build time appended to `builds`); fn(x, c) -> top-1 indices."""
+    index = pyops.VQIndex(codebook, metric=metric)
+    builds.append(ctx.record("vq", "pyops VQIndex", _build_mode(metric), **_case(n, codebook, metric),
+                             fn=lambda: pyops.VQIndex(codebook, metric=metric)))
+    return lambda x, c: index.search(x)[1][:, 0]
+
+
+def _faiss_search(ctx, n, index_class, codebook, builds):
+    """A FAISS flat index with the codebook added once (add time appended to `builds`); fn(x, c) -> top-1."""
+    codes = codebook.float().numpy()
+
+    def build():
+        index = index_class(codes.shape[1])
+        index.add(codes)
+        return index
+
+    index = build()
+    metric = "ip" if "IP" in index_class.__name__ else "l2"
+    builds.append(ctx.record("vq", f"faiss {index_class.__name__}", _build_mode(metric),
+                             **_case(n, codebook, metric), fn=build))
+    return lambda x, c: torch.from_numpy(index.search(x.float().numpy(), 1)[1][:, 0])
+
+
+def _build_mode(metric):
+    return "build" if metric == "l2" else f"build {metric}"
+
+
+def _case(n, codebook, metric):
+    num_codes, dim = codebook.shape
+    return dict(x_name="N x K", x_value=f"{n}x{num_codes}", extra={
+        "N": n, "K": num_codes, "D": dim, "metric": metric, "dtype": str(codebook.dtype).replace("torch.", "")})
+
+
+def _ip_providers(ctx, n, codebook, builds):
+    """The inner-product searches: pyops' index and vq_search against FAISS IndexFlatIP (CPU)."""
+    out = {"pyops VQIndex": lambda: _index_search(ctx, n, codebook, "ip", builds),
+           "pyops-cpu": lambda: lambda x, c: pyops.vq_search(x, c, metric="ip")[1][:, 0]}
+    faiss, _ = _faiss(False)
+    if faiss is not None:
+        out["faiss IndexFlatIP"] = lambda: _faiss_search(ctx, n, faiss.IndexFlatIP, codebook, builds)
+    return out
+
+
+def _limits_note(ctx, cases, dim, read_bytes):
+    """The CPU's measured limits, and what they mean for each case (see the module docstring)."""
+    read_gbps, vnni_tops, amx_tops = torch.ops.pyops._cpu_limits(torch.ones(read_bytes, dtype=torch.uint8))
+    int8_tops = amx_tops or vnni_tops
+    ctx.note(f"machine limits ({torch.get_num_threads()} threads, `pyops::_cpu_limits`): streaming read "
+             f"{read_gbps:.1f} GB/s, int8 VNNI {vnni_tops:.2f} TOPS, AMX {amx_tops:.2f} TOPS (0: not available)")
+    for n, num_codes in cases:
+        packed_mb = num_codes * -(-dim // 64) * 64 / 1e6
+        read_ms = packed_mb / 1e3 / read_gbps * 1e3 if read_gbps else float("nan")
+        compute_ms = 2 * n * num_codes * dim / (int8_tops * 1e12) * 1e3 if int8_tops else float("nan")
+        ctx.note(f"{n}x{num_codes}: one read of the {packed_mb:.0f} MB packed int8 codebook takes {read_ms:.1f} ms; "
+                 f"the int8 products at the peak take {compute_ms:.1f} ms; the search's floor is the larger")
 
 
 def _vqtorch(ctx, codebook):
@@ -103,6 +164,8 @@ def run(ctx):
     cases = QUICK_CASES if ctx.quick else GPU_CASES if cuda else CPU_CASES
     dim = QUICK_DIM if ctx.quick else DIM
     dtype = torch.bfloat16 if cuda else torch.float32
+    if not cuda:
+        _limits_note(ctx, cases, dim, (64 if ctx.quick else 1024) << 20)
     rows = []
     for n, num_codes in cases:
         g = torch.Generator().manual_seed(0)
@@ -112,11 +175,17 @@ def run(ctx):
                               _workspace_rows(num_codes, cuda))  # fp32 brute force: the agreement reference
         case = dict(x_name="N x K", x_value=f"{n}x{num_codes}",
                     extra={"N": n, "K": num_codes, "D": dim, "dtype": str(dtype).replace("torch.", "")})
-        for name, make in providers(ctx, n, codebook).items():
+        builds = []
+        searches = [("top-1", exact, name, make) for name, make in providers(ctx, n, codebook, builds).items()]
+        if not cuda:
+            exact_ip = torch.cat([(xb @ codebook.T).argmax(1) for xb in x.split(_workspace_rows(num_codes, False))])
+            searches += [("top-1 ip", exact_ip, name, make)
+                         for name, make in _ip_providers(ctx, n, codebook, builds).items()]
+        for mode, reference, name, make in searches:
             try:
                 fn = make()
-                agreement = (fn(x, codebook).to(exact.device) == exact).float().mean().item()
-                rows.append(ctx.record("vq", name, "top-1", fn=lambda: fn(x, codebook),  # noqa: F821
+                agreement = (fn(x, codebook).to(reference.device) == reference).float().mean().item()
+                rows.append(ctx.record("vq", name, mode, fn=lambda: fn(x, codebook),  # noqa: F821
                                        flops=2 * n * num_codes * dim,
                                        matmul_dtype=dtype, agreement=agreement, **case))
             except torch.OutOfMemoryError as e:
@@ -125,5 +194,6 @@ def run(ctx):
                 ctx.fail(f"vq {case['x_value']} {name}", e, ours=name.startswith("pyops"))
             if cuda:
                 torch.cuda.empty_cache()
+        rows += builds
         del x, codebook, exact  # the timed lambdas above are done with them
     return rows

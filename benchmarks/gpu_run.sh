@@ -6,9 +6,10 @@
 # (benchmarks/peer_wheels.sh fills it); gsplat's CUDA extension is compiled in the background while the tests
 # run (benchmarks/build_gsplat.py).
 #
-#   STEPS="build diagnose tests sanitizer tune bench"   which steps run (in this order; diagnose: the native
-#                                         argument-error crash seen on GPU images; tune: Triton VQ tile settings)
-#   TESTS_S=240 SANITIZER_S=120           time box of each step, seconds; the benchmarks get what is left of
+#   STEPS="build diagnose tests sanitizer tune vqindex bench"   which steps run (in this order; diagnose: the
+#                                         native argument-error crash seen on GPU images; tune: Triton VQ tile
+#                                         settings; vqindex: the prepared VQ index at small N)
+#   TESTS_S=240 SANITIZER_S=120 VQINDEX_S=90  time box of each step, seconds; the benchmarks get what is left of
 #   DEADLINE_S=570                        the whole run's time box
 #   PYTEST_K=  BENCH_ARGS=                a pytest -k expression for the tests step; run.py arguments
 #   PYOPS_GIT_COMMIT=$(git rev-parse HEAD)  the commit sent (the copy's own git metadata can lag behind it)
@@ -17,7 +18,7 @@
 # benchmark tables and a prebuilt gsplat extension (gsplat-csrc.tgz) beside it.
 set -uo pipefail
 OUT=${OUT:-gpu-run}
-STEPS=${STEPS:-build diagnose tests sanitizer bench}
+STEPS=${STEPS:-build diagnose tests sanitizer vqindex bench}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} PYOPS_SYSTEM_PYTHON=1
@@ -86,6 +87,8 @@ if [ -n "$gsplat_pid" ]; then
   tail -n 5 "$LOGS/gsplat-build.log"
 fi
 has tune && step tune "${TUNE_S:-150}" python3 benchmarks/tune_vq_triton.py
+# Issue 19: does the prepared index (bf16 tiles, no per-call conversion or norms) speed the small-N search?
+has vqindex && step vqindex "${VQINDEX_S:-90}" python3 benchmarks/vq_index_small_n.py
 has bench && step bench "$(left)" python3 benchmarks/run.py --out "$LOGS/results" ${BENCH_ARGS:-}
 cp "$LOGS"/results/*/*.md "$OUT"/ 2>/dev/null
 tar -czf "$OUT/gpu-run.tgz" -C "$LOGS" .
