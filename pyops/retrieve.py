@@ -30,11 +30,14 @@ from ._checks import check_choice, check_int, check_tensor
 from .reference import contrastive as reference
 from .reference.vq import NORM_EPS
 from .vq import MAX_K, vq_search
+from .vq_index import VQIndex
 
 METRICS = reference.RETRIEVE_METRICS
 
 
-def _search(x: Tensor, bank: Tensor, k: int, metric: str, exact: bool, backend: Optional[str]) -> Tuple[Tensor, Tensor]:
+def _search(x: Tensor, bank, k: int, metric: str, exact: bool, backend: Optional[str]) -> Tuple[Tensor, Tensor]:
+    if isinstance(bank, VQIndex):  # prepared once: its codes were checked when it was built
+        return bank.search(x, k, backend=backend)
     # vq_search checks the bank for NaN/inf (a pass over it, on CPU tensors); checking it here as well would
     # double that pass, so its error is renamed to this op's instead.
     try:
@@ -47,7 +50,7 @@ def _search(x: Tensor, bank: Tensor, k: int, metric: str, exact: bool, backend: 
 
 def retrieve(
     queries: Tensor,  # [Q, D] or [Q, A, D]
-    bank: Tensor,  # [B, D]
+    bank,  # [B, D] Tensor or a VQIndex of one
     k: int,
     *,
     weights: Optional[Tensor] = None,  # [A] or [Q, A]
@@ -60,7 +63,9 @@ def retrieve(
     Args:
         queries: ``(Q, D)`` query embeddings, or ``(Q, A, D)``: A attribute embeddings per query image, scored
             as ``score(q, b) = sum_a w_a sim(q_a, b)``; fp32, fp16 or bf16 (fp64 on the CPU and torch backends).
-        bank: ``(B, D)`` embeddings searched, same dtype and device as queries.
+        bank: ``(B, D)`` embeddings searched, same dtype and device as queries; or a `pyops.VQIndex` of them
+            built with this metric, which a bank searched many times should be (it is prepared once: no per-call
+            conversion of the bank, which dominates at a few queries). Its precision then replaces ``exact``.
         k: results per query, ``1 <= k <= min(B, 128)``.
         weights: ``(A,)`` or ``(Q, A)`` floating weights (any sign), on the queries' device; default 1/A
             (1 for 2-D queries, which count as A = 1).
@@ -74,6 +79,11 @@ def retrieve(
     """
     op = "retrieve"
     check_tensor(op, "queries", queries, floating=True)
+    index = bank if isinstance(bank, VQIndex) else None
+    if index is not None:
+        if index.metric != metric:
+            raise ValueError(f"{op}: bank is a VQIndex with metric {index.metric!r}, but metric={metric!r}")
+        bank = index.codebook
     check_tensor(op, "bank", bank, (None, None), floating=True, like=("queries", queries))
     if queries.dim() not in (2, 3) or queries.shape[-1] != bank.shape[1]:
         raise ValueError(f"{op}: queries must have shape (Q, D) or (Q, A, D) with D={bank.shape[1]} (the bank's), "
@@ -90,7 +100,7 @@ def retrieve(
                              f"{tuple(queries.shape)}, got {tuple(weights.shape)}")
         _backend.check_finite(op, "weights", weights)
     _backend.check_finite(op, "queries", queries)
-    queries, bank = queries.detach(), bank.detach()
+    queries, bank = queries.detach(), (index if index is not None else bank.detach())
 
     if weights is None and num_a == 1:  # one embedding per query: a plain search, nothing to combine
         return _search(queries.reshape(num_q, dim), bank, k, metric, exact, backend)

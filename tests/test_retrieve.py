@@ -166,3 +166,20 @@ def test_bad_inputs():
     for args, kwargs, exc, match in cases:
         with pytest.raises(exc, match=match):
             pyops.retrieve(*args, **kwargs)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_prepared_index_bank(metric):
+    # A VQIndex bank (prepared once) returns what the plain bank returns, for one and several attributes.
+    g = torch.Generator().manual_seed(4)
+    bank = torch.randn(500, 48, generator=g)
+    queries = torch.randn(7, 3, 48, generator=g)
+    weights = torch.rand(3, generator=g)
+    index = pyops.VQIndex(bank, metric=metric)
+    for q, w in ((queries[:, 0], None), (queries, weights)):
+        d, i = pyops.retrieve(q, index, 5, weights=w, metric=metric)
+        d_ref, i_ref = pyops.retrieve(q, bank, 5, weights=w, metric=metric)
+        assert torch.equal(i, i_ref)
+        torch.testing.assert_close(d, d_ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="retrieve: bank is a VQIndex with metric"):
+        pyops.retrieve(queries, index, 5, metric="ip" if metric == "cosine" else "cosine")
