@@ -24,9 +24,13 @@ def test_quick_benchmark_run(tmp_path):
     assert {"pyops-cpu", "eager", "torch.compile"} <= {r["kernel_provider"] for r in derf}
     assert {r["kernel_operation_mode"] for r in derf} == {"forward", "backward", "full"}
     vq = [r for r in rows if r["kernel_name"] == "vq"]
-    assert {"pyops-cpu", "pyops-cpu exact", "torch chunked", "faiss IndexFlatL2", "vector-quantize-pytorch"} <= {
-        r["kernel_provider"] for r in vq}
-    assert all(r["tflops"] > 0 and r["agreement"] is not None for r in vq)
+    assert {"pyops-cpu", "pyops-cpu exact", "pyops VQIndex", "torch chunked", "faiss IndexFlatL2", "faiss IndexFlatIP",
+            "vector-quantize-pytorch"} <= {r["kernel_provider"] for r in vq}
+    builds = [r for r in vq if r["kernel_operation_mode"].startswith("build")]
+    assert {(r["kernel_provider"], r["kernel_operation_mode"]) for r in builds} == {
+        ("pyops VQIndex", "build"), ("pyops VQIndex", "build ip"), ("faiss IndexFlatL2", "build"),
+        ("faiss IndexFlatIP", "build ip")}
+    assert all(r["tflops"] > 0 and r["agreement"] == 1.0 for r in vq if r not in builds)
     gs = [r for r in rows if r["kernel_name"] == "gaussians"]
     assert {(r["kernel_provider"], r["kernel_operation_mode"]) for r in gs} >= {
         (p, m) for p in ("pyops-cpu", "dense reference") for m in ("forward", "backward", "full")}
