@@ -34,8 +34,8 @@ SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, in
   TORCH_CHECK_VALUE(codebook.size(1) == x.size(1), op, ": codebook has dimension ", codebook.size(1), " but x has ",
                     x.size(1));
   TORCH_CHECK_VALUE(codebook.size(0) >= 1, op, ": codebook is empty");
-  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0) && k <= kMaxK, op, ": k=", k, " is out of range [1, min(K, ",
-                    kMaxK, ")] for a codebook of K=", codebook.size(0), " codes");
+  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0) && k <= kMaxK, op, ": k=", k, " is out of range [1, min(K, ", kMaxK,
+                    ")] for a codebook of K=", codebook.size(0), " codes");
   SearchProblem p;
   p.metric = parse_metric(metric, op);
   p.x = x.contiguous();
@@ -71,8 +71,8 @@ SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebo
                       stale);
     TORCH_CHECK_TYPE(code_scale.scalar_type() == at::kFloat, op, ": code_scale must be float32, got ",
                      code_scale.scalar_type());
-    TORCH_CHECK_VALUE(code_scale.dim() == 1 && code_scale.size(0) == groups * 16, op,
-                      ": code_scale must have shape [", groups * 16, "], got ", code_scale.sizes(), stale);
+    TORCH_CHECK_VALUE(code_scale.dim() == 1 && code_scale.size(0) == groups * 16, op, ": code_scale must have shape [",
+                      groups * 16, "], got ", code_scale.sizes(), stale);
   } else if (!exact) {
     TORCH_CHECK_TYPE(packed.scalar_type() == at::kHalf || packed.scalar_type() == at::kBFloat16, op,
                      ": packed must be float16 or bfloat16 (a GPU index) or empty (exact scores), got ",
@@ -81,8 +81,8 @@ SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebo
                       " (the codebook's), got ", packed.sizes(), stale);
   }
   if (device_type != c10::DeviceType::CPU || exact)
-    TORCH_CHECK_VALUE(code_scale.numel() == 0, op, ": code_scale must be empty (it holds the CPU int8 scales), got shape ",
-                      code_scale.sizes());
+    TORCH_CHECK_VALUE(code_scale.numel() == 0, op,
+                      ": code_scale must be empty (it holds the CPU int8 scales), got shape ", code_scale.sizes());
   p.stat = stat.contiguous();
   p.packed = packed.contiguous();
   p.code_scale = code_scale.contiguous();

@@ -71,8 +71,7 @@ class Buffer {
   static constexpr std::align_val_t kAlign{64};
 
  public:
-  explicit Buffer(int64_t n)
-      : data_(n > 0 ? static_cast<T*>(::operator new[](n * sizeof(T), kAlign)) : nullptr) {
+  explicit Buffer(int64_t n) : data_(n > 0 ? static_cast<T*>(::operator new[](n * sizeof(T), kAlign)) : nullptr) {
     if (n > 0) std::memset(static_cast<void*>(data_), 0, n * sizeof(T));
   }
   ~Buffer() {

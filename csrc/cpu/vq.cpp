@@ -87,25 +87,22 @@ void vq_index_pack_cpu(const at::Tensor& codebook, const at::Tensor& rows, const
   TORCH_CHECK_TYPE(codebook.scalar_type() == at::kFloat || codebook.scalar_type() == at::kHalf ||
                        codebook.scalar_type() == at::kBFloat16,
                    op, ": codebook must be float32, float16 or bfloat16 for int8 tiles, got ", codebook.scalar_type());
-  for (auto [t, name] : {std::pair{&codebook, "codebook"}, {&rows, "rows"}, {&packed, "packed"},
-                         {&code_scale, "code_scale"}})
+  for (auto [t, name] :
+       {std::pair{&codebook, "codebook"}, {&rows, "rows"}, {&packed, "packed"}, {&code_scale, "code_scale"}})
     TORCH_CHECK_VALUE(t->device().is_cpu(), op, ": ", name, " is on ", t->device(), ", expected a CPU tensor");
   TORCH_CHECK_VALUE(codebook.dim() == 2, op, ": codebook must be 2-D, got shape ", codebook.sizes());
   const int64_t num_codes = codebook.size(0), dim = codebook.size(1);
-  TORCH_CHECK_VALUE(dim <= int8::kMaxDim, op, ": codebook dimension ", dim, " is above the int8 limit ",
-                    int8::kMaxDim);
+  TORCH_CHECK_VALUE(dim <= int8::kMaxDim, op, ": codebook dimension ", dim, " is above the int8 limit ", int8::kMaxDim);
   const int64_t groups = (num_codes + int8::kGroup - 1) / int8::kGroup, dp = int8::padded_dim(dim);
   TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, op, ": rows must be int64, got ", rows.scalar_type());
   TORCH_CHECK_VALUE(rows.dim() == 1, op, ": rows must be 1-D, got shape ", rows.sizes());
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8, got ", packed.scalar_type());
-  TORCH_CHECK_VALUE(packed.sizes() == at::IntArrayRef({groups, dp / 4, int8::kGroup, 4}) && packed.is_contiguous(),
-                    op, ": packed must be a contiguous [", groups, ", ", dp / 4, ", 16, 4] tensor, got ",
-                    packed.sizes());
+  TORCH_CHECK_VALUE(packed.sizes() == at::IntArrayRef({groups, dp / 4, int8::kGroup, 4}) && packed.is_contiguous(), op,
+                    ": packed must be a contiguous [", groups, ", ", dp / 4, ", 16, 4] tensor, got ", packed.sizes());
   TORCH_CHECK_TYPE(code_scale.scalar_type() == at::kFloat, op, ": code_scale must be float32, got ",
                    code_scale.scalar_type());
   TORCH_CHECK_VALUE(code_scale.sizes() == at::IntArrayRef({groups * int8::kGroup}) && code_scale.is_contiguous(), op,
-                    ": code_scale must be a contiguous [", groups * int8::kGroup, "] tensor, got ",
-                    code_scale.sizes());
+                    ": code_scale must be a contiguous [", groups * int8::kGroup, "] tensor, got ", code_scale.sizes());
   const at::Tensor idx = rows.contiguous();
   const int64_t* r = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < idx.numel(); ++i)
@@ -122,8 +119,8 @@ void vq_index_pack_cpu(const at::Tensor& codebook, const at::Tensor& rows, const
       for (int64_t i = i0; i < i1; ++i) {
         const scalar_t* c = cb + r[i] * dim;
         for (int64_t d = 0; d < dim; ++d) row[d] = static_cast<float>(c[d]);
-        scale[r[i]] = int8::pack_code(row.data(), dim, out + (r[i] / int8::kGroup) * dp * int8::kGroup,
-                                      r[i] % int8::kGroup);
+        scale[r[i]] =
+            int8::pack_code(row.data(), dim, out + (r[i] / int8::kGroup) * dp * int8::kGroup, r[i] % int8::kGroup);
       }
     });
   });

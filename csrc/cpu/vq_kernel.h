@@ -8,9 +8,10 @@
 // exact re-rank then merges them and recomputes distances from the inputs.
 //
 // Scores: exact=True (and fp64) uses the BLAS in fp32 (fp64); exact=False uses int8 dot products where the
-// CPU has AVX512-VNNI or AMX (vq_int8.h), else fp32 too. A prepared index (pyops.VQIndex: p.stat defined)
-// brings the per-code terms and, for int8, the whole packed codebook, so the call packs nothing. Not bf16: on the AVX-512 Xeons we measured, vdpbf16ps
-// gives half the fp32 FMA rate and ATen's bf16 matmul (oneDNN) 0.65x its fp32 rate.
+// CPU has AVX512-VNNI or AMX (vq_int8.h), else fp32 too. Not bf16: on the AVX-512 Xeons we measured, vdpbf16ps
+// gives half the fp32 FMA rate and ATen's bf16 matmul (oneDNN) 0.65x its fp32 rate. A prepared index
+// (pyops.VQIndex: p.stat defined) brings the per-code terms and, for int8, the whole packed codebook, so the
+// call packs nothing.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -120,8 +121,8 @@ struct Int8Dots {
 // kc per row, sorted by before()). Codes arrive in increasing index order, so a score equal to a row's current
 // kc-th never displaces it: the vector pre-test `s < kc-th` skips almost every code without touching the list.
 template <Metric kMetric, typename S, typename Dots>
-void scan_tile(const Dots& dots, int64_t rows, int64_t cols, const S* stat, int64_t code0, S* best_d,
-               int64_t* best_i, int kc) {
+void scan_tile(const Dots& dots, int64_t rows, int64_t cols, const S* stat, int64_t code0, S* best_d, int64_t* best_i,
+               int kc) {
   using V = Vectorized<S>;
   constexpr int64_t kLane = V::size();
   for (int64_t r = 0; r < rows; ++r) {
@@ -236,8 +237,8 @@ void search(const SearchProblem& p, at::Tensor& out_d, at::Tensor& out_i) {
   // holds it packed (one chunk). An int8 index searched at a level without the int8 kernels (PYOPS_CPU_ISA)
   // falls back to fp32 scores.
   const bool index_int8 = prepared && p.packed.numel() > 0;
-  const bool use_int8 = std::is_same_v<M, float> && !p.exact && dim <= int8::kMaxDim && int8::supported() &&
-                        (index_int8 || !prepared);
+  const bool use_int8 =
+      std::is_same_v<M, float> && !p.exact && dim <= int8::kMaxDim && int8::supported() && (index_int8 || !prepared);
   const int64_t dp = int8::padded_dim(dim);
   const int64_t chunk = use_int8 && !index_int8
                             ? std::clamp<int64_t>(kInt8Workspace / dp / kCodeTile, 1, tiles) * kCodeTile
