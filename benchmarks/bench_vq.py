@@ -75,6 +75,8 @@ def providers(ctx, n, codebook, builds):
     if n * num_codes * 4 <= ((16 << 30) if cuda else (1 << 30)):
         out["torch cdist"] = lambda: lambda x, c: torch.cdist(x.float(), c.float()).argmin(1)
     out["pyops VQIndex"] = lambda: _index_search(ctx, n, codebook, "l2", builds)
+    if not cuda and torch.ops.pyops.cpu_isa() == "amx":  # what a CPU with VNNI but no AMX gets from the index
+        out["pyops VQIndex, VNNI only"] = lambda: _at_isa_level("avx512", _index_search(ctx, n, codebook, "l2", []))
     faiss, why = _faiss(cuda)
     if faiss is None:
         ctx.note(why)
@@ -94,6 +96,19 @@ def _index_search(ctx, n, codebook, metric, builds):
     builds.append(ctx.record("vq", "pyops VQIndex", _build_mode(metric), **_case(n, codebook, metric),
                              fn=lambda: pyops.VQIndex(codebook, metric=metric)))
     return lambda x, c: index.search(x)[1][:, 0]
+
+
+def _at_isa_level(level, fn):
+    """fn run with the CPU kernels at ISA `level` (pyops::cpu_isa), the active level restored after."""
+    active = torch.ops.pyops.cpu_isa()
+
+    def at_level(x, c):
+        torch.ops.pyops.cpu_isa(level)
+        try:
+            return fn(x, c)
+        finally:
+            torch.ops.pyops.cpu_isa(active)
+    return at_level
 
 
 def _faiss_search(ctx, n, index_class, codebook, builds):
