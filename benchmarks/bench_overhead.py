@@ -36,6 +36,7 @@ def cases():
         "pyops.derf_linear (4x64->96)": (lambda: pyops.derf_linear(x, derf.alpha, derf.shift, derf.weight, derf.bias,
                                                                    lw), [x, lw] + list(derf.parameters())),
         "pyops.vq_search (4x64, 16 codes)": (lambda: pyops.vq_search(x, codes)[0], []),
+        "pyops.VQIndex.search (4x64, 16 codes)": (lambda index=pyops.VQIndex(codes): index.search(x)[0], []),
         "pyops.rasterize_gaussians (8, 16x16)": (
             lambda: pyops.rasterize_gaussians(means, quats, scales, opac, cols, viewmat, K, 16, 16)[0],
             [means, quats, scales, opac, cols]),
