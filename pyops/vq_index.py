@@ -74,12 +74,11 @@ def _resolve_precision(precision: str, codebook: Tensor) -> str:
 
 def _code_stat(codes: Tensor, metric: str) -> Tensor:
     """The per-code score term (see the module docstring) of codes [M, D], fp32 (fp64 for fp64)."""
-    c = codes.to(_out_dtype(codes))
-    if metric == "l2":
-        return (c * c).sum(1)
-    if metric == "cosine":
-        return 1 / c.norm(dim=1).clamp_min(reference.NORM_EPS)
-    return c.new_zeros(c.shape[0])
+    math = _out_dtype(codes)
+    if metric == "ip":
+        return codes.new_zeros(codes.shape[0], dtype=math)
+    norm = torch.linalg.vector_norm(codes, dim=1, dtype=math)  # one pass, no (K, D) temporary
+    return norm.square() if metric == "l2" else 1 / norm.clamp_min(reference.NORM_EPS)
 
 
 class VQIndex(torch.nn.Module):
@@ -124,7 +123,8 @@ class VQIndex(torch.nn.Module):
         self.code_scale = cb.new_empty(0, dtype=torch.float32)
         if self.precision == "int8":
             groups = -(-num_codes // _GROUP)
-            self.packed = torch.full((groups, -(-dim // 64) * 16, _GROUP, 4), 128, dtype=torch.uint8)
+            self.packed = torch.empty((groups, -(-dim // 64) * 16, _GROUP, 4), dtype=torch.uint8)
+            self.packed[-1].fill_(128)  # the padding codes of a partial last group: q = 0, scale 0
             self.code_scale = torch.zeros(groups * _GROUP)
             torch.ops.pyops.vq_index_pack(cb, torch.arange(num_codes), self.packed, self.code_scale)
         elif self.precision in ("bf16", "fp16"):
