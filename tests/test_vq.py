@@ -44,8 +44,9 @@ def score_tolerance(x, codebook, exact, backend):
     return 4 * u * (xn + cn) ** 2 + 1e-12
 
 
-def check_search(x, codebook, k, metric, backend, exact=False, search=None):
-    """Checks vq_search (or `search(x, k)`: a prepared index) against the float64 brute force."""
+def check_search(x, codebook, k, metric, backend, exact=False, search=None, tol=None):
+    """Checks vq_search (or `search(x, k)`: a prepared index) against the float64 brute force, to within `tol`
+    (default: score_tolerance's for vq_search)."""
     if search is None:
         d, i = pyops.vq_search(x, codebook, k=k, metric=metric, exact=exact, backend=backend)
     else:
@@ -57,7 +58,7 @@ def check_search(x, codebook, k, metric, backend, exact=False, search=None):
     x2, d, i = x.reshape(-1, x.shape[-1]), d.reshape(-1, k).cpu(), i.reshape(-1, k).cpu()
     all_d = reference.distances(x2.cpu(), codebook.cpu(), metric)  # [N, K] float64 on the stored values
     ref_d, ref_i = reference.vq_search(x2.cpu(), codebook.cpu(), k, metric)
-    tol = score_tolerance(x2, codebook, exact, backend)
+    tol = score_tolerance(x2, codebook, exact, backend) if tol is None else tol
     assert ((i >= 0) & (i < codebook.shape[0])).all()
     assert (i.sort(dim=1).values.diff(dim=1) > 0).all(), "an index is returned twice"
     # Each returned distance is the exact distance of the returned code ...

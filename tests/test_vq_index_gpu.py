@@ -4,6 +4,7 @@ TRITON_INTERPRET=1 (tests/conftest.py switches it on without a GPU): sizes stay 
 
 import pytest
 import torch
+from test_vq import check_search
 
 from pyops import _backend
 from pyops.reference import vq as reference
@@ -64,22 +65,8 @@ def score_tolerance(x, codebook, packed):
 
 def check_against_reference(backend, x, codebook, packed, k, metric):
     packed_t, stat = make_index(codebook, metric, packed)
-    d, i = index_search(backend, x, codebook, packed_t, stat, k, metric)
-    n = x.shape[0]
-    assert d.shape == (n, k) and i.shape == (n, k) and d.dtype == torch.float32 and i.dtype == torch.long
-    assert d.device == x.device and i.device == x.device
-    d, i = d.cpu(), i.cpu()
-    all_d = reference.distances(x.cpu(), codebook.cpu(), metric)  # [N, K] float64 on the stored values
-    ref_d, _ = reference.vq_search(x.cpu(), codebook.cpu(), k, metric)
-    tol = score_tolerance(x, codebook, packed)
-    assert ((i >= 0) & (i < codebook.shape[0])).all()
-    assert (i.sort(dim=1).values.diff(dim=1) > 0).all(), "an index is returned twice"
-    # Each distance is the exact one of its code, the list is sorted with ties in index order, and the j-th
-    # code is as near as the true j-th nearest up to the search precision.
-    torch.testing.assert_close(d.double(), all_d.gather(1, i), rtol=0, atol=tol)
-    assert (d.diff(dim=1) >= 0).all()
-    assert ((d.diff(dim=1) > 0) | (i.diff(dim=1) > 0)).all()
-    assert (all_d.gather(1, i) <= ref_d + tol).all(), "a nearer code was missed"
+    _, i, _ = check_search(x, codebook, k, metric, backend, search=lambda x, k: index_search(
+        backend, x, codebook, packed_t, stat, k, metric), tol=score_tolerance(x, codebook, packed))
     return i
 
 
