@@ -137,6 +137,8 @@ def vq_search(
                          f"got {tuple(x.shape)}")
     check_choice("vq_search", "metric", metric, METRICS)
     num_codes = codebook.shape[0]
+    if num_codes == 0:
+        raise ValueError("vq_search: codebook is empty (shape (0, D)); it needs at least one code")
     check_int("vq_search", "k", k, 1, min(num_codes, MAX_K))
     _backend.check_finite("vq_search", "codebook", codebook)
     _backend.check_finite("vq_search", "x", x)
