@@ -395,6 +395,8 @@ def rasterize_gaussians(
     op = "rasterize_gaussians"
     check_choice(op, "render_mode", render_mode, RENDER_MODES)
     check_choice(op, "rasterize_mode", rasterize_mode, RASTERIZE_MODES)
+    if sh_degree is not None:  # before colors, whose expected shape depends on it
+        check_int(op, "sh_degree", sh_degree, 0, 3)
     _float_tensor(op, "means", means, (None, 3))
     n, like = means.shape[0], ("means", means)
     _float_tensor(op, "opacities", opacities, (n,), like)
