@@ -15,10 +15,9 @@ sets the count directly.
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-
 from fuzz_ops import CASES
 from fuzz_worker import Worker, WorkerCrash
+from hypothesis import HealthCheck, given, settings
 
 PROFILE = os.environ.get("PYOPS_FUZZ", "ci")
 EXAMPLES = {"ci": 25, "long": 500}
