@@ -284,6 +284,9 @@ def isect_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_heigh
     check_int(op, "n_cameras", n_cameras, 0)
     check_int(op, "tile_width", tile_width, 1)
     check_int(op, "tile_height", tile_height, 1)
+    if n_cameras.bit_length() + (tile_width * tile_height).bit_length() > 32:  # before allocating the output
+        raise ValueError(f"{op}: n_cameras={n_cameras} x tile_width={tile_width} x tile_height={tile_height} tiles do "
+                         "not fit the 32 key bits of isect_ids")
     which = _backend.resolve(backend, isect_ids.device, "gs_isect_offsets")
     if which == "torch":
         return reference.isect_offsets(isect_ids, n_cameras, tile_width, tile_height)
