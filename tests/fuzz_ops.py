@@ -48,6 +48,7 @@ EXPECT = {
     "value": ValueError,  # an int / float / string argument set to `parameter`
     "type": TypeError,  # a non-tensor argument of the wrong kind (`parameter`)
     "index": ValueError,  # an index tensor with one entry out of range (`parameter`: the bad value)
+    "zero": ValueError,  # all zeros (a zero extent, a zero vector where one is not allowed)
 }
 
 
@@ -246,6 +247,8 @@ def _mutate(v, kind: str, param, declared):
         return v.narrow(param, 0, 0)
     if kind == "int":
         return v.to(torch.int32)
+    if kind == "zero":
+        return torch.zeros_like(v)
     if kind == "float":
         return v.to(torch.float64 if v.dtype != torch.float64 else torch.float32)
     if kind == "meta":
@@ -488,7 +491,8 @@ def compare_vq(got, exact, same, dtype, args):
 
 
 VQ_VALID = specs(layout=("x", "codebook"), lead=st.lists(dims(0, 9), min_size=1, max_size=2), d=dims(1, 33),
-                 codes=dims(1, 40), k=st.integers(1, 12), metric=st.sampled_from(ref_vq.METRICS),
+                 codes=st.one_of(dims(1, 40), st.integers(100, 300)),
+                 k=st.one_of(st.integers(1, 12), st.integers(100, pyops.vq.MAX_K)), metric=st.sampled_from(ref_vq.METRICS),
                  exact=st.booleans(), duplicates=st.booleans())
 VQ_BAD = {"x": ("int", "rank0", ("grow", -1), "list", "nan", "inf"),
           "codebook": ("rank+", ("grow", 1), ("empty", 0), "float", "int", "meta", "nan", "inf", "list"),
@@ -590,7 +594,9 @@ CONTRASTIVE_VALID = specs(layout=("q", "k"), n=dims(0, 17), m=dims(0, 17), d=dim
 CONTRASTIVE_BAD = {"q": ("int", "rank+", "rank-", "list", "nan", "inf"),
                    "k": ("float", "meta", ("grow", 1), "nan", "inf", "rank+"),
                    "logit_scale": ("meta", "int", "nan", "inf", "list"),
-                   "reduction": (("value", "avg"),), "symmetric": (("type", 1),)}
+                   "reduction": (("value", "avg"),), "symmetric": (("type", 1),),
+                   "labels": (("index", -1), ("index", 10**6), "float", ("grow", 0)),
+                   "q_groups": ("float", ("grow", 0), "meta"), "k_groups": (("grow", 0),)}
 
 
 def build_attribute_pair(s):
@@ -614,7 +620,8 @@ ATTRIBUTE_VALID = specs(layout=("ex", "ey"), b=dims(0, 6), a=st.integers(2, 6), 
                         tokens=st.booleans(), mask=st.booleans(), scale=st.floats(0.0, 30.0))
 ATTRIBUTE_BAD = {"ex": ("int", "rank-", "list", "nan", "inf", ("value", torch.zeros(2, 1, 3))),
                  "ey": ("float", "meta", ("grow", 0), "nan", "inf"),
-                 "logit_scale": ("rank+", "meta", "int", "nan", "inf", "list")}
+                 "logit_scale": ("rank+", "meta", "int", "nan", "inf", "list"),
+                 "mask": (("grow", 2), "meta", "int")}
 
 
 def build_retrieve(s):
@@ -654,7 +661,8 @@ RETRIEVE_VALID = specs(layout=("queries", "bank"), q=dims(0, 9), a=st.sampled_fr
                        metric=st.sampled_from(("cosine", "ip")), exact=st.booleans())
 RETRIEVE_BAD = {"queries": ("int", "rank+", ("grow", -1), "list", "nan", "inf"),
                 "bank": ("rank+", ("empty", 0), "float", "meta", "nan", "inf"),
-                "k": (("value", 0), ("value", -1), ("value", 10**9), ("type", 2.0))}
+                "k": (("value", 0), ("value", -1), ("value", 10**9), ("type", 2.0)),
+                "weights": (("grow", 0), "nan", "meta", "int", "rank+")}
 
 # ----------------------------------------------------------------------------------------------------------
 # HexPlane.
@@ -683,7 +691,7 @@ HEXPLANE_VALID = st.integers(1, 2).flatmap(lambda levels: specs(
     res=st.lists(st.lists(dims(1, 6), min_size=4, max_size=4), min_size=levels, max_size=levels)))
 HEXPLANE_BAD = {"points": ("int", "rank+", ("grow", 1), "list", "nan", "inf"),
                 "times": ("float", "meta", "nan", "inf", ("grow", 0)),
-                "aabb": ("rank+", "meta", "nan", "inf", ("grow", 0)),
+                "aabb": ("rank+", "meta", "nan", "inf", ("grow", 0), "zero"),
                 "planes": (("value", []), ("type", torch.zeros(3, 3, 3)))}
 
 # ----------------------------------------------------------------------------------------------------------

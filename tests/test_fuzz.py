@@ -7,8 +7,8 @@ wrong rank, size, dtype or device, NaN/inf, out-of-range values and indices, a w
 ValueError naming the argument. The ops run in a persistent worker process (tests/fuzz_worker.py), so a crash or
 hang in native code fails the one test with its input, and the worker is restarted.
 
-Profiles (a fixed seed, so every run tries the same inputs): the default "ci" tries a few dozen inputs per op and
-case kind; PYOPS_FUZZ=long tries 20x more (``PYOPS_FUZZ=long pytest tests/test_fuzz.py``); PYOPS_FUZZ_EXAMPLES=N
+Profiles (a fixed seed, so every run tries the same inputs): the default "ci" tries 200 inputs per op and case
+kind; PYOPS_FUZZ=long tries 5,000 (``PYOPS_FUZZ=long pytest tests/test_fuzz.py``); PYOPS_FUZZ_EXAMPLES=N
 sets the count directly.
 """
 
@@ -20,12 +20,13 @@ from fuzz_worker import Worker, WorkerCrash
 from hypothesis import HealthCheck, given, settings
 
 PROFILE = os.environ.get("PYOPS_FUZZ", "ci")
-EXAMPLES = {"ci": 25, "long": 500}
+EXAMPLES = {"ci": 200, "long": 5000}
 settings.register_profile("pyops-fuzz", derandomize=True, database=None, deadline=None, print_blob=False,
                           max_examples=int(os.environ.get("PYOPS_FUZZ_EXAMPLES", EXAMPLES.get(PROFILE, 25))),
                           suppress_health_check=list(HealthCheck))
 FUZZ = settings.get_profile("pyops-fuzz")
-TRIED = {}  # (case, kind) -> inputs tried (printed at the end of the session by the fixture below)
+TRIED = {}  # (case, kind) -> inputs tried (printed at the end of the module by the fixture below)
+SKIPPED = {}  # (case, "invalid") -> mutations that found nothing to corrupt (an optional argument left out)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,9 @@ def worker():
     yield w
     w.close()
     if TRIED:
-        print("\nfuzz inputs tried per op:", ", ".join(f"{c}/{k}: {n}" for (c, k), n in sorted(TRIED.items())))
+        print("\nfuzz inputs tried per op:", ", ".join(
+            f"{c}/{k}: {n}" + (f" ({SKIPPED[c]} left valid)" if k == "invalid" and c in SKIPPED else "")
+            for (c, k), n in sorted(TRIED.items())))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -60,7 +63,8 @@ def test_invalid_inputs_raise_named_errors(name, worker):
     @given(spec=invalid(case.valid, case.bad))
     def check(spec):
         TRIED[(name, "invalid")] = TRIED.get((name, "invalid"), 0) + 1
-        worker.run(name, "invalid", spec)
+        if worker.run(name, "invalid", spec).get("skipped"):
+            SKIPPED[name] = SKIPPED.get(name, 0) + 1
 
     check()
 
