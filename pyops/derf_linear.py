@@ -87,8 +87,8 @@ def _check_args(x, alpha, shift, weight, bias, linear_weight, linear_bias) -> No
     if (not isinstance(linear_weight, Tensor) or linear_weight.device != device or linear_weight.dtype != x.dtype
             or linear_weight.dim() != 2 or linear_weight.shape[1] != channels):
         if isinstance(linear_weight, Tensor) and linear_weight.dim() == 2 and linear_weight.shape[1] != channels:
-            raise ValueError(f"derf_linear: linear_weight must have shape (O, {channels}) for x of shape "
-                             f"{tuple(x.shape)} ({channels} channels), got {tuple(linear_weight.shape)}")
+            raise ValueError(f"derf_linear: linear_weight must have shape (*, {channels}), got "
+                             f"{tuple(linear_weight.shape)} (x has shape {tuple(x.shape)}: {channels} channels)")
         check_tensor("derf_linear", "linear_weight", linear_weight, (None, channels), floating=True, like=("x", x))
     if linear_bias is not None and (not isinstance(linear_bias, Tensor) or linear_bias.device != device or
                                     linear_bias.dtype != x.dtype or linear_bias.shape != linear_weight.shape[:1]):
