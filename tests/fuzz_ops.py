@@ -492,8 +492,8 @@ def compare_vq(got, exact, same, dtype, args):
 
 VQ_VALID = specs(layout=("x", "codebook"), lead=st.lists(dims(0, 9), min_size=1, max_size=2), d=dims(1, 33),
                  codes=st.one_of(dims(1, 40), st.integers(100, 300)),
-                 k=st.one_of(st.integers(1, 12), st.integers(100, pyops.vq.MAX_K)), metric=st.sampled_from(ref_vq.METRICS),
-                 exact=st.booleans(), duplicates=st.booleans())
+                 k=st.one_of(st.integers(1, 12), st.integers(100, pyops.vq.MAX_K)),
+                 metric=st.sampled_from(ref_vq.METRICS), exact=st.booleans(), duplicates=st.booleans())
 VQ_BAD = {"x": ("int", "rank0", ("grow", -1), "list", "nan", "inf"),
           "codebook": ("rank+", ("grow", 1), ("empty", 0), "float", "int", "meta", "nan", "inf", "list"),
           "k": (("value", 0), ("value", -3), ("value", 10**12), ("type", 1.5), ("type", True)),
