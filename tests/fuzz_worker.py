@@ -86,7 +86,6 @@ class Worker:
         # The worker imports pyops from the same checkout as the tests.
         env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE)] +
                                             ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env.setdefault("TRITON_INTERPRET", "1")
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env)
         self.starts += 1
