@@ -65,6 +65,10 @@ class Case:
     name_in_message: Dict[str, str] = field(default_factory=dict)  # argument -> the name its errors use
     # The gradient floor (tests/utils.py's FLOOR) times this: a documented, measured gap (see the entries).
     grad_floor: float = 1.0
+    # (args) -> the size of the terms a gradient sums relative to the result, one number or {gradient: number}:
+    # the floor is relative to the result's size, so a gradient whose terms cancel to ~0 would otherwise be held
+    # to a bound below fp32's resolution (an fp32 sum of n terms of size t is good to about sqrt(n) eps t).
+    grad_scale: Optional[Callable[[dict], object]] = None
 
 
 def _gen(spec) -> torch.Generator:
@@ -219,10 +223,13 @@ def run_valid(case: Case, spec: dict) -> dict:
         same, same_g, _ = _run(case, spec, dtype, "torch", grad, reference=True)
     if (case.compare or _compare)(got, exact, same, dtype, args) is False:
         return {"outputs": len(got), "grads": 0}  # a boundary case whose gradients are not comparable
+    scales = case.grad_scale(args) if case.grad_scale else {}
     for name in exact_g:
+        hint = scales.get(name, 1.0) if isinstance(scales, dict) else scales
+        floor = max(case.grad_floor, hint)
         assert name in got_g, f"no gradient for {name}"
         assert_close_nan(f"grad {name}", got_g[name], exact_g[name], same_g[name].to(got_g[name].dtype),
-                         got_g[name].dtype, case.grad_floor)
+                         got_g[name].dtype, floor)
     return {"outputs": len(got), "grads": len(got_g)}
 
 
@@ -337,6 +344,15 @@ def specs(dtypes=ALL_DTYPES, layout=(), **fields) -> st.SearchStrategy:
 
 # ----------------------------------------------------------------------------------------------------------
 # Derf, Derf module, derf_linear, DerfLinear.
+
+
+def _reduction_scales(x, channel_dim, scalar_names, channel_names, alpha) -> dict:
+    """sqrt(terms summed) per parameter gradient: all of x for a 1-element parameter, x.numel() / C per channel."""
+    n = max(x.numel(), 1)
+    c = max(x.shape[channel_dim % x.dim()], 1) if x.dim() else 1
+    out = {name: math.sqrt(n / c) for name in channel_names}
+    out.update({name: math.sqrt(n if alpha.numel() == 1 else n / c) for name in scalar_names})
+    return out
 
 SCALAR_PARAM_BAD = ("rank+", ("grow", (0, 2)), "int", "meta", "nan", "inf", "list")
 
@@ -810,8 +826,12 @@ def compare_gaussians(got, exact, same, dtype, args):
     if dtype == torch.float64 or torch.equal(got[radii], exact[radii]):
         _compare(got, exact, same, dtype, args)
     else:
-        assert torch.equal(got[radii], same[radii]) or ((got[radii] - exact[radii]).abs() > 1).sum() <= 2, (
-            "radii differ from the reference's")
+        # Each radius agrees with the float64 or the float32 reference's up to rounding before its ceil (1 pixel,
+        # more for a huge scale's 10^6-pixel radius); on the near plane (culled or not) only the fp32 one decides.
+        def near(a, b):
+            return (a - b).abs() <= 1 + 1e-5 * b.abs()
+
+        assert (near(got[radii], exact[radii]) | near(got[radii], same[radii])).all(), "radii differ"
         return False
 
 
@@ -904,7 +924,11 @@ ISECT_BAD = {"isect_ids": ("float", "rank+", ("index", -1 << 40), ("index", 1 <<
 # The table: one entry per public op and module. The lead adds pyops.VQIndex (the prepared vq_search index) here.
 
 CASES: Dict[str, Case] = {
-    "derf": Case(DERF_VALID, build_derf, call_derf, grads=("x", "alpha", "shift", "weight", "bias"), bad=DERF_BAD),
+    "derf": Case(DERF_VALID, build_derf, call_derf, grads=("x", "alpha", "shift", "weight", "bias"), bad=DERF_BAD,
+                 # Parameter gradients sum x.numel() / C terms (all of x for a scalar alpha / shift) of random sign:
+                 # v_shift 2.6e-6 against a 2.4e-6 bound from 900 terms (seed 1003, (9, 5, 5, 4)).
+                 grad_scale=lambda a: _reduction_scales(a["x"], a["channel_dim"], ("alpha", "shift"),
+                                                        ("weight", "bias"), a["alpha"])),
     "Derf": Case(specs(shape=st.lists(dims(1, 7), min_size=2, max_size=3), per_channel=st.booleans(),
                        affine=st.booleans(), channels_last=st.booleans(), layout=("x",)), build_derf_module,
                  call_derf_module, grads=("x",), bad=MODULE_X_BAD),
@@ -920,7 +944,11 @@ CASES: Dict[str, Case] = {
     "VectorQuantizer": Case(QUANTIZER_VALID, build_quantizer, call_quantizer, bad={"x": ("int", ("grow", -1), "list")},
                             compare=compare_quantizer, reference=lambda x, spec: (x, x, x)),
     "contrastive_loss": Case(CONTRASTIVE_VALID, build_contrastive, call_contrastive, grads=("q", "k", "logit_scale"),
-                             bad=CONTRASTIVE_BAD),
+                             bad=CONTRASTIVE_BAD,
+                             # v_q_i = s (sum_j p_ij k_j - mean of the positives' k_j): terms of size s |k| that
+                             # cancel to 0 for identical rows (expanded layouts): measured 3.2e-5 at s = 50, i.e.
+                             # 6e-7 of s |k| (seed 148, n=5, d=2).
+                             grad_scale=lambda a: max(1.0, float(a["logit_scale"]) * 2)),
     "attribute_pair_loss": Case(ATTRIBUTE_VALID, build_attribute_pair, call_attribute_pair,
                                 grads=("ex", "ey", "logit_scale"), bad=ATTRIBUTE_BAD),
     "retrieve": Case(RETRIEVE_VALID, build_retrieve, call_retrieve, bad=RETRIEVE_BAD, reference=ref_retrieve,
@@ -929,7 +957,10 @@ CASES: Dict[str, Case] = {
                               bad=HEXPLANE_BAD),
     "anchor_blend_weight": Case(BLEND_VALID, build_blend, call_blend, grads=("offset", "decay", "tau"), bad=BLEND_BAD),
     "anchor_decode": Case(DECODE_VALID, build_decode, call_decode,
-                          grads=("anchors", "feats", "offsets", "anchor_scales", "mlp"), bad=DECODE_BAD),
+                          grads=("anchors", "feats", "offsets", "anchor_scales", "mlp"), bad=DECODE_BAD,
+                          # The hidden layer's gradient w2^T v_cov sums 7K terms of size |w2| |v_cov| (~3 here)
+                          # that cancel to ~0.1: v_w1_cov 2.8e-6 against a 2.6e-6 bound (seed 105, k=4, hidden=3).
+                          grad_floor=2.0),
     "project_gaussians": Case(GAUSSIANS_VALID, build_gaussians, call_project, grads=("means", "quats", "scales"),
                               compare=compare_gaussians,
                               bad={**{k: v for k, v in GAUSSIANS_BAD.items() if k in (
