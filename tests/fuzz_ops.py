@@ -354,7 +354,7 @@ def _reduction_scales(x, channel_dim, scalar_names, channel_names, alpha) -> dic
     out.update({name: math.sqrt(n if alpha.numel() == 1 else n / c) for name in scalar_names})
     return out
 
-SCALAR_PARAM_BAD = ("rank+", ("grow", (0, 2)), "int", "meta", "nan", "inf", "list")
+SCALAR_PARAM_BAD = ("rank+", ("grow", (0, 1000)), "int", "meta", "nan", "inf", "list")  # never 1 or C elements
 
 
 def build_derf(s):
@@ -476,6 +476,9 @@ def _search_error_bound(x, codebook, dtype, metric, exact):
     eps = {torch.bfloat16: 2**-8, torch.float16: 2**-11}.get(dtype, 2**-20)
     if dtype == torch.float64:
         eps = 1e-12
+    if not exact:  # the CPU search stage may use int8 dot products (README: u = sqrt(D)/127 + D/64516, worst case)
+        d = x.shape[-1]
+        eps = max(eps, math.sqrt(d) / 127 + d / 64516)
     xn = x.double().norm(dim=-1, keepdim=True)
     cn = codebook.double().norm(dim=-1).max() if codebook.numel() else torch.tensor(0.0, dtype=torch.float64)
     if metric == "cosine":
@@ -678,7 +681,7 @@ RETRIEVE_VALID = specs(layout=("queries", "bank"), q=dims(0, 9), a=st.sampled_fr
 RETRIEVE_BAD = {"queries": ("int", "rank+", ("grow", -1), "list", "nan", "inf"),
                 "bank": ("rank+", ("empty", 0), "float", "meta", "nan", "inf"),
                 "k": (("value", 0), ("value", -1), ("value", 10**9), ("type", 2.0)),
-                "weights": (("grow", 0), "nan", "meta", "int", "rank+")}
+                "weights": (("grow", 0), "nan", "meta", "int", "rank0")}
 
 # ----------------------------------------------------------------------------------------------------------
 # HexPlane.
@@ -796,7 +799,10 @@ def build_gaussians(s):
                 sc["means"][j] = eye
             elif what == "behind":
                 sc["means"][j] = eye - rand(g, 1).item() * fwd
-            elif what == "near_plane":  # exactly on it in float64; in float32 the cast decides the side
+            elif what == "near_plane" and s["dtype"] == "float64":
+                # Exactly on it. Only in float64: in float32 a point 0.01 from a camera 5 away has camera coordinates
+                # that cancel from world ones (relative error ~3e-5, amplified again by 1/z), so both the side of
+                # the plane and means2d are rounding decisions that differ between correct implementations.
                 sc["means"][j] = eye + 0.01 * fwd
             elif what == "huge_scale":
                 sc["scales"][j] = 1e3
@@ -975,8 +981,10 @@ CASES: Dict[str, Case] = {
                                 # rasterize_to_pixels above), but a stage's forward error (conics: 1.8x torch's)
                                 # moves the next one's backward, so the composite can pass 3x torch's error when
                                 # that is small. Measured: v_quats 9.5e-6 of 0.99 (80 fp32 ulps) against torch's
-                                # 9.2e-7 (seed 1420, n=24, 7x14, antialiased, "D"); the floor here is 1e-5.
-                                grad_floor=5.0,
+                                # 9.2e-7 (seed 1420, n=24, 7x14, antialiased, "D"); three identical Gaussians
+                                # (expanded means, blending ties): v_scales 1.39e-4 of 2.4 against 3.5e-5 (seed
+                                # 1, 11x5, "RGB+ED"). The floor here is 2e-5 relative.
+                                grad_floor=10.0,
                                 reference=ref_rasterize, compare=compare_gaussians),
     "rasterize_to_pixels": Case(RASTER_PIXELS_VALID, build_raster_pixels, call_raster_pixels,
                                 grads=("means2d", "conics", "colors", "opacities"), bad=RASTER_PIXELS_BAD),
