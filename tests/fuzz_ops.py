@@ -946,7 +946,10 @@ CASES: Dict[str, Case] = {
     "vq_search": Case(VQ_VALID, build_vq, call_vq, bad=VQ_BAD, reference=ref_vq_search, compare=compare_vq),
     "vq_segment_sum": Case(SEGMENT_VALID, build_segment_sum, call_segment_sum, bad=SEGMENT_BAD,
                            reference=ref_segment_sum),
-    # "VQIndex": Case(...),  # the prepared index of vq_search (issue 19): its valid specs, build, call, bad.
+    # pyops.VQIndex (issue 19, the prepared index of vq_search) goes here: VQ_VALID / build_vq / ref_vq_search /
+    # compare_vq as vq_search's, with a call that builds the index from `codebook` and searches `x`, and a bad
+    # table for its own arguments, e.g.
+    # "VQIndex": Case(VQ_VALID, build_vq, call_vq_index, bad=VQ_BAD, reference=ref_vq_search, compare=compare_vq),
     "VectorQuantizer": Case(QUANTIZER_VALID, build_quantizer, call_quantizer, bad={"x": ("int", ("grow", -1), "list")},
                             compare=compare_quantizer, reference=lambda x, spec: (x, x, x)),
     "contrastive_loss": Case(CONTRASTIVE_VALID, build_contrastive, call_contrastive, grads=("q", "k", "logit_scale"),
