@@ -174,10 +174,14 @@ def _float_tensor(op: str, name: str, t, shape, like: Optional[Tuple[str, Tensor
 
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     """3D covariances ``R S S^T R^T`` ``(N, 3, 3)`` from quaternions ``(N, 4)`` (wxyz, any norm) and scales
-    ``(N, 3)``; plain PyTorch (the fused projection computes it on the fly)."""
+    ``(N, 3)``; plain PyTorch (the fused projection computes it on the fly), fp32 math for fp16/bf16."""
     op = "quat_scale_to_covar"
     _float_tensor(op, "quats", quats, (None, 4))
     _float_tensor(op, "scales", scales, (quats.shape[0], 3), like=("quats", quats))
+    if quats.dtype in (torch.float16, torch.bfloat16):
+        # fp32 math: in fp16 the normalisation's eps (1e-12) underflows, so a zero quaternion gave NaN, not the
+        # identity (found by tests/test_fuzz.py).
+        return reference.quat_scale_to_covar(quats.float(), scales.float()).to(quats.dtype)
     return reference.quat_scale_to_covar(quats, scales)
 
 

@@ -927,6 +927,48 @@ ISECT_BAD = {"isect_ids": ("float", "rank+", ("index", -1 << 40), ("index", 1 <<
              "tile_height": (("value", -3),)}
 
 
+def build_intersect(s):
+    """intersect_tiles' inputs: a random scene through the reference's projection."""
+    from pyops.reference import gaussians as ref
+
+    a = build_gaussians({**s, "sh_degree": None})
+    radii, means2d, depths, _, _ = ref.project_ewa(a["means"], ref.quat_scale_to_covar(a["quats"], a["scales"]),
+                                                   a["viewmats"], a["Ks"], a["width"], a["height"])
+    tile = a["tile_size"]
+    return dict(means2d=means2d, radii=radii, depths=depths, tile_size=tile,
+                tile_width=math.ceil(a["width"] / tile), tile_height=math.ceil(a["height"] / tile))
+
+
+def call_intersect(backend, **kw):
+    return pyops.intersect_tiles(**kw, backend=backend)
+
+
+INTERSECT_BAD = {"means2d": ("rank-", "int", "nan", "list"), "radii": ("float", ("grow", 1), "meta"),
+                 "depths": (("grow", 1), "inf", "meta", "float"), "tile_size": (("value", 0), ("type", 1.5)),
+                 "tile_width": (("value", -1), ("value", 2**40)), "tile_height": (("value", 0),)}
+
+
+def build_covar(s):
+    g = _gen(s)
+    quats, scales = randn(g, s["n"], 4), randn(g, s["n"], 3, scale=0.5)
+    if s["n"] and s["zero_quat"]:
+        quats[0] = 0.0
+    return dict(quats=quats, scales=scales)
+
+
+def call_covar(backend, quats, scales):
+    return pyops.quat_scale_to_covar(quats, scales)
+
+
+def ref_covar(quats, scales):
+    """The reference with fp32 math for 16-bit inputs, as the op documents."""
+    from pyops.reference import gaussians as ref
+
+    if quats.dtype in (torch.float16, torch.bfloat16):
+        return ref.quat_scale_to_covar(quats.float(), scales.float()).to(quats.dtype)
+    return ref.quat_scale_to_covar(quats, scales)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The table: one entry per public op and module. The lead adds pyops.VQIndex (the prepared vq_search index) here.
 
@@ -997,4 +1039,16 @@ CASES: Dict[str, Case] = {
     "rasterize_to_pixels": Case(RASTER_PIXELS_VALID, build_raster_pixels, call_raster_pixels,
                                 grads=("means2d", "conics", "colors", "opacities"), bad=RASTER_PIXELS_BAD),
     "isect_offsets": Case(ISECT_VALID, build_isect, call_isect, bad=ISECT_BAD),
+    # float64: the tiles a Gaussian touches are a rounding decision of means2d +- radius in float32.
+    "intersect_tiles": Case(specs(dtypes=("float64",), layout=("means2d", "depths"), n=dims(0, 30),
+                                  cams=st.integers(1, 2), width=dims(1, 24), height=dims(1, 24), sh_degree=st.none(),
+                                  tile=st.sampled_from([1, 4, 8, 16]), render_mode=st.just("RGB"),
+                                  rasterize_mode=st.just("classic"), degenerate=st.lists(st.sampled_from(
+                                      ("zero_scale", "zero_quat", "on_camera", "behind", "huge_scale")), max_size=3)),
+                            build_intersect, call_intersect, bad=INTERSECT_BAD),
+    # Plain PyTorch (the reference's own function): its checks, zero quaternions and size 0.
+    "quat_scale_to_covar": Case(specs(layout=("quats", "scales"), n=dims(0, 20), zero_quat=st.booleans()),
+                                build_covar, call_covar, grads=("quats", "scales"), reference=ref_covar,
+                                bad={"quats": ("rank-", ("grow", 1), "int", "nan", "list"),
+                                     "scales": (("grow", 0), "meta", "inf", "float")}),
 }
