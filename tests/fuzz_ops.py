@@ -1000,7 +1000,7 @@ CASES: Dict[str, Case] = {
                              # v_q_i = s (sum_j p_ij k_j - mean of the positives' k_j): terms of size s |k| that
                              # cancel to 0 for identical rows (expanded layouts): measured 3.2e-5 at s = 50, i.e.
                              # 6e-7 of s |k| (seed 148, n=5, d=2).
-                             grad_scale=lambda a: max(1.0, float(a["logit_scale"]) * 2)),
+                             grad_scale=lambda a: max(1.0, float(a["logit_scale"].detach()) * 2)),
     "attribute_pair_loss": Case(ATTRIBUTE_VALID, build_attribute_pair, call_attribute_pair,
                                 grads=("ex", "ey", "logit_scale"), bad=ATTRIBUTE_BAD),
     "retrieve": Case(RETRIEVE_VALID, build_retrieve, call_retrieve, bad=RETRIEVE_BAD, reference=ref_retrieve,
