@@ -86,6 +86,9 @@ def _check_args(x, alpha, shift, weight, bias, linear_weight, linear_bias) -> No
     check_params("derf_linear", x, x.dim() - 1, alpha, shift, weight, bias)
     if (not isinstance(linear_weight, Tensor) or linear_weight.device != device or linear_weight.dtype != x.dtype
             or linear_weight.dim() != 2 or linear_weight.shape[1] != channels):
+        if isinstance(linear_weight, Tensor) and linear_weight.dim() == 2 and linear_weight.shape[1] != channels:
+            raise ValueError(f"derf_linear: linear_weight must have shape (*, {channels}), got "
+                             f"{tuple(linear_weight.shape)} (x has shape {tuple(x.shape)}: {channels} channels)")
         check_tensor("derf_linear", "linear_weight", linear_weight, (None, channels), floating=True, like=("x", x))
     if linear_bias is not None and (not isinstance(linear_bias, Tensor) or linear_bias.device != device or
                                     linear_bias.dtype != x.dtype or linear_bias.shape != linear_weight.shape[:1]):
@@ -135,7 +138,8 @@ def derf_linear(
     else:
         op = torch.ops.pyops.derf_linear_fwd
     lead = x.shape[:-1]
-    y = op(x.reshape(-1, x.shape[-1]), alpha, shift, weight, bias, linear_weight, linear_bias)
+    # lead.numel(), not -1: reshape cannot infer -1 for an empty x with C == 0.
+    y = op(x.reshape(lead.numel(), x.shape[-1]), alpha, shift, weight, bias, linear_weight, linear_bias)
     return y.view(*lead, linear_weight.shape[0])
 
 

@@ -174,10 +174,14 @@ def _float_tensor(op: str, name: str, t, shape, like: Optional[Tuple[str, Tensor
 
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     """3D covariances ``R S S^T R^T`` ``(N, 3, 3)`` from quaternions ``(N, 4)`` (wxyz, any norm) and scales
-    ``(N, 3)``; plain PyTorch (the fused projection computes it on the fly)."""
+    ``(N, 3)``; plain PyTorch (the fused projection computes it on the fly), fp32 math for fp16/bf16."""
     op = "quat_scale_to_covar"
     _float_tensor(op, "quats", quats, (None, 4))
     _float_tensor(op, "scales", scales, (quats.shape[0], 3), like=("quats", quats))
+    if quats.dtype in (torch.float16, torch.bfloat16):
+        # fp32 math: in fp16 the normalisation's eps (1e-12) underflows, so a zero quaternion gave NaN, not the
+        # identity (found by tests/test_fuzz.py).
+        return reference.quat_scale_to_covar(quats.float(), scales.float()).to(quats.dtype)
     return reference.quat_scale_to_covar(quats, scales)
 
 
@@ -284,6 +288,9 @@ def isect_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_heigh
     check_int(op, "n_cameras", n_cameras, 0)
     check_int(op, "tile_width", tile_width, 1)
     check_int(op, "tile_height", tile_height, 1)
+    if n_cameras.bit_length() + (tile_width * tile_height).bit_length() > 32:  # before allocating the output
+        raise ValueError(f"{op}: n_cameras={n_cameras} x tile_width={tile_width} x tile_height={tile_height} tiles do "
+                         "not fit the 32 key bits of isect_ids")
     which = _backend.resolve(backend, isect_ids.device, "gs_isect_offsets")
     if which == "torch":
         return reference.isect_offsets(isect_ids, n_cameras, tile_width, tile_height)
@@ -395,6 +402,8 @@ def rasterize_gaussians(
     op = "rasterize_gaussians"
     check_choice(op, "render_mode", render_mode, RENDER_MODES)
     check_choice(op, "rasterize_mode", rasterize_mode, RASTERIZE_MODES)
+    if sh_degree is not None:  # before colors, whose expected shape depends on it
+        check_int(op, "sh_degree", sh_degree, 0, 3)
     _float_tensor(op, "means", means, (None, 3))
     n, like = means.shape[0], ("means", means)
     _float_tensor(op, "opacities", opacities, (n,), like)

@@ -91,6 +91,8 @@ def retrieve(
     if queries.dim() == 3 and queries.shape[1] == 0:
         raise ValueError(f"{op}: queries must have at least one attribute, got shape {tuple(queries.shape)}")
     check_choice(op, "metric", metric, METRICS)
+    if bank.shape[0] == 0:
+        raise ValueError(f"{op}: bank is empty (shape {tuple(bank.shape)}); it needs at least one entry")
     check_int(op, "k", k, 1, min(bank.shape[0], MAX_K))
     num_q, num_a, dim = queries.shape[0], (queries.shape[1] if queries.dim() == 3 else 1), bank.shape[1]
     if weights is not None:

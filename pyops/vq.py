@@ -136,7 +136,11 @@ def vq_search(
         raise ValueError(f"vq_search: x must have shape (..., D) with D={codebook.shape[1]} (the codebook's), "
                          f"got {tuple(x.shape)}")
     check_choice("vq_search", "metric", metric, METRICS)
+    if not isinstance(exact, bool):
+        raise TypeError(f"vq_search: exact must be a bool, got {type(exact).__name__}")
     num_codes = codebook.shape[0]
+    if num_codes == 0:
+        raise ValueError("vq_search: codebook is empty (shape (0, D)); it needs at least one code")
     check_int("vq_search", "k", k, 1, min(num_codes, MAX_K))
     _backend.check_finite("vq_search", "codebook", codebook)
     _backend.check_finite("vq_search", "x", x)

@@ -38,3 +38,42 @@ def test_no_memory_growth(name):
         call()
     growth = _rss_mib() - before
     assert growth < BOUND_MIB, f"{name}: resident memory grew {growth:.1f} MiB over {CALLS} calls"
+
+
+# GPU: the caching allocator keeps freed blocks, so the process RSS says nothing about device memory; instead
+# torch.cuda.memory_allocated (bytes held by live tensors) is sampled and must not grow after the warm-up.
+CUDA_CALLS, CUDA_BOUND_MIB = 2_000, 1.0
+
+
+def _cuda_cases():
+    """bench_overhead's cases built on the GPU: its generator and every factory call on cuda."""
+    saved = bench_overhead.G
+    bench_overhead.G = torch.Generator(device="cuda").manual_seed(0)
+    try:
+        with torch.device("cuda"):
+            return bench_overhead.cases()
+    finally:
+        bench_overhead.G = saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("pyops")])
+def test_no_cuda_memory_growth(name):
+    fn, leaves = _cuda_cases()[name]
+
+    def call():
+        out = fn()
+        if leaves:
+            torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+
+    for _ in range(WARMUP):
+        call()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    samples = []
+    for i in range(CUDA_CALLS):
+        call()
+        if i % 500 == 499:
+            torch.cuda.synchronize()
+            samples.append((torch.cuda.memory_allocated() - before) / 2**20)
+    assert max(samples) < CUDA_BOUND_MIB, f"{name}: allocated CUDA memory grew {samples} MiB over {CUDA_CALLS} calls"

@@ -241,20 +241,25 @@ def _gs_project_bwd_kernel(means_ptr, quats_ptr, scales_ptr, view_ptr, k_ptr, ra
     g00 = -(pv00 * p0 + pv01 * p1)
     g01 = -(pv00 * p1 + pv01 * p2)
     g11 = -(pv10 * p1 + pv11 * p2)
-    if ANTIALIASED:
-        # comp = sqrt(det(cov) / det(cov + eps I)): d comp^2 / d cov = (1 - comp^2) P - eps det(P) I.
-        comp = tl.load(comp_ptr + pair, mask=mask, other=1.0)
-        v_comp = tl.load(v_comp_ptr + pair, mask=mask, other=0.0)
-        det_p = p0 * p2 - p1 * p1
-        v_sq = tl.where(comp > 0.0, v_comp * 0.5 / comp, 0.0)
-        one_m = 1.0 - comp * comp
-        g00 += v_sq * (one_m * p0 - eps2d * det_p)
-        g01 += v_sq * one_m * p1
-        g11 += v_sq * (one_m * p2 - eps2d * det_p)
-
     (sx, sy, sz, w00, w01, w02, w10, w11, w12, w20, w21, w22, r00, r01, r02, r10, r11, r12, r20, r21, r22, w, x, y,
      z, inv, c00, c01, c02, c11, c12, c22, pcx, pcy, pcz, fx, fy, j00, j02, j11, j12, tx, ty, x_in, y_in, u, v,
      rz) = _camera_space(means_ptr, quats_ptr, scales_ptr, view_ptr, k_ptr, g, cam, mask, width, height)
+    if ANTIALIASED:
+        # comp = sqrt(r), r = det(S) / det(S + eps I) with S = [[a, b], [b, c]] the undilated cov2d (recomputed):
+        # dr/da = eps (c^2 + eps c + b^2) / det^2, dr/dc likewise, dr/db = -eps (a + c + eps) b / det^2, sums of
+        # positive terms (gsplat's (1 - comp^2) P - eps det(P) I cancels for splats thinner than eps; csrc's
+        # compensation_vjp in gaussians_math.h).
+        comp = tl.load(comp_ptr + pair, mask=mask, other=1.0)
+        v_comp = tl.load(v_comp_ptr + pair, mask=mask, other=0.0)
+        sa = (j00 * c00 + j02 * c02) * j00 + (j00 * c02 + j02 * c22) * j02
+        sb = (j00 * c01 + j02 * c12) * j11 + (j00 * c02 + j02 * c22) * j12
+        sc = (j11 * c11 + j12 * c12) * j11 + (j11 * c12 + j12 * c22) * j12
+        det_d = (sa * sc - sb * sb) + eps2d * (sa + sc + eps2d)
+        v_sq = tl.where(comp > 0.0, v_comp * 0.5 / comp, 0.0)
+        kk = tl.where(det_d != 0.0, v_sq * eps2d / (det_d * det_d), 0.0)
+        g00 += kk * (sc * sc + eps2d * sc + sb * sb)
+        g01 -= kk * (sa + sc + eps2d) * sb
+        g11 += kk * (sa * sa + eps2d * sa + sb * sb)
     vm0 = tl.load(v_means2d_ptr + pair * 2 + 0, mask=mask, other=0.0)
     vm1 = tl.load(v_means2d_ptr + pair * 2 + 1, mask=mask, other=0.0)
     vdep = tl.load(v_depths_ptr + pair, mask=mask, other=0.0)

@@ -132,12 +132,12 @@ void project_bwd_kernel(const ProjectInputs& p, T eps2d, bool antialiased, const
         const Camera<T> cam = load_camera(viewmats + c * 16, Ks + c * 9, w, h);
         const Vec3<T> conic = {conics_in[idx * 3], conics_in[idx * 3 + 1], conics_in[idx * 3 + 2]};
         Mat2<T> v_cov2d = conic_vjp(conic, Vec3<T>{v_con[idx * 3], v_con[idx * 3 + 1], v_con[idx * 3 + 2]});
-        if (antialiased) {
-          const Mat2<T> conic_m = {{{conic.x, conic.y}, {conic.y, conic.z}}};
-          compensation_vjp(eps2d, conic_m, comp_in[idx], v_comp[idx], v_cov2d);
-        }
         const Vec3<T> mean_c = point_world_to_cam(cam.r, cam.t, mean);
         const Mat3<T> covar_c = covar_world_to_cam(cam.r, covar);
+        if (antialiased) {  // the undilated 2D covariance, recomputed as the forward did
+          const Mat2<T> cov2d = project_covar(projection_jacobian(cam.pinhole, mean_c), covar_c);
+          compensation_vjp(eps2d, cov2d, comp_in[idx], v_comp[idx], v_cov2d);
+        }
         Vec3<T> v_mean_c = {T(0), T(0), T(0)};
         Mat3<T> v_covar_c = zeros3<T>();
         project_vjp(cam.pinhole, mean_c, covar_c, v_cov2d, Vec2<T>{v_m2d[idx * 2], v_m2d[idx * 2 + 1]}, v_mean_c,

@@ -135,15 +135,15 @@ __global__ void project_bwd_kernel(ProjectBwdArgs<T> a, T* __restrict__ v_means,
   const Camera<T> cam = load_camera(a.viewmats + c * 16, a.Ks + c * 9, a.width, a.height);
   const Vec3<T> conic = {a.conics[idx * 3], a.conics[idx * 3 + 1], a.conics[idx * 3 + 2]};
   Mat2<T> v_cov2d = conic_vjp(conic, Vec3<T>{a.v_conics[idx * 3], a.v_conics[idx * 3 + 1], a.v_conics[idx * 3 + 2]});
-  if (a.compensations != nullptr) {
-    const Mat2<T> conic_m = {{{conic.x, conic.y}, {conic.y, conic.z}}};
-    compensation_vjp(a.eps2d, conic_m, a.compensations[idx], a.v_compensations[idx], v_cov2d);
-  }
   const T* mp = a.means + g * 3;
   const T* qp = a.quats + g * 4;
   const T* sp = a.scales + g * 3;
   const Vec3<T> mean_c = point_world_to_cam(cam.r, cam.t, Vec3<T>{mp[0], mp[1], mp[2]});
   const Mat3<T> covar_c = covar_world_to_cam(cam.r, world_covar(qp, sp));
+  if (a.compensations != nullptr) {  // the undilated 2D covariance, recomputed as the forward did
+    const Mat2<T> cov2d = project_covar(projection_jacobian(cam.pinhole, mean_c), covar_c);
+    compensation_vjp(a.eps2d, cov2d, a.compensations[idx], a.v_compensations[idx], v_cov2d);
+  }
   Vec3<T> v_mean_c = {T(0), T(0), T(0)};
   Mat3<T> v_covar_c = zeros3<T>();
   project_vjp(cam.pinhole, mean_c, covar_c, v_cov2d, Vec2<T>{a.v_means2d[idx * 2], a.v_means2d[idx * 2 + 1]}, v_mean_c,

@@ -435,20 +435,25 @@ PYOPS_HOST_DEVICE T dilate_covar2d(T eps2d, Mat2<T>& cov2d, T& compensation) {
   return det;
 }
 
-// VJP of the compensation w.r.t. the undilated covariance, given the conic (inverse of the dilated one). With
-// r = det(Sigma) / det(Sigma + eps I) and comp = sqrt(r): dr/dSigma = (1 - r) conic - eps det(conic) I (using
-// adj(Sigma + eps I) = adj(Sigma) + eps I), and dcomp/dr = 0.5 / comp (exact, as the reference; gsplat adds
-// 1e-6 to comp), taken as 0 at comp = 0 (a fully flat Gaussian), where the reference gives no gradient either.
+// VJP of the compensation w.r.t. the undilated covariance Sigma = [[a, b], [b, c]] (recomputed by the caller).
+// With r = det(Sigma) / det(Sigma + eps I) and comp = sqrt(r), dr/dSigma = ((1 - r) adj(Sigma) - r eps I) / det
+// (det = det(Sigma + eps I)), written out as sums of positive terms: dr/da = eps (c^2 + eps c + b^2) / det^2,
+// dr/dc = eps (a^2 + eps a + b^2) / det^2, dr/db (each off-diagonal entry) = -eps (a + c + eps) b / det^2. The
+// equivalent (1 - comp^2) conic - eps det(conic) I (gsplat's) cancels to a small difference of O(1/eps) terms for
+// a splat thinner than eps: fp32 gradients 20-30x less accurate than torch's (found by tests/test_fuzz.py).
+// dcomp/dr = 0.5 / comp (exact, as the reference; gsplat adds 1e-6 to comp), taken as 0 at comp = 0 (a fully
+// flat Gaussian), where the reference gives no gradient either.
 template <typename T>
-PYOPS_HOST_DEVICE void compensation_vjp(T eps2d, const Mat2<T>& conic, T compensation, T v_compensation,
+PYOPS_HOST_DEVICE void compensation_vjp(T eps2d, const Mat2<T>& cov2d, T compensation, T v_compensation,
                                         Mat2<T>& v_cov2d) {
-  const T det_conic = conic.m[0][0] * conic.m[1][1] - conic.m[0][1] * conic.m[1][0];
   const T v_sq = compensation > T(0) ? v_compensation * T(0.5) / compensation : T(0);
-  const T one_minus_sq = T(1) - compensation * compensation;
-  v_cov2d.m[0][0] += v_sq * (one_minus_sq * conic.m[0][0] - eps2d * det_conic);
-  v_cov2d.m[0][1] += v_sq * (one_minus_sq * conic.m[0][1]);
-  v_cov2d.m[1][0] += v_sq * (one_minus_sq * conic.m[1][0]);
-  v_cov2d.m[1][1] += v_sq * (one_minus_sq * conic.m[1][1] - eps2d * det_conic);
+  const T a = cov2d.m[0][0], c = cov2d.m[1][1], b = T(0.5) * (cov2d.m[0][1] + cov2d.m[1][0]);
+  const T det = (a * c - b * b) + eps2d * (a + c + eps2d);
+  const T k = det != T(0) ? v_sq * eps2d / (det * det) : T(0);
+  v_cov2d.m[0][0] += k * (c * c + eps2d * c + b * b);
+  v_cov2d.m[0][1] -= k * (a + c + eps2d) * b;
+  v_cov2d.m[1][0] -= k * (a + c + eps2d) * b;
+  v_cov2d.m[1][1] += k * (a * a + eps2d * a + b * b);
 }
 
 // Upper triangle (a, b, c) of the inverse of a symmetric 2x2 with determinant det: sigma = a dx^2 / 2 + b dx dy
