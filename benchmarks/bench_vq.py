@@ -43,9 +43,37 @@ def _faiss(cuda: bool):
         faiss = importlib.import_module("faiss")
     except ImportError:
         return None, "faiss is not installed (pip install faiss-cpu)"
+    if not cuda:
+        _faiss_blas_note(faiss)
     if cuda and not hasattr(faiss, "StandardGpuResources"):
         return None, "faiss-gpu skipped: the installed faiss has no GPU support (no faiss-gpu wheel was carried)"
     return faiss, None
+
+
+_FAISS_NOTES: list = []  # the FAISS BLAS note, made once per run and filed by run()
+
+
+def _faiss_blas_note(faiss) -> None:
+    """Which sgemm FAISS runs on: its wheel bundles OpenBLAS 0.3.15, which picks its kernels from the CPU model.
+    Forcing that OpenBLAS's generic kernels (OPENBLAS_CORETYPE=Prescott) made IndexFlatL2 at 4096 x 16384 3.9x
+    slower here (2362 against 613 ms): about the gap to the 3.1 s that the Nov 24 results show for faiss on a
+    machine of this name. The likely cause there: a CPU model the 2021 OpenBLAS does not know, for which it
+    falls back to such kernels (not reproducible on this machine, which it runs as SkylakeX). So every run
+    records the kernels it got."""
+    if _FAISS_NOTES:
+        return
+    import ctypes
+    import glob
+    import os
+
+    core = "unknown"
+    libs = glob.glob(os.path.join(os.path.dirname(faiss.__file__), "..", "faiss_cpu.libs", "libopenblas*"))
+    if libs:
+        lib = ctypes.CDLL(libs[0])
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        core = lib.openblas_get_corename().decode()
+    _FAISS_NOTES.append(f"faiss {faiss.__version__}: {faiss.omp_get_max_threads()} OpenMP threads (all cores), "
+                        f"bundled OpenBLAS kernels '{core}' (OPENBLAS_CORETYPE overrides)")
 
 
 def providers(ctx, n, codebook, builds):
@@ -181,6 +209,9 @@ def run(ctx):
     dtype = torch.bfloat16 if cuda else torch.float32
     if not cuda:
         _limits_note(ctx, cases, dim, (64 if ctx.quick else 1024) << 20)
+        faiss, _ = _faiss(False)
+        for note in _FAISS_NOTES if faiss is not None else ():
+            ctx.note(note)
     rows = []
     for n, num_codes in cases:
         g = torch.Generator().manual_seed(0)
