@@ -519,6 +519,29 @@ VQ_BAD = {"x": ("int", "rank0", ("grow", -1), "list", "nan", "inf"),
           "metric": (("value", "L2"),), "exact": (("type", "yes"),)}
 
 
+def build_vq_index(s):
+    args = build_vq(s)
+    args["precision"] = "fp32" if args.pop("exact") else "auto"
+    return args
+
+
+def call_vq_index(backend, x, codebook, k, metric, precision):
+    return pyops.VQIndex(codebook, metric=metric, precision=precision).search(x, k, backend=backend)
+
+
+def ref_vq_index(x, codebook, k, metric, precision):
+    return ref_vq_search(x, codebook, k, metric, precision == "fp32")
+
+
+def compare_vq_index(got, exact, same, dtype, args):
+    """As vq_search (the index's results contract is vq_search's)."""
+    compare_vq(got, exact, same, dtype, {**args, "exact": args["precision"] == "fp32"})
+
+
+VQ_INDEX_BAD = {**{k: v for k, v in VQ_BAD.items() if k in ("x", "codebook", "k", "metric")},
+                "precision": (("value", "int4"),)}
+
+
 def build_segment_sum(s):
     g = _gen(s)
     n, segs = s["n"], s["segments"]
@@ -970,7 +993,7 @@ def ref_covar(quats, scales):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The table: one entry per public op and module. The lead adds pyops.VQIndex (the prepared vq_search index) here.
+# The table: one entry per public op and module.
 
 CASES: Dict[str, Case] = {
     "derf": Case(DERF_VALID, build_derf, call_derf, grads=("x", "alpha", "shift", "weight", "bias"), bad=DERF_BAD,
@@ -989,10 +1012,8 @@ CASES: Dict[str, Case] = {
     "vq_search": Case(VQ_VALID, build_vq, call_vq, bad=VQ_BAD, reference=ref_vq_search, compare=compare_vq),
     "vq_segment_sum": Case(SEGMENT_VALID, build_segment_sum, call_segment_sum, bad=SEGMENT_BAD,
                            reference=ref_segment_sum),
-    # pyops.VQIndex (issue 19, the prepared index of vq_search) goes here: VQ_VALID / build_vq / ref_vq_search /
-    # compare_vq as vq_search's, with a call that builds the index from `codebook` and searches `x`, and a bad
-    # table for its own arguments, e.g.
-    # "VQIndex": Case(VQ_VALID, build_vq, call_vq_index, bad=VQ_BAD, reference=ref_vq_search, compare=compare_vq),
+    "VQIndex": Case(VQ_VALID, build_vq_index, call_vq_index, bad=VQ_INDEX_BAD, reference=ref_vq_index,
+                    compare=compare_vq_index),
     "VectorQuantizer": Case(QUANTIZER_VALID, build_quantizer, call_quantizer, bad={"x": ("int", ("grow", -1), "list")},
                             compare=compare_quantizer, reference=lambda x, spec: (x, x, x)),
     "contrastive_loss": Case(CONTRASTIVE_VALID, build_contrastive, call_contrastive, grads=("q", "k", "logit_scale"),
