@@ -21,16 +21,19 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
-@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("pyops")])
-def test_no_memory_growth(name):
-    fn, leaves = CASES[name]
-
+def _forward_backward(fn, leaves):
+    """One call of a case: its forward, and the backward to its leaves when it has any."""
     def call():
         out = fn()
         if leaves:
             torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    return call
 
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("pyops")])
+def test_no_memory_growth(name):
+    call = _forward_backward(*CASES[name])
     for _ in range(WARMUP):
         call()
     before = _rss_mib()
@@ -59,13 +62,7 @@ def _cuda_cases():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith("pyops")])
 def test_no_cuda_memory_growth(name):
-    fn, leaves = _cuda_cases()[name]
-
-    def call():
-        out = fn()
-        if leaves:
-            torch.autograd.grad(out.sum(), leaves, allow_unused=True)
-
+    call = _forward_backward(*_cuda_cases()[name])
     for _ in range(WARMUP):
         call()
     torch.cuda.synchronize()
