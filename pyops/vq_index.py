@@ -93,7 +93,8 @@ class VQIndex(torch.nn.Module):
 
     ``index.search(x, k)`` returns what ``vq_search(x, codebook, k=k, metric=metric)`` returns. Moving the
     index (``.to(device)``) or loading a state dict re-prepares it; the state dict holds the codebook, the
-    metric and the requested precision.
+    metric and the requested precision (loading writes the codes into the referenced codebook, as
+    ``update_(codes, rows)`` does).
     """
 
     def __init__(self, codebook: Tensor, *, metric: str = "l2", precision: str = "auto"):
