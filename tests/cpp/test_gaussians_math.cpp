@@ -179,13 +179,12 @@ void test_compensation(double eps2d, const std::array<double, 4>& c) {
     dilate_covar2d(eps2d, m, comp);
     return v_comp * comp;
   };
-  Mat2d m = {{{c[0], c[1]}, {c[2], c[3]}}};
+  const Mat2d cov = {{{c[0], c[1]}, {c[2], c[3]}}};  // the undilated covariance, as the callers pass it
+  Mat2d m = cov;
   double comp;
-  const double det = dilate_covar2d(eps2d, m, comp);
-  const Vec3d conic = conic_from_covar2d(m, det);
-  const Mat2d conic_m = {{{conic.x, conic.y}, {conic.y, conic.z}}};
+  dilate_covar2d(eps2d, m, comp);
   Mat2d v = {{{0, 0}, {0, 0}}};
-  compensation_vjp(eps2d, conic_m, comp, v_comp, v);
+  compensation_vjp(eps2d, cov, comp, v_comp, v);
   expect_grad("compensation_vjp", std::array<double, 4>{v.m[0][0], v.m[0][1], v.m[1][0], v.m[1][1]},
               numeric_grad(loss, c));
 }
