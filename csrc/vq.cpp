@@ -55,25 +55,14 @@ SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebo
   const char* op = "vq_index_search";
   const bool exact = packed.numel() == 0;
   SearchProblem p = prepare_search(x, codebook, k, metric, exact, device_type, op);
-  const char* stale = " (a stale index? rebuild it or call update_ after changing the codebook)";
+  const char* stale = kStaleIndex;
   for (auto [t, name] : {std::pair{&stat, "stat"}, {&packed, "packed"}, {&code_scale, "code_scale"}})
     TORCH_CHECK_VALUE(t->device() == x.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x.device());
   TORCH_CHECK_TYPE(stat.scalar_type() == p.out_dtype(), op, ": stat must be ",
                    p.out_dtype() == at::kDouble ? "float64" : "float32", ", got ", stat.scalar_type());
   TORCH_CHECK_VALUE(stat.dim() == 1 && stat.size(0) == p.num_codes, op, ": stat must have shape [", p.num_codes,
                     "] (one per code), got ", stat.sizes(), stale);
-  if (!exact && device_type == c10::DeviceType::CPU) {
-    const int64_t groups = (p.num_codes + 15) / 16, dim4 = (p.dim + 63) / 64 * 16;
-    TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8 (int8 tiles) on CPU, got ",
-                     packed.scalar_type());
-    TORCH_CHECK_VALUE(packed.sizes() == at::IntArrayRef({groups, dim4, 16, 4}), op, ": packed must have shape [",
-                      groups, ", ", dim4, ", 16, 4] for K=", p.num_codes, ", D=", p.dim, ", got ", packed.sizes(),
-                      stale);
-    TORCH_CHECK_TYPE(code_scale.scalar_type() == at::kFloat, op, ": code_scale must be float32, got ",
-                     code_scale.scalar_type());
-    TORCH_CHECK_VALUE(code_scale.dim() == 1 && code_scale.size(0) == groups * 16, op, ": code_scale must have shape [",
-                      groups * 16, "], got ", code_scale.sizes(), stale);
-  } else if (!exact) {
+  if (!exact && device_type != c10::DeviceType::CPU) {  // the CPU int8 tiles: checked by csrc/cpu/vq.cpp
     TORCH_CHECK_TYPE(packed.scalar_type() == at::kHalf || packed.scalar_type() == at::kBFloat16, op,
                      ": packed must be float16 or bfloat16 (a GPU index) or empty (exact scores), got ",
                      packed.scalar_type());

@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _backend
 from ._checks import check_choice, check_int, check_tensor
 from .reference import vq as reference
-from .vq import MAX_K, METRICS, _out_dtype, _search_torch
+from .vq import MAX_K, METRICS, _fake_search, _out_dtype, _search_torch
 
 if _backend.HAS_TRITON:
     from .triton_kernels import vq as _triton  # noqa: F401  (registers pyops::vq_index_search_triton)
@@ -33,7 +33,7 @@ _GROUP = 16  # codes per packed int8 group (kGroup in vq_int8.h)
 
 
 def _fake_index_search(x, codebook, packed, code_scale, stat, k, metric):
-    return x.new_empty(x.shape[0], k, dtype=_out_dtype(x)), x.new_empty(x.shape[0], k, dtype=torch.long)
+    return _fake_search(x, codebook, k, metric, packed.numel() == 0)
 
 
 def _fake_index_pack(codebook, rows, packed, code_scale):

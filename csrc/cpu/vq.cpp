@@ -65,17 +65,43 @@ std::tuple<at::Tensor, at::Tensor> vq_search_cpu(const at::Tensor& x,         //
   return {dist, idx};
 }
 
+// packed uint8 [ceil(K/16), padded D / 4, 16, 4] and code_scale fp32 [ceil(K/16) * 16], contiguous: the int8
+// tiles of a codebook of K codes of dimension D (vq_int8.h's layout), or a ValueError naming `op`.
+void check_int8_tiles(const char* op, const at::Tensor& packed, const at::Tensor& code_scale, int64_t num_codes,
+                      int64_t dim) {
+  const int64_t groups = (num_codes + int8::kGroup - 1) / int8::kGroup, dim4 = int8::padded_dim(dim) / 4;
+  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8 (int8 tiles) on CPU, got ",
+                   packed.scalar_type());
+  TORCH_CHECK_VALUE(packed.sizes() == at::IntArrayRef({groups, dim4, int8::kGroup, 4}) && packed.is_contiguous(), op,
+                    ": packed must be a contiguous [", groups, ", ", dim4, ", 16, 4] tensor for K=", num_codes,
+                    ", D=", dim, ", got ", packed.sizes(), kStaleIndex);
+  TORCH_CHECK_TYPE(code_scale.scalar_type() == at::kFloat, op, ": code_scale must be float32, got ",
+                   code_scale.scalar_type());
+  TORCH_CHECK_VALUE(code_scale.sizes() == at::IntArrayRef({groups * int8::kGroup}) && code_scale.is_contiguous(), op,
+                    ": code_scale must be a contiguous [", groups * int8::kGroup, "] tensor, got ", code_scale.sizes(),
+                    kStaleIndex);
+}
+
 std::tuple<at::Tensor, at::Tensor> vq_index_search_cpu(const at::Tensor& x, const at::Tensor& codebook,
                                                        const at::Tensor& packed, const at::Tensor& code_scale,
                                                        const at::Tensor& stat, int64_t k, c10::string_view metric) {
   const SearchProblem p = prepare_index_search(x, codebook, packed, code_scale, stat, k,
                                                std::string_view(metric.data(), metric.size()), c10::DeviceType::CPU);
+  if (!p.exact) check_int8_tiles("vq_index_search", p.packed, p.code_scale, p.num_codes, p.dim);
   auto [dist, idx] = empty_search_outputs(p);  // [N, k], [N, k]
   if (p.n != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "vq_index_search_cpu",
                                     [&] { PYOPS_CPU_ISA_CALL(search<scalar_t>, p, dist, idx); });
   }
   return {dist, idx};
+}
+
+// A code as fp32: itself, or widened into buf (fp16/bf16; the dispatch also instantiates double, never called).
+const float* as_float(const float* code, int64_t, std::vector<float>&) { return code; }
+template <typename T>
+const float* as_float(const T* code, int64_t dim, std::vector<float>& buf) {
+  buf.assign(code, code + dim);
+  return buf.data();
 }
 
 // Writes the int8 tiles and scales of codebook rows `rows` into packed / code_scale (vq_int8.h's layout).
@@ -93,35 +119,26 @@ void vq_index_pack_cpu(const at::Tensor& codebook, const at::Tensor& rows, const
   TORCH_CHECK_VALUE(codebook.dim() == 2, op, ": codebook must be 2-D, got shape ", codebook.sizes());
   const int64_t num_codes = codebook.size(0), dim = codebook.size(1);
   TORCH_CHECK_VALUE(dim <= int8::kMaxDim, op, ": codebook dimension ", dim, " is above the int8 limit ", int8::kMaxDim);
-  const int64_t groups = (num_codes + int8::kGroup - 1) / int8::kGroup, dp = int8::padded_dim(dim);
   TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, op, ": rows must be int64, got ", rows.scalar_type());
   TORCH_CHECK_VALUE(rows.dim() == 1, op, ": rows must be 1-D, got shape ", rows.sizes());
-  TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte, op, ": packed must be uint8, got ", packed.scalar_type());
-  TORCH_CHECK_VALUE(packed.sizes() == at::IntArrayRef({groups, dp / 4, int8::kGroup, 4}) && packed.is_contiguous(), op,
-                    ": packed must be a contiguous [", groups, ", ", dp / 4, ", 16, 4] tensor, got ", packed.sizes());
-  TORCH_CHECK_TYPE(code_scale.scalar_type() == at::kFloat, op, ": code_scale must be float32, got ",
-                   code_scale.scalar_type());
-  TORCH_CHECK_VALUE(code_scale.sizes() == at::IntArrayRef({groups * int8::kGroup}) && code_scale.is_contiguous(), op,
-                    ": code_scale must be a contiguous [", groups * int8::kGroup, "] tensor, got ", code_scale.sizes());
+  check_int8_tiles(op, packed, code_scale, num_codes, dim);
   const at::Tensor idx = rows.contiguous();
   const int64_t* r = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < idx.numel(); ++i)
     TORCH_CHECK_VALUE(r[i] >= 0 && r[i] < num_codes, op, ": rows has value ", r[i], " at position ", i,
                       ", outside [0, K=", num_codes, ")");
   const at::Tensor codes = codebook.contiguous();
+  const int64_t group_bytes = int8::padded_dim(dim) * int8::kGroup;
   uint8_t* out = packed.data_ptr<uint8_t>();
   float* scale = code_scale.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, codes.scalar_type(), "vq_index_pack_cpu", [&] {
     const scalar_t* cb = codes.data_ptr<scalar_t>();
     // Distinct codes own distinct 4-byte words of a group; a repeated row writes the same bytes twice.
     at::parallel_for(0, idx.numel(), 64, [&](int64_t i0, int64_t i1) {
-      std::vector<float> row(dim);
-      for (int64_t i = i0; i < i1; ++i) {
-        const scalar_t* c = cb + r[i] * dim;
-        for (int64_t d = 0; d < dim; ++d) row[d] = static_cast<float>(c[d]);
-        scale[r[i]] =
-            int8::pack_code(row.data(), dim, out + (r[i] / int8::kGroup) * dp * int8::kGroup, r[i] % int8::kGroup);
-      }
+      std::vector<float> row;
+      for (int64_t i = i0; i < i1; ++i)
+        scale[r[i]] = int8::pack_code(as_float(cb + r[i] * dim, dim, row), dim,
+                                      out + (r[i] / int8::kGroup) * group_bytes, r[i] % int8::kGroup);
     });
   });
 }

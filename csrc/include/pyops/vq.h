@@ -35,9 +35,11 @@ SearchProblem prepare_search(const at::Tensor& x, const at::Tensor& codebook, in
                              bool exact, c10::DeviceType device_type, const char* op = "vq_search");
 
 // prepare_search for a prepared index (see csrc/ops.cpp), plus its checks: stat [K] of the output dtype,
-// packed either empty (exact scores) or, on CPU, uint8 [ceil(K/16), padded D/4, 16, 4] with code_scale
-// [ceil(K/16)*16] fp32 (vq_int8.h's layout), or, on CUDA, fp16/bf16 [K, D]. A shape that does not match the
+// packed either empty (exact scores) or, on CUDA, fp16/bf16 [K, D] with an empty code_scale; the CPU int8
+// tiles are the CPU backend's to check (csrc/cpu/vq.cpp, vq_int8.h's layout). A shape that does not match the
 // codebook names the argument and says the index is stale.
+// The end of every error about prepared data that does not fit its codebook.
+constexpr const char* kStaleIndex = " (a stale index? rebuild it or call update_ after changing the codebook)";
 SearchProblem prepare_index_search(const at::Tensor& x, const at::Tensor& codebook, const at::Tensor& packed,
                                    const at::Tensor& code_scale, const at::Tensor& stat, int64_t k,
                                    std::string_view metric, c10::DeviceType device_type);
