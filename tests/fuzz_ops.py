@@ -1042,25 +1042,16 @@ CASES: Dict[str, Case] = {
                                   "width": (("value", 0), ("value", -5), ("type", 8.0)),
                                   "height": (("value", -1),)}),
     "spherical_harmonics": Case(SH_VALID, build_sh, call_sh, grads=("dirs", "coeffs"), bad=SH_BAD),
-    # Not expanded means for the whole renderer: N Gaussians stacked on one point blend with tied depths, and the
-    # fp32 v_means then reaches 15x torch's error (2.1e-4 against 1.4e-5; seed 5813976, n=5, 12x5, "RGB+ED"),
-    # an open item; the stages alone are fuzzed with them (project_gaussians, rasterize_to_pixels). What is known:
-    # only the depth render modes show it (the same stacked scene in RGB: 8.9e-6 against torch's 7.9e-6). The depth
-    # channel's alpha gradient is a difference of terms of size |z| |v| that is 0 for equal depths (the expected
-    # depth is then z exactly); torch's fp32 autograd cancels it exactly for equal z, pyops' back-to-front form
-    # (c_k T_k - behind_k / (1 - a_k)) does not. With the stacked means 1e-3 apart both errors are alike (9.9e-5
-    # against 6.6e-5), and a single antialiased Gaussian in RGB+ED (seed 1817218336) gives v_scales 2.7e-4 against
-    # 1.5e-5. The fix is a backward that forms the depth channel's gradient from (z_k - expected depth).
-    "rasterize_gaussians": Case(GAUSSIANS_VALID.filter(lambda s: s["layout"]["means"] != "expand"), build_gaussians,
-                                call_rasterize,
+    "rasterize_gaussians": Case(GAUSSIANS_VALID, build_gaussians, call_rasterize,
                                 grads=("means", "quats", "scales", "opacities", "colors"), bad=GAUSSIANS_BAD,
                                 # Five fp32 stages in a row: each alone meets the 3x rule (project_gaussians,
                                 # rasterize_to_pixels above), but a stage's forward error (conics: 1.8x torch's)
                                 # moves the next one's backward, so the composite can pass 3x torch's error when
                                 # that is small. Measured: v_quats 9.5e-6 of 0.99 (80 fp32 ulps) against torch's
-                                # 9.2e-7 (seed 1420, n=24, 7x14, antialiased, "D"); three identical Gaussians
-                                # (expanded means, blending ties): v_scales 1.39e-4 of 2.4 against 3.5e-5 (seed
-                                # 1, 11x5, "RGB+ED"). The floor here is 2e-5 relative.
+                                # 9.2e-7 (seed 1420, n=24, 7x14, antialiased, "D"). The floor here is 2e-5
+                                # relative. Expanded means (Gaussians stacked on one point) are in since the
+                                # render alpha is a sum of weights (gaussians_math.h): in the "ED" modes they
+                                # had reached 15x torch's error (seed 5813976).
                                 grad_floor=10.0,
                                 reference=ref_rasterize, compare=compare_gaussians),
     "rasterize_to_pixels": Case(RASTER_PIXELS_VALID, build_raster_pixels, call_raster_pixels,

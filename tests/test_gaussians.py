@@ -501,6 +501,28 @@ def test_final_transmittance_gradient_is_minus_alpha_gradient(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
+def test_faint_pixels_keep_the_alpha_relative_precision(device, backend):
+    """render_alphas is the sum of the blend weights, not 1 - T_final (which rounds to eps absolute, i.e.
+    eps / alpha relative): the "ED" modes divide by it, so its error times the depth reached the gradients."""
+    n, size = 3, 16
+    means2d = torch.full((1, n, 2), size / 2, dtype=torch.float64) + rnd(0, 1, n, 2).double() * 1e-3
+    conics = torch.tensor([0.004, 0.0, 0.004], dtype=torch.float64).expand(1, n, 3).contiguous()
+    opacities = 0.004 + 0.002 * torch.rand(1, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    colors = rnd(2, 1, n, 1).double()
+    flat = torch.arange(n, dtype=torch.int32)
+    offsets = torch.zeros(1, 1, 1, dtype=torch.int32)
+    exact = pyops.rasterize_to_pixels(means2d, conics, colors, opacities, size, size, size, offsets, flat,
+                                      backend="torch")[1]
+    got = raw("gs_rasterize_fwd", backend)(*(t.to(device, torch.float32) for t in (means2d, conics, colors,
+                                                                                  opacities)),
+                                           None, size, size, size, offsets.to(device), flat.to(device))[1]
+    hit = exact > 0
+    assert hit.sum() > 10 and exact[hit].max() < 0.02
+    rel = ((got.cpu().double() - exact).abs()[hit] / exact[hit]).max().item()
+    assert rel < 8 * torch.finfo(torch.float32).eps, rel
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
 def test_absgrad_is_stored_only_when_asked(device, backend):
     """absgrad=False leaves no .absgrad on means2d, and a later call with absgrad=False on a tensor that has one
     neither recomputes nor overwrites it (no flag sticks to the tensor)."""

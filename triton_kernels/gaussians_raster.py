@@ -88,6 +88,7 @@ def _gs_rasterize_fwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
     T = tl.full((P,), 1.0, tl.float32)  # transmittance before the next Gaussian
     done = ~inside
     acc = tl.zeros((P, BLOCK_D), tl.float32)
+    acc_alpha = tl.zeros((P,), tl.float32)  # 1 - T, as the sum of the weights (render_alphas, gaussians_math.h)
     last = tl.full((P,), -1, tl.int32)
     n_done = tl.sum(done.to(tl.int32), axis=0)
     k0 = start
@@ -105,6 +106,7 @@ def _gs_rasterize_fwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
         w = tl.where(blend, alpha * (t_after / one_m), 0.0)
         col = tl.load(colors_ptr + fid[:, None] * D + d[None, :], mask=km[:, None] & dmask[None, :], other=0.0)
         acc += tl.dot(w, col, input_precision="ieee")
+        acc_alpha += tl.sum(w, axis=1)
         T = tl.minimum(T, tl.min(tl.where(blend, t_after, 1.0), axis=1))
         last = tl.maximum(last, tl.max(tl.where(blend, k[None, :], -1), axis=1))
         done = done | (tl.max((ok & (t_after <= T_EPS)).to(tl.int32), axis=1) > 0)
@@ -114,7 +116,7 @@ def _gs_rasterize_fwd_kernel(means2d_ptr, conics_ptr, colors_ptr, opac_ptr, bg_p
         bg = tl.load(bg_ptr + cam * D + d, mask=dmask, other=0.0)
         acc += T[:, None] * bg[None, :]
     tl.store(out_colors_ptr + pix[:, None] * D + d[None, :], acc, mask=inside[:, None] & dmask[None, :])
-    tl.store(out_alphas_ptr + pix, 1.0 - T, mask=inside)
+    tl.store(out_alphas_ptr + pix, acc_alpha, mask=inside)
     tl.store(out_trans_ptr + pix, T, mask=inside)
     tl.store(last_ids_ptr + pix, last, mask=inside)
 
@@ -269,8 +271,8 @@ def gs_rasterize_fwd_triton(
 
     Returns:
         render_colors [C, H, W, D], render_alphas [C, H, W, 1], last_ids [C, H, W] int32 (index into
-        flatten_ids of the last blended Gaussian, -1: none) and final_transmittances [C, H, W, 1] (the T that
-        render_alphas = 1 - T rounds, for the backward).
+        flatten_ids of the last blended Gaussian, -1: none) and final_transmittances [C, H, W, 1] (T, for the
+        backward; render_alphas = 1 - T is the sum of the weights).
     """
     op = "gs_rasterize_fwd_triton"
     c, n, d, tile_h, tile_w = _check_raster(op, means2d, conics, colors, opacities, backgrounds, width, height,

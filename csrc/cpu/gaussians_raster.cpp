@@ -103,14 +103,16 @@ void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOut
         for (int64_t x = tx * grid.tile_size; x < x_end; ++x) {
           std::fill(pix.begin(), pix.end(), T(0));
           int64_t last;
+          T alpha = T(0);  // 1 - T_final, as the sum of the weights (see render_alphas in gaussians_math.h)
           const T trans = blend_pixel(r, start, stop, static_cast<T>(x) + T(0.5), static_cast<T>(y) + T(0.5), last,
                                       [&](int64_t, int32_t g, const PixelHit<T>& h, T t_before) {
                                         const T w = h.alpha * t_before;
                                         const T* col = r.colors + int64_t(g) * d;
                                         for (int64_t k = 0; k < d; ++k) pix[k] += col[k] * w;
+                                        alpha += w;
                                       });
           const int64_t pid = (c * grid.height + y) * grid.width + x;
-          out_a[pid] = T(1) - trans;
+          out_a[pid] = alpha;
           out_t[pid] = trans;
           const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
           for (int64_t k = 0; k < d; ++k) out_c[pid * d + k] = pix[k] + (bg ? trans * bg[k] : T(0));

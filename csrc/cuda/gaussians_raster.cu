@@ -139,6 +139,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t k = 0; k < d; ++k) out[k] = T(0);
 
   T trans = T(1);
+  T alpha = T(0);  // 1 - T_final, as the sum of the weights (see render_alphas in gaussians_math.h)
   int32_t last = -1;
   bool done = !tp.inside;
   const int64_t n_batches = (tp.end - tp.start + tp.block_size - 1) / tp.block_size;
@@ -165,12 +166,13 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         for (int64_t k = 0; k < d; ++k) out[k] += col[k] * w;
       }
+      alpha += w;
       last = static_cast<int32_t>(batch_start + t);
       trans = next_trans;
     }
   }
   if (!tp.inside) return;
-  render_alphas[tp.pid] = T(1) - trans;
+  render_alphas[tp.pid] = alpha;
   final_trans[tp.pid] = trans;
   const T* bg = a.backgrounds ? a.backgrounds + tp.camera * d : nullptr;
   if constexpr (CDIM > 0) {

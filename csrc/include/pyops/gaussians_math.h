@@ -35,6 +35,10 @@ template <typename T>
 PYOPS_HOST_DEVICE T min_transmittance() {
   return T(1e-4);
 }
+// render_alphas (1 - T_final) is accumulated as the sum of the blend weights alpha_k T_k, equal in exact
+// arithmetic: 1 - T_final rounds to eps absolute, eps / alpha relative on a faint pixel, and the "ED" render
+// modes divide the depth by it, so their gradients carried that error times the depth (the fuzz's Gaussians
+// stacked on one point: 15x torch's error in fp32). The backward still differentiates 1 - T_final.
 // Radius in standard deviations of the (conservative, opacity-unaware) screen-space bounding box.
 template <typename T>
 PYOPS_HOST_DEVICE T radius_sigmas() {
