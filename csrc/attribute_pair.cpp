@@ -1,4 +1,5 @@
 #include "pyops/attribute_pair.h"
+#include "pyops/host_checks.h"
 
 #include <ATen/Dispatch.h>
 
@@ -11,16 +12,6 @@ namespace attribute_pair {
 namespace {
 
 constexpr const char* kOp = "attribute_pair_loss: ";
-
-// PYOPS_CHECK_FINITE, read once with pyops/_backend.py's rule: "1" checks on every device, unset CPU tensors
-// only (on a GPU the check is a host sync), any other value never.
-bool check_finite_enabled(c10::DeviceType device_type) {
-  static const int mode = [] {
-    const char* env = std::getenv("PYOPS_CHECK_FINITE");
-    return env == nullptr ? -1 : std::string(env) == "1" ? 1 : 0;
-  }();
-  return mode == 1 || (mode == -1 && device_type == c10::DeviceType::CPU);
-}
 
 void check_same(const at::Tensor& t, const char* name, const at::Tensor& ex, at::IntArrayRef shape, const char* what) {
   TORCH_CHECK_VALUE(t.device() == ex.device(), kOp, name, " is on ", t.device(), " but ex is on ", ex.device());
@@ -53,12 +44,7 @@ Problem prepare(const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& lo
   TORCH_CHECK_TYPE(at::isFloatingType(logit_scale.scalar_type()), kOp,
                    "logit_scale must be a floating-point tensor, got ", logit_scale.scalar_type());
   TORCH_CHECK_VALUE(logit_scale.dim() == 0, kOp, "logit_scale must be a 0-dim tensor, got shape ", logit_scale.sizes());
-  if (check_finite_enabled(device_type)) {
-    const bool finite = logit_scale.device().is_cpu()
-                            ? std::isfinite(logit_scale.to(at::kDouble).item<double>())
-                            : at::isfinite(logit_scale).item<bool>();  // opt-in: syncs the host
-    TORCH_CHECK_VALUE(finite, kOp, "logit_scale has non-finite values");
-  }
+  if (check_finite_enabled(device_type)) check_finite("attribute_pair_loss", logit_scale, "logit_scale");
 
   Problem p;
   p.tokens = ex.dim() == 4;

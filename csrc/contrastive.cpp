@@ -1,6 +1,7 @@
 // The contrastive loss's host algorithm, shared by the CPU and CUDA backends (see pyops/contrastive.h): argument
 // checks, the chunk loop and the O(N + M) steps before and after it, in ATen ops on the op's device and stream.
 #include "pyops/contrastive.h"
+#include "pyops/host_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,12 +12,6 @@
 namespace pyops {
 namespace contrastive {
 namespace {
-
-// PYOPS_CHECK_FINITE with pyops/_backend.py's rule: "1" checks on every device, unset CPU tensors only.
-bool check_finite_enabled(c10::DeviceType device_type) {
-  const char* env = std::getenv("PYOPS_CHECK_FINITE");
-  return env == nullptr ? device_type == c10::DeviceType::CPU : std::string(env) == "1";
-}
 
 void check_groups(const char* op, const char* name, const at::Tensor& g, int64_t size, const at::Tensor& q) {
   TORCH_CHECK_VALUE(g.device() == q.device(), op, ": ", name, " is on ", g.device(), " but q is on ", q.device());
@@ -91,9 +86,7 @@ Problem prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const 
                     ": logit_scale must be a 0-d tensor (one element), got shape ", logit_scale.sizes());
   check_groups(op, "qg", qg, q.size(0), q);
   check_groups(op, "kg", kg, k.size(0), q);
-  if (check_finite_enabled(device_type)) {
-    TORCH_CHECK_VALUE(std::isfinite(logit_scale.item<double>()), op, ": logit_scale has non-finite values");
-  }
+  if (check_finite_enabled(device_type)) check_finite(op, logit_scale, "logit_scale");
 
   Problem p;
   p.math = dtype == at::kDouble ? at::kDouble : at::kFloat;

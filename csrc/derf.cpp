@@ -1,6 +1,7 @@
 #include "pyops/derf.h"
 
 #include "pyops/derf_math.h"
+#include "pyops/host_checks.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
@@ -27,36 +28,6 @@ void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int
 at::Tensor as_math(const at::Tensor& t, at::ScalarType math) {
   if (t.scalar_type() == math && t.is_contiguous()) return t;
   return t.to(math).contiguous();
-}
-
-// PYOPS_CHECK_FINITE, read once with pyops/_backend.py's rule: "1" checks on every device, unset CPU tensors
-// only (on a GPU the check is a host sync), any other value never.
-bool check_finite_enabled(c10::DeviceType device_type) {
-  static const int mode = [] {
-    const char* env = std::getenv("PYOPS_CHECK_FINITE");
-    return env == nullptr ? -1 : std::string(env) == "1" ? 1 : 0;
-  }();
-  return mode == 1 || (mode == -1 && device_type == c10::DeviceType::CPU);
-}
-
-// ValueError naming `name` if t holds NaN or inf. On CPU a plain loop over the (C-element) parameter: no
-// ATen call, so it costs nanoseconds for the tiny tensors where per-call overhead matters.
-void check_finite(const at::Tensor& t, const char* name) {
-  if (t.numel() == 0) return;
-  bool finite = true;
-  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {  // the usual parameter
-    const float* data = t.const_data_ptr<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) finite &= std::isfinite(data[i]);
-  } else if (t.device().is_cpu()) {
-    const at::Tensor c = t.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "derf_check_finite", [&] {
-      const scalar_t* data = c.const_data_ptr<scalar_t>();
-      for (int64_t i = 0; i < c.numel() && finite; ++i) finite = std::isfinite(static_cast<double>(data[i]));
-    });
-  } else {
-    finite = at::isfinite(t).all().item<bool>();  // opt-in (PYOPS_CHECK_FINITE=1): syncs the host
-  }
-  TORCH_CHECK_VALUE(finite, "derf: ", name, " has non-finite values");
 }
 
 }  // namespace
@@ -89,10 +60,10 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
   if (weight.has_value()) check_param(*weight, "weight", x, p.channels, /*allow_scalar=*/false);
   if (bias.has_value()) check_param(*bias, "bias", x, p.channels, /*allow_scalar=*/false);
   if (check_finite_enabled(device_type)) {
-    check_finite(alpha, "alpha");
-    check_finite(shift, "shift");
-    if (weight.has_value()) check_finite(*weight, "weight");
-    if (bias.has_value()) check_finite(*bias, "bias");
+    check_finite("derf", alpha, "alpha");
+    check_finite("derf", shift, "shift");
+    if (weight.has_value()) check_finite("derf", *weight, "weight");
+    if (bias.has_value()) check_finite("derf", *bias, "bias");
   }
   p.alpha = as_math(alpha, math);
   p.shift = as_math(shift, math);

@@ -1,7 +1,5 @@
-// Autograd kernels of pyops::derf_fwd and pyops::derf_bwd, in C++ as PyTorch's own ops have them (and as
-// torchvision's do): a Python autograd kernel (torch.library.register_autograd) cost ~20 us per call on a
-// tiny tensor, more than the kernels themselves. The Triton ops keep their Python registration
-// (pyops/derf.py).
+// Autograd kernels of pyops::derf_fwd and pyops::derf_bwd, in C++ as PyTorch's own ops have them (why:
+// pyops/autograd.h). The Triton ops keep their Python registration (pyops/derf.py).
 //
 // derf_fwd's kernel runs the backend kernels below autograd and saves x and the parameters (never y: the
 // backward recomputes erf from x). derf_bwd's kernel makes the gradients non-differentiable: a double
@@ -9,15 +7,12 @@
 // Fake tensors take the same path (torch.compile's AOTAutograd traces through these kernels), so nothing
 // here reads sizes or data.
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
-#include <memory>
-#include <optional>
 #include <tuple>
-#include <type_traits>
 #include <utility>
+
+#include "pyops/autograd.h"
 
 namespace pyops {
 namespace derf {
@@ -25,7 +20,8 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using OptTensor = std::optional<at::Tensor>;
+using autograd::OptTensor;
+using autograd::optional;
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
@@ -47,8 +43,6 @@ bwd_op() {
                                           const OptTensor&, const OptTensor&, int64_t)>();
   return op;
 }
-
-OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
 // The gradients of derf_fwd, built by derf_bwd. If a double backward reaches them it stops here.
 class DerfBackward : public torch::autograd::Function<DerfBackward> {
@@ -102,38 +96,15 @@ struct DerfBackwardNode : public torch::autograd::TraceableFunction {
   int64_t channel_dim_ = -1;
 };
 
-// Autograd nodes are held by std::shared_ptr up to torch 2.x and by c10::intrusive_ptr in later releases:
-// make one the way this torch holds them.
-using NodePtr = std::decay_t<decltype(std::declval<const at::Tensor&>().grad_fn())>;
-template <typename P>
-struct make_node;
-template <typename N>
-struct make_node<std::shared_ptr<N>> {
-  template <typename T>
-  static std::shared_ptr<T> get() {
-    return std::make_shared<T>();
-  }
-};
-template <typename N>
-struct make_node<c10::intrusive_ptr<N>> {
-  template <typename T>
-  static c10::intrusive_ptr<T> get() {
-    return c10::make_intrusive<T>();
-  }
-};
-
-bool requires_grad(const OptTensor& t) { return t.has_value() && t->defined() && t->requires_grad(); }
-
 at::Tensor derf_fwd_autograd(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
                              const OptTensor& weight, const OptTensor& bias, int64_t channel_dim) {
   // Inference (no_grad, or nothing requires grad): skip building the node, which costs about as much as the
   // whole CPU kernel on a tiny tensor.
-  if (!at::GradMode::is_enabled() || !(x.requires_grad() || alpha.requires_grad() || shift.requires_grad() ||
-                                       requires_grad(weight) || requires_grad(bias))) {
+  if (!autograd::needs_node(x, alpha, shift, weight, bias)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return fwd_op().call(x, alpha, shift, weight, bias, channel_dim);
   }
-  auto grad_fn = make_node<NodePtr>::get<DerfBackwardNode>();
+  auto grad_fn = autograd::make_node<DerfBackwardNode>();
   grad_fn->set_next_edges(torch::autograd::collect_next_edges(x, alpha, shift, weight, bias));
   at::Tensor y;
   {
@@ -141,11 +112,11 @@ at::Tensor derf_fwd_autograd(const at::Tensor& x, const at::Tensor& alpha, const
     y = fwd_op().call(x, alpha, shift, weight, bias, channel_dim);
   }
   // Saves x and the parameters, never y: the backward recomputes erf from x.
-  grad_fn->x_ = torch::autograd::SavedVariable(x, /*is_output=*/false);
-  grad_fn->alpha_ = torch::autograd::SavedVariable(alpha, false);
-  grad_fn->shift_ = torch::autograd::SavedVariable(shift, false);
-  grad_fn->weight_ = torch::autograd::SavedVariable(weight.value_or(at::Tensor()), false);
-  grad_fn->bias_ = torch::autograd::SavedVariable(bias.value_or(at::Tensor()), false);
+  grad_fn->x_ = autograd::save(x);
+  grad_fn->alpha_ = autograd::save(alpha);
+  grad_fn->shift_ = autograd::save(shift);
+  grad_fn->weight_ = autograd::save(weight);
+  grad_fn->bias_ = autograd::save(bias);
   grad_fn->channel_dim_ = channel_dim;
   torch::autograd::set_history(y, grad_fn);
   return y;
