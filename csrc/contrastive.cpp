@@ -12,6 +12,8 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace pyops {
@@ -68,6 +70,29 @@ at::Tensor vector_arg(const char* name, const at::Tensor& t, int64_t size, const
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == size, "contrastive_bwd: ", name, " must have shape (", size,
                     ",), got ", t.sizes());
   return contiguous(t.to(p.math));
+}
+
+// The backward's coefficients of rows (or columns) with gradient v and positive counts npos (math dtype,
+// contiguous): a = [npos > 0] v and a / max(npos, 1). On CPU one loop instead of seven ATen calls, with the same
+// IEEE operations (so the same values).
+std::pair<at::Tensor, at::Tensor> coefficients(const at::Tensor& v, const at::Tensor& npos) {
+  if (!v.device().is_cpu()) {
+    const at::Tensor a = at::where(npos > 0, v, at::zeros_like(v));
+    return {a, a / npos.clamp_min(1)};
+  }
+  at::Tensor a = at::detail::empty_cpu(v.sizes(), v.scalar_type(), /*pin_memory=*/false);
+  at::Tensor a_inv = at::detail::empty_cpu(v.sizes(), v.scalar_type(), /*pin_memory=*/false);
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "contrastive_coefficients", [&] {
+    const scalar_t* vs = v.const_data_ptr<scalar_t>();
+    const scalar_t* ns = npos.const_data_ptr<scalar_t>();
+    scalar_t* as = a.data_ptr<scalar_t>();
+    scalar_t* is = a_inv.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < v.numel(); ++i) {
+      as[i] = ns[i] > 0 ? vs[i] : scalar_t(0);
+      is[i] = as[i] / std::max(ns[i], scalar_t(1));
+    }
+  });
+  return {a, a_inv};
 }
 
 // out = a @ b, or out += a @ b with accumulate; out in the math dtype, a and b in it or (CUDA) both 16-bit.
@@ -209,9 +234,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const Problem& p, const 
                    cn = vector_arg("col_npos", col_npos, mc, p);
   const auto opts = p.q.options().dtype(p.math);
   // Rows (columns) without a positive have loss 0: no gradient.
-  const at::Tensor a = at::where(rn > 0, vr, at::zeros_like(vr)), a_inv = a / rn.clamp_min(1);
+  const auto [a, a_inv] = coefficients(vr, rn);
   at::Tensor b, b_inv;
-  if (p.symmetric) b = at::where(cn > 0, vc, at::zeros_like(vc)), b_inv = b / cn.clamp_min(1);
+  if (p.symmetric) std::tie(b, b_inv) = coefficients(vc, cn);
   at::Tensor v_q = at::zeros({p.n, p.d}, opts), v_k = at::zeros({p.m, p.d}, opts);
   at::Tensor v_ls = at::zeros({}, opts.dtype(at::kDouble));  // sum_ij G_ij q_i.k_j, in chunk order
   if (p.n > 0 && p.m > 0) {
