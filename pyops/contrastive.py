@@ -179,7 +179,9 @@ def contrastive_loss(
                     if k.shape[0] != n:
                         raise ValueError  # the diagonal needs N == M: the checks below raise the message
                     qg = kg = torch.arange(n, device=q.device)  # the diagonal: one positive per row and column
-                    count = max(n, 1)  # the mean's divisor, (npos > 0).sum().clamp_min(1) without computing it
+                    # The mean's divisor, (npos > 0).sum().clamp_min(1), without computing it. CPU only: CUDA
+                    # divides by a host scalar as a product with its reciprocal, which may round differently.
+                    count = max(n, 1) if q.is_cpu else None
                 elif q_groups.dtype is torch.int64 and k_groups.dtype is torch.int64:
                     qg, kg, count = q_groups, k_groups, None
                 else:
