@@ -164,17 +164,27 @@ def contrastive_loss(
     """
     if group is None and not _is_compiling():
         # Eager fast path (as pyops.derf's): a cached backend choice, then the native op, whose C++ checks cover
-        # q, k, logit_scale and int64 group ids (finite values included). The cases with Python-only checks
-        # (labels: their range; groups of another integer dtype; an unknown reduction) take the full path. Only
-        # when the op raises do the Python checks run, to raise pyops' own error for a bad argument.
+        # q, k, logit_scale and int64 ids (finite values included); the labels' range is checked here. Ids of
+        # another integer dtype and unusual arguments take the full path. Only when something raises do the
+        # Python checks run, to raise pyops' own error for a bad argument.
         try:
             which = _CHOICE[(backend, _env_backend(), "cpu" if q.is_cpu else q.device.type)]
         except (KeyError, AttributeError):
             which = _choose(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction, backend)
-        if which == "native" and labels is None and (symmetric is True or symmetric is False) and (
-                reduction in _REDUCTIONS):
+        if which == "native" and (symmetric is True or symmetric is False) and reduction in _REDUCTIONS:
             try:
-                if q_groups is None and k_groups is None:
+                qg = None
+                if labels is not None:
+                    if labels.dtype is torch.int64 and q_groups is None and k_groups is None:
+                        m = k.shape[0]
+                        # An out-of-range label would only never match, so on a GPU the check (a host sync) is
+                        # opt-in, as in _check_args.
+                        if labels.numel() and (labels.is_cpu or _backend.check_finite_enabled(labels)):
+                            lo, hi = torch.aminmax(labels)
+                            if lo < 0 or hi >= m:
+                                raise ValueError  # the checks below raise the message
+                        qg, kg, count = labels, torch.arange(m, device=q.device), None
+                elif q_groups is None and k_groups is None:
                     n = q.shape[0]
                     if k.shape[0] != n:
                         raise ValueError  # the diagonal needs N == M: the checks below raise the message
@@ -184,8 +194,6 @@ def contrastive_loss(
                     count = max(n, 1) if q.is_cpu else None
                 elif q_groups.dtype is torch.int64 and k_groups.dtype is torch.int64:
                     qg, kg, count = q_groups, k_groups, None
-                else:
-                    qg = None
                 if qg is not None:
                     out = _NATIVE_FWD(q, k, logit_scale, qg, kg, symmetric)
                     return _reduce(out, symmetric, reduction, count)
