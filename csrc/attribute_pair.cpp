@@ -44,7 +44,11 @@ Problem prepare(const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& lo
   TORCH_CHECK_TYPE(at::isFloatingType(logit_scale.scalar_type()), kOp,
                    "logit_scale must be a floating-point tensor, got ", logit_scale.scalar_type());
   TORCH_CHECK_VALUE(logit_scale.dim() == 0, kOp, "logit_scale must be a 0-dim tensor, got shape ", logit_scale.sizes());
-  if (check_finite_enabled(device_type)) check_finite("attribute_pair_loss", logit_scale, "logit_scale");
+  if (check_finite_enabled(device_type)) {
+    check_finite("attribute_pair_loss", logit_scale, "logit_scale");
+    check_finite("attribute_pair_loss", ex, "ex");
+    check_finite("attribute_pair_loss", ey, "ey");
+  }
 
   Problem p;
   p.tokens = ex.dim() == 4;

@@ -17,6 +17,7 @@
 #include "cpu/derf_kernel_isa.h"
 #include "pyops/derf.h"
 #include "pyops/derf_math.h"
+#include "pyops/host_checks.h"
 
 namespace pyops {
 namespace derf {
@@ -34,10 +35,18 @@ void check_param(const at::Tensor& t, const char* name, const at::Tensor& x, int
                     " elements (one per channel) in at most one dimension, got shape ", t.sizes());
 }
 
-// Validates the arguments (naming the bad one) and returns the Derf problem of x [M, C] (channels last).
+// The parameter in the Derf kernels' math dtype, contiguous and 1-D; the tensor itself (no new TensorImpl, no
+// dispatcher call) when it already is: this runs four times per call.
+at::Tensor as_math(const at::Tensor& t, at::ScalarType math) {
+  if (t.scalar_type() == math && t.is_contiguous() && t.dim() == 1) return t;
+  return t.to(math).contiguous().view({-1});
+}
+
+// Validates the arguments (naming the bad one) and returns the Derf problem of x [M, C] (channels last). With
+// check_values (the forward) the Derf parameters are checked for NaN/inf too (host_checks.h's policy).
 Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias) {
+                const at::Tensor& linear_weight, const std::optional<at::Tensor>& linear_bias, bool check_values) {
   TORCH_CHECK_VALUE(x.device().is_cpu(), "derf_linear: x is on ", x.device(), ", expected a CPU tensor");
   const auto dtype = x.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
@@ -62,22 +71,24 @@ Problem prepare(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& 
                       "derf_linear: linear_bias must have shape (", linear_weight.size(0), ",), got ",
                       linear_bias->sizes());
   }
+  if (weight.has_value()) check_param(*weight, "weight", x, channels, /*allow_scalar=*/false);
+  if (bias.has_value()) check_param(*bias, "bias", x, channels, /*allow_scalar=*/false);
+  if (check_values && check_finite_enabled(x.device().type())) {
+    check_finite("derf_linear", alpha, "alpha");
+    check_finite("derf_linear", shift, "shift");
+    if (weight.has_value()) check_finite("derf_linear", *weight, "weight");
+    if (bias.has_value()) check_finite("derf_linear", *bias, "bias");
+  }
   Problem p;
-  p.x = x.contiguous();
+  p.x = x.is_contiguous() ? x : x.contiguous();
   p.channels = channels;
   p.outer = x.size(0);
   p.inner = 1;
   const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  p.alpha = alpha.to(math).contiguous().view({-1});
-  p.shift = shift.to(math).contiguous().view({-1});
-  if (weight.has_value()) {
-    check_param(*weight, "weight", x, channels, /*allow_scalar=*/false);
-    p.weight = weight->to(math).contiguous().view({-1});
-  }
-  if (bias.has_value()) {
-    check_param(*bias, "bias", x, channels, /*allow_scalar=*/false);
-    p.bias = bias->to(math).contiguous().view({-1});
-  }
+  p.alpha = as_math(alpha, math);
+  p.shift = as_math(shift, math);
+  if (weight.has_value()) p.weight = as_math(*weight, math);
+  if (bias.has_value()) p.bias = as_math(*bias, math);
   return p;
 }
 
@@ -90,7 +101,7 @@ at::Tensor derf_linear_fwd_cpu(const at::Tensor& x,                             
   // The ATen calls below (addmm_out, mm_out) must not see autograd: this op's autograd is registered around it,
   // and out= variants refuse inputs that require grad (a direct call under torch.no_grad() reaches here so).
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Problem p = prepare(x, alpha, shift, weight, bias, linear_weight, linear_bias);
+  const Problem p = prepare(x, alpha, shift, weight, bias, linear_weight, linear_bias, /*check_values=*/true);
   const int64_t rows = p.outer, out_features = linear_weight.size(0);
   at::Tensor y = at::empty({rows, out_features}, p.x.options());
   if (rows == 0 || out_features == 0) return y;
@@ -111,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, const at::Tensor& linear_weight,
     bool has_linear_bias) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in derf_linear_fwd_cpu
-  const Problem p = prepare(x, alpha, shift, weight, bias, linear_weight, std::nullopt);
+  const Problem p = prepare(x, alpha, shift, weight, bias, linear_weight, std::nullopt, /*check_values=*/false);
   const int64_t rows = p.outer, C = p.channels, out_features = linear_weight.size(0);
   TORCH_CHECK_VALUE(v_y.device() == p.x.device(), "derf_linear_bwd: v_y is on ", v_y.device(), " but x is on ",
                     p.x.device());

@@ -12,7 +12,8 @@ per-pair logit_scale term that a fixed-order sum reduces (deterministic). The fo
 and norms, and for token inputs the pooled vectors (B, A, D), so the backward never re-reads the tokens.
 """
 
-from typing import Optional
+import os
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -36,7 +37,16 @@ def _math_dtype(ex: Tensor) -> torch.dtype:
     return torch.float64 if ex.dtype == torch.float64 else torch.float32
 
 
+def _check_devices(ex, ey, logit_scale, mask) -> None:
+    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: an argument on the meta
+    device sends the native op's dispatch to them, so they must raise it themselves."""
+    for name, t in (("ey", ey), ("logit_scale", logit_scale), ("mask", mask)):
+        if t is not None and t.device != ex.device:
+            raise ValueError(f"{OP}: {name} is on {t.device} but ex is on {ex.device}")
+
+
 def _fake_fwd(ex, ey, logit_scale, mask):
+    _check_devices(ex, ey, logit_scale, mask)
     b, a, d = ex.shape[0], ex.shape[1], ex.shape[-1]
     new = lambda *shape: ex.new_empty(shape, dtype=_math_dtype(ex))  # noqa: E731
     pooled = (b, a, d) if ex.dim() == 4 else (0,)
@@ -44,6 +54,7 @@ def _fake_fwd(ex, ey, logit_scale, mask):
 
 
 def _fake_bwd(v_loss, ex, ey, logit_scale, mask, cos, norms, px, py):
+    _check_devices(ex, ey, logit_scale, mask)
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
     return like(ex), like(ey), logit_scale.new_empty(())
 
@@ -64,9 +75,9 @@ def _register_autograd(fwd: str, bwd_op) -> None:
 
 
 if _backend._NATIVE_ERROR is None:
+    # The native ops' autograd kernels are C++ (csrc/losses_autograd.cpp): no Python runs per call.
     torch.library.register_fake("pyops::attribute_pair_fwd")(_fake_fwd)
     torch.library.register_fake("pyops::attribute_pair_bwd")(_fake_bwd)
-    _register_autograd("pyops::attribute_pair_fwd", torch.ops.pyops.attribute_pair_bwd)
 if _backend.HAS_TRITON:
     # triton_op derives the fake kernels from the Python launchers; only autograd is added.
     _register_autograd("pyops::attribute_pair_fwd_triton", torch.ops.pyops.attribute_pair_bwd_triton)
@@ -125,9 +136,45 @@ def attribute_pair_loss(
         The mean over B of logsumexp_ij(logit_scale * cos_ij) - logit_scale * cos_00, 0-d float32 (float64
         for float64 inputs). Gradients flow to ex, ey and logit_scale (mask gets none).
     """
+    if not _is_compiling():
+        # Eager fast path (as pyops.derf's): a cached backend choice, then the native op, whose C++ checks cover
+        # every argument (finite values included). Only when it raises do the Python checks run, to raise pyops'
+        # own error for a bad argument.
+        try:
+            which = _CHOICE[(backend, _env_backend(), "cpu" if ex.is_cpu else ex.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(ex, ey, logit_scale, mask, backend)
+        if which == "native":
+            try:
+                return _NATIVE_FWD(ex, ey, logit_scale, mask)[0].mean()
+            except Exception:
+                _check_args(ex, ey, logit_scale, mask)
+                raise
     _check_args(ex, ey, logit_scale, mask)
     which = _backend.resolve(backend, ex.device, "attribute_pair_fwd")
     if which == "torch":
         return reference.attribute_pair_loss(ex, ey, logit_scale, mask)
     op = torch.ops.pyops.attribute_pair_fwd_triton if which == "triton" else torch.ops.pyops.attribute_pair_fwd
     return op(ex, ey, logit_scale, mask)[0].mean()
+
+
+# The backend per (backend argument, $PYOPS_BACKEND, device type): "native" for the C++ kernels ("cpu", "cuda"),
+# else its name. Only successful choices are cached: an unavailable backend raises every time.
+_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
+_is_compiling = torch.compiler.is_compiling
+_NATIVE_FWD = torch.ops.pyops.attribute_pair_fwd.default if _backend._NATIVE_ERROR is None else None
+# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
+_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
+
+
+def _env_backend() -> Optional[str]:
+    """$PYOPS_BACKEND, read on every call: it may change at run time."""
+    return os.environ.get("PYOPS_BACKEND")
+
+
+def _choose(ex, ey, logit_scale, mask, backend) -> str:
+    _check_args(ex, ey, logit_scale, mask)  # ex is a Tensor (or this raises)
+    which = _backend.resolve(backend, ex.device, "attribute_pair_fwd")
+    which = "native" if which in ("cpu", "cuda") else which
+    _CHOICE[(backend, _env_backend(), ex.device.type)] = which
+    return which

@@ -9,7 +9,8 @@ reproducible), no N x M tensor. The backward recomputes the chunk's logits inste
 """
 
 import functools
-from typing import Optional, Tuple, Union
+import os
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -31,13 +32,23 @@ def _math_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+def _check_devices(q, k, logit_scale, qg, kg) -> None:
+    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: an argument on the meta
+    device sends the native op's dispatch to them, so they must raise it themselves."""
+    for name, t in (("k", k), ("logit_scale", logit_scale), ("qg", qg), ("kg", kg)):
+        if t.device != q.device:
+            raise ValueError(f"{_OP}: {name} is on {t.device} but q is on {q.device}")
+
+
 def _fake_fwd(q, k, logit_scale, qg, kg, symmetric):
+    _check_devices(q, k, logit_scale, qg, kg)
     n, m = q.shape[0], k.shape[0] if symmetric else 0
     dtype = _math_dtype(q)
     return tuple(q.new_empty(size, dtype=dtype) for size in (n, m, n, m, n, m))
 
 
 def _fake_bwd(v_row, v_col, q, k, logit_scale, qg, kg, row_lse, col_lse, row_npos, col_npos, symmetric):
+    _check_devices(q, k, logit_scale, qg, kg)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(logit_scale, memory_format=torch.contiguous_format))
@@ -63,9 +74,9 @@ def _register_autograd(fwd: str, bwd_op) -> None:
 
 
 if _backend._NATIVE_ERROR is None:
+    # The native ops' autograd kernels are C++ (csrc/losses_autograd.cpp): no Python runs per call.
     torch.library.register_fake("pyops::contrastive_fwd")(_fake_fwd)
     torch.library.register_fake("pyops::contrastive_bwd")(_fake_bwd)
-    _register_autograd("pyops::contrastive_fwd", torch.ops.pyops.contrastive_bwd)
 if _backend.HAS_TRITON:
     # triton_op derives the fake kernels from the Python launchers; only autograd is added.
     _register_autograd("pyops::contrastive_fwd_triton", torch.ops.pyops.contrastive_bwd_triton)
@@ -151,6 +162,91 @@ def contrastive_loss(
             (pyops.contrastive_dist).
         backend: "cuda", "triton", "cpu", "torch" (the reference) or None for $PYOPS_BACKEND or the fastest one.
     """
+    if group is None and not _is_compiling():
+        # Eager fast path (as pyops.derf's): a cached backend choice, then the native op, whose C++ checks cover
+        # q, k, logit_scale and int64 ids (finite values included); the labels' range is checked here. Ids of
+        # another integer dtype and unusual arguments take the full path. Only when something raises do the
+        # Python checks run, to raise pyops' own error for a bad argument.
+        try:
+            which = _CHOICE[(backend, _env_backend(), "cpu" if q.is_cpu else q.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction, backend)
+        if which == "native" and (symmetric is True or symmetric is False) and reduction in _REDUCTIONS:
+            try:
+                qg = None
+                if labels is not None:
+                    if labels.dtype is torch.int64 and q_groups is None and k_groups is None:
+                        m = k.shape[0]
+                        # An out-of-range label would only never match, so on a GPU the check (a host sync) is
+                        # opt-in, as in _check_args.
+                        if labels.numel() and (labels.is_cpu or _backend.check_finite_enabled(labels)):
+                            lo, hi = torch.aminmax(labels)
+                            if lo < 0 or hi >= m:
+                                raise ValueError  # the checks below raise the message
+                        qg, kg, count = labels, torch.arange(m, device=q.device), None
+                elif q_groups is None and k_groups is None:
+                    n = q.shape[0]
+                    if k.shape[0] != n:
+                        raise ValueError  # the diagonal needs N == M: the checks below raise the message
+                    qg = kg = torch.arange(n, device=q.device)  # the diagonal: one positive per row and column
+                    # The mean's divisor, (npos > 0).sum().clamp_min(1), without computing it. CPU only: CUDA
+                    # divides by a host scalar as a product with its reciprocal, which may round differently.
+                    count = max(n, 1) if q.is_cpu else None
+                elif q_groups.dtype is torch.int64 and k_groups.dtype is torch.int64:
+                    qg, kg, count = q_groups, k_groups, None
+                if qg is not None:
+                    out = _NATIVE_FWD(q, k, logit_scale, qg, kg, symmetric)
+                    return _reduce(out, symmetric, reduction, count)
+            except Exception:
+                _check_args(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction)
+                raise
+    return _contrastive_loss(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction, group, backend)
+
+
+# The backend per (backend argument, $PYOPS_BACKEND, device type): "native" for the C++ kernels ("cpu", "cuda"),
+# else its name. Only successful choices are cached: an unavailable backend raises every time.
+_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
+_REDUCTIONS = tuple(reference.REDUCTIONS)  # a tuple: `in` compares, so an unhashable argument cannot raise
+_is_compiling = torch.compiler.is_compiling
+_NATIVE_FWD = torch.ops.pyops.contrastive_fwd.default if _backend._NATIVE_ERROR is None else None
+# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
+_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
+
+
+def _env_backend() -> Optional[str]:
+    """$PYOPS_BACKEND, read on every call: it may change at run time."""
+    return os.environ.get("PYOPS_BACKEND")
+
+
+def _choose(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction, backend) -> str:
+    _check_args(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction)  # q is a Tensor (or this raises)
+    which = _backend.resolve(backend, q.device, "contrastive_fwd")
+    which = "native" if which in ("cpu", "cuda") else which
+    _CHOICE[(backend, _env_backend(), q.device.type)] = which
+    return which
+
+
+def _reduce(out, symmetric: bool, reduction: str, count: Optional[int]):
+    """The loss from the op's outputs. count: the number of rows (and of columns) that have a positive when the
+    caller knows it (the diagonal), else None (counted from the op's positive counts)."""
+    row_loss, col_loss, _, _, row_npos, col_npos = out
+    if reduction == "none":
+        return (row_loss, col_loss) if symmetric else row_loss
+    if reduction == "sum":
+        rows = row_loss.sum()
+        return (rows + col_loss.sum()) / 2 if symmetric else rows
+    if count is not None:
+        rows = row_loss.sum() / count
+        return (rows + col_loss.sum() / count) / 2 if symmetric else rows
+    rows = row_loss.sum() / (row_npos > 0).sum().clamp_min(1)
+    if not symmetric:
+        return rows
+    return (rows + col_loss.sum() / (col_npos > 0).sum().clamp_min(1)) / 2
+
+
+def _contrastive_loss(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction, group, backend):
+    """Every backend and case, with the Python checks first: labels, the distributed loss, the reference and
+    Triton backends, and what torch.compile traces."""
     _check_args(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction, distributed=group is not None)
     if group is not None:
         from . import contrastive_dist as _dist
@@ -164,15 +260,7 @@ def contrastive_loss(
         return reference.contrastive_loss(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction)
     qg, kg = reference.positive_groups(q.shape[0], k.shape[0], labels, q_groups, k_groups, q.device)
     op = torch.ops.pyops.contrastive_fwd_triton if which == "triton" else torch.ops.pyops.contrastive_fwd
-    row_loss, col_loss, _, _, row_npos, col_npos = op(q, k, logit_scale, qg.long(), kg.long(), symmetric)
-    if reduction == "none":
-        return (row_loss, col_loss) if symmetric else row_loss
-    if reduction == "sum":
-        rows, cols = row_loss.sum(), col_loss.sum()
-    else:
-        rows = row_loss.sum() / (row_npos > 0).sum().clamp_min(1)
-        cols = col_loss.sum() / (col_npos > 0).sum().clamp_min(1)
-    return (rows + cols) / 2 if symmetric else rows
+    return _reduce(op(q, k, logit_scale, qg.long(), kg.long(), symmetric), symmetric, reduction, None)
 
 
 def local_loss(q: Tensor, k: Tensor, logit_scale: Tensor, qg: Tensor, kg: Tensor,

@@ -11,7 +11,7 @@ Backends: "cpu" (C++, csrc/derf_linear.cpp: ATen GEMMs + the vectorised Derf ker
 """
 
 import os
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -28,11 +28,23 @@ if _backend.HAS_TRITON:
 # Registration: fake (meta) kernels and autograd for the native and Triton op pairs.
 
 
+def _check_devices(x, alpha, shift, weight, bias, linear_weight, linear_bias) -> None:
+    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: a parameter on the meta
+    device sends the native op's dispatch to them, so they must raise it themselves."""
+    for name, p in (("alpha", alpha), ("shift", shift), ("weight", weight), ("bias", bias),
+                    ("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if p is not None and p.device != x.device:
+            raise ValueError(f"derf_linear: {name} is on {p.device} but x is on {x.device}")
+
+
 def _fake_fwd(x, alpha, shift, weight, bias, linear_weight, linear_bias):
+    _check_devices(x, alpha, shift, weight, bias, linear_weight, linear_bias)
     return x.new_empty((x.shape[0], linear_weight.shape[0]))
 
 
 def _fake_bwd(v_y, x, alpha, shift, weight, bias, linear_weight, has_linear_bias):
+    _check_devices(x, alpha, shift, weight, bias, linear_weight, None)
+
     def like(p):
         return torch.empty_like(p) if p is not None else alpha.new_empty(0)
 
@@ -60,9 +72,9 @@ def _register_autograd(fwd: str, bwd_op) -> None:
 
 
 if _backend._NATIVE_ERROR is None:
+    # The native ops' autograd kernels are C++ (csrc/losses_autograd.cpp): no Python runs per call.
     torch.library.register_fake("pyops::derf_linear_fwd")(_fake_fwd)
     torch.library.register_fake("pyops::derf_linear_bwd")(_fake_bwd)
-    _register_autograd("pyops::derf_linear_fwd", torch.ops.pyops.derf_linear_bwd)
 if _backend.HAS_TRITON:
     _register_autograd("pyops::derf_linear_fwd_triton", torch.ops.pyops.derf_linear_bwd_triton)
 
@@ -120,15 +132,66 @@ def derf_linear(
     Returns:
         ``(..., O)`` in x's dtype. Derf math is fp32; the GEMMs accumulate in fp32.
     """
+    if not _is_compiling():
+        # Eager fast path (as pyops.derf's): a cached backend choice, then the native op, whose C++ checks cover
+        # every argument. Only when it raises do the Python checks run, to raise pyops' own error for a bad one.
+        try:
+            which = _CHOICE[(backend, _env_backend(), "cpu" if x.is_cpu else x.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(x, alpha, shift, weight, bias, linear_weight, linear_bias, backend)
+        if which == "cpu" and not _autocast_enabled("cpu"):
+            try:
+                if x.dim() == 2:
+                    return _NATIVE_FWD(x, alpha, shift, weight, bias, linear_weight, linear_bias)
+                lead = x.shape[:-1]
+                # lead.numel(), not -1: reshape cannot infer -1 for an empty x with C == 0.
+                y = _NATIVE_FWD(x.reshape(lead.numel(), x.shape[-1]), alpha, shift, weight, bias, linear_weight,
+                                linear_bias)
+                return y.view(*lead, linear_weight.shape[0])
+            except Exception:
+                _check_args(x, alpha, shift, weight, bias, linear_weight, linear_bias)
+                raise
+    return _derf_linear(x, alpha, shift, weight, bias, linear_weight, linear_bias, backend)
+
+
+# The backend per (backend argument, $PYOPS_BACKEND, device type). Only successful choices are cached: an
+# unavailable backend raises every time.
+_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
+_is_compiling = torch.compiler.is_compiling
+_autocast_enabled = torch.is_autocast_enabled  # the native op is CPU-only: the CPU autocast state decides
+_NATIVE_FWD = torch.ops.pyops.derf_linear_fwd.default if _backend._NATIVE_ERROR is None else None
+# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
+_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
+
+
+def _env_backend() -> Optional[str]:
+    """$PYOPS_BACKEND, read on every call: it may change at run time."""
+    return os.environ.get("PYOPS_BACKEND")
+
+
+def _resolve(x, backend) -> str:
+    if (backend or _env_backend()) == "cuda":
+        raise RuntimeError("pyops: backend 'cuda' is unavailable: derf_linear has no CUDA (.cu) kernel; "
+                           "use backend='triton'")
+    return _backend.resolve(backend, x.device, "derf_linear_fwd", gpu_order=("triton",))
+
+
+def _choose(x, alpha, shift, weight, bias, linear_weight, linear_bias, backend) -> str:
+    _check_args(x, alpha, shift, weight, bias, linear_weight, linear_bias)  # x is a Tensor (or this raises)
+    which = _resolve(x, backend)
+    _CHOICE[(backend, _env_backend(), x.device.type)] = which
+    return which
+
+
+def _derf_linear(x, alpha, shift, weight, bias, linear_weight, linear_bias, backend):
+    """Every backend, with the Python checks first: autocast, the reference and Triton backends, and what
+    torch.compile traces."""
     if isinstance(x, Tensor) and x.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type):
         dt = torch.get_autocast_dtype(x.device.type)
         x, linear_weight = x.to(dt), linear_weight.to(dt)
         linear_bias = linear_bias.to(dt) if linear_bias is not None else None
     _check_args(x, alpha, shift, weight, bias, linear_weight, linear_bias)
-    if (backend or os.environ.get("PYOPS_BACKEND")) == "cuda":
-        raise RuntimeError("pyops: backend 'cuda' is unavailable: derf_linear has no CUDA (.cu) kernel; "
-                           "use backend='triton'")
-    which = _backend.resolve(backend, x.device, "derf_linear_fwd", gpu_order=("triton",))
+    which = _resolve(x, backend)
     if which == "torch":
         return reference.derf_linear(x, alpha, shift, weight, bias, linear_weight, linear_bias)
     if which == "triton":
@@ -206,8 +269,16 @@ class DerfLinear(nn.Linear):
         return shared if shared is not None else self.norm
 
     def forward(self, x: Tensor) -> Tensor:
-        n = self._norm()
-        return derf_linear(x, n.alpha, n.shift, n.weight, n.bias, self.weight, self.bias, backend=self.backend)
+        # The parameters straight from _parameters (as pyops.Derf's forward): nn.Module.__getattr__ costs ~0.45 us
+        # each. A parametrized (torch.nn.utils.parametrize) parameter is not in there: then the attributes.
+        shared = self.__dict__.get("_shared_norm")
+        n = shared if shared is not None else self._modules["norm"]
+        p, q = n._parameters, self._parameters
+        try:
+            alpha, shift, weight, bias, lw, lb = p["alpha"], p["shift"], p["weight"], p["bias"], q["weight"], q["bias"]
+        except KeyError:
+            alpha, shift, weight, bias, lw, lb = n.alpha, n.shift, n.weight, n.bias, self.weight, self.bias
+        return derf_linear(x, alpha, shift, weight, bias, lw, lb, backend=self.backend)
 
     def extra_repr(self) -> str:
         shared = "" if "_shared_norm" not in self.__dict__ else ", derf parameters shared with a FusedDerf"

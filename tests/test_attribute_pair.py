@@ -275,3 +275,54 @@ def test_backend_choice():
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         pyops.attribute_pair_loss(ex, ey, s, backend="nope")
     assert pyops.available_backends("cpu", OP)[0] == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native op's C++ autograd kernel (csrc/losses_autograd.cpp) and the eager fast path.
+
+
+def test_bad_input_through_the_eager_fast_path():
+    """With the backend choice cached (a valid call first), bad arguments reach the native op first: its C++ checks
+    (or the fake kernels, for meta tensors) must reject them, and pyops' own error comes back."""
+    ex, ey, s, m = make_inputs(2, 3, 4, 5, torch.float32, "cpu", mask="bool")
+    for backend in ("cpu", None):
+        pyops.attribute_pair_loss(ex, ey, s, mask=m, backend=backend)
+        test_bad_input_names_the_argument(backend)
+
+
+@pytest.mark.parametrize("tokens,mask", [(False, None), (True, "float")])
+def test_cpp_autograd_node_gradcheck_and_no_grad(tokens, mask):
+    ex, ey, scale, m = make_inputs(2, 3, 4 if tokens else None, 5, torch.float64, "cpu", mask=mask, scale=3.0)
+    leaves = [t.requires_grad_() for t in (ex, ey, scale.double())]
+    fwd = lambda *a: torch.ops.pyops.attribute_pair_fwd(*a, m)  # noqa: E731
+    out = fwd(*leaves)
+    assert type(out[0].grad_fn).__name__ != "BackwardCFunction"  # not a Python autograd.Function
+    assert out[0].grad_fn.name() == "AttributePairBackward0"
+    assert not any(t.requires_grad for t in out[1:])  # cosines, norms and pooled vectors have no gradient
+    assert torch.autograd.gradcheck(lambda *a: fwd(*a)[0], leaves)
+    # logit_scale without grad: its gradient is not asked for.
+    assert torch.autograd.gradcheck(lambda a, b: fwd(a, b, leaves[2].detach())[0], leaves[:2])
+    if m is not None:  # a mask that requires grad gets none (and builds no node on its own)
+        alone = torch.ops.pyops.attribute_pair_fwd(*[t.detach() for t in leaves], m.clone().requires_grad_())
+        assert alone[0].grad_fn is None
+    with torch.no_grad():
+        nograd = fwd(*leaves)
+    assert all(t.grad_fn is None and not t.requires_grad for t in nograd)
+    with torch.inference_mode():
+        inference = fwd(*leaves)
+    for a, b, c in zip(out, nograd, inference):
+        torch.testing.assert_close(b, a.detach())
+        torch.testing.assert_close(c, a.detach())
+
+
+def test_double_backward_raises_a_clear_error():
+    ex, ey, scale, m = make_inputs(2, 3, 4, 5, torch.float64, "cpu", mask="bool", scale=3.0)
+    leaves = [t.requires_grad_() for t in (ex, ey, scale.double())]
+    loss = pyops.attribute_pair_loss(*leaves, mask=m, backend="cpu")
+    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+    exact = torch.autograd.grad(reference_loss(*leaves, m), leaves)
+    for g, e in zip(grads, exact):
+        torch.testing.assert_close(g, e)
+    assert grads[0].requires_grad
+    with pytest.raises(NotImplementedError, match="attribute_pair_loss: double backward is not supported"):
+        torch.autograd.grad(grads[0].sum(), leaves)

@@ -372,8 +372,7 @@ def _args(device="cpu"):
     return q, k, scale
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"] if _backend._NATIVE_ERROR is None else ["torch"])
-@pytest.mark.parametrize("mutate,exc,match", [
+BAD_ARGUMENTS = [
     (lambda q, k, s: (q.long(), k, s, {}), TypeError, "q must be a floating-point"),
     (lambda q, k, s: (q, k.double(), s, {}), TypeError, "k has dtype"),
     (lambda q, k, s: (q, k[:, :2], s, {}), ValueError, r"k must have shape \(\*, 3\)"),
@@ -400,7 +399,11 @@ def _args(device="cpu"):
     (lambda q, k, s: (q, k, s, {"symmetric": 1}), TypeError, "symmetric must be a bool"),
     (lambda q, k, s: (q, k.to("meta"), s, {}), ValueError, "k is on meta but q is on cpu"),
     (lambda q, k, s: ("q", k, s, {}), TypeError, "q must be a Tensor"),
-])
+]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"] if _backend._NATIVE_ERROR is None else ["torch"])
+@pytest.mark.parametrize("mutate,exc,match", BAD_ARGUMENTS)
 def test_bad_arguments_raise_named_errors(backend, mutate, exc, match):
     q, k, s, kw = mutate(*_args())
     with pytest.raises(exc, match="contrastive_loss: " + match):
@@ -427,3 +430,81 @@ def test_native_op_checks(call, exc, match):
     q, k, s = _args()
     with pytest.raises(exc, match="contrastive_(fwd|bwd): " + match):
         call(q, k, s, torch.arange(4))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native op's C++ autograd kernel (csrc/losses_autograd.cpp) and the eager fast path.
+
+
+@pytest.mark.skipif(_backend._NATIVE_ERROR is not None, reason="pyops._C is not built")
+@pytest.mark.parametrize("backend", ["cpu", None])
+@pytest.mark.parametrize("mutate,exc,match", BAD_ARGUMENTS)
+def test_bad_arguments_through_the_eager_fast_path(backend, mutate, exc, match):
+    """With the backend choice cached (a valid call first), bad arguments reach the native op first: its C++ checks
+    (or the fake kernels, for meta tensors) must reject them, and pyops' own error comes back."""
+    pyops.contrastive_loss(*_args(), backend=backend)
+    q, k, s, kw = mutate(*_args())
+    with pytest.raises(exc, match="contrastive_loss: " + match):
+        pyops.contrastive_loss(q, k, s, backend=backend, **kw)
+
+
+@pytest.mark.skipif(_backend._NATIVE_ERROR is not None, reason="pyops._C is not built")
+def test_cpp_autograd_node():
+    q, k, scale = make(5, 6, 4, torch.float64, "cpu", scale=3.0)
+    qg, kg = groups(5, 6, "cpu")
+    leaves = [t.requires_grad_() for t in (q, k, scale.double())]
+    rows, cols = pyops.contrastive_loss(*leaves, q_groups=qg, k_groups=kg, reduction="none", backend="cpu")
+    assert type(rows.grad_fn).__name__ != "BackwardCFunction"  # not a Python autograd.Function
+    assert rows.grad_fn.name() == "ContrastiveBackward0" and cols.grad_fn is rows.grad_fn
+    out = torch.ops.pyops.contrastive_fwd(*leaves, qg, kg, True)
+    assert not any(t.requires_grad for t in out[2:])  # the log-sum-exps and counts have no gradient
+    # Gradients through the native op; one loss alone (the other's gradient undefined: zeros).
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.pyops.contrastive_fwd(*a, qg, kg, True)[:2], leaves)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.pyops.contrastive_fwd(*a, qg, kg, True)[1], leaves)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.pyops.contrastive_fwd(*a, qg, kg, False)[0], leaves)
+    # Without grad mode (or with nothing requiring grad) no node is built and the values are the same.
+    with torch.no_grad():
+        nograd = torch.ops.pyops.contrastive_fwd(*leaves, qg, kg, True)
+    assert all(t.grad_fn is None and not t.requires_grad for t in nograd)
+    with torch.inference_mode():
+        inference = torch.ops.pyops.contrastive_fwd(*leaves, qg, kg, True)
+    detached = torch.ops.pyops.contrastive_fwd(*[t.detach() for t in leaves], qg, kg, True)
+    for a, b, c in zip(out, nograd, inference):
+        torch.testing.assert_close(b, a.detach())
+        torch.testing.assert_close(c, a.detach())
+    assert detached[0].grad_fn is None
+
+
+@pytest.mark.skipif(_backend._NATIVE_ERROR is not None, reason="pyops._C is not built")
+def test_double_backward_raises_a_clear_error():
+    q, k, scale = make(5, 5, 4, torch.float64, "cpu", scale=3.0)
+    leaves = [t.requires_grad_() for t in (q, k, scale.double())]
+    grads = torch.autograd.grad(pyops.contrastive_loss(*leaves, backend="cpu"), leaves, create_graph=True)
+    exact = torch.autograd.grad(reference.contrastive_loss(*leaves), leaves)
+    for g, e in zip(grads, exact):
+        torch.testing.assert_close(g, e)
+    assert grads[0].requires_grad
+    with pytest.raises(NotImplementedError, match="contrastive_loss: double backward is not supported"):
+        torch.autograd.grad(grads[0].sum(), leaves)
+
+
+@pytest.mark.skipif(_backend._NATIVE_ERROR is not None, reason="pyops._C is not built")
+def test_saved_tensor_hooks_see_the_saved_tensors():
+    """The C++ node saves through SavedVariable: saved-tensor hooks see q, k, logit_scale, the group ids and the
+    four O(N + M) statistics, and the gradients through unpacked copies are the same."""
+    q, k, scale = make(6, 6, 4, torch.float32, "cpu")
+    leaves = [t.requires_grad_() for t in (q, k, scale)]
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = pyops.contrastive_loss(*leaves, backend="cpu")
+    ptrs = {t.data_ptr() for t in saved}
+    assert len(saved) == 9 and q.data_ptr() in ptrs and k.data_ptr() in ptrs
+    got = torch.autograd.grad(loss, leaves)
+    want = torch.autograd.grad(pyops.contrastive_loss(*leaves, backend="cpu"), leaves)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from utils import assert_close, backend_params
 
 import pyops
@@ -416,3 +417,72 @@ def test_fused_block_compiles_fullgraph():
     torch.testing.assert_close(y_comp, y_eager)
     for name in g_eager:
         torch.testing.assert_close(g_comp["_orig_mod." + name], g_eager[name], msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native op's C++ autograd kernel (csrc/losses_autograd.cpp) and the eager fast path.
+
+
+def test_bad_input_through_the_eager_fast_path():
+    """With the backend choice cached (a valid call first), bad arguments reach the native op first: its C++ checks
+    (or the fake kernels, for meta tensors) must reject them, and pyops' own error comes back."""
+    x, params, _ = make_inputs((4, 5), 3, False, True, True, torch.float32, "cpu")
+    for backend in ("cpu", None):
+        pyops.derf_linear(x, *params, backend=backend)
+        test_bad_input_names_the_argument(backend)
+
+
+@pytest.mark.parametrize("affine,linear_bias", [(True, True), (False, False), (True, False)], ids=str)
+def test_cpp_autograd_node_gradcheck_and_no_grad(affine, linear_bias):
+    x, params, _ = make_inputs((3, 6), 4, True, affine, linear_bias, torch.float64, "cpu", torch.float64, seed=5)
+    leaves = [t.requires_grad_() for t in [x] + params if t is not None]
+    y = pyops.derf_linear(x, *params, backend="cpu")
+    assert type(y.grad_fn).__name__ != "BackwardCFunction"  # not a Python autograd.Function
+    assert y.grad_fn.name() == "DerfLinearBackward0"
+
+    def fwd(*args):
+        it = iter(args)
+        return torch.ops.pyops.derf_linear_fwd(*[None if p is None else next(it) for p in [x] + params])
+
+    assert torch.autograd.gradcheck(fwd, leaves)
+    # Without grad mode (or with nothing requiring grad) no node is built and the values are the same.
+    with torch.no_grad():
+        nograd = pyops.derf_linear(x, *params, backend="cpu")
+    assert nograd.grad_fn is None and not nograd.requires_grad
+    with torch.inference_mode():
+        torch.testing.assert_close(pyops.derf_linear(x, *params, backend="cpu"), nograd)
+    detached = pyops.derf_linear(x.detach(), *[p if p is None else p.detach() for p in params], backend="cpu")
+    assert detached.grad_fn is None
+    torch.testing.assert_close(detached, nograd)
+    torch.testing.assert_close(y.detach(), nograd)
+
+
+def test_double_backward_raises_a_clear_error():
+    x, params, dy = make_inputs((3, 6), 4, True, True, True, torch.float64, "cpu", torch.float64)
+    leaves = [t.requires_grad_() for t in [x] + params]
+    grads = torch.autograd.grad(pyops.derf_linear(*leaves, backend="cpu"), leaves, dy, create_graph=True)
+    exact = torch.autograd.grad(reference_derf_linear(*leaves), leaves, dy)
+    for g, e in zip(grads, exact):
+        torch.testing.assert_close(g, e)
+    assert grads[0].requires_grad
+    with pytest.raises(NotImplementedError, match="derf_linear: double backward is not supported"):
+        torch.autograd.grad(grads[0].sum(), leaves)
+
+
+def test_module_parameters_fast_path_and_parametrize():
+    """DerfLinear reads its parameters from _parameters; a parametrized one (not in there) still works."""
+    m = pyops.DerfLinear(6, 5, per_channel=True, backend="cpu")
+    x = torch.randn(2, 3, 6)
+    want = reference_derf_linear(x, m.norm.alpha, m.norm.shift, m.norm.weight, m.norm.bias, m.weight, m.bias)
+    torch.testing.assert_close(m(x), want)
+    y = m(x.requires_grad_())
+    assert y.grad_fn.next_functions[0][0].name() == "DerfLinearBackward0"  # y is a view of the op's output
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    parametrize.register_parametrization(m, "weight", Double())
+    parametrize.register_parametrization(m.norm, "alpha", Double())
+    want = reference_derf_linear(x, m.norm.alpha, m.norm.shift, m.norm.weight, m.norm.bias, m.weight, m.bias)
+    torch.testing.assert_close(m(x), want)

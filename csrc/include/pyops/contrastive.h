@@ -55,8 +55,8 @@ struct Problem {
 };
 
 // Checks every argument (naming the bad one; TypeError for dtypes, ValueError for shapes, devices and values)
-// and builds the canonical problem. `op` names the op in messages. logit_scale is checked for NaN/inf on CPU
-// (on every device with PYOPS_CHECK_FINITE=1).
+// and builds the canonical problem. `op` names the op in messages. logit_scale, q and k are checked for NaN/inf
+// on CPU (on every device with PYOPS_CHECK_FINITE=1): pyops.contrastive_loss's eager path relies on it.
 Problem prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& logit_scale,
                 const at::Tensor& qg, const at::Tensor& kg, bool symmetric, c10::DeviceType device_type);
 
