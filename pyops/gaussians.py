@@ -591,11 +591,12 @@ def rasterize_gaussians(
                              "cpu" if means.is_cpu else means.device.type)]
         except (KeyError, AttributeError):
             which = None
-        # What the C++ checks cannot see (the modes, the colors' layout, non-int sizes) takes the checked path.
+        # What the C++ checks cannot see (the modes, non-int sizes, the colors' layout: expand would broadcast a
+        # colors of one row to N) takes the checked path.
         if (which == "native" and not _camera_grad(viewmats, Ks) and render_mode in RENDER_MODES
                 and rasterize_mode in RASTERIZE_MODES and type(tile_size) is int
                 and getattr(colors, "ndim", None) == (2 if sh_degree is None else 3)
-                and (sh_degree is None or type(sh_degree) is int)):
+                and colors.shape[0] == means.shape[0] and (sh_degree is None or type(sh_degree) is int)):
             try:
                 return _rasterize_native(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                          near_plane, far_plane, radius_clip, eps2d, sh_degree, tile_size,
@@ -676,7 +677,7 @@ def _rasterize_native(means, quats, scales, opacities, colors, viewmats, Ks, wid
     radii, means2d, depths, conics, compensations = _PROJECT_FWD(
         means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip,
         antialiased)
-    opac = opacities[None].expand(c, n)
+    opac = opacities.expand(c, n)  # (the checked path's opacities[None].expand(c, n), one view op fewer)
     if antialiased:
         opac = opac * compensations
     feats, backgrounds = reference.shade(means, colors, viewmats, depths, sh_degree, render_mode, backgrounds,
