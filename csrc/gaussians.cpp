@@ -1,5 +1,7 @@
 #include "pyops/gaussians.h"
 
+#include "pyops/host_checks.h"
+
 #include <limits>
 #include <sstream>
 #include <string>
@@ -95,6 +97,14 @@ ProjectInputs prepare_project(const char* op, const at::Tensor& means, const at:
   check_min(op, "height", height, 1);
   p.width = width;
   p.height = height;
+  if (check_finite_enabled(backend)) {  // pyops.project_gaussians' finiteness checks, so its eager path skips them
+    check_finite(op, p.means, "means");
+    check_finite(op, p.quats, "quats");
+    check_finite(op, p.scales, "scales");
+    if (p.opacities.defined()) check_finite(op, p.opacities, "opacities");
+    check_finite(op, p.viewmats, "viewmats");
+    check_finite(op, p.Ks, "Ks");
+  }
   return p;
 }
 
@@ -159,6 +169,10 @@ ShInputs prepare_sh(const char* op, int64_t degree, const at::Tensor& dirs, cons
   p.k = p.coeffs.size(1);
   TORCH_CHECK_VALUE(p.k >= (degree + 1) * (degree + 1), op, ": `coeffs` has K=", p.k, " bases but degree ", degree,
                     " needs at least ", (degree + 1) * (degree + 1));
+  if (check_finite_enabled(backend)) {
+    check_finite(op, p.dirs, "dirs");
+    check_finite(op, p.coeffs, "coeffs");
+  }
   return p;
 }
 
@@ -200,6 +214,10 @@ IntersectInputs prepare_intersect(const at::Tensor& means2d, const at::Tensor& r
   TORCH_CHECK_VALUE(bit_length(p.c) + p.tile_bits <= 32, op, ": ", p.c, " cameras of ", tile_width * tile_height,
                     " tiles do not fit the 32 key bits shared by the camera and tile ids");
   TORCH_CHECK_VALUE(p.c * p.n <= kInt32Max + 1, op, ": C * N = ", p.c * p.n, " does not fit the int32 flatten ids");
+  if (check_finite_enabled(backend)) {  // pyops.intersect_tiles' finiteness checks
+    check_finite(op, p.means2d, "means2d");
+    check_finite(op, p.depths, "depths");
+  }
   return p;
 }
 
@@ -226,6 +244,11 @@ IsectOffsetsInputs prepare_isect_offsets(const at::Tensor& isect_ids, int64_t n_
   check_min(op, "tile_height", tile_height, 1);
   p.m = p.isect_ids.size(0);
   TORCH_CHECK_VALUE(p.m <= kInt32Max, op, ": ", p.m, " intersections do not fit int32 offsets");
+  // Before allocating the output: the camera and tile ids share the 32 key bits (as prepare_intersect checks).
+  TORCH_CHECK_VALUE(tile_width <= (int64_t(1) << 40) / tile_height &&  // no overflow; more is > 32 bits anyway
+                        bit_length(n_cameras) + bit_length(tile_width * tile_height) <= 32,
+                    op, ": n_cameras=", n_cameras, " x tile_width=", tile_width, " x tile_height=", tile_height,
+                    " tiles do not fit the 32 key bits of isect_ids");
   p.n_cameras = n_cameras;
   p.tile_width = tile_width;
   p.tile_height = tile_height;
@@ -267,6 +290,13 @@ RasterInputs prepare_rasterize(const char* op, const at::Tensor& means2d, const 
   p.conics = checked(conics, op, "conics", {p.c, p.n, 3}, dt);
   p.opacities = checked(opacities, op, "opacities", {p.c, p.n}, dt);
   if (has_bg) p.backgrounds = checked(*backgrounds, op, "backgrounds", {p.c, p.d}, dt);
+  if (check_finite_enabled(backend)) {  // pyops.rasterize_to_pixels' finiteness checks
+    check_finite(op, p.means2d, "means2d");
+    check_finite(op, p.conics, "conics");
+    check_finite(op, p.colors, "colors");
+    check_finite(op, p.opacities, "opacities");
+    if (has_bg) check_finite(op, *p.backgrounds, "backgrounds");
+  }
   check_min(op, "width", width, 1);
   check_min(op, "height", height, 1);
   check_min(op, "tile_size", tile_size, 1);

@@ -15,6 +15,7 @@ kernels run float32 and float64, Triton float32; float16/bfloat16 are rejected (
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -853,6 +854,124 @@ def test_compile_fullgraph(device, backend):
             results.append((out, alphas) + grads)
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native ops' C++ autograd kernels (csrc/gaussians_autograd.cpp) and the public functions' eager fast paths.
+
+NATIVE = [(d, b) for d, b in BACKENDS if b != "triton"]
+
+
+def tiny_stage_inputs(device, dtype=torch.float64):
+    """tiny_scene's projection, SH and rasterizer arguments (leaves requiring grad) on device."""
+    s, backgrounds = tiny_scene()
+    _, _, meta = render_reference(s, 12, 10, tile_size=8)
+    s = on(s, device, dtype)
+    proj = [s[k].clone().requires_grad_() for k in ("means", "quats", "scales")]
+    cams = (s["opacities"], s["viewmats"], s["Ks"], 12, 10, 0.3, 0.01, 1e10, 0.0, True)
+    sh = (rnd(2, 6, 3).to(device, dtype).requires_grad_(), rnd(3, 6, 9, 3).to(device, dtype).requires_grad_())
+    raster = [meta[k].detach().to(device, dtype).contiguous().requires_grad_() for k in ("means2d", "conics")]
+    raster += [s["colors"].expand(2, 3, 3).contiguous().requires_grad_(),
+               meta["opacities"].detach().to(device, dtype).contiguous().requires_grad_(),
+               backgrounds.to(device, dtype).requires_grad_()]
+    tail = (12, 10, 8, meta["isect_offsets"].to(device), meta["flatten_ids"].to(device, torch.int32))
+    return proj, cams, sh, raster, tail
+
+
+def native_stages(device):
+    """(name, call, leaves, node name) of the three differentiable native ops on tiny_scene."""
+    proj, cams, sh, raster, tail = tiny_stage_inputs(device)
+    ops = torch.ops.pyops
+    return [
+        ("project", lambda *a: ops.gs_project_fwd(*a[:3], cams[0], *cams[1:])[1:], proj, "GsProjectBackward0"),
+        ("sh", lambda *a: (ops.gs_sh_fwd(2, *a),), list(sh), "GsShBackward0"),
+        ("rasterize", lambda *a: [o for i, o in enumerate(ops.gs_rasterize_fwd(*a, *tail)) if i != 2], raster,
+         "GsRasterizeBackward0"),
+    ]
+
+
+@pytest.mark.parametrize("device,backend", NATIVE)
+def test_cpp_autograd_nodes_gradcheck_and_no_grad(device, backend):
+    """Each native op's backward node is the C++ one (not a Python autograd.Function), its gradients pass float64
+    gradcheck through the raw op, and no node is built without grad mode or inputs requiring grad."""
+    for name, fn, leaves, node in native_stages(device):
+        outs = fn(*leaves)
+        for o in outs:
+            assert type(o.grad_fn).__name__ != "BackwardCFunction" and o.grad_fn.name() == node, name
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5), name
+        with torch.no_grad():
+            plain = fn(*leaves)
+        detached = fn(*[t.detach() for t in leaves])
+        for o, p, d in zip(outs, plain, detached):
+            assert p.grad_fn is None and not p.requires_grad and d.grad_fn is None, name
+            assert torch.equal(o.detach(), p) and torch.equal(p, d), name
+
+
+@pytest.mark.parametrize("device,backend", NATIVE)
+def test_cpp_autograd_unused_outputs_get_zero_gradients(device, backend):
+    """A loss on some outputs only (autograd leaves the others' gradients undefined) gives what zero cotangents
+    give; a loss on render_alphas and final_transmittances folds into one v_render_alphas."""
+    for name, fn, leaves, _ in native_stages(device):
+        outs = fn(*leaves)
+        for k in range(len(outs)):
+            w = rnd(k, *outs[k].shape).to(outs[k])
+            got = torch.autograd.grad((outs[k] * w).sum(), leaves, allow_unused=True, retain_graph=True)
+            full = torch.autograd.grad(sum(((o * (w if i == k else 0)).sum() for i, o in enumerate(outs))), leaves,
+                                       allow_unused=True, materialize_grads=True, retain_graph=True)
+            for g, f in zip(got, full):
+                torch.testing.assert_close(torch.zeros_like(f) if g is None else g, f, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device,backend", NATIVE)
+def test_double_backward_raises_a_clear_error(device, backend):
+    for name, fn, leaves, _ in native_stages(device):
+        outs = fn(*leaves)
+        loss = sum((o * rnd(i, *o.shape).to(o)).sum() for i, o in enumerate(outs))
+        grads = torch.autograd.grad(loss, leaves, create_graph=True)  # first order works with create_graph
+        exact = torch.autograd.grad(sum((o * rnd(i, *o.shape).to(o)).sum() for i, o in enumerate(fn(*leaves))),
+                                    leaves)
+        for g, e in zip(grads, exact):
+            torch.testing.assert_close(g, e)
+        assert grads[0].requires_grad, name
+        with pytest.raises(NotImplementedError, match="double backward is not supported"):
+            torch.autograd.grad(grads[0].sum(), leaves, allow_unused=True)
+
+
+@pytest.mark.parametrize("device,backend", NATIVE)
+def test_fast_path_matches_the_checked_path(device, backend):
+    """The public functions' eager fast path (taken once a call has cached the backend choice) gives the checked
+    path's results and gradients, bit for bit, and goes through the C++ nodes."""
+    s = on(scene(40, n_cams=2, seed=17, sh_degree=2), device, torch.float32)
+    runs = []
+    for cold in (True, False):
+        if cold:
+            pyops.gaussians._CHOICE.clear()
+        leaves = [s[k].clone().requires_grad_() for k in PARAMS]
+        out, alphas, meta = pyops.rasterize_gaussians(*leaves, s["viewmats"], s["Ks"], WIDTH, HEIGHT, sh_degree=2,
+                                                      render_mode="RGB+ED", rasterize_mode="antialiased",
+                                                      backend=backend)
+        assert out.grad_fn is not None and alphas.grad_fn.name() == "GsRasterizeBackward0"
+        grads = torch.autograd.grad(out.sum() + alphas.sum(), leaves)
+        runs.append((out, alphas, meta["radii"], meta["isect_ids"]) + grads)
+    assert ("rasterize_gaussians", backend, os.environ.get("PYOPS_BACKEND"), device) in pyops.gaussians._CHOICE
+    for got, want in zip(*runs):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device,backend", NATIVE)
+def test_fast_path_raises_named_errors(device, backend):
+    """test_public_functions_raise_named_errors once every public op has cached its backend choice (the fast path
+    calls the native op and runs the Python checks only when it raises)."""
+    dtype = dtypes_for(backend)[0]
+    s = on(scene(10, n_cams=1), device, dtype)
+    pyops.rasterize_gaussians(**s, width=WIDTH, height=HEIGHT, sh_degree=None, backend=backend)
+    for fn, base, change, exc, name in _public_error_cases(device, dtype):
+        fn(**base, backend=backend)  # warms this op's choice
+        with pytest.raises(exc, match=name):
+            fn(**{**base, **change}, backend=backend)
+    with pytest.raises(ValueError, match="viewmats"):
+        pyops.rasterize_gaussians(**{**s, "viewmats": s["viewmats"].clone().requires_grad_()}, width=WIDTH,
+                                  height=HEIGHT, backend=backend)
 
 
 @pytest.mark.subprocess

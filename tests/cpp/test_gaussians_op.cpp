@@ -4,6 +4,7 @@
 // the colour gradient of the backward against the same replay (d render / d colour = alpha * T).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -133,6 +134,28 @@ int main() {
     const double err_v = (v_colors[0].to(at::kDouble) - want_v_colors).abs().max().item<double>();
     expect(err_v < tol * 10, what + ": v_colors = sum of alpha * T, error " + std::to_string(err_v));
     expect(v_abs.numel() == 0, what + ": no absgrad unless asked");
+
+    // Autograd from C++ (the ops' C++ autograd kernels, csrc/gaussians_autograd.cpp): the node is built and
+    // d render.sum() / d colors is the raw backward's v_colors.
+    const at::Tensor colors_leaf = colors.detach().requires_grad_(true);
+    const at::Tensor render_g = std::get<0>(rasterize.call(means2d, conics, colors_leaf, opac, std::nullopt, width,
+                                                           height, tile, isect_offsets, flatten_ids, false));
+    expect(render_g.grad_fn() != nullptr && render_g.grad_fn()->name() == "GsRasterizeBackward0",
+           what + ": render has the C++ rasterize node");
+    render_g.sum().backward();
+    expect(colors_leaf.grad().defined() && at::equal(colors_leaf.grad(), v_colors),
+           what + ": colors.grad is the raw backward's v_colors");
+    const at::Tensor means_leaf = means.detach().requires_grad_(true);
+    const at::Tensor means2d_g = std::get<1>(
+        project.call(means_leaf, quats, scales, opacities, viewmats, Ks, width, height, 0.3, 0.01, 1e10, 0.0, false));
+    expect(means2d_g.grad_fn() != nullptr && means2d_g.grad_fn()->name() == "GsProjectBackward0",
+           what + ": means2d has the C++ projection node");
+    {
+      at::NoGradGuard no_grad;  // no node without grad mode
+      const at::Tensor plain = std::get<1>(
+          project.call(means_leaf, quats, scales, opacities, viewmats, Ks, width, height, 0.3, 0.01, 1e10, 0.0, false));
+      expect(plain.grad_fn() == nullptr && at::equal(plain, means2d_g.detach()), what + ": no node under no_grad");
+    }
 
     bool raised = false;
     try {  // isect_offsets of the wrong shape: a named error, never an out-of-bounds read

@@ -7,7 +7,9 @@
 //  - the launch is the backend's own. Kernels trust what these hand them.
 // Exception policy (pyops/_checks.py): a wrong dtype raises TypeError (TORCH_CHECK_TYPE); a wrong shape, value,
 // index range or device raises ValueError (TORCH_CHECK_VALUE); messages start with the op's name and name the
-// argument. Only a backend's own limits (CUDA grid and tile sizes) stay RuntimeError.
+// argument. Only a backend's own limits (CUDA grid and tile sizes) stay RuntimeError. prepare_project, prepare_sh and
+// prepare_rasterize also check their floating inputs for NaN/inf where pyops/host_checks.h's policy asks for it
+// (CPU tensors by default), as the Python checks do: the public functions' eager paths rely on these checks.
 #pragma once
 
 #include <ATen/ATen.h>
