@@ -45,6 +45,24 @@ def cases():
         "pyops.hexplane_features (N=4, F=4, 8x8)": (lambda: pyops.hexplane_features(pts, 0.3, planes, aabb),
                                                    [pts] + planes),
     }
+    # The splatting stages alone, on the same 8 Gaussians (inputs for the later stages from a no-grad run).
+    with torch.no_grad():
+        radii, m2d, depths, conics, _ = pyops.project_gaussians(means, quats, scales, viewmat, K, 16, 16)
+        _, isect_ids, flat = pyops.intersect_tiles(m2d, radii, depths, 16, 1, 1)
+        offsets = pyops.isect_offsets(isect_ids, 1, 1, 1)
+    m2d, conics, colors2d, opac2d = m2d.clone(), conics.clone(), cols[None].clone(), opac[None].clone()
+    dirs, coeffs = _rnd(8, 3), _rnd(8, 9, 3, scale=0.3)
+    out.update({
+        "pyops.project_gaussians (8)": (
+            lambda: pyops.project_gaussians(means, quats, scales, viewmat, K, 16, 16)[1], [means, quats, scales]),
+        "pyops.spherical_harmonics (8, degree 2)": (lambda: pyops.spherical_harmonics(2, dirs, coeffs),
+                                                    [dirs, coeffs]),
+        "pyops.intersect_tiles (8)": (lambda: pyops.intersect_tiles(m2d, radii, depths, 16, 1, 1)[1], []),
+        "pyops.isect_offsets (8)": (lambda: pyops.isect_offsets(isect_ids, 1, 1, 1), []),
+        "pyops.rasterize_to_pixels (8, 16x16)": (
+            lambda: pyops.rasterize_to_pixels(m2d, conics, colors2d, opac2d, 16, 16, 16, offsets, flat)[0],
+            [m2d, conics, colors2d, opac2d]),
+    })
     q, k, s = _rnd(8, 32), _rnd(8, 32), torch.tensor(10.0)
     ex, ey = _rnd(4, 3, 32), _rnd(4, 3, 32)
     out.update({
