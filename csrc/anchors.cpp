@@ -1,5 +1,9 @@
 #include "pyops/anchors.h"
 
+#include "pyops/host_checks.h"
+
+#include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -56,6 +60,19 @@ at::ScalarType checked_dtype(const char* op, const char* name, const at::Tensor&
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The forward ops check values (the backward ops get the same, already checked, tensors).
+bool is_forward(const char* op) {
+  const size_t n = std::strlen(op);
+  return n >= 4 && std::strcmp(op + n - 4, "_fwd") == 0;
+}
+
+// The float time and lambda_decay are finite; with PYOPS_CHECK_FINITE's policy, so are the given tensors'
+// values ("<public op>: <name> has non-finite values", the Python layer's message).
+void check_scalars(const char* op, const std::optional<at::Tensor>& tau_t, double tau, double lambda_decay) {
+  TORCH_CHECK_VALUE(tau_t.has_value() || std::isfinite(tau), op, ": tau=", tau, " is not finite");
+  TORCH_CHECK_VALUE(std::isfinite(lambda_decay), op, ": lambda_decay=", lambda_decay, " is not finite");
+}
+
 }  // namespace
 
 Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& feats, const at::Tensor& offsets,
@@ -93,6 +110,7 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
   if (appearance.has_value()) {
     TORCH_CHECK_VALUE(appearance->dim() == 1, op, ": appearance must have shape [A], got ", appearance->sizes());
     p.a = appearance->size(0);
+    TORCH_CHECK_VALUE(p.a >= 1, op, ": appearance must have at least one element, got shape ", appearance->sizes());
   }
   std::array<at::Tensor, 12> wm;  // the weights, checked, in the math dtype
   for (int head = 0; head < kNumHeads; ++head) {
@@ -143,6 +161,25 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
   p.lambda = lambda_decay;
   p.tau_value = tau;
   p.tau = checked_tau(op, tau_t, tau, feats, "feats", p.math);
+  if (is_forward(op)) {
+    check_scalars(op, tau_t, tau, lambda_decay);
+    if (check_finite_enabled(device_type)) {
+      const char* const names[] = {"anchors", "feats", "offsets", "anchor_scales", "cam_center"};
+      const at::Tensor* const tensors[] = {&anchors, &feats, &offsets, &anchor_scales, &cam_center};
+      for (int i = 0; i < 5; ++i) check_finite(op, *tensors[i], names[i]);
+      for (int head = 0; head < kNumHeads; ++head) {
+        check_finite(op, w[4 * head + 0], w1_names[head]);
+        check_finite(op, w[4 * head + 1], b1_names[head]);
+        check_finite(op, w[4 * head + 2], w2_names[head]);
+        check_finite(op, w[4 * head + 3], b2_names[head]);
+      }
+      if (appearance.has_value()) check_finite(op, *appearance, "appearance");
+      if (opacity_scale.has_value()) check_finite(op, *opacity_scale, "opacity_scale");
+      if (blend_offset.has_value()) check_finite(op, *blend_offset, "blend_offset");
+      if (blend_decay.has_value()) check_finite(op, *blend_decay, "blend_decay");
+      if (tau_t.has_value()) check_finite(op, *tau_t, "tau");
+    }
+  }
   return p;
 }
 
@@ -235,6 +272,14 @@ BlendProblem prepare_blend(const char* op, const at::Tensor& offset, const at::T
   b.mode = blend_mode;
   b.lambda = lambda_decay;
   b.tau = checked_tau(op, tau_t, tau, offset, "offset", b.math);
+  if (is_forward(op)) {
+    check_scalars(op, tau_t, tau, lambda_decay);
+    if (check_finite_enabled(device_type)) {
+      check_finite(op, offset, "offset");
+      check_finite(op, decay, "decay");
+      if (tau_t.has_value()) check_finite(op, *tau_t, "tau");
+    }
+  }
   return b;
 }
 

@@ -1,6 +1,9 @@
 #include "pyops/hexplane.h"
 
+#include "pyops/host_checks.h"
+
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -78,8 +81,18 @@ Problem prepare(const char* op, const at::Tensor& points, const std::optional<at
   TORCH_CHECK_VALUE(aabb.dim() == 2 && aabb.size(0) == 2 && aabb.size(1) == 3, op,
                     ": aabb must have shape [2, 3] (two corners of the box), got ", aabb.sizes());
   p.aabb = aabb.contiguous();
-  if (device_type == c10::DeviceType::CPU) {
-    const at::Tensor box = p.aabb.to(at::kDouble);
+  // The forward ops check values (the backward ops get the same, already checked, tensors): with
+  // PYOPS_CHECK_FINITE's policy (CPU tensors by default, a host sync on CUDA), so that pyops' eager fast path
+  // (pyops/hexplane.py) runs no Python checks.
+  const size_t op_len = std::strlen(op);
+  const bool check_values =
+      op_len >= 4 && std::strcmp(op + op_len - 4, "_fwd") == 0 && check_finite_enabled(device_type);
+  if (check_values) {
+    check_finite(op, points, "points");
+    if (times.has_value()) check_finite(op, *times, "times");
+  }
+  if (device_type == c10::DeviceType::CPU || check_values) {  // aabb's extent: always on CPU (a cheap read)
+    const at::Tensor box = p.aabb.to(at::kCPU, at::kDouble);
     const double* b = box.data_ptr<double>();
     for (int d = 0; d < 3; ++d) {
       TORCH_CHECK_VALUE(std::isfinite(b[d]) && std::isfinite(b[3 + d]), op, ": aabb has non-finite values");
@@ -126,6 +139,7 @@ Problem prepare(const char* op, const at::Tensor& points, const std::optional<at
                         " (R_", kAxisNames[axes[j]], " must agree within a level)");
       r = sizes[j];
     }
+    if (check_values) check_finite(op, plane, ("planes[" + std::to_string(i) + "]").c_str());
     p.planes.push_back(plane);
   }
   return p;
