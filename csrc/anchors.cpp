@@ -36,6 +36,9 @@ at::Tensor checked(const char* op, const char* name, const at::Tensor& t, const 
   return t.contiguous();
 }
 
+// t in the math dtype: itself when it has it, without a dispatcher call (13 per forward).
+at::Tensor as_math(const at::Tensor& t, at::ScalarType math) { return t.scalar_type() == math ? t : t.to(math); }
+
 at::Tensor checked_tau(const char* op, const std::optional<at::Tensor>& tau_t, double tau, const at::Tensor& like,
                        const char* like_name, at::ScalarType math) {
   if (!tau_t.has_value()) return at::scalar_tensor(tau, like.options().dtype(math));
@@ -97,7 +100,7 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
   p.anchors = checked(op, "anchors", anchors, feats, {p.m, 3});
   p.offsets = checked(op, "offsets", offsets, feats, {p.m, p.k, 3});
   p.anchor_scales = checked(op, "anchor_scales", anchor_scales, feats, {p.m, 6});
-  p.cam = checked(op, "cam_center", cam_center, feats, {3}).to(p.math);
+  p.cam = as_math(checked(op, "cam_center", cam_center, feats, {3}), p.math);
 
   p.dist = {opacity_dist, cov_dist, color_dist};
   const char* const w1_names[kNumHeads] = {"w1_opacity", "w1_cov", "w1_color"};
@@ -116,10 +119,10 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
   for (int head = 0; head < kNumHeads; ++head) {
     const int64_t in = p.c + 3 + (p.dist[head] ? 1 : 0) + (head == kColor ? p.a : 0);
     const int64_t out = head == kOpacity ? p.k : head == kCov ? 7 * p.k : 3 * p.k;
-    wm[4 * head + 0] = checked(op, w1_names[head], w[4 * head + 0], feats, {p.h, in}).to(p.math);
-    wm[4 * head + 1] = checked(op, b1_names[head], w[4 * head + 1], feats, {p.h}).to(p.math);
-    wm[4 * head + 2] = checked(op, w2_names[head], w[4 * head + 2], feats, {out, p.h}).to(p.math);
-    wm[4 * head + 3] = checked(op, b2_names[head], w[4 * head + 3], feats, {out}).to(p.math);
+    wm[4 * head + 0] = as_math(checked(op, w1_names[head], w[4 * head + 0], feats, {p.h, in}), p.math);
+    wm[4 * head + 1] = as_math(checked(op, b1_names[head], w[4 * head + 1], feats, {p.h}), p.math);
+    wm[4 * head + 2] = as_math(checked(op, w2_names[head], w[4 * head + 2], feats, {out, p.h}), p.math);
+    wm[4 * head + 3] = as_math(checked(op, b2_names[head], w[4 * head + 3], feats, {out}), p.math);
   }
   const auto mopt = feats.options().dtype(p.math);
   p.w1s = at::zeros({kNumHeads * p.h, p.x_cols()}, mopt);
@@ -132,7 +135,7 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
     b1.push_back(wm[4 * head + 1]);
   }
   if (appearance.has_value()) {
-    at::Tensor app = checked(op, "appearance", *appearance, feats, {p.a}).to(p.math);
+    at::Tensor app = as_math(checked(op, "appearance", *appearance, feats, {p.a}), p.math);
     const at::Tensor& w1c = wm[4 * kColor];
     b1[kColor] = at::addmv(b1[kColor], w1c.narrow(1, p.c + 3 + (color_dist ? 1 : 0), p.a), app);
   }
