@@ -1,5 +1,9 @@
 #include "pyops/anchors.h"
 
+#include "pyops/host_checks.h"
+
+#include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -32,6 +36,9 @@ at::Tensor checked(const char* op, const char* name, const at::Tensor& t, const 
   return t.contiguous();
 }
 
+// t in the math dtype: itself when it has it, without a dispatcher call (13 per forward).
+at::Tensor as_math(const at::Tensor& t, at::ScalarType math) { return t.scalar_type() == math ? t : t.to(math); }
+
 at::Tensor checked_tau(const char* op, const std::optional<at::Tensor>& tau_t, double tau, const at::Tensor& like,
                        const char* like_name, at::ScalarType math) {
   if (!tau_t.has_value()) return at::scalar_tensor(tau, like.options().dtype(math));
@@ -54,6 +61,19 @@ at::ScalarType checked_dtype(const char* op, const char* name, const at::Tensor&
                        (dtype == at::kDouble && device_type == c10::DeviceType::CPU),
                    op, ": ", name, " must be float32, float16 or bfloat16 (float64 on CPU), got ", dtype);
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The forward ops check values (the backward ops get the same, already checked, tensors).
+bool is_forward(const char* op) {
+  const size_t n = std::strlen(op);
+  return n >= 4 && std::strcmp(op + n - 4, "_fwd") == 0;
+}
+
+// The float time and lambda_decay are finite; with PYOPS_CHECK_FINITE's policy, so are the given tensors'
+// values ("<public op>: <name> has non-finite values", the Python layer's message).
+void check_scalars(const char* op, const std::optional<at::Tensor>& tau_t, double tau, double lambda_decay) {
+  TORCH_CHECK_VALUE(tau_t.has_value() || std::isfinite(tau), op, ": tau=", tau, " is not finite");
+  TORCH_CHECK_VALUE(std::isfinite(lambda_decay), op, ": lambda_decay=", lambda_decay, " is not finite");
 }
 
 }  // namespace
@@ -80,7 +100,7 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
   p.anchors = checked(op, "anchors", anchors, feats, {p.m, 3});
   p.offsets = checked(op, "offsets", offsets, feats, {p.m, p.k, 3});
   p.anchor_scales = checked(op, "anchor_scales", anchor_scales, feats, {p.m, 6});
-  p.cam = checked(op, "cam_center", cam_center, feats, {3}).to(p.math);
+  p.cam = as_math(checked(op, "cam_center", cam_center, feats, {3}), p.math);
 
   p.dist = {opacity_dist, cov_dist, color_dist};
   const char* const w1_names[kNumHeads] = {"w1_opacity", "w1_cov", "w1_color"};
@@ -93,15 +113,16 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
   if (appearance.has_value()) {
     TORCH_CHECK_VALUE(appearance->dim() == 1, op, ": appearance must have shape [A], got ", appearance->sizes());
     p.a = appearance->size(0);
+    TORCH_CHECK_VALUE(p.a >= 1, op, ": appearance must have at least one element, got shape ", appearance->sizes());
   }
   std::array<at::Tensor, 12> wm;  // the weights, checked, in the math dtype
   for (int head = 0; head < kNumHeads; ++head) {
     const int64_t in = p.c + 3 + (p.dist[head] ? 1 : 0) + (head == kColor ? p.a : 0);
     const int64_t out = head == kOpacity ? p.k : head == kCov ? 7 * p.k : 3 * p.k;
-    wm[4 * head + 0] = checked(op, w1_names[head], w[4 * head + 0], feats, {p.h, in}).to(p.math);
-    wm[4 * head + 1] = checked(op, b1_names[head], w[4 * head + 1], feats, {p.h}).to(p.math);
-    wm[4 * head + 2] = checked(op, w2_names[head], w[4 * head + 2], feats, {out, p.h}).to(p.math);
-    wm[4 * head + 3] = checked(op, b2_names[head], w[4 * head + 3], feats, {out}).to(p.math);
+    wm[4 * head + 0] = as_math(checked(op, w1_names[head], w[4 * head + 0], feats, {p.h, in}), p.math);
+    wm[4 * head + 1] = as_math(checked(op, b1_names[head], w[4 * head + 1], feats, {p.h}), p.math);
+    wm[4 * head + 2] = as_math(checked(op, w2_names[head], w[4 * head + 2], feats, {out, p.h}), p.math);
+    wm[4 * head + 3] = as_math(checked(op, b2_names[head], w[4 * head + 3], feats, {out}), p.math);
   }
   const auto mopt = feats.options().dtype(p.math);
   p.w1s = at::zeros({kNumHeads * p.h, p.x_cols()}, mopt);
@@ -114,7 +135,7 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
     b1.push_back(wm[4 * head + 1]);
   }
   if (appearance.has_value()) {
-    at::Tensor app = checked(op, "appearance", *appearance, feats, {p.a}).to(p.math);
+    at::Tensor app = as_math(checked(op, "appearance", *appearance, feats, {p.a}), p.math);
     const at::Tensor& w1c = wm[4 * kColor];
     b1[kColor] = at::addmv(b1[kColor], w1c.narrow(1, p.c + 3 + (color_dist ? 1 : 0), p.a), app);
   }
@@ -143,6 +164,25 @@ Problem prepare(const char* op, const at::Tensor& anchors, const at::Tensor& fea
   p.lambda = lambda_decay;
   p.tau_value = tau;
   p.tau = checked_tau(op, tau_t, tau, feats, "feats", p.math);
+  if (is_forward(op)) {
+    check_scalars(op, tau_t, tau, lambda_decay);
+    if (check_finite_enabled(device_type)) {
+      const char* const names[] = {"anchors", "feats", "offsets", "anchor_scales", "cam_center"};
+      const at::Tensor* const tensors[] = {&anchors, &feats, &offsets, &anchor_scales, &cam_center};
+      for (int i = 0; i < 5; ++i) check_finite(op, *tensors[i], names[i]);
+      for (int head = 0; head < kNumHeads; ++head) {
+        check_finite(op, w[4 * head + 0], w1_names[head]);
+        check_finite(op, w[4 * head + 1], b1_names[head]);
+        check_finite(op, w[4 * head + 2], w2_names[head]);
+        check_finite(op, w[4 * head + 3], b2_names[head]);
+      }
+      if (appearance.has_value()) check_finite(op, *appearance, "appearance");
+      if (opacity_scale.has_value()) check_finite(op, *opacity_scale, "opacity_scale");
+      if (blend_offset.has_value()) check_finite(op, *blend_offset, "blend_offset");
+      if (blend_decay.has_value()) check_finite(op, *blend_decay, "blend_decay");
+      if (tau_t.has_value()) check_finite(op, *tau_t, "tau");
+    }
+  }
   return p;
 }
 
@@ -235,6 +275,14 @@ BlendProblem prepare_blend(const char* op, const at::Tensor& offset, const at::T
   b.mode = blend_mode;
   b.lambda = lambda_decay;
   b.tau = checked_tau(op, tau_t, tau, offset, "offset", b.math);
+  if (is_forward(op)) {
+    check_scalars(op, tau_t, tau, lambda_decay);
+    if (check_finite_enabled(device_type)) {
+      check_finite(op, offset, "offset");
+      check_finite(op, decay, "decay");
+      if (tau_t.has_value()) check_finite(op, *tau_t, "tau");
+    }
+  }
   return b;
 }
 

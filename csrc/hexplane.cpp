@@ -1,6 +1,11 @@
 #include "pyops/hexplane.h"
 
+#include "pyops/host_checks.h"
+
+#include <ATen/Dispatch.h>
+
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -78,9 +83,24 @@ Problem prepare(const char* op, const at::Tensor& points, const std::optional<at
   TORCH_CHECK_VALUE(aabb.dim() == 2 && aabb.size(0) == 2 && aabb.size(1) == 3, op,
                     ": aabb must have shape [2, 3] (two corners of the box), got ", aabb.sizes());
   p.aabb = aabb.contiguous();
-  if (device_type == c10::DeviceType::CPU) {
-    const at::Tensor box = p.aabb.to(at::kDouble);
-    const double* b = box.data_ptr<double>();
+  // The forward ops check values (the backward ops get the same, already checked, tensors): with
+  // PYOPS_CHECK_FINITE's policy (CPU tensors by default, a host sync on CUDA), so that pyops' eager fast path
+  // (pyops/hexplane.py) runs no Python checks.
+  const size_t op_len = std::strlen(op);
+  const bool check_values =
+      op_len >= 4 && std::strcmp(op + op_len - 4, "_fwd") == 0 && check_finite_enabled(device_type);
+  if (check_values) {
+    check_finite(op, points, "points");
+    if (times.has_value()) check_finite(op, *times, "times");
+  }
+  if (device_type == c10::DeviceType::CPU || check_values) {  // aabb's extent: always on CPU (a cheap read)
+    // Read in place on CPU (no conversion op: this runs on every call); every dtype converts to double exactly.
+    const at::Tensor box = p.aabb.is_cpu() ? p.aabb : p.aabb.cpu();
+    double b[6];
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, box.scalar_type(), "hexplane_aabb", [&] {
+      const scalar_t* data = box.const_data_ptr<scalar_t>();
+      for (int i = 0; i < 6; ++i) b[i] = static_cast<double>(data[i]);
+    });
     for (int d = 0; d < 3; ++d) {
       TORCH_CHECK_VALUE(std::isfinite(b[d]) && std::isfinite(b[3 + d]), op, ": aabb has non-finite values");
       TORCH_CHECK_VALUE(b[d] != b[3 + d], op,
@@ -126,6 +146,7 @@ Problem prepare(const char* op, const at::Tensor& points, const std::optional<at
                         " (R_", kAxisNames[axes[j]], " must agree within a level)");
       r = sizes[j];
     }
+    if (check_values) check_finite(op, plane, ("planes[" + std::to_string(i) + "]").c_str());
     p.planes.push_back(plane);
   }
   return p;
@@ -146,7 +167,8 @@ std::vector<at::Tensor> math_planes(const Problem& p) {
   std::vector<at::Tensor> out;
   out.reserve(p.planes.size());
   for (size_t i = 0; i < p.planes.size(); ++i) {
-    at::Tensor v = plane_view(p.planes[i]).to(p.math_dtype());
+    at::Tensor v = plane_view(p.planes[i]);
+    if (v.scalar_type() != p.math_dtype()) v = v.to(p.math_dtype());
     if (p.shared_time() && plane_b(static_cast<int>(i % kPlanesPerLevel)) == 3) {
       const TimeRows r = time_rows(p, v.size(1));
       v = v.narrow(1, r.i0, 1) * r.w0 + v.narrow(1, r.i1, 1) * r.w1;

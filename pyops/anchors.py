@@ -14,7 +14,8 @@ kernel and one backward kernel that recomputes the MLP; "torch" runs the float64
 """
 
 import math
-from typing import Optional, Sequence, Union
+import os
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,8 @@ def _neg_sum(v: Tensor, like: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Registration: fake (meta) kernels of the native ops and autograd for the native and Triton op pairs.
+# Registration: fake (meta) kernels of the native ops and autograd for the Triton op pairs (the native ops'
+# autograd kernels are C++: csrc/anchors_autograd.cpp, the same saved tensors and gradients as these).
 
 
 def _blend_setup(ctx, inputs, output):
@@ -83,7 +85,21 @@ def _contiguous_like(t: Tensor) -> Tensor:
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
-def _fake_decode_fwd(anchors, feats, offsets, *_rest):
+def _same_device(op: str, first, *others) -> None:
+    """The fake kernels' one check: a meta tensor among CPU ones dispatches here, not to the CPU kernel that
+    would reject it (pyops' eager fast path relies on the op raising for every bad argument)."""
+    for t in others:
+        if t is not None and t.device != first.device:
+            raise ValueError(f"{op}: all tensors must be on one device, got {first.device} and {t.device}")
+
+
+def _fake_blend_fwd(offset, decay, tau_t, tau, lambda_decay, blend_mode):
+    _same_device("anchor_blend_weight_fwd", offset, decay, tau_t)
+    return _contiguous_like(offset)
+
+
+def _fake_decode_fwd(anchors, feats, offsets, *rest):
+    _same_device("anchor_decode_fwd", feats, anchors, offsets, *rest[:_N_TENSORS - 3])
     m, k = offsets.shape[0], offsets.shape[1]
     new = feats.new_empty
     return new(m, k, 3), new(m, k, 4), new(m, k, 3), new(m, k), new(m, k, 3), new(m, k)
@@ -98,15 +114,12 @@ def _fake_decode_bwd(v_means, v_quats, v_scales, v_opacities, v_colors, *args):
 
 
 if _backend._NATIVE_ERROR is None:
-    torch.library.register_fake("pyops::anchor_blend_weight_fwd")(
-        lambda offset, decay, tau_t, tau, lambda_decay, blend_mode: _contiguous_like(offset))
+    torch.library.register_fake("pyops::anchor_blend_weight_fwd")(_fake_blend_fwd)
     torch.library.register_fake("pyops::anchor_blend_weight_bwd")(
         lambda v_w, offset, decay, tau_t, tau, lambda_decay, blend_mode: (_contiguous_like(offset),
                                                                           _contiguous_like(decay)))
     torch.library.register_fake("pyops::anchor_decode_fwd")(_fake_decode_fwd)
     torch.library.register_fake("pyops::anchor_decode_bwd")(_fake_decode_bwd)
-    _register_blend_autograd("pyops::anchor_blend_weight_fwd", torch.ops.pyops.anchor_blend_weight_bwd)
-    _register_decode_autograd("pyops::anchor_decode_fwd", torch.ops.pyops.anchor_decode_bwd)
 if _backend.HAS_TRITON:
     # triton_op derives the fake kernels from the Python launchers; only autograd is added.
     _register_blend_autograd("pyops::anchor_blend_weight_fwd_triton", torch.ops.pyops.anchor_blend_weight_bwd_triton)
@@ -237,6 +250,24 @@ def anchor_blend_weight(offset: Tensor, decay: Tensor, tau: Union[float, Tensor]
     Returns:
         (M,) weights in offset's dtype; math in fp32 (fp64 for fp64 inputs).
     """
+    if not _is_compiling():
+        # Eager fast path: a cached backend choice, then the op, whose C++ kernels check every argument (values
+        # too: csrc/anchors.cpp). Only when it raises do the Python checks run, to raise pyops' own error.
+        try:
+            which = _BLEND_CHOICE[(backend, _env_backend(), "cpu" if offset.is_cpu else offset.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(_BLEND_CHOICE, "anchor_blend_weight_fwd", backend, offset, _check_blend, offset, decay, tau,
+                            lambda_decay, mode)
+        # A bool is an int (and the op's float): the checks reject it, so it takes the checked path.
+        if which == "native" and type(lambda_decay) in _NUMBERS and (type(tau) in _NUMBERS or
+                                                                     isinstance(tau, Tensor)):
+            try:
+                if isinstance(tau, Tensor):
+                    return _BLEND_FWD(offset, decay, tau, 0.0, lambda_decay, _MODE_INDEX[mode])
+                return _BLEND_FWD(offset, decay, None, tau, lambda_decay, _MODE_INDEX[mode])
+            except Exception:
+                _check_blend(offset, decay, tau, lambda_decay, mode)
+                raise
     tau_t, tau_f, lambda_decay, index = _check_blend(offset, decay, tau, lambda_decay, mode)
     which = _backend.resolve(backend, offset.device, "anchor_blend_weight_fwd")
     if which == "torch":
@@ -292,6 +323,29 @@ def anchor_decode(
         is kept when its anchor is visible and its Tanh opacity is > 0; the others have opacity exactly 0 and no
         gradient through any output. Flatten with ``.reshape(-1, ...)`` to render them all.
     """
+    if not _is_compiling():
+        # Eager fast path, as in anchor_blend_weight.
+        try:
+            which = _DECODE_CHOICE[(backend, _env_backend(), "cpu" if feats.is_cpu else feats.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(_DECODE_CHOICE, "anchor_decode_fwd", backend, feats, _check_decode, anchors, feats, offsets,
+                            anchor_scales, cam_center, mlp, (opacity_dist, cov_dist, color_dist), appearance,
+                            opacity_scale, visible, blend_offset, blend_decay, tau, lambda_decay, blend_mode)
+        # An int flag or a bool time is taken by the op (as bool, as float): the checks reject them.
+        if which == "native" and type(mlp) in _MLP_TYPES and type(lambda_decay) in _NUMBERS and (
+                type(tau) in _NUMBERS or isinstance(tau, Tensor)) and type(opacity_dist) is bool and \
+                type(cov_dist) is bool and type(color_dist) is bool:
+            tensor_tau = isinstance(tau, Tensor)
+            try:
+                return _DecodedGaussians(_DECODE_FWD(
+                    anchors, feats, offsets, anchor_scales, cam_center, *mlp, appearance, opacity_scale, visible,
+                    blend_offset, blend_decay, tau if tensor_tau else None, 0.0 if tensor_tau else tau, lambda_decay,
+                    _MODE_INDEX[blend_mode], opacity_dist, cov_dist, color_dist))
+            except Exception:
+                _check_decode(anchors, feats, offsets, anchor_scales, cam_center, mlp,
+                              (opacity_dist, cov_dist, color_dist), appearance, opacity_scale, visible, blend_offset,
+                              blend_decay, tau, lambda_decay, blend_mode)
+                raise
     flags = (opacity_dist, cov_dist, color_dist)
     weights, tau_t, tau_f, lambda_decay, index = _check_decode(
         anchors, feats, offsets, anchor_scales, cam_center, mlp, flags, appearance, opacity_scale, visible,
@@ -307,6 +361,38 @@ def anchor_decode(
     return DecodedGaussians(*op(anchors, feats, offsets, anchor_scales, cam_center, *weights, appearance,
                                 opacity_scale, visible, blend_offset, blend_decay, tau_t, tau_f, lambda_decay, index,
                                 opacity_dist, cov_dist, color_dist))
+
+
+# The backend per (backend argument, $PYOPS_BACKEND, device type): "native" for the C++ kernels ("cpu",
+# "cuda"), else its name (pyops/derf.py's scheme). Only successful choices are cached: an unavailable backend
+# raises every time.
+_BLEND_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
+_DECODE_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
+_NUMBERS = (float, int)
+_MLP_TYPES = (AnchorMLP, tuple, list)
+_is_compiling = torch.compiler.is_compiling
+_DecodedGaussians = DecodedGaussians._make
+if _backend._NATIVE_ERROR is None:
+    # The overloads' C++ callables (their __call__ is one more Python frame per call), where this torch has one.
+    _BLEND_FWD = torch.ops.pyops.anchor_blend_weight_fwd.default
+    _BLEND_FWD = getattr(_BLEND_FWD, "_op", _BLEND_FWD)
+    _DECODE_FWD = torch.ops.pyops.anchor_decode_fwd.default
+    _DECODE_FWD = getattr(_DECODE_FWD, "_op", _DECODE_FWD)
+
+
+def _env_backend() -> Optional[str]:
+    """$PYOPS_BACKEND, read on every call: it may change at run time."""
+    return os.environ.get("PYOPS_BACKEND")
+
+
+def _choose(cache: dict, op: str, backend: Optional[str], first: Tensor, check, *args) -> str:
+    """Checks the arguments (check(*args); `first`, the tensor whose device picks the backend, is a Tensor or
+    this raises), resolves the backend and caches the choice."""
+    check(*args)
+    which = _backend.resolve(backend, first.device, op)
+    which = "native" if which in ("cpu", "cuda") else which
+    cache[(backend, _env_backend(), first.device.type)] = which
+    return which
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -363,7 +449,19 @@ class AnchorDecoder(nn.Module):
                 visible: Optional[Tensor] = None, blend_offset: Optional[Tensor] = None,
                 blend_decay: Optional[Tensor] = None, tau: Union[float, Tensor] = 0.0, lambda_decay: float = 1.0,
                 blend_mode: str = "two_sided") -> DecodedGaussians:
-        return anchor_decode(anchors, feats, offsets, anchor_scales, cam_center, self.mlp(),
+        # The weights straight from the submodules' _modules / _parameters dicts: nn.Module.__getattr__ costs
+        # ~0.45 us each, 18 of them per call. A parametrized (torch.nn.utils.parametrize) weight is not in
+        # there: then mlp().
+        m = self._modules
+        try:
+            o, c, l = m["mlp_opacity"]._modules, m["mlp_cov"]._modules, m["mlp_color"]._modules  # noqa: E741
+            o1, o2, c1, c2 = o["0"]._parameters, o["2"]._parameters, c["0"]._parameters, c["2"]._parameters
+            l1, l2 = l["0"]._parameters, l["2"]._parameters
+            mlp = (o1["weight"], o1["bias"], o2["weight"], o2["bias"], c1["weight"], c1["bias"], c2["weight"],
+                   c2["bias"], l1["weight"], l1["bias"], l2["weight"], l2["bias"])
+        except KeyError:
+            mlp = self.mlp()
+        return anchor_decode(anchors, feats, offsets, anchor_scales, cam_center, mlp,
                              opacity_dist=self.add_opacity_dist, cov_dist=self.add_cov_dist,
                              color_dist=self.add_color_dist, appearance=appearance, opacity_scale=opacity_scale,
                              visible=visible, blend_offset=blend_offset, blend_decay=blend_decay, tau=tau,

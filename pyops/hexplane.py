@@ -8,8 +8,9 @@ the levels are concatenated: pyops/reference/hexplane.py is the spec. The native
 """
 
 import math
+import os
 from numbers import Real
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +25,16 @@ if _backend.HAS_TRITON:
 PLANE_NAMES = ("xy", "xz", "xt", "yz", "yt", "zt")  # reference.PLANE_AXES in words
 
 # ----------------------------------------------------------------------------------------------------------
-# Registration: fake (meta) kernels and autograd for the native and Triton op pairs.
+# Registration: fake (meta) kernels, and autograd for the Triton op pair (the native ops' autograd kernels are
+# C++: csrc/hexplane_autograd.cpp, the same saved tensors and gradients as these).
 
 
 def _fake_fwd(points, times, time, planes, aabb):
+    # The one check: a meta tensor among CPU ones dispatches here, not to the CPU kernel that would reject it
+    # (pyops' eager fast path relies on the op raising for every bad argument).
+    for t in (times, aabb, *planes):
+        if t is not None and t.device != points.device:
+            raise ValueError(f"hexplane_fwd: all tensors must be on one device, got {points.device} and {t.device}")
     total = sum(p.shape[-3] for p in planes[0::6])
     return points.new_empty(points.shape[0], total)
 
@@ -58,7 +65,6 @@ def _register_autograd(fwd: str, bwd_op) -> None:
 if _backend._NATIVE_ERROR is None:
     torch.library.register_fake("pyops::hexplane_fwd")(_fake_fwd)
     torch.library.register_fake("pyops::hexplane_bwd")(_fake_bwd)
-    _register_autograd("pyops::hexplane_fwd", torch.ops.pyops.hexplane_bwd)
 if _backend.HAS_TRITON:
     # triton_op derives the fake kernels from the Python launchers; only autograd is added.
     _register_autograd("pyops::hexplane_fwd_triton", torch.ops.pyops.hexplane_bwd_triton)
@@ -188,12 +194,58 @@ def hexplane_features(
         (N, sum of F) in points' dtype: per level the product of the six bilinear samples (align_corners=True,
         border clamp), levels concatenated. Gradients flow to points, tensor times and every plane.
     """
+    if not _is_compiling():
+        # Eager fast path: a cached backend choice, then the op, whose C++ kernels check every argument (finite
+        # values too: csrc/hexplane.cpp). Only when it raises do the Python checks run, to raise pyops' own error.
+        # Times of shape () or (N, 1) and planes that are not a list or tuple take the checked path.
+        try:
+            which = _CHOICE[(backend, _env_backend(), "cpu" if points.is_cpu else points.device.type)]
+        except (KeyError, AttributeError):
+            which = _choose(points, times, planes, aabb, backend)
+        if which == "native" and type(planes) in _PLANE_SEQUENCES:
+            kind = type(times)
+            if kind is float or kind is int:  # not a bool (an int to the op's float): the checks reject it
+                try:
+                    return _NATIVE_FWD(points, None, times, planes, aabb)
+                except Exception:
+                    _check_args(points, times, planes, aabb)
+                    raise
+            if isinstance(times, Tensor) and times.dim() == 1:
+                try:
+                    return _NATIVE_FWD(points, times, 0.0, planes, aabb)
+                except Exception:
+                    _check_args(points, times, planes, aabb)
+                    raise
     times_t, time, planes = _check_args(points, times, planes, aabb)
     which = _backend.resolve(backend, points.device, "hexplane_fwd")
     if which == "torch":
         return reference.hexplane_features(points, times_t if times_t is not None else time, planes, aabb)
     op = torch.ops.pyops.hexplane_fwd_triton if which == "triton" else torch.ops.pyops.hexplane_fwd
     return op(points, times_t, time, planes, aabb)
+
+
+# The backend per (backend argument, $PYOPS_BACKEND, device type): "native" for the C++ kernels ("cpu",
+# "cuda"), else its name (pyops/derf.py's scheme). Only successful choices are cached: an unavailable backend
+# raises every time.
+_CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
+_PLANE_SEQUENCES = (list, tuple)
+_is_compiling = torch.compiler.is_compiling
+_NATIVE_FWD = torch.ops.pyops.hexplane_fwd.default if _backend._NATIVE_ERROR is None else None
+# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
+_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
+
+
+def _env_backend() -> Optional[str]:
+    """$PYOPS_BACKEND, read on every call: it may change at run time."""
+    return os.environ.get("PYOPS_BACKEND")
+
+
+def _choose(points, times, planes, aabb, backend) -> str:
+    _check_args(points, times, planes, aabb)  # points is a Tensor (or this raises)
+    which = _backend.resolve(backend, points.device, "hexplane_fwd")
+    which = "native" if which in ("cpu", "cuda") else which
+    _CHOICE[(backend, _env_backend(), points.device.type)] = which
+    return which
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,8 +313,18 @@ class HexPlaneField(nn.Module):
         points = points.reshape(-1, 3)
         if isinstance(timestamps, Tensor) and timestamps.dim() > 0:
             timestamps = timestamps.reshape(-1)
-        planes = [p for level in self.grids for p in level]
-        return hexplane_features(points, timestamps, planes, self.aabb, backend=self.backend)
+        # The planes straight from the ParameterLists' _parameters (in index order), aabb from ours:
+        # nn.Module.__getattr__ / ParameterList indexing cost ~0.5 us each. A parametrized plane or aabb is not
+        # in there (fewer planes, or a KeyError): then the attributes.
+        try:
+            levels = self._modules["grids"]._modules.values()
+            planes = [p for level in levels for p in level._parameters.values()]
+            aabb = self._parameters["aabb"]
+            if len(planes) != 6 * len(levels):
+                raise KeyError("grids")
+        except KeyError:
+            planes, aabb = [p for level in self.grids for p in level], self.aabb
+        return hexplane_features(points, timestamps, planes, aabb, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"feat_dim={self.feat_dim}, resolution={self.grid_config[0]['resolution']}, " \

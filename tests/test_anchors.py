@@ -651,3 +651,154 @@ def test_triton_decode_compiles_for_sm90_without_spills(device, backend):
     res = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True, timeout=600)
     print(res.stdout)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native ops' C++ autograd kernels (csrc/anchors_autograd.cpp) and the eager fast path.
+
+
+def _native_decode(case):
+    """fn(*leaves) calling torch.ops.pyops.anchor_decode_fwd itself (no Python wrapper) and its leaves."""
+    names = [n for n in DIFF if torch.is_tensor(case[n])]
+
+    def fn(*leaves):
+        return _op("cpu", "anchor_decode_fwd")(*_decode_args(dict(case, **dict(zip(names, leaves)))))
+
+    return fn, [case[n].detach().clone().requires_grad_() for n in names]
+
+
+def test_cpp_autograd_decode_node_and_gradcheck():
+    case = make_case(*CASES["all_options_k1"], seed=5)
+    fn, leaves = _native_decode(case)
+    out = fn(*leaves)
+    for t in out[:5]:
+        assert type(t.grad_fn).__name__ != "BackwardCFunction"  # not a Python autograd.Function
+        assert t.grad_fn.name() == "AnchorDecodeBackward0"
+    assert not out[5].requires_grad and out[5].grad_fn is None  # neural_opacity: no gradient
+    keep = ((out[5] > 0) & case["visible"][:, None]).double()  # see _keep_masked
+    assert torch.autograd.gradcheck(
+        lambda *a: tuple(t * (keep[..., None] if t.dim() == 3 else keep) for t in fn(*a)[:5]), leaves)
+    # The module's forward (weights read from its submodules' dicts) gets the same node.
+    dec = pyops.AnchorDecoder(4, 2, 3, backend="cpu")
+    base = cast(make_case(5, 4, 2, 3), torch.float32, "cpu")
+    got = dec(base["anchors"], base["feats"], base["offsets"], base["anchor_scales"], base["cam_center"])
+    assert got.means.grad_fn.name() == "AnchorDecodeBackward0"
+    torch.testing.assert_close(got, pyops.anchor_decode(base["anchors"], base["feats"], base["offsets"],
+                                                        base["anchor_scales"], base["cam_center"], dec.mlp(),
+                                                        backend="torch"))
+
+
+def test_cpp_autograd_decode_unused_outputs_and_tau():
+    """Outputs the loss does not use count as zero gradients; tau's gradient is -sum(v_blend_offset), formed
+    only when tau needs one; cam_center and visible get none."""
+    case = make_case(*CASES["backward_mode"], seed=2)  # blend "backward", tau a tensor
+    names = [n for n in DIFF if torch.is_tensor(case[n])]
+    fn, leaves = _native_decode(case)
+    exact_fn, exact_leaves = _native_decode(case)
+    out = fn(*leaves)
+    grads = torch.autograd.grad(out[1].sum(), leaves)  # quats only
+    # The same through the reference.
+    ref_case = dict(case, **dict(zip(names, exact_leaves)))
+    exact = torch.autograd.grad(call(ref_case, "torch").quats.sum(), exact_leaves, allow_unused=True)
+    for name, g, e in zip(names, grads, exact):
+        torch.testing.assert_close(g, torch.zeros_like(g) if e is None else e, msg=name)
+    assert grads[names.index("tau")] is not None
+    # tau alone needs a gradient: the op's other inputs are constants.
+    tau = case["tau"].clone().requires_grad_()
+    out = _op("cpu", "anchor_decode_fwd")(*_decode_args(dict(case, tau=tau)))
+    (v_tau,) = torch.autograd.grad(out[3].sum(), [tau])
+    e_tau = tau.detach().clone().requires_grad_()
+    (exact_tau,) = torch.autograd.grad(call(dict(case, tau=e_tau), "torch").opacities.sum(), [e_tau])
+    torch.testing.assert_close(v_tau, exact_tau)
+    # cam_center requiring grad gets a node but no gradient (as before: it is a constant of the op).
+    cam = case["cam_center"].clone().requires_grad_()
+    out = _op("cpu", "anchor_decode_fwd")(*_decode_args(dict(case, cam_center=cam)))
+    assert torch.autograd.grad(out[0].sum(), [cam], allow_unused=True) == (None,)
+
+
+def test_cpp_autograd_no_node_without_grad():
+    case = cast(make_case(*CASES["all_options_k1"]), torch.float32, "cpu")
+    names = [n for n in DIFF if torch.is_tensor(case[n])]
+    leaves = dict(case, **{n: case[n].clone().requires_grad_() for n in names})
+    with torch.no_grad():
+        out = call(leaves, "cpu")
+    assert all(t.grad_fn is None and not t.requires_grad for t in out)
+    torch.testing.assert_close(call(case, "cpu"), out)  # nothing requires grad: no node either
+    assert all(t.grad_fn is None for t in call(case, "cpu"))
+    offset, decay = torch.rand(5).requires_grad_(), torch.randn(5).requires_grad_()
+    with torch.no_grad():
+        w = pyops.anchor_blend_weight(offset, decay, 0.3, backend="cpu")
+    assert w.grad_fn is None and not w.requires_grad
+
+
+def test_cpp_autograd_blend_node_and_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    offset = torch.rand(7, generator=g, dtype=torch.float64).requires_grad_()
+    decay = torch.randn(7, generator=g, dtype=torch.float64).requires_grad_()
+    tau = torch.tensor(0.55, dtype=torch.float64, requires_grad=True)
+    op = _op("cpu", "anchor_blend_weight_fwd")
+    w = op(offset, decay, tau, 0.0, 1.2, 0)
+    assert type(w.grad_fn).__name__ != "BackwardCFunction" and w.grad_fn.name() == "AnchorBlendWeightBackward0"
+    for mode in range(3):
+        assert torch.autograd.gradcheck(lambda o, d, t: op(o, d, t, 0.0, 1.2, mode), (offset, decay, tau))
+        assert torch.autograd.gradcheck(lambda o, d: op(o, d, None, 0.55, 1.2, mode), (offset, decay))
+    # tau's gradient in its own dtype, summed in fp32 for an fp16 offset.
+    o16, d16 = offset.detach().half().requires_grad_(), decay.detach().half()
+    t32 = tau.detach().float().requires_grad_()
+    v = torch.autograd.grad(op(o16, d16, t32, 0.0, 1.2, 0).sum(), [o16, t32])
+    assert v[1].dtype == torch.float32
+    torch.testing.assert_close(v[1], -v[0].float().sum())
+
+
+@pytest.mark.parametrize("which", ["decode", "blend"])
+def test_double_backward_raises_a_clear_error(which):
+    if which == "decode":
+        case = make_case(*CASES["all_options_k1"], seed=5)
+        fn, leaves = _native_decode(case)
+        out = fn(*leaves)[0]
+        exact = [(t, e) for t, e in zip(leaves, torch.autograd.grad(
+            call(dict(case, **dict(zip([n for n in DIFF if torch.is_tensor(case[n])], leaves))), "torch").means.sum(),
+            leaves, allow_unused=True))]
+        msg = "anchor_decode: double backward is not supported"
+    else:
+        leaves = [torch.rand(6, dtype=torch.float64).requires_grad_(), torch.randn(6, dtype=torch.float64)
+                  .requires_grad_(), torch.tensor(0.4, dtype=torch.float64, requires_grad=True)]
+        out = pyops.anchor_blend_weight(*leaves, backend="cpu")
+        exact = list(zip(leaves, torch.autograd.grad(pyops.anchor_blend_weight(*leaves, backend="torch").sum(),
+                                                     leaves)))
+        msg = "anchor_blend_weight: double backward is not supported"
+    grads = torch.autograd.grad(out.sum(), leaves, create_graph=True)  # first order works with create_graph
+    for g, (_, e) in zip(grads, exact):
+        torch.testing.assert_close(g, torch.zeros_like(g) if e is None else e)
+    assert grads[0].requires_grad
+    with pytest.raises(NotImplementedError, match=msg):
+        torch.autograd.grad(grads[0].sum(), leaves, allow_unused=True)
+
+
+def test_fast_path_rejects_what_the_checks_reject():
+    """The eager fast path (no Python checks on success) raises pyops' own errors for values only the C++
+    host code sees (non-finite tensors, an empty appearance), and routes bools and other mlp kinds through
+    the checks."""
+    _, base = _error_cases()
+    for change, exc, msg in [
+        (dict(w2_cov=base["w2_cov"].clone().index_fill_(0, torch.tensor([1]), math.inf)), ValueError,
+         "w2_cov has non-finite values"),
+        (dict(tau=torch.tensor(math.nan)), ValueError, "tau has non-finite values"),
+        (dict(tau=math.inf), ValueError, "tau=inf is not finite"),
+        (dict(lambda_decay=math.nan), ValueError, "lambda_decay=nan is not finite"),
+        (dict(tau=True), TypeError, "tau must be a float or a 0-dim tensor, got bool"),
+        (dict(lambda_decay=False), TypeError, "lambda_decay must be a float, got bool"),
+        (dict(opacity_dist=1), TypeError, "opacity_dist must be a bool, got int"),
+        (dict(blend_mode="both"), ValueError, "unknown blend_mode 'both'"),
+    ]:
+        for _ in range(2):  # the second call takes the cached backend choice
+            with pytest.raises(exc, match="^anchor_decode: .*" + msg):
+                call(dict(base, **change), "cpu")
+    with pytest.raises(TypeError, match="mlp must be an AnchorMLP or a sequence of 12 tensors"):
+        pyops.anchor_decode(base["anchors"], base["feats"], base["offsets"], base["anchor_scales"],
+                            base["cam_center"], iter([base[n] for n in MLP_NAMES]), backend="cpu")
+    offset, decay = torch.rand(4), torch.randn(4)
+    with pytest.raises(ValueError, match="^anchor_blend_weight: decay has non-finite values$"):
+        pyops.anchor_blend_weight(offset, torch.full((4,), math.nan), 0.3, backend="cpu")
+    with pytest.raises(TypeError, match="^anchor_blend_weight: tau must be a float or a 0-dim tensor, got bool"):
+        pyops.anchor_blend_weight(offset, decay, True, backend="cpu")

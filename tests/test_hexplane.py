@@ -375,3 +375,87 @@ def test_hexplane_field_rejects_other_configs():
     with pytest.raises(ValueError, match="output_coordinate_dim must be a positive int"):
         pyops.HexPlaneField(1.0, {"output_coordinate_dim": 0, "resolution": [2, 2, 2, 2]})
     assert hexplane_mod.HexPlaneField().feat_dim == 64  # 4DGS's defaults: 32 channels, multires [1, 2]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native ops' C++ autograd kernels (csrc/hexplane_autograd.cpp) and the eager fast path.
+
+
+@pytest.mark.parametrize("per_point", [True, False])
+def test_cpp_autograd_node_and_gradcheck(per_point):
+    points, times, planes, aabb, _ = make_inputs(5, [(2, (3, 2, 1, 3)), (1, (2, 3, 2, 2))], True, per_point,
+                                                 torch.float64, "cpu", seed=6)
+    op = torch.ops.pyops.hexplane_fwd.default
+    inputs = [t.requires_grad_() for t in [points] + ([times] if per_point else []) + planes]
+
+    def fn(*args):  # the native op itself, no Python wrapper
+        return op(args[0], args[1] if per_point else None, 0.0 if per_point else times, list(args[-len(planes):]),
+                  aabb)
+
+    out = fn(*inputs)
+    assert type(out.grad_fn).__name__ != "BackwardCFunction" and out.grad_fn.name() == "HexplaneBackward0"
+    assert torch.autograd.gradcheck(fn, inputs)
+    # aabb requiring grad gets no gradient (as before: the box is a constant of the op).
+    box = aabb.clone().requires_grad_()
+    assert torch.autograd.grad(op(points, None, 0.3, planes, box).sum(), [box], allow_unused=True) == (None,)
+
+
+def test_cpp_autograd_no_node_without_grad_and_module():
+    points, times, planes, aabb, _ = _good()
+    planes = [p.requires_grad_() for p in planes]
+    with torch.no_grad():
+        out = pyops.hexplane_features(points, times, planes, aabb, backend="cpu")
+    assert out.grad_fn is None and not out.requires_grad
+    with_grad = pyops.hexplane_features(points, times, planes, aabb, backend="cpu")
+    assert with_grad.grad_fn.name() == "HexplaneBackward0"
+    torch.testing.assert_close(with_grad, out)
+    detached = pyops.hexplane_features(points, times, [p.detach() for p in planes], aabb, backend="cpu")
+    assert detached.grad_fn is None
+    # The module's forward (planes read from the ParameterLists' dicts) gets the node too.
+    field = pyops.HexPlaneField(1.6, {"output_coordinate_dim": 3, "resolution": [4, 3, 5, 2]}, [1, 2], backend="cpu")
+    feats = field(points, 0.25)
+    assert feats.grad_fn.name() == "HexplaneBackward0"
+    all_planes = [p for level in field.grids for p in level]
+    torch.testing.assert_close(feats, pyops.hexplane_features(points, 0.25, all_planes, field.aabb, backend="torch"))
+    grads = torch.autograd.grad(feats.sum(), all_planes)
+    assert all(g.shape == p.shape for g, p in zip(grads, all_planes))
+
+
+def test_double_backward_raises_a_clear_error():
+    points, times, planes, aabb, v_out = make_inputs(5, [(2, (3, 2, 1, 3))], False, True, torch.float64, "cpu",
+                                                     seed=2)
+    inputs = [t.requires_grad_() for t in [points, times] + planes]
+    out = pyops.hexplane_features(points, times, planes, aabb, backend="cpu")
+    grads = torch.autograd.grad(out, inputs, v_out, create_graph=True)  # first order works with create_graph
+    exact = torch.autograd.grad(pyops.hexplane_features(points, times, planes, aabb, backend="torch"), inputs, v_out)
+    for g, e in zip(grads, exact):
+        torch.testing.assert_close(g, e)
+    assert grads[0].requires_grad
+    with pytest.raises(NotImplementedError, match="hexplane_features: double backward is not supported"):
+        torch.autograd.grad(grads[0].sum(), inputs, allow_unused=True)
+
+
+def test_fast_path_rejects_what_the_checks_reject():
+    """The eager fast path (no Python checks on success) still raises pyops' own errors, on the first call and
+    with the backend choice cached, and leaves bools and odd plane containers to the checks."""
+    points, times, planes, aabb, _ = _good()
+    bad = planes[3].clone()
+    bad[0, 0, 0] = float("inf")
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"^hexplane_features: planes\[3\] has non-finite values"):
+            pyops.hexplane_features(points, times, planes[:3] + [bad] + planes[4:], aabb, backend="cpu")
+        with pytest.raises(ValueError, match="^hexplane_features: times has non-finite values"):
+            pyops.hexplane_features(points, float("nan"), planes, aabb, backend="cpu")
+        with pytest.raises(TypeError, match="^hexplane_features: times must be a Tensor or a float, got bool"):
+            pyops.hexplane_features(points, True, planes, aabb, backend="cpu")
+        with pytest.raises(ValueError, match=r"^hexplane_features: planes\[5\] \(level 0, zt\) is on meta"):
+            pyops.hexplane_features(points, 0.5, planes[:5] + [planes[5].to("meta")] + planes[6:], aabb,
+                                    backend="cpu")
+    # A 0-dim time, (N, 1) times and a generator of planes take the checked path, with the same result.
+    want = pyops.hexplane_features(points, torch.full((4,), 0.5), planes, aabb, backend="cpu")
+    for t, ps in ((torch.tensor(0.5), planes), (torch.full((4, 1), 0.5), tuple(planes)), (0.5, iter(planes))):
+        if isinstance(ps, type(iter([]))):
+            with pytest.raises(TypeError, match="planes must be a sequence of tensors"):
+                pyops.hexplane_features(points, t, ps, aabb, backend="cpu")
+            continue
+        torch.testing.assert_close(pyops.hexplane_features(points, t, ps, aabb, backend="cpu"), want)

@@ -1,8 +1,9 @@
 // Host-side pieces of the MoRel anchor ops shared by the CPU and CUDA backends (pyops/derf.h's shape): the
 // argument checks, the canonical tensors the kernels take (the three heads' first layers stacked as one matrix)
 // and the backward's weight-gradient stage, which both backends run as ATen GEMMs (MKL / cuBLAS, deterministic).
-// Kernels trust what prepare() hands them. Non-finite values are the Python layer's check (pyops/_checks.py,
-// a host sync on CUDA), as for the other ops.
+// Kernels trust what prepare() hands them. The forward ops also check values: finite tau and lambda_decay, and
+// finite tensors with PYOPS_CHECK_FINITE's policy (pyops/host_checks.h: CPU tensors by default, a host sync on
+// CUDA), so that pyops' eager fast path (pyops/anchors.py) runs no Python checks.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -37,7 +37,8 @@ struct Problem {
 // Validates the arguments (naming the offending one: "planes[7] (level 1, xz)") and builds the problem.
 // `device_type` is the backend's device; every tensor must be on points' device. A wrong dtype throws
 // c10::TypeError, a wrong shape, value or device c10::ValueError. Value checks that read tensor data (aabb's
-// extent) run on CPU tensors only: on CUDA they would be host syncs.
+// extent; for the forward op, "<op>_fwd", finite points, times and planes) follow PYOPS_CHECK_FINITE's policy
+// (pyops/host_checks.h: CPU tensors by default; on CUDA they are host syncs); aabb's extent is always checked on CPU.
 Problem prepare(const char* op, const at::Tensor& points, const std::optional<at::Tensor>& times, double time,
                 at::TensorList planes, const at::Tensor& aabb, c10::DeviceType device_type);
 
