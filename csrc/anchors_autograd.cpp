@@ -30,33 +30,7 @@ using torch::autograd::variable_list;
 using T = at::Tensor;
 
 // ---------------------------------------------------------------------------------------------------------
-// Shared: the node a double backward reaches, and d/d tau.
-
-// Attached to the gradients a backward computes with create_graph=True: a backward through them raises.
-struct DoubleBackwardError : public torch::autograd::TraceableFunction {
-  variable_list apply(variable_list&&) override { TORCH_CHECK_NOT_IMPLEMENTED(false, message_); }
-  std::string name() const override { return "AnchorsDoubleBackwardError"; }
-  const char* message_ = "";
-};
-
-// Runs a bwd op with its gradients made non-differentiable: below autograd without grad mode (the usual
-// backward); with it (create_graph=True) the results get a DoubleBackwardError node if an input requires grad.
-template <typename Call, typename... Inputs>
-auto run_bwd(const char* message, Call&& call, const Inputs&... inputs) {
-  if (!autograd::needs_node(inputs...)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call();
-  }
-  auto grad_fn = autograd::make_node<DoubleBackwardError>();
-  grad_fn->message_ = message;
-  grad_fn->set_next_edges(torch::autograd::collect_next_edges(inputs...));
-  auto out = [&] {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call();
-  }();
-  std::apply([&](auto&... t) { (torch::autograd::set_history(t, grad_fn), ...); }, out);
-  return out;
-}
+// Shared: d/d tau.
 
 // d/d tau of a function of (tau - offset): -sum(d/d offset), summed in fp32 (fp64) and cast to tau's dtype.
 T neg_sum(const T& v_offset, const T& tau_t) {
@@ -70,20 +44,8 @@ T neg_sum(const T& v_offset, const T& tau_t) {
 using BlendFwd = T(const T&, const T&, const OptTensor&, double, double, int64_t);
 using BlendBwd = std::tuple<T, T>(const T&, const T&, const T&, const OptTensor&, double, double, int64_t);
 
-const c10::TypedOperatorHandle<BlendFwd>& blend_fwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::anchor_blend_weight_fwd", "").typed<BlendFwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<BlendBwd>& blend_bwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::anchor_blend_weight_bwd", "").typed<BlendBwd>();
-  return op;
-}
-
-constexpr const char* kBlendDoubleBackward =
-    "anchor_blend_weight: double backward is not supported (the gradients of pyops.anchor_blend_weight are not "
-    "differentiable); use backend='torch' for higher-order gradients";
+PYOPS_OP_HANDLE(blend_fwd_op, BlendFwd, "pyops::anchor_blend_weight_fwd")
+PYOPS_OP_HANDLE(blend_bwd_op, BlendBwd, "pyops::anchor_blend_weight_bwd")
 
 // Inputs (next edges): offset, decay, tau_t.
 struct AnchorBlendWeightBackwardNode : public torch::autograd::TraceableFunction {
@@ -91,9 +53,7 @@ struct AnchorBlendWeightBackwardNode : public torch::autograd::TraceableFunction
     variable_list out(3);
     if (!grads[0].defined()) return out;
     const T offset = offset_.unpack(), decay = decay_.unpack(), tau_t = tau_t_.unpack();
-    // With create_graph=True, through the bwd op's autograd kernel; else straight to the backend kernel.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_offset, v_decay] =
         blend_bwd_op().call(grads[0], offset, decay, optional(tau_t), tau_, lambda_decay_, blend_mode_);
     if (tau_t.defined() && task_should_compute_output(2)) out[2] = neg_sum(v_offset, tau_t);
@@ -138,8 +98,8 @@ T blend_fwd_autograd(const T& offset, const T& decay, const OptTensor& tau_t, do
 
 std::tuple<T, T> blend_bwd_autograd(const T& v_w, const T& offset, const T& decay, const OptTensor& tau_t, double tau,
                                     double lambda_decay, int64_t blend_mode) {
-  return run_bwd(
-      kBlendDoubleBackward,
+  return autograd::run_bwd(
+      "anchor_blend_weight",
       [&] { return blend_bwd_op().call(v_w, offset, decay, tau_t, tau, lambda_decay, blend_mode); }, v_w, offset, decay,
       tau_t);
 }
@@ -161,20 +121,8 @@ using DecodeFwd = DecodeOuts(PYOPS_DECODE_INPUTS);
 using DecodeBwd = DecodeBwdResult(const T&, const T&, const T&, const T&, const T&, PYOPS_DECODE_INPUTS);
 #undef PYOPS_DECODE_INPUTS
 
-const c10::TypedOperatorHandle<DecodeFwd>& decode_fwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::anchor_decode_fwd", "").typed<DecodeFwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<DecodeBwd>& decode_bwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::anchor_decode_bwd", "").typed<DecodeBwd>();
-  return op;
-}
-
-constexpr const char* kDecodeDoubleBackward =
-    "anchor_decode: double backward is not supported (the gradients of pyops.anchor_decode / "
-    "pyops.AnchorDecoder are not differentiable); use backend='torch' for higher-order gradients";
+PYOPS_OP_HANDLE(decode_fwd_op, DecodeFwd, "pyops::anchor_decode_fwd")
+PYOPS_OP_HANDLE(decode_bwd_op, DecodeBwd, "pyops::anchor_decode_bwd")
 
 // The non-tensor arguments.
 struct DecodeScalars {
@@ -215,9 +163,7 @@ struct AnchorDecodeBackwardNode : public torch::autograd::TraceableFunction {
         g[i] = at::zeros_symint(offsets.sym_sizes(), offsets.options());
       }
     }
-    // With create_graph=True, through the bwd op's autograd kernel; else straight to the backend kernel.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    const autograd::BelowAutogradUnlessCreateGraph below;
     const DecodeBwdResult r = call_decode_bwd(g, t, scalars_);
     out[0] = std::get<0>(r);
     out[1] = std::get<1>(r);
@@ -307,8 +253,8 @@ DecodeBwdResult decode_bwd_autograd(
     const OptTensor& appearance, const OptTensor& opacity_scale, const OptTensor& visible,
     const OptTensor& blend_offset, const OptTensor& blend_decay, const OptTensor& tau_t, double tau,
     double lambda_decay, int64_t blend_mode, bool opacity_dist, bool cov_dist, bool color_dist) {
-  return run_bwd(
-      kDecodeDoubleBackward,
+  return autograd::run_bwd(
+      "anchor_decode",
       [&] {
         return decode_bwd_op().call(v_means, v_quats, v_scales, v_opacities, v_colors, anchors, feats, offsets,
                                     anchor_scales, cam_center, w1_opacity, b1_opacity, w2_opacity, b2_opacity, w1_cov,

@@ -18,62 +18,25 @@ namespace pyops {
 namespace derf {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-using autograd::OptTensor;
 using autograd::optional;
+using autograd::OptTensor;
+using torch::autograd::variable_list;
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                          const OptTensor&, int64_t)>&
-fwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pyops::derf_fwd", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const OptTensor&, const OptTensor&, int64_t)>();
-  return op;
-}
+using Fwd = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
+                       int64_t);
+using Bwd = Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+                  const OptTensor&, int64_t);
+PYOPS_OP_HANDLE(fwd_op, Fwd, "pyops::derf_fwd")
+PYOPS_OP_HANDLE(bwd_op, Bwd, "pyops::derf_bwd")
 
-const c10::TypedOperatorHandle<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                     const OptTensor&, const OptTensor&, int64_t)>&
-bwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pyops::derf_bwd", "")
-                             .typed<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                          const OptTensor&, const OptTensor&, int64_t)>();
-  return op;
-}
-
-// The gradients of derf_fwd, built by derf_bwd. If a double backward reaches them it stops here.
-class DerfBackward : public torch::autograd::Function<DerfBackward> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& v_y, const at::Tensor& x,
-                               const at::Tensor& alpha, const at::Tensor& shift, const OptTensor& weight,
-                               const OptTensor& bias, int64_t channel_dim) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [v_x, v_alpha, v_shift, v_weight, v_bias] = bwd_op().call(v_y, x, alpha, shift, weight, bias, channel_dim);
-    return {v_x, v_alpha, v_shift, v_weight, v_bias};
-  }
-
-  static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false,
-                                "derf: double backward is not supported (the gradients of pyops.derf / pyops.Derf "
-                                "are not differentiable); use backend='torch' for higher-order gradients");
-  }
-};
-
-// derf_fwd's backward node, written as PyTorch's generated ones are (a Node with SavedVariables) rather than
-// as a torch::autograd::Function: CppNode's generic bookkeeping (input/output info, saved_data, output
-// wrapping) measured ~2 us of a tiny Derf's ~7 us forward.
+// derf_fwd's backward node.
 struct DerfBackwardNode : public torch::autograd::TraceableFunction {
   variable_list apply(variable_list&& grads) override {
     variable_list out(5);
     if (!grads[0].defined()) return out;  // y's gradient is undefined: so are the inputs'
     const at::Tensor weight = weight_.unpack(), bias = bias_.unpack();
-    // With create_graph=True, through derf_bwd's autograd kernel (the gradients get a DerfBackward node);
-    // else straight to the backend kernel.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_x, v_alpha, v_shift, v_weight, v_bias] = bwd_op().call(
         grads[0], x_.unpack(), alpha_.unpack(), shift_.unpack(), optional(weight), optional(bias), channel_dim_);
     out[0] = std::move(v_x);
@@ -124,12 +87,9 @@ at::Tensor derf_fwd_autograd(const at::Tensor& x, const at::Tensor& alpha, const
 
 Grads derf_bwd_autograd(const at::Tensor& v_y, const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& shift,
                         const OptTensor& weight, const OptTensor& bias, int64_t channel_dim) {
-  if (!at::GradMode::is_enabled()) {  // the usual backward (no create_graph): no node to build
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return bwd_op().call(v_y, x, alpha, shift, weight, bias, channel_dim);
-  }
-  const variable_list g = DerfBackward::apply(v_y, x, alpha, shift, weight, bias, channel_dim);
-  return {g[0], g[1], g[2], g[3], g[4]};
+  return autograd::run_bwd(
+      "derf", [&] { return bwd_op().call(v_y, x, alpha, shift, weight, bias, channel_dim); }, v_y, x, alpha, shift,
+      weight, bias);
 }
 
 }  // namespace

@@ -25,7 +25,6 @@ namespace {
 
 using autograd::optional;
 using autograd::OptTensor;
-using torch::autograd::AutogradContext;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using T = at::Tensor;
@@ -33,20 +32,6 @@ using Tuple3 = std::tuple<T, T, T>;
 using Tuple4 = std::tuple<T, T, T, T>;
 using Tuple5 = std::tuple<T, T, T, T, T>;
 using Tuple6 = std::tuple<T, T, T, T, T, T>;
-
-// A node as the pointer autograd holds it by (pyops/autograd.h's NodePtr): what SavedVariable::unpack needs to
-// rebuild an output saved by its own node (saved without its grad_fn, which would be a reference cycle).
-template <typename P>
-struct SelfPtr;
-template <typename N>
-struct SelfPtr<std::shared_ptr<N>> {
-  static std::shared_ptr<N> get(N* node) { return node->shared_from_this(); }
-};
-template <typename N>
-struct SelfPtr<c10::intrusive_ptr<N>> {
-  static c10::intrusive_ptr<N> get(N* node) { return c10::intrusive_ptr<N>::unsafe_reclaim_from_nonowning(node); }
-};
-autograd::NodePtr self_ptr(torch::autograd::Node* node) { return SelfPtr<autograd::NodePtr>::get(node); }
 
 using ProjectFwd = Tuple5(const T&, const T&, const T&, const OptTensor&, const T&, const T&, int64_t, int64_t, double,
                           double, double, double, bool);
@@ -59,49 +44,12 @@ using RasterFwd = Tuple4(const T&, const T&, const T&, const T&, const OptTensor
 using RasterBwd = Tuple6(const T&, const T&, const T&, const T&, const OptTensor&, int64_t, int64_t, int64_t, const T&,
                          const T&, const T&, const T&, const T&, const T&, bool);
 
-const c10::TypedOperatorHandle<ProjectFwd>& project_fwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::gs_project_fwd", "").typed<ProjectFwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<ProjectBwd>& project_bwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::gs_project_bwd", "").typed<ProjectBwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<ShFwd>& sh_fwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyops::gs_sh_fwd", "").typed<ShFwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<ShBwd>& sh_bwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyops::gs_sh_bwd", "").typed<ShBwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<RasterFwd>& raster_fwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::gs_rasterize_fwd", "").typed<RasterFwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<RasterBwd>& raster_bwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyops::gs_rasterize_bwd", "").typed<RasterBwd>();
-  return op;
-}
-
-// With create_graph=True a node's backward goes through the bwd op's autograd kernel (the gradients get a node
-// that refuses a double backward); else straight to the backend kernel.
-struct BelowAutogradUnlessCreateGraph {
-  BelowAutogradUnlessCreateGraph() {
-    if (!at::GradMode::is_enabled()) guard.emplace();
-  }
-  std::optional<at::AutoDispatchBelowADInplaceOrView> guard;
-};
-
-[[noreturn]] void no_double_backward(const char* op) {
-  TORCH_CHECK_NOT_IMPLEMENTED(false, op,
-                              ": double backward is not supported (the gradients of the Gaussian rasterizer's stages "
-                              "are not differentiable); use backend='torch' for higher-order gradients");
-}
+PYOPS_OP_HANDLE(project_fwd_op, ProjectFwd, "pyops::gs_project_fwd")
+PYOPS_OP_HANDLE(project_bwd_op, ProjectBwd, "pyops::gs_project_bwd")
+PYOPS_OP_HANDLE(sh_fwd_op, ShFwd, "pyops::gs_sh_fwd")
+PYOPS_OP_HANDLE(sh_bwd_op, ShBwd, "pyops::gs_sh_bwd")
+PYOPS_OP_HANDLE(raster_fwd_op, RasterFwd, "pyops::gs_rasterize_fwd")
+PYOPS_OP_HANDLE(raster_bwd_op, RasterBwd, "pyops::gs_rasterize_bwd")
 
 // ---------------------------------------------------------------------------------------------------------
 // Projection. Differentiable in means, quats and scales (opacities only cull; camera gradients need the torch
@@ -112,7 +60,8 @@ struct ProjectBackwardNode : public torch::autograd::TraceableFunction {
   variable_list apply(variable_list&& grads) override {
     variable_list out(3);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined() && !grads[3].defined()) return out;
-    const T conics = conics_.unpack(self_ptr(this)), compensations = compensations_.unpack(self_ptr(this));
+    const T conics = conics_.unpack(autograd::self_ptr(this)),
+            compensations = compensations_.unpack(autograd::self_ptr(this));
     const T radii = radii_.unpack();
     const auto zeros = [](const T& g, const T& like, c10::IntArrayRef shape) {
       return g.defined() ? g : at::zeros(shape, like.options());
@@ -122,7 +71,7 @@ struct ProjectBackwardNode : public torch::autograd::TraceableFunction {
     const T v_depths = zeros(grads[1], compensations, {c, n});
     const T v_conics = zeros(grads[2], conics, {c, n, 3});
     const T v_compensations = zeros(grads[3], compensations, {c, n});
-    const BelowAutogradUnlessCreateGraph below;
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_means, v_quats, v_scales] = project_bwd_op().call(
         means_.unpack(), quats_.unpack(), scales_.unpack(), viewmats_.unpack(), Ks_.unpack(), width_, height_, eps2d_,
         antialiased_, radii, conics, compensations, v_means2d, v_depths, v_conics, v_compensations);
@@ -172,33 +121,17 @@ Tuple5 project_fwd_autograd(const T& means, const T& quats, const T& scales, con
   return {radii, means2d, depths, conics, compensations};
 }
 
-class ProjectBackward : public torch::autograd::Function<ProjectBackward> {
- public:
-  static variable_list forward(AutogradContext*, const T& means, const T& quats, const T& scales, const T& viewmats,
-                               const T& Ks, int64_t width, int64_t height, double eps2d, bool antialiased,
-                               const T& radii, const T& conics, const T& compensations, const T& v_means2d,
-                               const T& v_depths, const T& v_conics, const T& v_compensations) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [a, b, c] = project_bwd_op().call(means, quats, scales, viewmats, Ks, width, height, eps2d, antialiased, radii,
-                                           conics, compensations, v_means2d, v_depths, v_conics, v_compensations);
-    return {a, b, c};
-  }
-  static variable_list backward(AutogradContext*, variable_list) { no_double_backward("gs_project_bwd"); }
-};
-
 Tuple3 project_bwd_autograd(const T& means, const T& quats, const T& scales, const T& viewmats, const T& Ks,
                             int64_t width, int64_t height, double eps2d, bool antialiased, const T& radii,
                             const T& conics, const T& compensations, const T& v_means2d, const T& v_depths,
                             const T& v_conics, const T& v_compensations) {
-  if (!at::GradMode::is_enabled()) {  // the usual backward (no create_graph): no node to build
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return project_bwd_op().call(means, quats, scales, viewmats, Ks, width, height, eps2d, antialiased, radii, conics,
-                                 compensations, v_means2d, v_depths, v_conics, v_compensations);
-  }
-  const variable_list g =
-      ProjectBackward::apply(means, quats, scales, viewmats, Ks, width, height, eps2d, antialiased, radii, conics,
-                             compensations, v_means2d, v_depths, v_conics, v_compensations);
-  return {g[0], g[1], g[2]};
+  return autograd::run_bwd(
+      "project_gaussians",
+      [&] {
+        return project_bwd_op().call(means, quats, scales, viewmats, Ks, width, height, eps2d, antialiased, radii,
+                                     conics, compensations, v_means2d, v_depths, v_conics, v_compensations);
+      },
+      means, quats, scales, viewmats, Ks, radii, conics, compensations, v_means2d, v_depths, v_conics, v_compensations);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -209,7 +142,7 @@ struct ShBackwardNode : public torch::autograd::TraceableFunction {
   variable_list apply(variable_list&& grads) override {
     variable_list out(2);
     if (!grads[0].defined()) return out;
-    const BelowAutogradUnlessCreateGraph below;
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_coeffs, v_dirs] = sh_bwd_op().call(degree_, dirs_.unpack(), coeffs_.unpack(), grads[0]);
     out[0] = std::move(v_dirs);
     out[1] = std::move(v_coeffs);
@@ -244,23 +177,9 @@ T sh_fwd_autograd(int64_t degree, const T& dirs, const T& coeffs) {
   return colors;
 }
 
-class ShBackward : public torch::autograd::Function<ShBackward> {
- public:
-  static variable_list forward(AutogradContext*, int64_t degree, const T& dirs, const T& coeffs, const T& v_colors) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [v_coeffs, v_dirs] = sh_bwd_op().call(degree, dirs, coeffs, v_colors);
-    return {v_coeffs, v_dirs};
-  }
-  static variable_list backward(AutogradContext*, variable_list) { no_double_backward("gs_sh_bwd"); }
-};
-
 std::tuple<T, T> sh_bwd_autograd(int64_t degree, const T& dirs, const T& coeffs, const T& v_colors) {
-  if (!at::GradMode::is_enabled()) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return sh_bwd_op().call(degree, dirs, coeffs, v_colors);
-  }
-  const variable_list g = ShBackward::apply(degree, dirs, coeffs, v_colors);
-  return {g[0], g[1]};
+  return autograd::run_bwd(
+      "spherical_harmonics", [&] { return sh_bwd_op().call(degree, dirs, coeffs, v_colors); }, dirs, coeffs, v_colors);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -275,14 +194,14 @@ struct RasterizeBackwardNode : public torch::autograd::TraceableFunction {
   variable_list apply(variable_list&& grads) override {
     variable_list out(5);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return out;
-    const T trans = final_transmittances_.unpack(self_ptr(this)), colors = colors_.unpack();
+    const T trans = final_transmittances_.unpack(autograd::self_ptr(this)), colors = colors_.unpack();
     const T backgrounds = backgrounds_.unpack();
     T v_alphas = grads[1].defined() ? grads[1] : at::zeros_like(trans);
     if (grads[2].defined()) v_alphas = at::sub(v_alphas, grads[2]);  // final_transmittances = 1 - render_alphas
     T v_colors = grads[0];
     if (!v_colors.defined())
       v_colors = at::zeros({trans.size(0), trans.size(1), trans.size(2), colors.size(-1)}, colors.options());
-    const BelowAutogradUnlessCreateGraph below;
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_means2d, v_conics, v_col, v_opacities, v_bg, v_abs] =
         raster_bwd_op().call(means2d_.unpack(), conics_.unpack(), colors, opacities_.unpack(), optional(backgrounds),
                              width_, height_, tile_size_, isect_offsets_.unpack(), flatten_ids_.unpack(), trans,
@@ -334,34 +253,19 @@ Tuple4 rasterize_fwd_autograd(const T& means2d, const T& conics, const T& colors
   return {render, alphas, last_ids, trans};
 }
 
-class RasterizeBackward : public torch::autograd::Function<RasterizeBackward> {
- public:
-  static variable_list forward(AutogradContext*, const T& means2d, const T& conics, const T& colors, const T& opacities,
-                               const OptTensor& backgrounds, int64_t width, int64_t height, int64_t tile_size,
-                               const T& isect_offsets, const T& flatten_ids, const T& trans, const T& last_ids,
-                               const T& v_render_colors, const T& v_render_alphas, bool absgrad) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [a, b, c, d, e, f] =
-        raster_bwd_op().call(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
-                             flatten_ids, trans, last_ids, v_render_colors, v_render_alphas, absgrad);
-    return {a, b, c, d, e, f};
-  }
-  static variable_list backward(AutogradContext*, variable_list) { no_double_backward("gs_rasterize_bwd"); }
-};
-
 Tuple6 rasterize_bwd_autograd(const T& means2d, const T& conics, const T& colors, const T& opacities,
                               const OptTensor& backgrounds, int64_t width, int64_t height, int64_t tile_size,
                               const T& isect_offsets, const T& flatten_ids, const T& trans, const T& last_ids,
                               const T& v_render_colors, const T& v_render_alphas, bool absgrad) {
-  if (!at::GradMode::is_enabled()) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return raster_bwd_op().call(means2d, conics, colors, opacities, backgrounds, width, height, tile_size,
-                                isect_offsets, flatten_ids, trans, last_ids, v_render_colors, v_render_alphas, absgrad);
-  }
-  const variable_list g =
-      RasterizeBackward::apply(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
-                               flatten_ids, trans, last_ids, v_render_colors, v_render_alphas, absgrad);
-  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+  return autograd::run_bwd(
+      "rasterize_to_pixels",
+      [&] {
+        return raster_bwd_op().call(means2d, conics, colors, opacities, backgrounds, width, height, tile_size,
+                                    isect_offsets, flatten_ids, trans, last_ids, v_render_colors, v_render_alphas,
+                                    absgrad);
+      },
+      means2d, conics, colors, opacities, backgrounds, isect_offsets, flatten_ids, trans, last_ids, v_render_colors,
+      v_render_alphas);
 }
 
 }  // namespace

@@ -28,25 +28,8 @@ using Grads = std::tuple<T, T, std::vector<T>>;
 using Fwd = T(const T&, const OptTensor&, double, at::TensorList, const T&);
 using Bwd = Grads(const T&, const T&, const OptTensor&, double, at::TensorList, const T&);
 
-const c10::TypedOperatorHandle<Fwd>& fwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyops::hexplane_fwd", "").typed<Fwd>();
-  return op;
-}
-const c10::TypedOperatorHandle<Bwd>& bwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyops::hexplane_bwd", "").typed<Bwd>();
-  return op;
-}
-
-// Attached to the gradients a backward computes with create_graph=True: a backward through them raises.
-struct HexplaneDoubleBackward : public torch::autograd::TraceableFunction {
-  variable_list apply(variable_list&&) override {
-    TORCH_CHECK_NOT_IMPLEMENTED(false,
-                                "hexplane_features: double backward is not supported (the gradients of "
-                                "pyops.hexplane_features / pyops.HexPlaneField are not differentiable); use "
-                                "backend='torch' for higher-order gradients");
-  }
-  std::string name() const override { return "HexplaneDoubleBackward"; }
-};
+PYOPS_OP_HANDLE(fwd_op, Fwd, "pyops::hexplane_fwd")
+PYOPS_OP_HANDLE(bwd_op, Bwd, "pyops::hexplane_bwd")
 
 // Inputs (next edges): points, times, the planes, aabb.
 struct HexplaneBackwardNode : public torch::autograd::TraceableFunction {
@@ -58,9 +41,7 @@ struct HexplaneBackwardNode : public torch::autograd::TraceableFunction {
     planes.reserve(n_planes);
     for (const SavedVariable& p : planes_) planes.push_back(p.unpack());
     const T times = times_.unpack();
-    // With create_graph=True, through hexplane_bwd's autograd kernel; else straight to the backend kernel.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_points, v_times, v_planes] =
         bwd_op().call(grads[0], points_.unpack(), optional(times), time_, planes, aabb_.unpack());
     out[0] = std::move(v_points);
@@ -106,21 +87,9 @@ T hexplane_fwd_autograd(const T& points, const OptTensor& times, double time, at
 
 Grads hexplane_bwd_autograd(const T& v_features, const T& points, const OptTensor& times, double time,
                             at::TensorList planes, const T& aabb) {
-  if (!autograd::needs_node(v_features, points, times, planes, aabb)) {  // the usual backward (no create_graph)
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return bwd_op().call(v_features, points, times, time, planes, aabb);
-  }
-  auto grad_fn = autograd::make_node<HexplaneDoubleBackward>();
-  grad_fn->set_next_edges(torch::autograd::collect_next_edges(v_features, points, times, planes, aabb));
-  Grads out;
-  {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    out = bwd_op().call(v_features, points, times, time, planes, aabb);
-  }
-  torch::autograd::set_history(std::get<0>(out), grad_fn);
-  torch::autograd::set_history(std::get<1>(out), grad_fn);
-  for (T& g : std::get<2>(out)) torch::autograd::set_history(g, grad_fn);
-  return out;
+  return autograd::run_bwd(
+      "hexplane_features", [&] { return bwd_op().call(v_features, points, times, time, planes, aabb); }, v_features,
+      points, times, planes, aabb);
 }
 
 }  // namespace

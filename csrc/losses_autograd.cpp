@@ -21,27 +21,8 @@ namespace {
 
 using autograd::optional;
 using autograd::OptTensor;
-using torch::autograd::AutogradContext;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-// The typed handle of each op, looked up on its first call.
-#define PYOPS_OP_HANDLE(fn, Signature, name)          \
-  const c10::TypedOperatorHandle<Signature>& fn() {   \
-    static const auto handle = find<Signature>(name); \
-    return handle;                                    \
-  }
-
-variable_list no_double_backward(const char* what) {
-  TORCH_CHECK_NOT_IMPLEMENTED(false, what,
-                              ": double backward is not supported (its gradients are not differentiable); use "
-                              "backend='torch' for higher-order gradients");
-  return {};
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // derf_linear: saves x and the parameters (never derf(x), which the backward recomputes, nor the linear bias).
@@ -54,28 +35,12 @@ using LinearBwd = LinearGrads(const at::Tensor&, const at::Tensor&, const at::Te
 PYOPS_OP_HANDLE(linear_fwd_op, LinearFwd, "pyops::derf_linear_fwd")
 PYOPS_OP_HANDLE(linear_bwd_op, LinearBwd, "pyops::derf_linear_bwd")
 
-class DerfLinearDoubleBackward : public torch::autograd::Function<DerfLinearDoubleBackward> {
- public:
-  static variable_list forward(AutogradContext*, const at::Tensor& v_y, const at::Tensor& x, const at::Tensor& alpha,
-                               const at::Tensor& shift, const OptTensor& weight, const OptTensor& bias,
-                               const at::Tensor& linear_weight, bool has_linear_bias) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [a, b, c, d, e, f, g] =
-        linear_bwd_op().call(v_y, x, alpha, shift, weight, bias, linear_weight, has_linear_bias);
-    return {a, b, c, d, e, f, g};
-  }
-  static variable_list backward(AutogradContext*, variable_list) { return no_double_backward("derf_linear"); }
-};
-
 struct DerfLinearBackwardNode : public torch::autograd::TraceableFunction {
   variable_list apply(variable_list&& grads) override {
     variable_list out(7);
     if (!grads[0].defined()) return out;  // y's gradient is undefined: so are the inputs'
     const at::Tensor weight = weight_.unpack(), bias = bias_.unpack();
-    // With create_graph=True, through the backward op's autograd kernel (which makes a double backward raise);
-    // else straight to the backend kernels.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_x, v_alpha, v_shift, v_weight, v_bias, v_lw, v_lb] =
         linear_bwd_op().call(grads[0], x_.unpack(), alpha_.unpack(), shift_.unpack(), optional(weight), optional(bias),
                              linear_weight_.unpack(), has_linear_bias_);
@@ -131,13 +96,10 @@ at::Tensor derf_linear_fwd_autograd(const at::Tensor& x, const at::Tensor& alpha
 LinearGrads derf_linear_bwd_autograd(const at::Tensor& v_y, const at::Tensor& x, const at::Tensor& alpha,
                                      const at::Tensor& shift, const OptTensor& weight, const OptTensor& bias,
                                      const at::Tensor& linear_weight, bool has_linear_bias) {
-  if (!at::GradMode::is_enabled()) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return linear_bwd_op().call(v_y, x, alpha, shift, weight, bias, linear_weight, has_linear_bias);
-  }
-  const variable_list g =
-      DerfLinearDoubleBackward::apply(v_y, x, alpha, shift, weight, bias, linear_weight, has_linear_bias);
-  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6]};
+  return autograd::run_bwd(
+      "derf_linear",
+      [&] { return linear_bwd_op().call(v_y, x, alpha, shift, weight, bias, linear_weight, has_linear_bias); }, v_y, x,
+      alpha, shift, weight, bias, linear_weight);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -154,20 +116,6 @@ using ContrastiveBwd = Three(const at::Tensor&, const at::Tensor&, const at::Ten
 PYOPS_OP_HANDLE(contrastive_fwd_op, ContrastiveFwd, "pyops::contrastive_fwd")
 PYOPS_OP_HANDLE(contrastive_bwd_op, ContrastiveBwd, "pyops::contrastive_bwd")
 
-class ContrastiveDoubleBackward : public torch::autograd::Function<ContrastiveDoubleBackward> {
- public:
-  static variable_list forward(AutogradContext*, const at::Tensor& v_row, const at::Tensor& v_col, const at::Tensor& q,
-                               const at::Tensor& k, const at::Tensor& logit_scale, const at::Tensor& qg,
-                               const at::Tensor& kg, const at::Tensor& row_lse, const at::Tensor& col_lse,
-                               const at::Tensor& row_npos, const at::Tensor& col_npos, bool symmetric) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [v_q, v_k, v_scale] = contrastive_bwd_op().call(v_row, v_col, q, k, logit_scale, qg, kg, row_lse, col_lse,
-                                                         row_npos, col_npos, symmetric);
-    return {v_q, v_k, v_scale};
-  }
-  static variable_list backward(AutogradContext*, variable_list) { return no_double_backward("contrastive_loss"); }
-};
-
 struct ContrastiveBackwardNode : public torch::autograd::TraceableFunction {
   variable_list apply(variable_list&& grads) override {
     variable_list out(3);
@@ -175,10 +123,7 @@ struct ContrastiveBackwardNode : public torch::autograd::TraceableFunction {
     const at::Tensor row_lse = row_lse_.unpack(), col_lse = col_lse_.unpack();
     const at::Tensor v_row = grads[0].defined() ? grads[0] : at::zeros_like(row_lse);
     const at::Tensor v_col = grads[1].defined() ? grads[1] : at::zeros_like(col_lse);
-    // With create_graph=True, through the backward op's autograd kernel (which makes a double backward raise);
-    // else straight to the backend kernels.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_q, v_k, v_scale] =
         contrastive_bwd_op().call(v_row, v_col, q_.unpack(), k_.unpack(), logit_scale_.unpack(), qg_.unpack(),
                                   kg_.unpack(), row_lse, col_lse, row_npos_.unpack(), col_npos_.unpack(), symmetric_);
@@ -231,14 +176,13 @@ Three contrastive_bwd_autograd(const at::Tensor& v_row, const at::Tensor& v_col,
                                const at::Tensor& k, const at::Tensor& logit_scale, const at::Tensor& qg,
                                const at::Tensor& kg, const at::Tensor& row_lse, const at::Tensor& col_lse,
                                const at::Tensor& row_npos, const at::Tensor& col_npos, bool symmetric) {
-  if (!at::GradMode::is_enabled()) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return contrastive_bwd_op().call(v_row, v_col, q, k, logit_scale, qg, kg, row_lse, col_lse, row_npos, col_npos,
-                                     symmetric);
-  }
-  const variable_list g = ContrastiveDoubleBackward::apply(v_row, v_col, q, k, logit_scale, qg, kg, row_lse, col_lse,
-                                                           row_npos, col_npos, symmetric);
-  return {g[0], g[1], g[2]};
+  return autograd::run_bwd(
+      "contrastive_loss",
+      [&] {
+        return contrastive_bwd_op().call(v_row, v_col, q, k, logit_scale, qg, kg, row_lse, col_lse, row_npos, col_npos,
+                                         symmetric);
+      },
+      v_row, v_col, q, k, logit_scale, row_lse, col_lse);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -252,27 +196,12 @@ using PairBwd = Three(const at::Tensor&, const at::Tensor&, const at::Tensor&, c
 PYOPS_OP_HANDLE(pair_fwd_op, PairFwd, "pyops::attribute_pair_fwd")
 PYOPS_OP_HANDLE(pair_bwd_op, PairBwd, "pyops::attribute_pair_bwd")
 
-class AttributePairDoubleBackward : public torch::autograd::Function<AttributePairDoubleBackward> {
- public:
-  static variable_list forward(AutogradContext*, const at::Tensor& v_loss, const at::Tensor& ex, const at::Tensor& ey,
-                               const at::Tensor& logit_scale, const OptTensor& mask, const at::Tensor& cos,
-                               const at::Tensor& norms, const at::Tensor& px, const at::Tensor& py) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [v_ex, v_ey, v_scale] = pair_bwd_op().call(v_loss, ex, ey, logit_scale, mask, cos, norms, px, py);
-    return {v_ex, v_ey, v_scale};
-  }
-  static variable_list backward(AutogradContext*, variable_list) { return no_double_backward("attribute_pair_loss"); }
-};
-
 struct AttributePairBackwardNode : public torch::autograd::TraceableFunction {
   variable_list apply(variable_list&& grads) override {
     variable_list out(3);
     if (!grads[0].defined()) return out;
     const at::Tensor mask = mask_.unpack();
-    // With create_graph=True, through the backward op's autograd kernel (which makes a double backward raise);
-    // else straight to the backend kernels.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    const autograd::BelowAutogradUnlessCreateGraph below;
     auto [v_ex, v_ey, v_scale] =
         pair_bwd_op().call(grads[0], ex_.unpack(), ey_.unpack(), logit_scale_.unpack(), optional(mask), cos_.unpack(),
                            norms_.unpack(), px_.unpack(), py_.unpack());
@@ -318,12 +247,9 @@ Five attribute_pair_fwd_autograd(const at::Tensor& ex, const at::Tensor& ey, con
 Three attribute_pair_bwd_autograd(const at::Tensor& v_loss, const at::Tensor& ex, const at::Tensor& ey,
                                   const at::Tensor& logit_scale, const OptTensor& mask, const at::Tensor& cos,
                                   const at::Tensor& norms, const at::Tensor& px, const at::Tensor& py) {
-  if (!at::GradMode::is_enabled()) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return pair_bwd_op().call(v_loss, ex, ey, logit_scale, mask, cos, norms, px, py);
-  }
-  const variable_list g = AttributePairDoubleBackward::apply(v_loss, ex, ey, logit_scale, mask, cos, norms, px, py);
-  return {g[0], g[1], g[2]};
+  return autograd::run_bwd(
+      "attribute_pair_loss", [&] { return pair_bwd_op().call(v_loss, ex, ey, logit_scale, mask, cos, norms, px, py); },
+      v_loss, ex, ey, logit_scale, cos, norms, px, py);
 }
 
 }  // namespace
