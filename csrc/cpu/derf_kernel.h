@@ -77,6 +77,34 @@ inline void erf_and_gaussian(const V& z, V& erf_z, V& gaussian) {
   erf_z = z.erf();
 }
 
+// exp(x) for x <= 0, inline: Cephes' expf (x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial; ~1 ulp) with
+// 2^n applied by scalef (AVX-512) or the exponent bits (AVX2, 0 below the normal range). ATen's exp is a call
+// into Sleef's u10 expf, which was as costly as the whole rest of the Derf backward.
+inline Vectorized<float> exp_nonpositive(const Vectorized<float>& x) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  using V = Vectorized<float>;
+  const V xc = at::vec::maximum(x, V(-88.f));  // exp(-88) is subnormal: the result is 0 below (AVX2) or tiny
+  const V n = (xc * V(1.44269504088896341f)).round();
+  V r = at::vec::fnmadd(n, V(0.693359375f), xc);  // ln2 in two parts (Cephes' C1, C2): r exact to ~1 ulp
+  r = at::vec::fnmadd(n, V(-2.12194440e-4f), r);
+  V p = at::vec::fmadd(V(1.9875691500e-4f), r, V(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, V(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, V(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
+  const V y = at::vec::fmadd(p * r, r, r + V(1.f));
+#if defined(CPU_CAPABILITY_AVX512)
+  return V(_mm512_scalef_ps(y, n));
+#else
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const V scaled = y * V(_mm256_castsi256_ps(bits));
+  return V::blendv(scaled, V(0.f), V(_mm256_cmp_ps(x, _mm256_set1_ps(-87.f), _CMP_LT_OQ)));
+#endif
+#else
+  return x.exp();
+#endif
+}
+
 inline void erf_and_gaussian(const Vectorized<float>& z, Vectorized<float>& erf_z, Vectorized<float>& gaussian) {
   using V = Vectorized<float>;
   const V one(1.f);
@@ -85,15 +113,31 @@ inline void erf_and_gaussian(const Vectorized<float>& z, Vectorized<float>& erf_
   poly = at::vec::fmadd(poly, t, V(1.421413741f));
   poly = at::vec::fmadd(poly, t, V(-0.284496736f));
   poly = at::vec::fmadd(poly, t, V(0.254829592f));
-  gaussian = (-(z * z)).exp();
-  erf_z = (one - poly * t * gaussian).copysign(z);
+  gaussian = exp_nonpositive(-(z * z));
+  const V sign = z & V(-0.f);  // copysign by the sign bit (ATen's copysign is a Sleef call)
+  erf_z = at::vec::fnmadd(poly * t, gaussian, one) | sign;  // 1 - p t e^{-z^2}, rounded once more (as ATen's)
+}
+
+// erf alone (the forward): the shared path above, whose exp is inline; double keeps the library erf.
+template <typename V>
+inline V fast_erf(const V& z) {
+  return z.erf();
+}
+inline Vectorized<float> fast_erf(const Vectorized<float>& z) {
+  Vectorized<float> erf_z, gaussian;
+  erf_and_gaussian(z, erf_z, gaussian);
+  return erf_z;
 }
 
 // Rows per backward chunk: sizes alone decide it (never the thread count) so the partial sums, and hence
-// the parameter gradients, are bitwise reproducible; ~256K elements a chunk keeps [P, 4, C] small.
+// the parameter gradients, are bitwise reproducible. About 64 chunks of 32K-256K elements: enough chunks for
+// the threads at transformer sizes (a ViT-S norm's 788 x 384 was 2 chunks of 256K and 44K elements, so the
+// backward ran on one core), and few enough that [P, 4, C] stays small.
 inline int64_t rows_per_chunk(int64_t rows, int64_t row_len) {
-  constexpr int64_t kChunkElems = 1 << 18;
-  return std::max<int64_t>(1, std::min(rows, kChunkElems / std::max<int64_t>(row_len, 1)));
+  constexpr int64_t kMinChunkElems = 1 << 15, kMaxChunkElems = 1 << 18, kChunks = 64;
+  const int64_t len = std::max<int64_t>(row_len, 1);
+  const int64_t chunk_elems = std::clamp(rows * len / kChunks, kMinChunkElems, kMaxChunkElems);
+  return std::max<int64_t>(1, std::min(rows, chunk_elems / len));
 }
 
 int64_t num_chunks(const Problem& p) {
@@ -135,7 +179,7 @@ void forward(const Problem& p, at::Tensor& y) {
           } else {
             a = V(prm.alpha[c_row]), s = V(prm.shift[c_row]), w = V(prm.weight[c_row]), b = V(prm.bias[c_row]);
           }
-          xv[k] = at::vec::fmadd(w, at::vec::fmadd(a, xv[k], s).erf(), b);
+          xv[k] = at::vec::fmadd(w, fast_erf(at::vec::fmadd(a, xv[k], s)), b);
         }
         IO::store(yr + i, n, xv);
       }
