@@ -100,3 +100,32 @@ def check_finite(op: str, name: str, t: torch.Tensor) -> None:
     lo, hi = torch.aminmax(t.detach())
     if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):  # 5x cheaper than tensor ops on scalars
         raise ValueError(f"{op}: {name} has non-finite values")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Eager fast paths (pyops.derf's scheme): the public functions cache their backend choice per (backend argument,
+# $PYOPS_BACKEND, device type) and call the native op's C++ callable directly; only when it raises do the Python
+# checks run, to raise pyops' own error.
+
+
+def env_backend() -> Optional[str]:
+    """$PYOPS_BACKEND, read on every call: it may change at run time."""
+    return os.environ.get("PYOPS_BACKEND")
+
+
+def native_callable(name: str):
+    """torch.ops.pyops.<name>.default's C++ callable (an OpOverload's __call__ is one more Python frame per call)
+    where this torch has one; None without the native library."""
+    if _NATIVE_ERROR is not None:
+        return None
+    op = getattr(torch.ops.pyops, name).default
+    return getattr(op, "_op", op)
+
+
+def remember_choice(cache: dict, backend: Optional[str], device: torch.device, which: str) -> str:
+    """Caches a resolve() answer for the fast path, "native" for the C++ kernels ("cpu", "cuda") and otherwise the
+    backend's name, under (backend argument, $PYOPS_BACKEND, device type), and returns it. Only successful choices
+    are cached: an unavailable backend raises every time."""
+    which = "native" if which in ("cpu", "cuda") else which
+    cache[(backend, env_backend(), device.type)] = which
+    return which

@@ -14,7 +14,6 @@ kernel and one backward kernel that recomputes the MLP; "torch" runs the float64
 """
 
 import math
-import os
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -373,26 +372,17 @@ _MLP_TYPES = (AnchorMLP, tuple, list)
 _is_compiling = torch.compiler.is_compiling
 _DecodedGaussians = DecodedGaussians._make
 if _backend._NATIVE_ERROR is None:
-    # The overloads' C++ callables (their __call__ is one more Python frame per call), where this torch has one.
-    _BLEND_FWD = torch.ops.pyops.anchor_blend_weight_fwd.default
-    _BLEND_FWD = getattr(_BLEND_FWD, "_op", _BLEND_FWD)
-    _DECODE_FWD = torch.ops.pyops.anchor_decode_fwd.default
-    _DECODE_FWD = getattr(_DECODE_FWD, "_op", _DECODE_FWD)
+    _BLEND_FWD = _backend.native_callable("anchor_blend_weight_fwd")
+    _DECODE_FWD = _backend.native_callable("anchor_decode_fwd")
 
-
-def _env_backend() -> Optional[str]:
-    """$PYOPS_BACKEND, read on every call: it may change at run time."""
-    return os.environ.get("PYOPS_BACKEND")
+_env_backend = _backend.env_backend
 
 
 def _choose(cache: dict, op: str, backend: Optional[str], first: Tensor, check, *args) -> str:
     """Checks the arguments (check(*args); `first`, the tensor whose device picks the backend, is a Tensor or
     this raises), resolves the backend and caches the choice."""
     check(*args)
-    which = _backend.resolve(backend, first.device, op)
-    which = "native" if which in ("cpu", "cuda") else which
-    cache[(backend, _env_backend(), first.device.type)] = which
-    return which
+    return _backend.remember_choice(cache, backend, first.device, _backend.resolve(backend, first.device, op))
 
 
 # ----------------------------------------------------------------------------------------------------------

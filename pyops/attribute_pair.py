@@ -12,7 +12,6 @@ per-pair logit_scale term that a fixed-order sum reduces (deterministic). The fo
 and norms, and for token inputs the pooled vectors (B, A, D), so the backward never re-reads the tokens.
 """
 
-import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -162,19 +161,11 @@ def attribute_pair_loss(
 # else its name. Only successful choices are cached: an unavailable backend raises every time.
 _CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
 _is_compiling = torch.compiler.is_compiling
-_NATIVE_FWD = torch.ops.pyops.attribute_pair_fwd.default if _backend._NATIVE_ERROR is None else None
-# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
-_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
-
-
-def _env_backend() -> Optional[str]:
-    """$PYOPS_BACKEND, read on every call: it may change at run time."""
-    return os.environ.get("PYOPS_BACKEND")
+_NATIVE_FWD = _backend.native_callable("attribute_pair_fwd")
+_env_backend = _backend.env_backend
 
 
 def _choose(ex, ey, logit_scale, mask, backend) -> str:
     _check_args(ex, ey, logit_scale, mask)  # ex is a Tensor (or this raises)
     which = _backend.resolve(backend, ex.device, "attribute_pair_fwd")
-    which = "native" if which in ("cpu", "cuda") else which
-    _CHOICE[(backend, _env_backend(), ex.device.type)] = which
-    return which
+    return _backend.remember_choice(_CHOICE, backend, ex.device, which)

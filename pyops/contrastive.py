@@ -9,7 +9,6 @@ reproducible), no N x M tensor. The backward recomputes the chunk's logits inste
 """
 
 import functools
-import os
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -208,22 +207,13 @@ def contrastive_loss(
 _CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
 _REDUCTIONS = tuple(reference.REDUCTIONS)  # a tuple: `in` compares, so an unhashable argument cannot raise
 _is_compiling = torch.compiler.is_compiling
-_NATIVE_FWD = torch.ops.pyops.contrastive_fwd.default if _backend._NATIVE_ERROR is None else None
-# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
-_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
-
-
-def _env_backend() -> Optional[str]:
-    """$PYOPS_BACKEND, read on every call: it may change at run time."""
-    return os.environ.get("PYOPS_BACKEND")
+_NATIVE_FWD = _backend.native_callable("contrastive_fwd")
+_env_backend = _backend.env_backend
 
 
 def _choose(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction, backend) -> str:
     _check_args(q, k, logit_scale, labels, q_groups, k_groups, symmetric, reduction)  # q is a Tensor (or this raises)
-    which = _backend.resolve(backend, q.device, "contrastive_fwd")
-    which = "native" if which in ("cpu", "cuda") else which
-    _CHOICE[(backend, _env_backend(), q.device.type)] = which
-    return which
+    return _backend.remember_choice(_CHOICE, backend, q.device, _backend.resolve(backend, q.device, "contrastive_fwd"))
 
 
 def _reduce(out, symmetric: bool, reduction: str, count: Optional[int]):

@@ -5,7 +5,6 @@ point-wise function. The native ops (csrc/) and the Triton ops (triton_kernels/d
 pass forward and one backward; backward recomputes erf from x, so the output is never saved.
 """
 
-import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -155,22 +154,13 @@ def derf(
 # raises every time.
 _CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
 _is_compiling = torch.compiler.is_compiling
-_NATIVE_FWD = torch.ops.pyops.derf_fwd.default if _backend._NATIVE_ERROR is None else None
-# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
-_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
-
-
-def _env_backend() -> Optional[str]:
-    """$PYOPS_BACKEND, read on every call: it may change at run time."""
-    return os.environ.get("PYOPS_BACKEND")
+_NATIVE_FWD = _backend.native_callable("derf_fwd")
+_env_backend = _backend.env_backend
 
 
 def _choose(x, alpha, shift, weight, bias, channel_dim, backend) -> str:
     _check_args(x, alpha, shift, weight, bias, channel_dim)  # x is a Tensor (or this raises)
-    which = _backend.resolve(backend, x.device, "derf_fwd")
-    which = "native" if which in ("cpu", "cuda") else which
-    _CHOICE[(backend, _env_backend(), x.device.type)] = which
-    return which
+    return _backend.remember_choice(_CHOICE, backend, x.device, _backend.resolve(backend, x.device, "derf_fwd"))
 
 
 def _native_channels(x, alpha, shift, weight, bias, channel_dim):

@@ -10,7 +10,6 @@ Backends: "cpu" (C++, csrc/derf_linear.cpp: ATen GEMMs + the vectorised Derf ker
 (.cu) kernel: on GPUs the default is Triton.
 """
 
-import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -139,7 +138,7 @@ def derf_linear(
             which = _CHOICE[(backend, _env_backend(), "cpu" if x.is_cpu else x.device.type)]
         except (KeyError, AttributeError):
             which = _choose(x, alpha, shift, weight, bias, linear_weight, linear_bias, backend)
-        if which == "cpu" and not _autocast_enabled("cpu"):
+        if which == "native" and not _autocast_enabled("cpu"):  # the CPU kernel (derf_linear has no CUDA one)
             try:
                 if x.dim() == 2:
                     return _NATIVE_FWD(x, alpha, shift, weight, bias, linear_weight, linear_bias)
@@ -159,14 +158,8 @@ def derf_linear(
 _CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
 _is_compiling = torch.compiler.is_compiling
 _autocast_enabled = torch.is_autocast_enabled  # the native op is CPU-only: the CPU autocast state decides
-_NATIVE_FWD = torch.ops.pyops.derf_linear_fwd.default if _backend._NATIVE_ERROR is None else None
-# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
-_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
-
-
-def _env_backend() -> Optional[str]:
-    """$PYOPS_BACKEND, read on every call: it may change at run time."""
-    return os.environ.get("PYOPS_BACKEND")
+_NATIVE_FWD = _backend.native_callable("derf_linear_fwd")
+_env_backend = _backend.env_backend
 
 
 def _resolve(x, backend) -> str:
@@ -178,9 +171,7 @@ def _resolve(x, backend) -> str:
 
 def _choose(x, alpha, shift, weight, bias, linear_weight, linear_bias, backend) -> str:
     _check_args(x, alpha, shift, weight, bias, linear_weight, linear_bias)  # x is a Tensor (or this raises)
-    which = _resolve(x, backend)
-    _CHOICE[(backend, _env_backend(), x.device.type)] = which
-    return which
+    return _backend.remember_choice(_CHOICE, backend, x.device, _resolve(x, backend))
 
 
 def _derf_linear(x, alpha, shift, weight, bias, linear_weight, linear_bias, backend):

@@ -7,7 +7,6 @@ the stages exactly as gsplat's ``rasterization`` does, so switching is one impor
 """
 
 import math
-import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -223,7 +222,7 @@ def _op(which: str, name: str):
 # raise pyops' own error (type and message) for a bad argument. torch.compile, the reference and Triton backends,
 # absgrad and unusual layouts take the checked path.
 _is_compiling = torch.compiler.is_compiling
-_getenv = os.environ.get
+_env_backend = _backend.env_backend
 # (public op, backend argument, $PYOPS_BACKEND, device type) -> "native" (the C++ kernels: "cpu", "cuda") or the
 # backend's name; filled by the checked path after a successful call (an unavailable backend raises every time).
 _CHOICE: Dict[Tuple[str, Optional[str], Optional[str], str], str] = {}
@@ -231,18 +230,11 @@ _CHOICE: Dict[Tuple[str, Optional[str], Optional[str], str], str] = {}
 
 def _remember(op: str, backend: Optional[str], device: torch.device, which: str) -> None:
     if not _is_compiling():
-        _CHOICE[(op, backend, _getenv("PYOPS_BACKEND"), device.type)] = (
+        _CHOICE[(op, backend, _env_backend(), device.type)] = (
             "native" if which in ("cpu", "cuda") else which)
 
 
-def _native(name: str):
-    """The op's C++ callable (an OpOverload's __call__ is one more Python frame per call), or None unbuilt."""
-    if _backend._NATIVE_ERROR is not None:
-        return None
-    op = getattr(torch.ops.pyops, name).default
-    return getattr(op, "_op", op)
-
-
+_native = _backend.native_callable
 _PROJECT_FWD, _SH_FWD, _RASTER_FWD = _native("gs_project_fwd"), _native("gs_sh_fwd"), _native("gs_rasterize_fwd")
 _INTERSECT, _OFFSETS = _native("gs_intersect_tiles"), _native("gs_isect_offsets")
 
@@ -302,7 +294,7 @@ def project_gaussians(
     """
     if not _is_compiling():
         try:
-            which = _CHOICE[("project", backend, _getenv("PYOPS_BACKEND"),
+            which = _CHOICE[("project", backend, _env_backend(),
                              "cpu" if means.is_cpu else means.device.type)]
         except (KeyError, AttributeError):
             which = None
@@ -350,7 +342,7 @@ def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor, *, backend: O
     ``(..., 3)`` (any norm), gsplat's basis and signs; no +0.5 offset or clamp (`rasterize_gaussians` adds them)."""
     if not _is_compiling():
         try:
-            which = _CHOICE[("sh", backend, _getenv("PYOPS_BACKEND"), "cpu" if coeffs.is_cpu else coeffs.device.type)]
+            which = _CHOICE[("sh", backend, _env_backend(), "cpu" if coeffs.is_cpu else coeffs.device.type)]
         except (KeyError, AttributeError):
             which = None
         if which == "native":
@@ -390,7 +382,7 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: i
     """
     if not _is_compiling():
         try:
-            which = _CHOICE[("intersect", backend, _getenv("PYOPS_BACKEND"),
+            which = _CHOICE[("intersect", backend, _env_backend(),
                              "cpu" if means2d.is_cpu else means2d.device.type)]
         except (KeyError, AttributeError):
             which = None
@@ -426,7 +418,7 @@ def isect_offsets(isect_ids: Tensor, n_cameras: int, tile_width: int, tile_heigh
     empty tile points at the next run)."""
     if not _is_compiling():
         try:
-            which = _CHOICE[("offsets", backend, _getenv("PYOPS_BACKEND"),
+            which = _CHOICE[("offsets", backend, _env_backend(),
                              "cpu" if isect_ids.is_cpu else isect_ids.device.type)]
         except (KeyError, AttributeError):
             which = None
@@ -486,7 +478,7 @@ def rasterize_to_pixels(
     """
     if not _is_compiling() and not absgrad:
         try:
-            which = _CHOICE[("raster", backend, _getenv("PYOPS_BACKEND"),
+            which = _CHOICE[("raster", backend, _env_backend(),
                              "cpu" if means2d.is_cpu else means2d.device.type)]
         except (KeyError, AttributeError):
             which = None
@@ -587,7 +579,7 @@ def rasterize_gaussians(
     """
     if not _is_compiling() and not absgrad:
         try:
-            which = _CHOICE[("rasterize_gaussians", backend, _getenv("PYOPS_BACKEND"),
+            which = _CHOICE[("rasterize_gaussians", backend, _env_backend(),
                              "cpu" if means.is_cpu else means.device.type)]
         except (KeyError, AttributeError):
             which = None

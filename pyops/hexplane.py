@@ -8,7 +8,6 @@ the levels are concatenated: pyops/reference/hexplane.py is the spec. The native
 """
 
 import math
-import os
 from numbers import Real
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -230,22 +229,14 @@ def hexplane_features(
 _CHOICE: Dict[Tuple[Optional[str], object, str], str] = {}
 _PLANE_SEQUENCES = (list, tuple)
 _is_compiling = torch.compiler.is_compiling
-_NATIVE_FWD = torch.ops.pyops.hexplane_fwd.default if _backend._NATIVE_ERROR is None else None
-# The overload's C++ callable (its __call__ is one more Python frame per call), where this torch has one.
-_NATIVE_FWD = getattr(_NATIVE_FWD, "_op", _NATIVE_FWD)
-
-
-def _env_backend() -> Optional[str]:
-    """$PYOPS_BACKEND, read on every call: it may change at run time."""
-    return os.environ.get("PYOPS_BACKEND")
+_NATIVE_FWD = _backend.native_callable("hexplane_fwd")
+_env_backend = _backend.env_backend
 
 
 def _choose(points, times, planes, aabb, backend) -> str:
     _check_args(points, times, planes, aabb)  # points is a Tensor (or this raises)
     which = _backend.resolve(backend, points.device, "hexplane_fwd")
-    which = "native" if which in ("cpu", "cuda") else which
-    _CHOICE[(backend, _env_backend(), points.device.type)] = which
-    return which
+    return _backend.remember_choice(_CHOICE, backend, points.device, which)
 
 
 # ----------------------------------------------------------------------------------------------------------

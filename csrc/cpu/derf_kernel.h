@@ -78,12 +78,15 @@ inline void erf_and_gaussian(const V& z, V& erf_z, V& gaussian) {
 }
 
 // exp(x) for x <= 0, inline: Cephes' expf (x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial; ~1 ulp) with
-// 2^n applied by scalef (AVX-512) or the exponent bits (AVX2, 0 below the normal range). ATen's exp is a call
+// 2^n applied by scalef (AVX-512, subnormal results as Sleef's) or the exponent bits (AVX2: 0 below the normal
+// range, exp(x) < 1.2e-38, a difference of less than that from Sleef's subnormals). ATen's exp is a call
 // into Sleef's u10 expf, which was as costly as the whole rest of the Derf backward.
 inline Vectorized<float> exp_nonpositive(const Vectorized<float>& x) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   using V = Vectorized<float>;
-  const V xc = at::vec::maximum(x, V(-88.f));  // exp(-88) is subnormal: the result is 0 below (AVX2) or tiny
+  // Below -110 every float result is 0 (so exp(-inf) = 0 exactly, as Sleef's, and 0 * inf stays NaN in the
+  // gradients); the clamp keeps n in int range. NaN propagates (maximum keeps it).
+  const V xc = at::vec::maximum(x, V(-110.f));
   const V n = (xc * V(1.44269504088896341f)).round();
   V r = at::vec::fnmadd(n, V(0.693359375f), xc);  // ln2 in two parts (Cephes' C1, C2): r exact to ~1 ulp
   r = at::vec::fnmadd(n, V(-2.12194440e-4f), r);
