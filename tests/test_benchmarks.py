@@ -42,7 +42,7 @@ def test_quick_benchmark_run(tmp_path):
     assert fused == {(p, m) for p in ("pyops-cpu", "Derf kernel + F.linear", "eager", "torch.compile")
                      for m in ("forward", "full")}
     overhead = {r["x_value"] for r in rows if r["kernel_name"] == "overhead"}
-    assert len(overhead) == 11 and all(r["y_value_50"] < 1000 for r in rows if r["kernel_name"] == "overhead")
+    assert len(overhead) == 16 and all(r["y_value_50"] < 1000 for r in rows if r["kernel_name"] == "overhead")
     models = {(r["x_value"], r["kernel_provider"]) for r in rows if r["kernel_name"] == "models"}
     assert len(models) == 14 and {p for _, p in models} >= {"LayerNorm eager", "pyops Derf + DerfLinear"}
     morel = [r for r in rows if r["kernel_name"] == "morel"]
