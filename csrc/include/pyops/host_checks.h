@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -21,22 +22,22 @@ inline bool check_finite_enabled(c10::DeviceType device_type) {
 }
 
 // ValueError "<op>: <name> has non-finite values" if t holds NaN or inf (the caller asks check_finite_enabled
-// first). On CPU a plain loop: no ATen call, so it costs nanoseconds on the tiny parameters where per-call
-// overhead matters.
+// first). A small contiguous fp32 CPU tensor (the usual parameter) is tested by its exponent bits in a loop the
+// compiler vectorises: no ATen call, so it costs nanoseconds where per-call overhead matters. Anything else in
+// one ATen pass (vectorised and parallel): aminmax propagates NaN, and inf shows in the min or the max. A plain
+// scalar loop there cost MoRel's frame 5 ms (planes and anchor features of 10^5-10^6 values, twice a frame).
 inline void check_finite(const char* op, const at::Tensor& t, const char* name) {
-  if (t.numel() == 0) return;
+  const int64_t n = t.numel();
+  if (n == 0) return;
   bool finite = true;
-  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {  // the usual parameter
-    const float* data = t.const_data_ptr<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) finite &= std::isfinite(data[i]);
-  } else if (t.device().is_cpu()) {
-    const at::Tensor c = t.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "pyops_check_finite", [&] {
-      const scalar_t* data = c.const_data_ptr<scalar_t>();
-      for (int64_t i = 0; i < c.numel() && finite; ++i) finite = std::isfinite(static_cast<double>(data[i]));
-    });
+  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && n <= (int64_t{1} << 15)) {
+    const uint32_t* bits = static_cast<const uint32_t*>(t.const_data_ptr());
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+    finite = bad == 0;
   } else {
-    finite = at::isfinite(t).all().item<bool>();  // opt-in (PYOPS_CHECK_FINITE=1): syncs the host
+    const auto [lo, hi] = at::aminmax(t);  // on a GPU a host sync: only with PYOPS_CHECK_FINITE=1
+    finite = std::isfinite(lo.item<double>()) && std::isfinite(hi.item<double>());
   }
   TORCH_CHECK_VALUE(finite, op, ": ", name, " has non-finite values");
 }
