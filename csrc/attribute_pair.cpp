@@ -22,7 +22,7 @@ at::Tensor contiguous(const at::Tensor& t) { return t.is_contiguous() ? t : t.co
 
 }  // namespace
 
-Problem prepare(const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& logit_scale,
+Problem prepare(const char* op, const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& logit_scale,
                 const std::optional<at::Tensor>& mask, c10::DeviceType device_type) {
   TORCH_CHECK_VALUE(ex.device().type() == device_type, kOp, "ex is on ", ex.device(), ", expected a ",
                     c10::DeviceTypeName(device_type), " tensor for this backend");
@@ -44,7 +44,7 @@ Problem prepare(const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& lo
   TORCH_CHECK_TYPE(at::isFloatingType(logit_scale.scalar_type()), kOp,
                    "logit_scale must be a floating-point tensor, got ", logit_scale.scalar_type());
   TORCH_CHECK_VALUE(logit_scale.dim() == 0, kOp, "logit_scale must be a 0-dim tensor, got shape ", logit_scale.sizes());
-  if (check_finite_enabled(device_type)) {
+  if (check_values(op, device_type)) {
     check_finite("attribute_pair_loss", logit_scale, "logit_scale");
     check_finite("attribute_pair_loss", ex, "ex");
     check_finite("attribute_pair_loss", ey, "ey");

@@ -148,7 +148,7 @@ Problem prepare(const char* op, const at::Tensor& q, const at::Tensor& k, const 
                     ": logit_scale must be a 0-d tensor (one element), got shape ", logit_scale.sizes());
   check_groups(op, "qg", qg, q.size(0), q);
   check_groups(op, "kg", kg, k.size(0), q);
-  if (check_finite_enabled(device_type)) {
+  if (check_values(op, device_type)) {
     check_finite(op, logit_scale, "logit_scale");
     check_finite(op, q, "q");
     check_finite(op, k, "k");

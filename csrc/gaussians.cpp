@@ -97,7 +97,7 @@ ProjectInputs prepare_project(const char* op, const at::Tensor& means, const at:
   check_min(op, "height", height, 1);
   p.width = width;
   p.height = height;
-  if (check_finite_enabled(backend)) {  // pyops.project_gaussians' finiteness checks, so its eager path skips them
+  if (check_values(op, backend)) {  // pyops.project_gaussians' finiteness checks, so its eager path skips them
     check_finite(op, p.means, "means");
     check_finite(op, p.quats, "quats");
     check_finite(op, p.scales, "scales");
@@ -169,7 +169,7 @@ ShInputs prepare_sh(const char* op, int64_t degree, const at::Tensor& dirs, cons
   p.k = p.coeffs.size(1);
   TORCH_CHECK_VALUE(p.k >= (degree + 1) * (degree + 1), op, ": `coeffs` has K=", p.k, " bases but degree ", degree,
                     " needs at least ", (degree + 1) * (degree + 1));
-  if (check_finite_enabled(backend)) {
+  if (check_values(op, backend)) {
     check_finite(op, p.dirs, "dirs");
     check_finite(op, p.coeffs, "coeffs");
   }
@@ -290,7 +290,7 @@ RasterInputs prepare_rasterize(const char* op, const at::Tensor& means2d, const 
   p.conics = checked(conics, op, "conics", {p.c, p.n, 3}, dt);
   p.opacities = checked(opacities, op, "opacities", {p.c, p.n}, dt);
   if (has_bg) p.backgrounds = checked(*backgrounds, op, "backgrounds", {p.c, p.d}, dt);
-  if (check_finite_enabled(backend)) {  // pyops.rasterize_to_pixels' finiteness checks
+  if (check_values(op, backend)) {  // pyops.rasterize_to_pixels' finiteness checks
     check_finite(op, p.means2d, "means2d");
     check_finite(op, p.conics, "conics");
     check_finite(op, p.colors, "colors");

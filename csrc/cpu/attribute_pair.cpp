@@ -216,7 +216,7 @@ void backward(const Problem& p, const Saved& sv, const mask_t* mask, at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attribute_pair_fwd_cpu(
     const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& logit_scale, const std::optional<at::Tensor>& mask) {
-  const Problem p = prepare(ex, ey, logit_scale, mask, c10::DeviceType::CPU);
+  const Problem p = prepare("attribute_pair_fwd", ex, ey, logit_scale, mask, c10::DeviceType::CPU);
   auto [loss, cos, norms, px, py] = allocate_forward(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.ex.scalar_type(), "attribute_pair_fwd_cpu", [&] {
     with_mask<scalar_t>(p, [&](auto m) { forward<scalar_t>(p, m, loss, cos, norms, px, py); });
@@ -230,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attribute_pair_bwd_cpu(const at::
                                                                       const std::optional<at::Tensor>& mask,
                                                                       const at::Tensor& cos, const at::Tensor& norms,
                                                                       const at::Tensor& px, const at::Tensor& py) {
-  const Problem p = prepare(ex, ey, logit_scale, mask, c10::DeviceType::CPU);
+  const Problem p = prepare("attribute_pair_bwd", ex, ey, logit_scale, mask, c10::DeviceType::CPU);
   const Saved sv = prepare_backward(p, v_loss, cos, norms, px, py);
   at::Tensor v_ex = at::empty_like(p.ex), v_ey = at::empty_like(p.ey);
   at::Tensor partials = at::empty({p.B}, p.logit_scale.options());

@@ -285,7 +285,7 @@ void check_cuda_problem(const Problem& p) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attribute_pair_fwd_cuda(
     const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& logit_scale, const std::optional<at::Tensor>& mask) {
-  const Problem p = prepare(ex, ey, logit_scale, mask, c10::DeviceType::CUDA);
+  const Problem p = prepare("attribute_pair_fwd", ex, ey, logit_scale, mask, c10::DeviceType::CUDA);
   check_cuda_problem(p);
   const c10::cuda::CUDAGuard guard(p.ex.device());
   auto [loss, cos, norms, px, py] = allocate_forward(p);
@@ -323,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attribute_pair_bwd_cuda(const at:
                                                                        const std::optional<at::Tensor>& mask,
                                                                        const at::Tensor& cos, const at::Tensor& norms,
                                                                        const at::Tensor& px, const at::Tensor& py) {
-  const Problem p = prepare(ex, ey, logit_scale, mask, c10::DeviceType::CUDA);
+  const Problem p = prepare("attribute_pair_bwd", ex, ey, logit_scale, mask, c10::DeviceType::CUDA);
   check_cuda_problem(p);
   const c10::cuda::CUDAGuard guard(p.ex.device());
   const Saved sv = prepare_backward(p, v_loss, cos, norms, px, py);

@@ -24,7 +24,8 @@ struct Problem {
 // backend's device. Errors follow pyops/_checks.py's policy: a wrong dtype throws c10::TypeError, a wrong
 // shape, value or device c10::ValueError; logit_scale, ex and ey are checked for NaN/inf on CPU (every device
 // with PYOPS_CHECK_FINITE=1, never with PYOPS_CHECK_FINITE=0): pyops.attribute_pair_loss's eager path relies on it.
-Problem prepare(const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& logit_scale,
+// `op` ("attribute_pair_fwd" / "_bwd"): only the forward checks the values (host_checks.h's check_values).
+Problem prepare(const char* op, const at::Tensor& ex, const at::Tensor& ey, const at::Tensor& logit_scale,
                 const std::optional<at::Tensor>& mask, c10::DeviceType device_type);
 
 // Checks the backward's extra arguments against the problem: v_loss [B] (returned contiguous in the math

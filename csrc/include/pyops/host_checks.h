@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace pyops {
@@ -19,6 +20,12 @@ inline bool check_finite_enabled(c10::DeviceType device_type) {
     return env == nullptr ? -1 : std::string(env) == "1" ? 1 : 0;
   }();
   return mode == 1 || (mode == -1 && device_type == c10::DeviceType::CPU);
+}
+
+// Whether `op` checks its inputs' values: the forward ops only (on check_finite_enabled's devices). A backward op
+// gets the tensors its forward checked; checking them again is one more pass over them per training step.
+inline bool check_values(const char* op, c10::DeviceType device_type) {
+  return std::strstr(op, "_bwd") == nullptr && check_finite_enabled(device_type);
 }
 
 // ValueError "<op>: <name> has non-finite values" if t holds NaN or inf (the caller asks check_finite_enabled
