@@ -86,3 +86,14 @@ def check_choice(op: str, name: str, v, choices: Iterable) -> None:
     choices = tuple(choices)
     if v not in choices:
         raise ValueError(f"{op}: unknown {name} {v!r}; expected one of {choices}")
+
+
+def same_device(op: str, **tensors) -> None:
+    """The C++ checks' device-mismatch ValueError, for the fake (meta) kernels: a tensor on the meta device sends
+    the native op's dispatch to them instead of to the kernel that would reject it, and the eager fast paths rely
+    on the op raising for every bad argument. The first tensor is the reference; None is skipped."""
+    names = iter(tensors.items())
+    first_name, first = next(names)
+    for name, t in names:
+        if t is not None and t.device != first.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _backend
-from ._checks import check_choice, check_int, check_tensor
+from ._checks import check_choice, check_int, check_tensor, same_device
 from .reference import anchors as reference
 from .reference.anchors import BLEND_MODES, AnchorMLP, DecodedGaussians
 
@@ -84,21 +84,14 @@ def _contiguous_like(t: Tensor) -> Tensor:
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
-def _same_device(op: str, first, *others) -> None:
-    """The fake kernels' one check: a meta tensor among CPU ones dispatches here, not to the CPU kernel that
-    would reject it (pyops' eager fast path relies on the op raising for every bad argument)."""
-    for t in others:
-        if t is not None and t.device != first.device:
-            raise ValueError(f"{op}: all tensors must be on one device, got {first.device} and {t.device}")
-
-
 def _fake_blend_fwd(offset, decay, tau_t, tau, lambda_decay, blend_mode):
-    _same_device("anchor_blend_weight_fwd", offset, decay, tau_t)
+    same_device("anchor_blend_weight", offset=offset, decay=decay, tau=tau_t)
     return _contiguous_like(offset)
 
 
 def _fake_decode_fwd(anchors, feats, offsets, *rest):
-    _same_device("anchor_decode_fwd", feats, anchors, offsets, *rest[:_N_TENSORS - 3])
+    same_device("anchor_decode", anchors=anchors, feats=feats, offsets=offsets,
+                **{f"tensor argument {i}": t for i, t in enumerate(rest[:_N_TENSORS - 3], 3)})
     m, k = offsets.shape[0], offsets.shape[1]
     new = feats.new_empty
     return new(m, k, 3), new(m, k, 4), new(m, k, 3), new(m, k), new(m, k, 3), new(m, k)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
-from ._checks import check_tensor
+from ._checks import check_tensor, same_device
 from .reference import contrastive as reference
 
 if _backend.HAS_TRITON:
@@ -36,16 +36,8 @@ def _math_dtype(ex: Tensor) -> torch.dtype:
     return torch.float64 if ex.dtype == torch.float64 else torch.float32
 
 
-def _check_devices(ex, ey, logit_scale, mask) -> None:
-    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: an argument on the meta
-    device sends the native op's dispatch to them, so they must raise it themselves."""
-    for name, t in (("ey", ey), ("logit_scale", logit_scale), ("mask", mask)):
-        if t is not None and t.device != ex.device:
-            raise ValueError(f"{OP}: {name} is on {t.device} but ex is on {ex.device}")
-
-
 def _fake_fwd(ex, ey, logit_scale, mask):
-    _check_devices(ex, ey, logit_scale, mask)
+    same_device(OP, ex=ex, ey=ey, logit_scale=logit_scale, mask=mask)
     b, a, d = ex.shape[0], ex.shape[1], ex.shape[-1]
     new = lambda *shape: ex.new_empty(shape, dtype=_math_dtype(ex))  # noqa: E731
     pooled = (b, a, d) if ex.dim() == 4 else (0,)
@@ -53,7 +45,7 @@ def _fake_fwd(ex, ey, logit_scale, mask):
 
 
 def _fake_bwd(v_loss, ex, ey, logit_scale, mask, cos, norms, px, py):
-    _check_devices(ex, ey, logit_scale, mask)
+    same_device(OP, ex=ex, ey=ey, logit_scale=logit_scale, mask=mask)
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
     return like(ex), like(ey), logit_scale.new_empty(())
 

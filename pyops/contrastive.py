@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
-from ._checks import check_choice, check_tensor
+from ._checks import check_choice, check_tensor, same_device
 from .reference import contrastive as reference
 
 _OP = "contrastive_loss"
@@ -31,23 +31,15 @@ def _math_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _check_devices(q, k, logit_scale, qg, kg) -> None:
-    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: an argument on the meta
-    device sends the native op's dispatch to them, so they must raise it themselves."""
-    for name, t in (("k", k), ("logit_scale", logit_scale), ("qg", qg), ("kg", kg)):
-        if t.device != q.device:
-            raise ValueError(f"{_OP}: {name} is on {t.device} but q is on {q.device}")
-
-
 def _fake_fwd(q, k, logit_scale, qg, kg, symmetric):
-    _check_devices(q, k, logit_scale, qg, kg)
+    same_device(_OP, q=q, k=k, logit_scale=logit_scale, qg=qg, kg=kg)
     n, m = q.shape[0], k.shape[0] if symmetric else 0
     dtype = _math_dtype(q)
     return tuple(q.new_empty(size, dtype=dtype) for size in (n, m, n, m, n, m))
 
 
 def _fake_bwd(v_row, v_col, q, k, logit_scale, qg, kg, row_lse, col_lse, row_npos, col_npos, symmetric):
-    _check_devices(q, k, logit_scale, qg, kg)
+    same_device(_OP, q=q, k=k, logit_scale=logit_scale, qg=qg, kg=kg)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(logit_scale, memory_format=torch.contiguous_format))

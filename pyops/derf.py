@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _backend
-from ._checks import check_int, check_tensor
+from ._checks import check_int, check_tensor, same_device
 from .reference import derf as reference
 
 if _backend.HAS_TRITON:
@@ -21,21 +21,13 @@ if _backend.HAS_TRITON:
 # Registration: fake (meta) kernels and autograd for the native and Triton op pairs.
 
 
-def _check_devices(x, alpha, shift, weight, bias) -> None:
-    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: a parameter on the meta
-    device sends the native op's dispatch to them, so they must raise it themselves."""
-    for name, p in (("alpha", alpha), ("shift", shift), ("weight", weight), ("bias", bias)):
-        if p is not None and p.device != x.device:
-            raise ValueError(f"derf: {name} is on {p.device} but x is on {x.device}")
-
-
 def _fake_fwd(x, alpha, shift, weight, bias, channel_dim):
-    _check_devices(x, alpha, shift, weight, bias)
+    same_device("derf", x=x, alpha=alpha, shift=shift, weight=weight, bias=bias)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _fake_bwd(v_y, x, alpha, shift, weight, bias, channel_dim):
-    _check_devices(x, alpha, shift, weight, bias)
+    same_device("derf", x=x, alpha=alpha, shift=shift, weight=weight, bias=bias)
 
     def like(p):
         return torch.empty_like(p) if p is not None else alpha.new_empty(0)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _backend
-from ._checks import check_tensor
+from ._checks import check_tensor, same_device
 from .derf import Derf, check_params
 from .reference import derf_linear as reference
 
@@ -27,22 +27,15 @@ if _backend.HAS_TRITON:
 # Registration: fake (meta) kernels and autograd for the native and Triton op pairs.
 
 
-def _check_devices(x, alpha, shift, weight, bias, linear_weight, linear_bias) -> None:
-    """The device-mismatch ValueError of the C++ checks, for the fake (meta) kernels: a parameter on the meta
-    device sends the native op's dispatch to them, so they must raise it themselves."""
-    for name, p in (("alpha", alpha), ("shift", shift), ("weight", weight), ("bias", bias),
-                    ("linear_weight", linear_weight), ("linear_bias", linear_bias)):
-        if p is not None and p.device != x.device:
-            raise ValueError(f"derf_linear: {name} is on {p.device} but x is on {x.device}")
-
-
 def _fake_fwd(x, alpha, shift, weight, bias, linear_weight, linear_bias):
-    _check_devices(x, alpha, shift, weight, bias, linear_weight, linear_bias)
+    same_device("derf_linear", x=x, alpha=alpha, shift=shift, weight=weight, bias=bias,
+                linear_weight=linear_weight, linear_bias=linear_bias)
     return x.new_empty((x.shape[0], linear_weight.shape[0]))
 
 
 def _fake_bwd(v_y, x, alpha, shift, weight, bias, linear_weight, has_linear_bias):
-    _check_devices(x, alpha, shift, weight, bias, linear_weight, None)
+    same_device("derf_linear", x=x, alpha=alpha, shift=shift, weight=weight, bias=bias,
+                linear_weight=linear_weight)
 
     def like(p):
         return torch.empty_like(p) if p is not None else alpha.new_empty(0)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
-from ._checks import check_choice, check_int, check_tensor
+from ._checks import check_choice, check_int, check_tensor, same_device
 from .reference import gaussians as reference
 
 if _backend.HAS_TRITON:
@@ -26,22 +26,12 @@ RENDER_MODES, RASTERIZE_MODES = reference.RENDER_MODES, reference.RASTERIZE_MODE
 # Registration: fake (meta) kernels and autograd of the native and Triton op pairs.
 
 
-def _check_devices(op: str, **tensors) -> None:
-    """The C++ host code's device-mismatch ValueError, for the fake (meta) kernels: a tensor on the meta device
-    sends the native op's dispatch to them, so they must raise it themselves."""
-    first = None
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if first is None:
-            first = name, t
-        elif t.device != first[1].device:
-            raise ValueError(f"{op}: `{name}` is on {t.device} but `{first[0]}` is on {first[1].device}")
+
 
 
 def _fake_project_fwd(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
                       radius_clip, antialiased):
-    _check_devices("gs_project_fwd", means=means, quats=quats, scales=scales, opacities=opacities,
+    same_device("gs_project_fwd", means=means, quats=quats, scales=scales, opacities=opacities,
                    viewmats=viewmats, Ks=Ks)
     c, n = viewmats.shape[0], means.shape[0]
     return (means.new_empty(c, n, 2, dtype=torch.int32), means.new_empty(c, n, 2), means.new_empty(c, n),
@@ -50,23 +40,23 @@ def _fake_project_fwd(means, quats, scales, opacities, viewmats, Ks, width, heig
 
 def _fake_project_bwd(means, quats, scales, viewmats, Ks, width, height, eps2d, antialiased, radii, conics,
                       compensations, v_means2d, v_depths, v_conics, v_compensations):
-    _check_devices("gs_project_bwd", means=means, quats=quats, scales=scales, viewmats=viewmats, Ks=Ks, radii=radii,
+    same_device("gs_project_bwd", means=means, quats=quats, scales=scales, viewmats=viewmats, Ks=Ks, radii=radii,
                    conics=conics, v_means2d=v_means2d, v_depths=v_depths, v_conics=v_conics)
     return torch.empty_like(means), torch.empty_like(quats), torch.empty_like(scales)
 
 
 def _fake_sh_fwd(degree, dirs, coeffs):
-    _check_devices("gs_sh_fwd", dirs=dirs, coeffs=coeffs)
+    same_device("gs_sh_fwd", dirs=dirs, coeffs=coeffs)
     return coeffs.new_empty(dirs.shape[0], 3)
 
 
 def _fake_sh_bwd(degree, dirs, coeffs, v_colors):
-    _check_devices("gs_sh_bwd", dirs=dirs, coeffs=coeffs, v_colors=v_colors)
+    same_device("gs_sh_bwd", dirs=dirs, coeffs=coeffs, v_colors=v_colors)
     return torch.empty_like(coeffs), torch.empty_like(dirs)
 
 
 def _fake_intersect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height):
-    _check_devices("gs_intersect_tiles", means2d=means2d, radii=radii, depths=depths)
+    same_device("gs_intersect_tiles", means2d=means2d, radii=radii, depths=depths)
     m = torch.library.get_ctx().new_dynamic_size()  # the number of (camera, Gaussian, tile) hits
     c, n = depths.shape
     return (depths.new_empty(c, n, dtype=torch.int32), depths.new_empty(m, dtype=torch.long),
@@ -79,7 +69,7 @@ def _fake_isect_offsets(isect_ids, n_cameras, tile_width, tile_height):
 
 def _fake_rasterize_fwd(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
                         flatten_ids, absgrad=False):
-    _check_devices("gs_rasterize_fwd", means2d=means2d, conics=conics, colors=colors, opacities=opacities,
+    same_device("gs_rasterize_fwd", means2d=means2d, conics=conics, colors=colors, opacities=opacities,
                    backgrounds=backgrounds, isect_offsets=isect_offsets, flatten_ids=flatten_ids)
     c, d = colors.shape[0], colors.shape[-1]
     return (colors.new_empty(c, height, width, d), colors.new_empty(c, height, width, 1),
@@ -88,7 +78,7 @@ def _fake_rasterize_fwd(means2d, conics, colors, opacities, backgrounds, width, 
 
 def _fake_rasterize_bwd(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
                         flatten_ids, final_transmittances, last_ids, v_render_colors, v_render_alphas, absgrad):
-    _check_devices("gs_rasterize_bwd", means2d=means2d, conics=conics, colors=colors, opacities=opacities,
+    same_device("gs_rasterize_bwd", means2d=means2d, conics=conics, colors=colors, opacities=opacities,
                    backgrounds=backgrounds, isect_offsets=isect_offsets, flatten_ids=flatten_ids,
                    final_transmittances=final_transmittances, last_ids=last_ids, v_render_colors=v_render_colors,
                    v_render_alphas=v_render_alphas)

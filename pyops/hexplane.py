@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _backend
-from ._checks import check_tensor
+from ._checks import check_tensor, same_device
 from .reference import hexplane as reference
 
 if _backend.HAS_TRITON:
@@ -29,11 +29,8 @@ PLANE_NAMES = ("xy", "xz", "xt", "yz", "yt", "zt")  # reference.PLANE_AXES in wo
 
 
 def _fake_fwd(points, times, time, planes, aabb):
-    # The one check: a meta tensor among CPU ones dispatches here, not to the CPU kernel that would reject it
-    # (pyops' eager fast path relies on the op raising for every bad argument).
-    for t in (times, aabb, *planes):
-        if t is not None and t.device != points.device:
-            raise ValueError(f"hexplane_fwd: all tensors must be on one device, got {points.device} and {t.device}")
+    same_device("hexplane_features", points=points, times=times, aabb=aabb,
+                **{f"planes[{i}]": p for i, p in enumerate(planes)})
     total = sum(p.shape[-3] for p in planes[0::6])
     return points.new_empty(points.shape[0], total)
 
