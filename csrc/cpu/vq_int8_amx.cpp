@@ -10,11 +10,14 @@
 // tile feeds two multiplies. The dims go in passes of kDimChunk so the 32-code panel of a pass stays in L1
 // while the caller's rows (at most 256 rows x D, in L2) stream past it; the codebook is read from memory once
 // per call and row block. C goes straight to the caller's int32 tile (no epilogue here: the scan scales it as
-// it reads it). Measured on a 2-core Sapphire Rapids-class VM, one thread: 3.0 int8 TOPS with the codes in
-// cache, 2.4 streaming them from memory, against a 6.9 TOPS register-only tdpbsud loop (pyops::_cpu_limits);
-// full-D blocks (no passes) gave 2.5, and software prefetch of the next panel did not help.
+// it reads it). Measured on a 2-core Sapphire Rapids-class VM, one thread, int8 TOPS: 6.5 for a register-only
+// tdpbsud loop on random bytes (7.6 on all-ones operands: the rate depends on the data), 5.4 for this block
+// with both operands in L1, 3.3 with the rows in L2, 2.5 streaming the codes from memory, 3.0 with the
+// prefetch below (the whole search at 256 x 65,536: 30 -> 26 ms with it and the load order). Full-D blocks
+// (no passes) and AMX-tile-ordered rows (contiguous A tiles) were no faster.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -73,15 +76,20 @@ void block(const int8_t* q, int64_t dp, int64_t d0, int64_t d1, const uint8_t* g
     if (MR > 1) _tile_loadd(2, c2, ld_bytes);
     if (MR > 1 && NR > 1) _tile_loadd(3, c3, ld_bytes);
   }
+  // Each tile is loaded right before its first multiply, so that multiply waits on one load, not four.
   for (int64_t d = d0; d < d1; d += 64) {
     _tile_loadd(4, q + d, dp);
-    if (MR > 1) _tile_loadd(5, q + kTile * dp + d, dp);
     _tile_loadd(6, groups + d * kGroup, 64);  // dim4 rows d/4 .. d/4 + 15 of the group
-    if (NR > 1) _tile_loadd(7, groups + group_bytes + d * kGroup, 64);
     _tile_dpbsud(0, 4, 6);
-    if (NR > 1) _tile_dpbsud(1, 4, 7);
-    if (MR > 1) _tile_dpbsud(2, 5, 6);
-    if (MR > 1 && NR > 1) _tile_dpbsud(3, 5, 7);
+    if (NR > 1) {
+      _tile_loadd(7, groups + group_bytes + d * kGroup, 64);
+      _tile_dpbsud(1, 4, 7);
+    }
+    if (MR > 1) {
+      _tile_loadd(5, q + kTile * dp + d, dp);
+      _tile_dpbsud(2, 5, 6);
+      if (NR > 1) _tile_dpbsud(3, 5, 7);
+    }
   }
   _tile_stored(0, acc, ld_bytes);
   if (NR > 1) _tile_stored(1, c1, ld_bytes);
@@ -95,13 +103,25 @@ void dots_amx(const int8_t* q, int64_t rows, const uint8_t* packed, int64_t cols
               int64_t ld) {
   const int64_t dp = padded_dim(dim), group_bytes = dp * kGroup;
   load_tile_config();
+  const int64_t blocks = (rows + 2 * kTile - 1) / (2 * kTile);
   for (int64_t j0 = 0; j0 < cols; j0 += 2 * kGroup) {
     const uint8_t* groups = packed + (j0 / kGroup) * group_bytes;
     const bool two = cols - j0 > kGroup;
     for (int64_t d0 = 0; d0 < dp; d0 += kDimChunk) {
       const int64_t d1 = d0 + kDimChunk < dp ? d0 + kDimChunk : dp;
+      // The next panel (this pair's next pass, else the next pair's first; prefetches past the end of the
+      // codebook are dropped, they never fault) comes from memory while this one runs, each row block asking
+      // for its share: without it the kernel waits on memory.
+      const uint8_t* next = d1 < dp ? groups + d1 * kGroup : groups + 2 * group_bytes;
+      const int64_t next_dims = d1 < dp ? std::min(kDimChunk, dp - d1) : std::min(kDimChunk, dp);
+      const int64_t next_bytes = next_dims * kGroup;
+      const int64_t share = (next_bytes / 64 + blocks - 1) / blocks * 64;
       // q and acc hold round_up(rows, kRows) rows, so a 32-row block never leaves them.
-      for (int64_t r0 = 0; r0 < rows; r0 += 2 * kTile) {
+      for (int64_t r0 = 0, b = 0; r0 < rows; r0 += 2 * kTile, ++b) {
+        for (int64_t o = b * share; o < std::min(next_bytes, (b + 1) * share); o += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(next + group_bytes + o), _MM_HINT_T0);
+        }
         const int8_t* qr = q + r0 * dp;
         int32_t* a = acc + r0 * ld + j0;
         if (rows - r0 > kTile)
