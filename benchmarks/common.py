@@ -134,10 +134,13 @@ class Context:
 
     def peak_memory_mb(self, fn: Callable[[], object]) -> Optional[float]:
         """Memory fn allocates at its peak above what was in use before it (outputs, saved activations,
-        temporaries), in MiB: the CUDA allocator's peak on GPU; on CPU the resident set sampled every ms
-        (the process-wide ru_maxrss cannot be reset), which can miss a very short spike."""
+        temporaries), in MiB: the CUDA allocator's peak on GPU. On CPU the larger of two lower bounds: the peak
+        of torch's live CPU allocations (from the profiler's allocation events; kernels' own C++ scratch is not
+        in it) and the growth of the resident set sampled every ms (the process-wide ru_maxrss cannot be reset;
+        it misses memory the C heap reuses, and very short spikes)."""
         if self.device.type != "cuda":
-            return _sampled_rss_peak_mb(fn)
+            peaks = [p for p in (_sampled_rss_peak_mb(fn), _cpu_allocator_peak_mb(fn)) if p is not None]
+            return max(peaks) if peaks else None
         _sync(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
@@ -221,6 +224,29 @@ def _sampled_rss_peak_mb(fn: Callable[[], object]) -> Optional[float]:
         done.set()
         t.join()
     return max(0, max(peak[0], rss()) - base) / 2**20
+
+
+def _cpu_allocator_peak_mb(fn: Callable[[], object]) -> Optional[float]:
+    """Peak of the CPU bytes torch allocates (less what it frees) while fn runs, from the profiler's allocation
+    events (an experimental API: None where this torch lacks it)."""
+    try:
+        from torch._C._profiler import _EventType
+
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children)
+            if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+                events.append((node.start_time_ns, node.extra_fields.alloc_size))  # frees are negative
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def _extra_str(row) -> str:

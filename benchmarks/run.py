@@ -24,6 +24,8 @@ sys.path.insert(0, str(HERE))
 # Inductor compiles in a pool of background worker processes that outlive the compile; on a small CPU they
 # would share the cores with the kernels being timed. Serial compiles only cost compile time.
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# The CPU peak-memory measurement (common._cpu_allocator_peak_mb) runs the profiler once per row: errors only.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import common  # noqa: E402
 import torch  # noqa: E402
