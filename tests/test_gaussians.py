@@ -585,6 +585,45 @@ def test_rasterize_cpu_is_deterministic_across_threads():
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(("cpu", "cpu") not in BACKENDS, reason="pyops._C has no CPU gs_* kernels")
+def test_rasterize_cpu_pixel_culling_keeps_every_blended_pair():
+    """The CPU kernel only evaluates the pixels inside each Gaussian's certain-skip ellipse (tile_rows): every tile
+    lists every Gaussian here, many of them elongated up to 10^5 : 1 and rotated, with non positive definite
+    conics, zero, tiny and above-one opacities, and means off the image; the blended set (last_ids) and the
+    renders must be the reference's."""
+    n, width, height, ts = 240, 45, 38, 16
+    g = torch.Generator().manual_seed(11)
+    u = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    theta = u(n) * math.pi
+    big = torch.exp(u(n) * 4)  # variance along the long axis, px^2
+    small = big * 10 ** (-5 * u(n))
+    rot = torch.stack([torch.stack([theta.cos(), -theta.sin()], -1), torch.stack([theta.sin(), theta.cos()], -1)], -2)
+    cov = rot @ torch.diag_embed(torch.stack([big, small], -1)) @ rot.transpose(-1, -2) + 0.3 * torch.eye(2)
+    conic = torch.linalg.inv(cov)
+    conics = torch.stack([conic[:, 0, 0], conic[:, 0, 1], conic[:, 1, 1]], -1)
+    conics[:6, 1] = 2 * conics[:6, 0].sqrt() * conics[:6, 2].sqrt()  # not positive definite
+    means2d = torch.stack([u(n) * (width + 20) - 10, u(n) * (height + 20) - 10], -1)
+    opacities = u(n)
+    opacities[6:12], opacities[12:18], opacities[18:24] = 0.0, 1 / 255 + 1e-9, 1.5
+    tiles = math.ceil(width / ts) * math.ceil(height / ts)
+    x = dict(means2d=means2d[None], conics=conics[None], colors=u(1, n, 3), opacities=opacities[None],
+             backgrounds=None, width=width, height=height, tile_size=ts,
+             isect_offsets=(torch.arange(tiles) * n).int().reshape(1, math.ceil(height / ts), math.ceil(width / ts)),
+             flatten_ids=torch.arange(n).repeat(tiles).int())
+    args = lambda dtype: [v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
+                          for v in (x[k] for k in ("means2d", "conics", "colors", "opacities", "backgrounds", "width",
+                                                   "height", "tile_size", "isect_offsets", "flatten_ids"))]
+    render, alphas, last, _ = torch.ops.pyops.gs_rasterize_fwd(*args(torch.float64))
+    assert torch.equal(last, reference_last_ids(x)) and (last >= 0).float().mean() > 0.5
+    want = rasterize("torch", **x)
+    torch.testing.assert_close(render, want["render_colors"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(alphas, want["render_alphas"], rtol=1e-12, atol=1e-12)
+    render32, alphas32, _, _ = torch.ops.pyops.gs_rasterize_fwd(*args(torch.float32))
+    assert_close("render_colors", render32.double(), want["render_colors"],
+                 rasterize("torch", **{**x, **{k: x[k].float() for k in ("means2d", "conics", "colors", "opacities")}})[
+                     "render_colors"].double(), torch.float32)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The composed rasterizer.
 

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "pyops/gaussians.h"
@@ -50,15 +51,70 @@ struct RasterData {
 };
 
 // Per Gaussian, a sigma above which opacity * exp(-sigma) < 1/255 for certain: log(255 opacity) plus a margin
-// (1e-3, far above the rounding of exp and of the product) that keeps the exact test the one that decides near
-// the bound. blend_pixel skips such hits without evaluating the exp, as most (pixel, Gaussian) pairs of a tile
-// are (libm's expf was a third of a 2-10^5-Gaussian MoRel frame). A NaN cut (negative or NaN opacity) never
-// skips; -inf (zero opacity) always does, as the exact test would.
+// (1e-3, far above the rounding of exp and of the product) that leaves the decision near the bound to the exact
+// test. A NaN cut (negative or NaN opacity) never skips; -inf (zero opacity) always does, as the exact test would.
 template <typename T>
 std::vector<T> sigma_cuts(const T* opacities, int64_t count) {
   std::vector<T> cut(static_cast<size_t>(count));
   for (int64_t g = 0; g < count; ++g) cut[g] = std::log(opacities[g] / alpha_threshold<T>()) + T(1e-3);
   return cut;
+}
+
+// One intersection of a tile, as a candidate for one pixel row of it: the pixel columns [x_lo, x_hi] where its
+// sigma may be within the cut, and a copy of what blending reads of its Gaussian (a row's candidates are then
+// one contiguous array, not gathers through flatten_ids).
+template <typename T>
+struct RowHit {
+  int64_t i;
+  int32_t g;
+  int32_t x_lo, x_hi;
+  Vec2<T> mean2d;
+  Vec3<T> conic;
+  T opacity, sigma_cut;
+};
+
+// rows[y - y0] = the intersections [start, stop) of the tile whose Gaussian may blend a pixel of row y, in
+// intersection order, with the columns where it may: the bounding box of the ellipse sigma <= cut (half-widths
+// sqrt(2 cut c / (ac - b^2)) and sqrt(2 cut a / (ac - b^2)) for the conic (a, b, c)), in double, padded by 0.01
+// pixel. Every (pixel, Gaussian) pair left out has sigma above the cut, so blend_pixel would skip it anyway: the
+// lists save evaluating those, most of a tile's pairs (a 2x10^5-Gaussian MoRel frame spent 3/4 of its time on
+// them). The box is trusted only where the fp32 sigma the blending computes is within the cut's 1e-3 margin of
+// the exact one: a positive definite conic whose elongation 1 / (1 - |b| / sqrt(ac)) keeps the rounding of
+// sigma's terms (relative 3e-7 each, terms up to elongation x sigma) under 3e-4. Any other Gaussian is a
+// candidate for every pixel of the tile.
+template <typename T>
+void tile_rows(const RasterData<T>& r, int64_t start, int64_t stop, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
+               std::vector<std::vector<RowHit<T>>>& rows) {
+  for (int64_t y = y0; y < y1; ++y) rows[y - y0].clear();
+  // [lo, hi] of pixel indices whose centre (index + 0.5) is within `half` of `centre`, clamped to [first, last].
+  auto span = [](double centre, double half, int64_t first, int64_t last, int64_t& lo, int64_t& hi) {
+    lo = std::max(first, static_cast<int64_t>(std::clamp(std::ceil(centre - 0.5 - half - 0.01), -1.0, 1e15)));
+    hi = std::min(last, static_cast<int64_t>(std::clamp(std::floor(centre - 0.5 + half + 0.01), -1.0, 1e15)));
+  };
+  for (int64_t i = start; i < stop; ++i) {
+    const int32_t g = r.flatten_ids[i];
+    const double a = r.conics[g].x, b = r.conics[g].y, c = r.conics[g].z, cut = r.sigma_cut[g];
+    const double mx = r.means2d[g].x, my = r.means2d[g].y;
+    if (cut == -std::numeric_limits<double>::infinity()) continue;  // zero opacity: skipped everywhere
+    const double rho = std::abs(b) / std::sqrt(a * c);              // NaN unless a c > 0
+    int64_t x_lo = x0, x_hi = x1 - 1, y_lo = y0, y_hi = y1 - 1;
+    if (a > 0 && c > 0 && rho < 1 && std::isfinite(cut) && std::isfinite(mx) && std::isfinite(my) &&
+        (std::abs(cut) + 1) / (1 - rho) <= 1000) {
+      const double scale = cut > 0 ? 2 * cut / (a * c - b * b) : 0;  // cut <= 0: at most the centre
+      span(mx, std::sqrt(scale * c), x0, x1 - 1, x_lo, x_hi);
+      span(my, std::sqrt(scale * a), y0, y1 - 1, y_lo, y_hi);
+    }
+    if (x_lo > x_hi) continue;
+    const RowHit<T> hit = {i,
+                           g,
+                           static_cast<int32_t>(x_lo),
+                           static_cast<int32_t>(x_hi),
+                           r.means2d[g],
+                           r.conics[g],
+                           r.opacities[g],
+                           r.sigma_cut[g]};
+    for (int64_t y = y_lo; y <= y_hi; ++y) rows[y - y0].push_back(hit);
+  }
 }
 
 template <typename T>
@@ -75,24 +131,29 @@ RasterData<T> raster_data(const RasterInputs& p, const std::vector<T>& sigma_cut
           sigma_cut.data()};
 }
 
-// Front-to-back blending of one pixel over [start, stop): gsplat's cut order (skip on sigma < 0 or alpha < 1/255;
-// stop, without blending, once T * (1 - alpha) <= 1e-4). Calls on_blend(isect index, flatten id, hit, T before)
-// for every blended Gaussian and returns the transmittance after the last one; last_idx gets its index (-1: none).
-// The forward pass and the backward pass's replay both run this, so they make identical decisions and
-// compute bit-identical transmittances.
+// Front-to-back blending of pixel column x of a tile row over the row's candidates (tile_rows) with an
+// intersection index below stop: gsplat's cut order (skip on sigma < 0 or alpha < 1/255; stop, without blending,
+// once T * (1 - alpha) <= 1e-4). Calls on_blend(isect index, flatten id, hit, T before) for every blended
+// Gaussian and returns the transmittance after the last one; last_idx gets its index (-1: none). The forward
+// pass and the backward pass's replay both run this, so they make identical decisions and compute
+// bit-identical transmittances.
 template <typename T, typename OnBlend>
-T blend_pixel(const RasterData<T>& r, int64_t start, int64_t stop, T px, T py, int64_t& last_idx, OnBlend&& on_blend) {
+T blend_pixel(const std::vector<RowHit<T>>& row, int64_t stop, int64_t x, T px, T py, int64_t& last_idx,
+              OnBlend&& on_blend) {
   T trans = T(1);
   last_idx = -1;
-  for (int64_t i = start; i < stop; ++i) {
-    const int32_t g = r.flatten_ids[i];
-    if (gaussian_sigma(r.conics[g], r.means2d[g].x - px, r.means2d[g].y - py) > r.sigma_cut[g]) continue;
-    const PixelHit<T> h = evaluate_hit(r.means2d[g], r.conics[g], r.opacities[g], px, py);
+  for (const RowHit<T>& hit : row) {
+    if (hit.i >= stop) break;
+    if (x < hit.x_lo || x > hit.x_hi) continue;
+    const T dx = hit.mean2d.x - px, dy = hit.mean2d.y - py;
+    const T sigma = gaussian_sigma(hit.conic, dx, dy);
+    if (sigma > hit.sigma_cut) continue;  // skipped for certain: no exp
+    const PixelHit<T> h = hit_from_sigma(dx, dy, sigma, hit.opacity);
     if (h.skip) continue;
     const T next_trans = trans * (T(1) - h.alpha);
     if (next_trans <= min_transmittance<T>()) break;  // exclusive: this Gaussian is not blended
-    on_blend(i, g, h, trans);
-    last_idx = i;
+    on_blend(hit.i, hit.g, h, trans);
+    last_idx = hit.i;
     trans = next_trans;
   }
   return trans;
@@ -109,20 +170,22 @@ void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOut
   const int64_t d = p.d, total_tiles = p.c * grid.n_tiles;
   at::parallel_for(0, total_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> pix(static_cast<size_t>(d));
+    std::vector<std::vector<RowHit<T>>> rows(static_cast<size_t>(grid.tile_size));
     for (int64_t flat_tile = begin; flat_tile < end; ++flat_tile) {
       const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
       const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
       int64_t start, stop;
       tile_range(r.offsets, flat_tile, total_tiles, r.m, start, stop);
-      const int64_t y_end = std::min(grid.height, (ty + 1) * grid.tile_size);
-      const int64_t x_end = std::min(grid.width, (tx + 1) * grid.tile_size);
-      for (int64_t y = ty * grid.tile_size; y < y_end; ++y) {
-        for (int64_t x = tx * grid.tile_size; x < x_end; ++x) {
+      const int64_t y0 = ty * grid.tile_size, y_end = std::min(grid.height, y0 + grid.tile_size);
+      const int64_t x0 = tx * grid.tile_size, x_end = std::min(grid.width, x0 + grid.tile_size);
+      tile_rows(r, start, stop, y0, y_end, x0, x_end, rows);
+      for (int64_t y = y0; y < y_end; ++y) {
+        for (int64_t x = x0; x < x_end; ++x) {
           std::fill(pix.begin(), pix.end(), T(0));
           int64_t last;
           T alpha = T(0);  // 1 - T_final, as the sum of the weights (see render_alphas in gaussians_math.h)
-          const T trans = blend_pixel(r, start, stop, static_cast<T>(x) + T(0.5), static_cast<T>(y) + T(0.5), last,
-                                      [&](int64_t, int32_t g, const PixelHit<T>& h, T t_before) {
+          const T trans = blend_pixel(rows[y - y0], stop, x, static_cast<T>(x) + T(0.5), static_cast<T>(y) + T(0.5),
+                                      last, [&](int64_t, int32_t g, const PixelHit<T>& h, T t_before) {
                                         const T w = h.alpha * t_before;
                                         const T* col = r.colors + int64_t(g) * d;
                                         for (int64_t k = 0; k < d; ++k) pix[k] += col[k] * w;
@@ -190,16 +253,18 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
   at::parallel_for(0, total_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<Blended> stack;
     std::vector<T> behind(static_cast<size_t>(d));  // sum of color * weight of the Gaussians behind
+    std::vector<std::vector<RowHit<T>>> rows(static_cast<size_t>(grid.tile_size));
     for (int64_t flat_tile = begin; flat_tile < end; ++flat_tile) {
       const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
       const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
       int64_t start, stop;
       tile_range(r.offsets, flat_tile, total_tiles, r.m, start, stop);
-      const int64_t y_end = std::min(grid.height, (ty + 1) * grid.tile_size);
-      const int64_t x_end = std::min(grid.width, (tx + 1) * grid.tile_size);
+      const int64_t y0 = ty * grid.tile_size, y_end = std::min(grid.height, y0 + grid.tile_size);
+      const int64_t x0 = tx * grid.tile_size, x_end = std::min(grid.width, x0 + grid.tile_size);
+      tile_rows(r, start, stop, y0, y_end, x0, x_end, rows);
       const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
-      for (int64_t y = ty * grid.tile_size; y < y_end; ++y) {
-        for (int64_t x = tx * grid.tile_size; x < x_end; ++x) {
+      for (int64_t y = y0; y < y_end; ++y) {
+        for (int64_t x = x0; x < x_end; ++x) {
           const int64_t pid = (c * grid.height + y) * grid.width + x;
           const T px = static_cast<T>(x) + T(0.5), py = static_cast<T>(y) + T(0.5);
           // Replay the forward pass up to the last blended Gaussian, keeping each one's transmittance: the
@@ -209,7 +274,7 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
           stack.clear();
           int64_t replay_last;
           const T t_final =
-              blend_pixel(r, start, replay_stop, px, py, replay_last,
+              blend_pixel(rows[y - y0], replay_stop, x, px, py, replay_last,
                           [&](int64_t i, int32_t, const PixelHit<T>&, T t_before) { stack.push_back({i, t_before}); });
           const T* v_c = v_rc + pid * d;
           const T v_a = v_ra[pid];
