@@ -662,6 +662,8 @@ def _rasterize_native(means, quats, scales, opacities, colors, viewmats, Ks, wid
     opac = opacities.expand(c, n)  # (the checked path's opacities[None].expand(c, n), one view op fewer)
     if antialiased:
         opac = opac * compensations
+    if render_mode in ("D", "ED"):  # depth only: no native op reads colors, so none would check them
+        _backend.check_finite("rasterize_gaussians", "colors", colors)
     feats, backgrounds = reference.shade(means, colors, viewmats, depths, sh_degree, render_mode, backgrounds,
                                          sh=_sh_native)
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
