@@ -37,6 +37,17 @@ def test_pairs_are_deterministic_and_annotated():
     assert ((h.text - 1)[h.text != data.PAD] % len(data.SYNONYMS[0]) == data.NUM_TRAIN_SYNONYMS).all()
     with pytest.raises(ValueError, match="sample_pairs: num_neg=5"):
         data.sample_pairs(4, torch.Generator(), num_neg=5)
+    # The free factors (neither shared nor negative) copy x's with probability free_same.
+    big = data.sample_pairs(2048, torch.Generator().manual_seed(4), free_same=0.5)
+    free = ~big.shared & ~torch.zeros_like(big.shared).scatter_(1, big.neg_factors, True)
+    same = (big.x_factors == big.y_factors)[free].double().mean().item()
+    chance = 0.5 + 0.5 * sum(1 / n for n in data.NUM_VALUES) / data.NUM_FACTORS  # ~0.61 (+- the factor mix)
+    assert abs(same - chance) < 0.05, same
+    one = data.sample_pairs(64, torch.Generator().manual_seed(4), free_same=1.0)
+    assert torch.equal(one.x_factors[~one.shared.scatter(1, one.neg_factors, True)],
+                       one.y_factors[~one.shared.scatter(1, one.neg_factors, True)])
+    with pytest.raises(ValueError, match=r"sample_pairs: free_same=1.5 is out of range \[0, 1\]"):
+        data.sample_pairs(4, torch.Generator(), free_same=1.5)
 
 
 def test_word_table_puts_synonyms_together():
@@ -65,18 +76,19 @@ def test_shapes_losses_and_bad_input():
         model.encoder(batch.x[:, :, :20], batch.text)
     with pytest.raises(TypeError, match="AttributeEncoder: text must be int64"):
         model.encoder(batch.x, batch.text.int())
-    with pytest.raises(ValueError, match="AttributeEncoder: image_size=26 is not a multiple of patch_size=4"):
+    with pytest.raises(ValueError, match="AttributeEncoder: image_size=26 is not a multiple of patch_size=6"):
         AttributeModel(AttributeEncoderConfig(image_size=26))
 
 
-SHORT = dict(steps=100, batch_pairs=16)
+SHORT = dict(steps=500, batch_pairs=16)  # ~25 s a run on one core
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """Two short runs from the same seed: with the contrastive term (weight 1) and without it (weight 0)."""
+    """Two short runs from the same seed, init and data: with the contrastive term (the default weight) and
+    without it (weight 0); nothing else differs."""
     cfg = AttributeEncoderConfig(**SHORT)
-    with_cl, hist_with = train_attribute_model(cfg, contrastive_weight=1.0)
+    with_cl, hist_with = train_attribute_model(cfg)
     without, hist_without = train_attribute_model(cfg, contrastive_weight=0.0)
     return with_cl, hist_with, without, hist_without
 
@@ -88,7 +100,7 @@ def test_training_is_deterministic():
     assert h1 == h2
 
 
-def test_contrastive_term_makes_embeddings_attribute_specific(trained):
+def test_contrastive_term_raises_delta(trained):
     with_cl, hist_with, without, hist_without = trained
     # Both runs learn to reconstruct (the generative term).
     for hist in (hist_with, hist_without):
@@ -100,9 +112,13 @@ def test_contrastive_term_makes_embeddings_attribute_specific(trained):
     assert sum(h["contrastive"] for h in hist_without[-10:]) / 10 > 1.6
     held_out = data.sample_pairs(256, torch.Generator().manual_seed(99), held_out=True)
     d_with, d_without = attribute_delta(with_cl.encoder, held_out), attribute_delta(without.encoder, held_out)
-    # Measured at 100 steps, seeds 1-3, held-out synonyms: cross 0.03-0.14 with, 0.80-0.95 without.
-    assert d_with["cross"] < d_without["cross"] - 0.4, (d_with, d_without)
-    assert d_with["pos"] > d_with["cross"] + 0.5, d_with
+    # The issue's check: Delta(pos, neg) on held-out pairs and synonyms rises well above its value without the
+    # contrastive term: at least 1.5 times it and 0.08 above it. Measured (500 steps, seeds 0-6; see the module
+    # docstring): 1.9-7.7 times, +0.09 to +0.21; seed 0 (this test): 0.215 vs 0.054.
+    assert d_with["delta"] >= 1.5 * d_without["delta"], (d_with, d_without)
+    assert d_with["delta"] >= d_without["delta"] + 0.08, (d_with, d_without)
+    # And the embeddings become attribute-specific: x's and y's embeddings for different attributes part.
+    assert d_with["cross"] < d_without["cross"] - 0.1, (d_with, d_without)
 
 
 def test_retrieval_and_probe_run(trained):

@@ -14,7 +14,10 @@ model yet close to the words it was trained on, as an unseen phrasing is for a r
 
 A pair (x, y) shares a random subset S of 1..``max_shared`` factors: S is the positive attribute (its text names
 every factor in S). ``num_neg`` other factors are forced to differ: each is one negative attribute. The remaining
-factors are drawn independently for x and y (they may agree by chance and are not annotated).
+("free") factors of y copy x's with probability ``free_same`` (default 0.5), else are drawn afresh; they are not
+annotated. Real pairs are alike beyond their annotated attribute in the same way (same scene, lighting, style),
+and this is what gives a generative objective a reason to copy more of x than the attribute (the leakage
+Omni-Attribute's contrastive term removes).
 """
 
 from typing import NamedTuple, Optional, Tuple
@@ -52,8 +55,10 @@ _FG = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.15, 0.25, 0.95], [0.95,
                     [0.1, 0.85, 0.9]])
 _BG = torch.tensor([[0.05, 0.05, 0.05], [0.95, 0.95, 0.95], [0.5, 0.5, 0.5], [0.45, 0.3, 0.15], [0.0, 0.35, 0.35],
                     [1.0, 0.75, 0.8]])
-_RADIUS = (0.16, 0.23, 0.3)  # of the image size
-_CELL = (0.3, 0.7)  # position cell centres, of the image size
+# Large shapes: colour and texture then cover much of the image, so mean-pooled features carry them within a
+# few hundred steps (at radius 0.16-0.3 only the background was learned that fast).
+_RADIUS = (0.26, 0.34, 0.42)  # of the image size
+_CELL = (0.36, 0.64)  # position cell centres, of the image size
 _TEXTURE_DIM = 0.4  # intensity of the "off" cells of a texture
 
 
@@ -137,13 +142,17 @@ def sample_images(n: int, generator: torch.Generator, size: int = 24) -> Tuple[T
 
 
 def sample_pairs(n: int, generator: torch.Generator, *, num_neg: int = 2, max_shared: int = 2,
-                 held_out: bool = False, size: int = 24, factors: Optional[Tensor] = None) -> PairBatch:
+                 held_out: bool = False, size: int = 24, factors: Optional[Tensor] = None,
+                 free_same: float = 0.5) -> PairBatch:
     """n annotated pairs (see the module docstring): A = 1 + num_neg attributes per pair. ``held_out`` names
-    every attribute with its held-out synonym. ``factors`` [n, F] fixes x's factor values (default random)."""
+    every attribute with its held-out synonym. ``factors`` [n, F] fixes x's factor values (default random).
+    ``free_same``: the probability that y copies x's value of a factor that is neither shared nor negative."""
     if not 1 <= max_shared <= TEXT_LEN:
         raise ValueError(f"sample_pairs: max_shared={max_shared} is out of range [1, {TEXT_LEN}]")
     if not 1 <= num_neg <= NUM_FACTORS - max_shared:
         raise ValueError(f"sample_pairs: num_neg={num_neg} is out of range [1, {NUM_FACTORS - max_shared}]")
+    if not 0 <= free_same <= 1:
+        raise ValueError(f"sample_pairs: free_same={free_same} is out of range [0, 1]")
     nv = torch.tensor(NUM_VALUES)
     fx = sample_factors(n, generator) if factors is None else factors
     order = torch.rand(n, NUM_FACTORS, generator=generator).argsort(1)  # a random permutation of factors per pair
@@ -152,7 +161,7 @@ def sample_pairs(n: int, generator: torch.Generator, *, num_neg: int = 2, max_sh
     shared = rank < k[:, None]
     neg_factors = order.gather(1, k[:, None] + torch.arange(num_neg))
     negative = torch.zeros_like(shared).scatter_(1, neg_factors, True)
-    free = sample_factors(n, generator)
+    free = torch.where(torch.rand(n, NUM_FACTORS, generator=generator) < free_same, fx, sample_factors(n, generator))
     shift = 1 + (torch.rand(n, NUM_FACTORS, generator=generator) * (nv - 1)).long()  # in [1, nv): a new value
     fy = torch.where(shared, fx, torch.where(negative, (fx + shift) % nv, free))
     slots = torch.arange(TEXT_LEN)
