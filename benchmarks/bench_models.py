@@ -9,9 +9,15 @@ Variants (the model's norms): "LayerNorm eager", "LayerNorm torch.compile", "Der
 torch ops: pyops' float64-capable reference backend), "pyops Derf", "pyops Derf + DerfLinear" (each Derf fused with
 the Linear it feeds: attn.qkv, mlp.fc1) and the compiled pyops variants. The timed call is one optimizer step
 (zero_grad, forward, mean-squared loss, backward, AdamW). Notes give each variant's saved-activation bytes per
-step (tensors autograd keeps for the backward, parameters excluded), the quantity DerfLinear lowers.
+step (tensors autograd keeps for the backward, parameters excluded), the quantity DerfLinear lowers, and a paired
+comparison of the eager variants: their steps interleaved round by round (the order alternating), each round's
+step time over LayerNorm eager's in that round, median and p20-p80 of those ratios. Whole steps differ by a few
+percent at most, less than a shared machine drifts between the rows' separate timings.
 """
 
+import time
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -133,4 +139,36 @@ def run(ctx):
                     torch.cuda.empty_cache()
             except Exception as e:  # noqa: BLE001  (report it, go on with the other variants)
                 ctx.fail(f"models: {label} {variant}", e, ours=variant.startswith("pyops"))
+        try:
+            _paired_ratios(ctx, kind, label, sizes, autocast)
+        except Exception as e:  # noqa: BLE001
+            ctx.fail(f"models: {label} paired comparison", e)
     return rows
+
+
+PAIRED = ("LayerNorm eager", "pyops Derf", "pyops Derf + DerfLinear")
+
+
+def _paired_ratios(ctx, kind, label, sizes, autocast):
+    """The eager variants' steps interleaved (see the module docstring); notes the ratios to LayerNorm eager."""
+    steps = {}
+    for variant in PAIRED:
+        model, x, target = build(kind, sizes, variant, ctx.device)
+        steps[variant] = _step_fn(model, x, target, False, autocast)[0]
+        steps[variant]()  # warm-up
+    rounds = 2 if ctx.quick else 12
+    times = {v: [] for v in PAIRED}
+    for r in range(rounds):
+        for v in PAIRED if r % 2 == 0 else PAIRED[::-1]:
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            t0 = time.perf_counter()
+            steps[v]()
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            times[v].append(time.perf_counter() - t0)
+    base = np.array(times[PAIRED[0]])
+    for v in PAIRED[1:]:
+        p20, p50, p80 = np.quantile(np.array(times[v]) / base, (0.2, 0.5, 0.8))
+        ctx.note(f"{label}, {v} / LayerNorm eager, paired over {rounds} interleaved rounds: {p50:.3f}x "
+                 f"(p20-p80 {p20:.3f}-{p80:.3f})")
