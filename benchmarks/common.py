@@ -227,8 +227,9 @@ def _sampled_rss_peak_mb(fn: Callable[[], object]) -> Optional[float]:
 
 
 def _cpu_allocator_peak_mb(fn: Callable[[], object]) -> Optional[float]:
-    """Peak of the CPU bytes torch allocates (less what it frees) while fn runs, from the profiler's allocation
-    events (an experimental API: None where this torch lacks it)."""
+    """Peak of the CPU bytes torch allocates while fn runs, less what fn frees of them, from the profiler's
+    allocation events (an experimental API: None where this torch lacks it). Frees of memory allocated before fn
+    are not seen, so a training step counts its new gradients even where they replace the previous step's."""
     try:
         from torch._C._profiler import _EventType
 
