@@ -1133,14 +1133,6 @@ def test_camera_gradients_need_the_torch_backend(device, backend):
     with pytest.raises(ValueError, match="viewmats"):
         pyops.rasterize_gaussians(**{**s, "viewmats": s["viewmats"].clone().requires_grad_()}, width=WIDTH,
                                   height=HEIGHT, backend=backend)
-    # Depth-only modes: no native op reads colors (the fuzz's long profile found them unchecked here).
-    nan_colors = s["colors"].clone()
-    nan_colors[2, 0] = float("nan")
-    for mode in ("D", "ED"):
-        pyops.rasterize_gaussians(**s, width=WIDTH, height=HEIGHT, render_mode=mode, backend=backend)
-        with pytest.raises(ValueError, match="colors"):
-            pyops.rasterize_gaussians(**{**s, "colors": nan_colors}, width=WIDTH, height=HEIGHT, render_mode=mode,
-                                      backend=backend)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
