@@ -15,8 +15,6 @@ step time over LayerNorm eager's in that round, median and p20-p80 of those rati
 percent at most, less than a shared machine drifts between the rows' separate timings.
 """
 
-import time
-
 import numpy as np
 import torch
 from torch import nn
@@ -157,16 +155,7 @@ def _paired_ratios(ctx, kind, label, sizes, autocast):
         steps[variant] = _step_fn(model, x, target, False, autocast)[0]
         steps[variant]()  # warm-up
     rounds = 2 if ctx.quick else 12
-    times = {v: [] for v in PAIRED}
-    for r in range(rounds):
-        for v in PAIRED if r % 2 == 0 else PAIRED[::-1]:
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            t0 = time.perf_counter()
-            steps[v]()
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            times[v].append(time.perf_counter() - t0)
+    times = ctx.time_rounds(steps, rounds)
     base = np.array(times[PAIRED[0]])
     for v in PAIRED[1:]:
         p20, p50, p80 = np.quantile(np.array(times[v]) / base, (0.2, 0.5, 0.8))

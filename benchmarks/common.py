@@ -139,6 +139,7 @@ class Context:
         in it) and the growth of the resident set sampled every ms (the process-wide ru_maxrss cannot be reset;
         it misses memory the C heap reuses, and very short spikes)."""
         if self.device.type != "cuda":
+            # Two calls: the profiler's own event buffers would count in an RSS sampled around it.
             peaks = [p for p in (_sampled_rss_peak_mb(fn), _cpu_allocator_peak_mb(fn)) if p is not None]
             return max(peaks) if peaks else None
         _sync(self.device)
@@ -147,6 +148,21 @@ class Context:
         fn()
         _sync(self.device)
         return (torch.cuda.max_memory_allocated(self.device) - before) / 2**20
+
+    def time_rounds(self, fns: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, List[float]]:
+        """Each fn's time in ms in each of `rounds` rounds that call every fn once, the order alternating: for
+        providers whose differences are smaller than the machine's drift between separately timed rows (compare
+        per-round ratios)."""
+        times = {name: [] for name in fns}
+        order = list(fns)
+        for r in range(rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                _sync(self.device)
+                t0 = time.perf_counter()
+                fns[name]()
+                _sync(self.device)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        return times
 
     def measure_copy_bandwidth(self) -> float:
         """GB/s of a large device-to-device tensor copy, counting read + write bytes: the ceiling that
