@@ -586,7 +586,15 @@ def test_rasterize_cpu_is_deterministic_across_threads():
 
 
 @pytest.mark.skipif(("cpu", "cpu") not in BACKENDS, reason="pyops._C has no CPU gs_* kernels")
-def test_rasterize_cpu_pixel_culling_keeps_every_blended_pair():
+@pytest.mark.parametrize("case", ["t16-D3-saturated", "t5-D6-bg"])
+def test_rasterize_cpu_at_every_isa_level(cpu_isa_level, case):
+    # The tests above run the best level (or PYOPS_CPU_ISA); this runs each copy of the CPU row-blend kernels
+    # (csrc/cpu/isa.h): tiles wider than a vector and narrower, ragged right edges, the transmittance stop.
+    test_rasterize_to_pixels_matches_reference("cpu", "cpu", case)
+
+
+@pytest.mark.skipif(("cpu", "cpu") not in BACKENDS, reason="pyops._C has no CPU gs_* kernels")
+def test_rasterize_cpu_pixel_culling_keeps_every_blended_pair(cpu_isa_level):
     """The CPU kernel only evaluates the pixels inside each Gaussian's certain-skip ellipse (tile_rows): every tile
     lists every Gaussian here, many of them elongated up to 10^5 : 1 and rotated, with non positive definite
     conics, zero, tiny and above-one opacities, and means off the image; the blended set (last_ids) and the

@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "gaussians_raster_kernel_isa.h"
 #include "pyops/gaussians.h"
 #include "pyops/gaussians_math.h"
 
@@ -37,51 +38,76 @@ inline void tile_range(const int32_t* offsets, int64_t flat_tile, int64_t total_
   end = flat_tile + 1 < total_tiles ? offsets[flat_tile + 1] : m;
 }
 
+// What blending reads of one Gaussian, gathered once per Gaussian (tile_rows then reads one record per
+// intersection), with the bounding box of its certain-skip ellipse.
+//
+// sigma_cut: a sigma above which opacity * exp(-sigma) < 1/255 for certain: log(255 opacity) plus a margin (1e-3,
+// far above the rounding of exp and of the product) that leaves the decision near the bound to the exact test. A
+// NaN cut (negative or NaN opacity) never skips; -inf (zero opacity) always does, as the exact test would.
+//
+// half_x, half_y: the half-widths of the ellipse sigma <= cut, sqrt(2 cut c / (ac - b^2)) and sqrt(2 cut a / (ac -
+// b^2)) for the conic (a, b, c), in double; NaN where the box is not trusted. It is trusted only where the fp32
+// sigma the blending computes is within the cut's 1e-3 margin of the exact one: a positive definite conic whose
+// elongation 1 / (1 - |b| / sqrt(ac)) keeps the rounding of sigma's terms (relative 3e-7 each, terms up to
+// elongation x sigma) under 3e-4.
 template <typename T>
-struct RasterData {
-  const Vec2<T>* means2d;  // [C * N]
-  const Vec3<T>* conics;   // [C * N]
-  const T* colors;         // [C * N, D]
-  const T* opacities;      // [C * N]
-  const T* backgrounds;    // [C, D] or nullptr
-  const int32_t* offsets;  // [C * TH * TW]
-  const int32_t* flatten_ids;
-  int64_t d, m;
-  const T* sigma_cut;  // [C * N]: see sigma_cuts
-};
-
-// Per Gaussian, a sigma above which opacity * exp(-sigma) < 1/255 for certain: log(255 opacity) plus a margin
-// (1e-3, far above the rounding of exp and of the product) that leaves the decision near the bound to the exact
-// test. A NaN cut (negative or NaN opacity) never skips; -inf (zero opacity) always does, as the exact test would.
-template <typename T>
-std::vector<T> sigma_cuts(const T* opacities, int64_t count) {
-  std::vector<T> cut(static_cast<size_t>(count));
-  for (int64_t g = 0; g < count; ++g) cut[g] = std::log(opacities[g] / alpha_threshold<T>()) + T(1e-3);
-  return cut;
-}
-
-// One intersection of a tile, as a candidate for one pixel row of it: the pixel columns [x_lo, x_hi] where its
-// sigma may be within the cut, and a copy of what blending reads of its Gaussian (a row's candidates are then
-// one contiguous array, not gathers through flatten_ids).
-template <typename T>
-struct RowHit {
-  int64_t i;
-  int32_t g;
-  int32_t x_lo, x_hi;
+struct GaussianBox {
   Vec2<T> mean2d;
   Vec3<T> conic;
   T opacity, sigma_cut;
+  double half_x, half_y;
 };
 
+template <typename T>
+std::vector<GaussianBox<T>> gaussian_boxes(const RasterInputs& p) {
+  const auto* means2d = reinterpret_cast<const Vec2<T>*>(p.means2d.data_ptr<T>());
+  const auto* conics = reinterpret_cast<const Vec3<T>*>(p.conics.data_ptr<T>());
+  const T* opacities = p.opacities.data_ptr<T>();
+  std::vector<GaussianBox<T>> boxes(static_cast<size_t>(p.opacities.numel()));
+  at::parallel_for(0, p.opacities.numel(), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const T cut = std::log(opacities[g] / alpha_threshold<T>()) + T(1e-3);
+      const double a = conics[g].x, b = conics[g].y, c = conics[g].z, dcut = cut;
+      const double rho = std::abs(b) / std::sqrt(a * c);  // NaN unless a c > 0
+      double half_x = std::numeric_limits<double>::quiet_NaN(), half_y = half_x;
+      if (a > 0 && c > 0 && rho < 1 && std::isfinite(dcut) && std::isfinite(means2d[g].x) &&
+          std::isfinite(means2d[g].y) && (std::abs(dcut) + 1) / (1 - rho) <= 1000) {
+        const double scale = dcut > 0 ? 2 * dcut / (a * c - b * b) : 0;  // cut <= 0: at most the centre
+        half_x = std::sqrt(scale * c);
+        half_y = std::sqrt(scale * a);
+      }
+      boxes[g] = {means2d[g], conics[g], opacities[g], cut, half_x, half_y};
+    }
+  });
+  return boxes;
+}
+
+template <typename T>
+struct RasterData {
+  const GaussianBox<T>* boxes;  // [C * N]
+  const T* colors;              // [C * N, D]
+  const T* backgrounds;         // [C, D] or nullptr
+  const int32_t* offsets;       // [C * TH * TW]
+  const int32_t* flatten_ids;
+  int64_t d, m;
+};
+
+template <typename T>
+RasterData<T> raster_data(const RasterInputs& p, const std::vector<GaussianBox<T>>& boxes) {
+  return {boxes.data(),
+          p.colors.data_ptr<T>(),
+          p.backgrounds.has_value() ? p.backgrounds->data_ptr<T>() : nullptr,
+          p.isect_offsets.data_ptr<int32_t>(),
+          p.flatten_ids.data_ptr<int32_t>(),
+          p.d,
+          p.m};
+}
+
 // rows[y - y0] = the intersections [start, stop) of the tile whose Gaussian may blend a pixel of row y, in
-// intersection order, with the columns where it may: the bounding box of the ellipse sigma <= cut (half-widths
-// sqrt(2 cut c / (ac - b^2)) and sqrt(2 cut a / (ac - b^2)) for the conic (a, b, c)), in double, padded by 0.01
-// pixel. Every (pixel, Gaussian) pair left out has sigma above the cut, so blend_pixel would skip it anyway: the
-// lists save walking those, most of a tile's pairs (a MoRel frame's rasterize, 2x10^5 Gaussians at 320 x 180, one
-// thread: 145 -> 122 ms; the whole frame took 446 ms before blend_pixel's cut test, which skips the exp). The box is
-// trusted only where the fp32 sigma the blending computes is within the cut's 1e-3 margin of the exact one: a positive
-// definite conic whose elongation 1 / (1 - |b| / sqrt(ac)) keeps the rounding of sigma's terms (relative 3e-7 each,
-// terms up to elongation x sigma) under 3e-4. Any other Gaussian is a candidate for every pixel of the tile.
+// intersection order, with the columns where it may: its certain-skip box padded by 0.01 pixel (the whole tile if
+// the box is not trusted). Every (pixel, Gaussian) pair left out has sigma above the cut, so blending would skip
+// it anyway: the lists save walking those, most of a tile's pairs (a MoRel frame's rasterize, 2x10^5 Gaussians at
+// 320 x 180, one thread: 145 -> 122 ms, when blending was one pixel at a time).
 template <typename T>
 void tile_rows(const RasterData<T>& r, int64_t start, int64_t stop, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
                std::vector<std::vector<RowHit<T>>>& rows) {
@@ -91,85 +117,35 @@ void tile_rows(const RasterData<T>& r, int64_t start, int64_t stop, int64_t y0, 
     lo = std::max(first, static_cast<int64_t>(std::clamp(std::ceil(centre - 0.5 - half - 0.01), -1.0, 1e15)));
     hi = std::min(last, static_cast<int64_t>(std::clamp(std::floor(centre - 0.5 + half + 0.01), -1.0, 1e15)));
   };
+  constexpr int64_t kAhead = 16;  // the boxes are gathered in depth order: fetch ahead, as the misses dominated
   for (int64_t i = start; i < stop; ++i) {
+    if (i + kAhead < stop) __builtin_prefetch(&r.boxes[r.flatten_ids[i + kAhead]]);
     const int32_t g = r.flatten_ids[i];
-    const double a = r.conics[g].x, b = r.conics[g].y, c = r.conics[g].z, cut = r.sigma_cut[g];
-    const double mx = r.means2d[g].x, my = r.means2d[g].y;
-    if (cut == -std::numeric_limits<double>::infinity()) continue;  // zero opacity: skipped everywhere
-    const double rho = std::abs(b) / std::sqrt(a * c);              // NaN unless a c > 0
+    const GaussianBox<T>& b = r.boxes[g];
+    if (b.sigma_cut == -std::numeric_limits<T>::infinity()) continue;  // zero opacity: skipped everywhere
     int64_t x_lo = x0, x_hi = x1 - 1, y_lo = y0, y_hi = y1 - 1;
-    if (a > 0 && c > 0 && rho < 1 && std::isfinite(cut) && std::isfinite(mx) && std::isfinite(my) &&
-        (std::abs(cut) + 1) / (1 - rho) <= 1000) {
-      const double scale = cut > 0 ? 2 * cut / (a * c - b * b) : 0;  // cut <= 0: at most the centre
-      span(mx, std::sqrt(scale * c), x0, x1 - 1, x_lo, x_hi);
-      span(my, std::sqrt(scale * a), y0, y1 - 1, y_lo, y_hi);
+    if (!std::isnan(b.half_x)) {
+      span(b.mean2d.x, b.half_x, x0, x1 - 1, x_lo, x_hi);
+      span(b.mean2d.y, b.half_y, y0, y1 - 1, y_lo, y_hi);
     }
     if (x_lo > x_hi) continue;
-    const RowHit<T> hit = {i,
-                           g,
-                           static_cast<int32_t>(x_lo),
-                           static_cast<int32_t>(x_hi),
-                           r.means2d[g],
-                           r.conics[g],
-                           r.opacities[g],
-                           r.sigma_cut[g]};
+    const RowHit<T> hit = {
+        i, g, static_cast<int32_t>(x_lo), static_cast<int32_t>(x_hi), b.mean2d, b.conic, b.opacity, b.sigma_cut};
     for (int64_t y = y_lo; y <= y_hi; ++y) rows[y - y0].push_back(hit);
   }
 }
 
 template <typename T>
-RasterData<T> raster_data(const RasterInputs& p, const std::vector<T>& sigma_cut) {
-  return {reinterpret_cast<const Vec2<T>*>(p.means2d.data_ptr<T>()),
-          reinterpret_cast<const Vec3<T>*>(p.conics.data_ptr<T>()),
-          p.colors.data_ptr<T>(),
-          p.opacities.data_ptr<T>(),
-          p.backgrounds.has_value() ? p.backgrounds->data_ptr<T>() : nullptr,
-          p.isect_offsets.data_ptr<int32_t>(),
-          p.flatten_ids.data_ptr<int32_t>(),
-          p.d,
-          p.m,
-          sigma_cut.data()};
-}
-
-// Front-to-back blending of pixel column x of a tile row over the row's candidates (tile_rows) with an
-// intersection index below stop: gsplat's cut order (skip on sigma < 0 or alpha < 1/255; stop, without blending,
-// once T * (1 - alpha) <= 1e-4). Calls on_blend(isect index, flatten id, hit, T before) for every blended
-// Gaussian and returns the transmittance after the last one; last_idx gets its index (-1: none). The forward
-// pass and the backward pass's replay both run this, so they make identical decisions and compute
-// bit-identical transmittances.
-template <typename T, typename OnBlend>
-T blend_pixel(const std::vector<RowHit<T>>& row, int64_t stop, int64_t x, T px, T py, int64_t& last_idx,
-              OnBlend&& on_blend) {
-  T trans = T(1);
-  last_idx = -1;
-  for (const RowHit<T>& hit : row) {
-    if (hit.i >= stop) break;
-    if (x < hit.x_lo || x > hit.x_hi) continue;
-    const T dx = hit.mean2d.x - px, dy = hit.mean2d.y - py;
-    const T sigma = gaussian_sigma(hit.conic, dx, dy);
-    if (sigma > hit.sigma_cut) continue;  // skipped for certain: no exp
-    const PixelHit<T> h = hit_from_sigma(dx, dy, sigma, hit.opacity);
-    if (h.skip) continue;
-    const T next_trans = trans * (T(1) - h.alpha);
-    if (next_trans <= min_transmittance<T>()) break;  // exclusive: this Gaussian is not blended
-    on_blend(hit.i, hit.g, h, trans);
-    last_idx = hit.i;
-    trans = next_trans;
-  }
-  return trans;
-}
-
-template <typename T>
 void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOutputs& o) {
-  const std::vector<T> cuts = sigma_cuts(p.opacities.data_ptr<T>(), p.opacities.numel());
-  const RasterData<T> r = raster_data<T>(p, cuts);
+  const std::vector<GaussianBox<T>> boxes = gaussian_boxes<T>(p);
+  const RasterData<T> r = raster_data<T>(p, boxes);
   T* out_c = o.render_colors.data_ptr<T>();
   T* out_a = o.render_alphas.data_ptr<T>();
   int32_t* out_last = o.last_ids.data_ptr<int32_t>();
   T* out_t = o.final_transmittances.data_ptr<T>();
   const int64_t d = p.d, total_tiles = p.c * grid.n_tiles;
   at::parallel_for(0, total_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> pix(static_cast<size_t>(d));
+    std::vector<T> scratch(static_cast<size_t>(d * kMaxRowLanes));
     std::vector<std::vector<RowHit<T>>> rows(static_cast<size_t>(grid.tile_size));
     for (int64_t flat_tile = begin; flat_tile < end; ++flat_tile) {
       const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
@@ -179,25 +155,14 @@ void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOut
       const int64_t y0 = ty * grid.tile_size, y_end = std::min(grid.height, y0 + grid.tile_size);
       const int64_t x0 = tx * grid.tile_size, x_end = std::min(grid.width, x0 + grid.tile_size);
       tile_rows(r, start, stop, y0, y_end, x0, x_end, rows);
+      const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
       for (int64_t y = y0; y < y_end; ++y) {
-        for (int64_t x = x0; x < x_end; ++x) {
-          std::fill(pix.begin(), pix.end(), T(0));
-          int64_t last;
-          T alpha = T(0);  // 1 - T_final, as the sum of the weights (see render_alphas in gaussians_math.h)
-          const T trans = blend_pixel(rows[y - y0], stop, x, static_cast<T>(x) + T(0.5), static_cast<T>(y) + T(0.5),
-                                      last, [&](int64_t, int32_t g, const PixelHit<T>& h, T t_before) {
-                                        const T w = h.alpha * t_before;
-                                        const T* col = r.colors + int64_t(g) * d;
-                                        for (int64_t k = 0; k < d; ++k) pix[k] += col[k] * w;
-                                        alpha += w;
-                                      });
-          const int64_t pid = (c * grid.height + y) * grid.width + x;
-          out_a[pid] = alpha;
-          out_t[pid] = trans;
-          const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
-          for (int64_t k = 0; k < d; ++k) out_c[pid * d + k] = pix[k] + (bg ? trans * bg[k] : T(0));
-          out_last[pid] = static_cast<int32_t>(last);
-        }
+        const std::vector<RowHit<T>>& hits = rows[y - y0];
+        const RowArgs<T> row = {hits.data(), static_cast<int64_t>(hits.size()), stop, x0,
+                                x_end - x0,  static_cast<T>(y) + T(0.5)};
+        const int64_t pid = (c * grid.height + y) * grid.width + x0;
+        PYOPS_CPU_ISA_CALL(RowBlend<T>::forward, row, r.colors, d, bg, scratch.data(), out_c + pid * d, out_a + pid,
+                           out_t + pid, out_last + pid);
       }
     }
   });
@@ -234,8 +199,8 @@ struct SlotLayout {
 template <typename T>
 void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const RasterGradInputs& in, bool absgrad,
                           RasterGradOutputs& out) {
-  const std::vector<T> cuts = sigma_cuts(p.opacities.data_ptr<T>(), p.opacities.numel());
-  const RasterData<T> r = raster_data<T>(p, cuts);
+  const std::vector<GaussianBox<T>> boxes = gaussian_boxes<T>(p);
+  const RasterData<T> r = raster_data<T>(p, boxes);
   const int32_t* last_in = in.last_ids.data_ptr<int32_t>();
   const T* v_rc = in.v_render_colors.data_ptr<T>();
   const T* v_ra = in.v_render_alphas.data_ptr<T>();
@@ -246,14 +211,14 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
   // Per-tile background gradient (sum over the tile's pixels of T_final * dL/dcolor), reduced per camera below.
   std::vector<T> tile_bg(r.backgrounds ? static_cast<size_t>(total_tiles * d) : 0, T(0));
 
-  struct Blended {
-    int64_t idx;
-    T t_before;
-  };
   at::parallel_for(0, total_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Blended> stack;
     std::vector<T> behind(static_cast<size_t>(d));  // sum of color * weight of the Gaussians behind
     std::vector<std::vector<RowHit<T>>> rows(static_cast<size_t>(grid.tile_size));
+    // A row's replay: per pixel, its blended candidates (row positions) and the transmittance before each.
+    const int64_t row_px = std::min(grid.tile_size, grid.width);
+    std::vector<int32_t> events_j;
+    std::vector<T> events_t, t_final(static_cast<size_t>(row_px));
+    std::vector<int64_t> count(static_cast<size_t>(row_px));
     for (int64_t flat_tile = begin; flat_tile < end; ++flat_tile) {
       const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
       const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
@@ -264,36 +229,43 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
       tile_rows(r, start, stop, y0, y_end, x0, x_end, rows);
       const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
       for (int64_t y = y0; y < y_end; ++y) {
+        const std::vector<RowHit<T>>& hits = rows[y - y0];
+        const RowArgs<T> row = {hits.data(), static_cast<int64_t>(hits.size()), stop, x0,
+                                x_end - x0,  static_cast<T>(y) + T(0.5)};
+        const int64_t pid0 = (c * grid.height + y) * grid.width + x0;
+        // Replay the forward pass up to each pixel's last blended Gaussian, keeping each one's transmittance: the
+        // forward's T bit for bit, where CUDA and Triton divide T_final by (1 - alpha) Gaussian after Gaussian.
+        const int64_t stride = std::min<int64_t>(row.n_hits, kMaxBlendsPerPixel);
+        events_j.resize(static_cast<size_t>(row.n_px * stride));
+        events_t.resize(static_cast<size_t>(row.n_px * stride));
+        bool fits = true;
+        PYOPS_CPU_ISA_CALL(RowBlend<T>::replay, row, last_in + pid0, stride, events_j.data(), events_t.data(),
+                           count.data(), t_final.data(), &fits);
+        TORCH_CHECK(fits, "gs_rasterize_bwd: a pixel blends more than ", kMaxBlendsPerPixel,
+                    " Gaussians (internal error: last_ids does not come from gs_rasterize_fwd?)");
         for (int64_t x = x0; x < x_end; ++x) {
-          const int64_t pid = (c * grid.height + y) * grid.width + x;
-          const T px = static_cast<T>(x) + T(0.5), py = static_cast<T>(y) + T(0.5);
-          // Replay the forward pass up to the last blended Gaussian, keeping each one's transmittance: the
-          // forward's T bit for bit, where CUDA and Triton divide T_final by (1 - alpha) Gaussian after Gaussian.
-          const int64_t last = last_in[pid];
-          const int64_t replay_stop = std::min<int64_t>(stop, last + 1);
-          stack.clear();
-          int64_t replay_last;
-          const T t_final =
-              blend_pixel(rows[y - y0], replay_stop, x, px, py, replay_last,
-                          [&](int64_t i, int32_t, const PixelHit<T>&, T t_before) { stack.push_back({i, t_before}); });
+          const int64_t px_in_row = x - x0, pid = pid0 + px_in_row;
+          const T px = static_cast<T>(x) + T(0.5), py = row.py;
+          const T tf = t_final[px_in_row];
           const T* v_c = v_rc + pid * d;
           const T v_a = v_ra[pid];
           T bg_dot = T(0);
           if (bg) {
             for (int64_t k = 0; k < d; ++k) {
               bg_dot += bg[k] * v_c[k];
-              tile_bg[flat_tile * d + k] += t_final * v_c[k];
+              tile_bg[flat_tile * d + k] += tf * v_c[k];
             }
           }
           std::fill(behind.begin(), behind.end(), T(0));
-          for (auto it = stack.rbegin(); it != stack.rend(); ++it) {
-            const int32_t g = r.flatten_ids[it->idx];
-            const PixelHit<T> h = evaluate_hit(r.means2d[g], r.conics[g], r.opacities[g], px, py);
-            const T t_before = it->t_before;
+          for (int64_t e = count[px_in_row] - 1; e >= 0; --e) {
+            const RowHit<T>& hit = hits[events_j[px_in_row * stride + e]];
+            const int32_t g = hit.g;
+            const PixelHit<T> h = evaluate_hit(hit.mean2d, hit.conic, hit.opacity, px, py);
+            const T t_before = events_t[px_in_row * stride + e];
             const T ra = T(1) / (T(1) - h.alpha);
             const T weight = h.alpha * t_before;
             const T* col = r.colors + int64_t(g) * d;
-            T* slot = slots.data() + it->idx * lay.width;
+            T* slot = slots.data() + hit.i * lay.width;
             // color = sum_k c_k a_k T_k + T_final bg, alpha = 1 - T_final, with T_j = prod_{i<j} (1 - a_i):
             // d/da_k = c_k T_k - (behind_k + T_final bg) / (1 - a_k) for the color, T_final / (1 - a_k) for alpha.
             T v_alpha = T(0);
@@ -301,9 +273,9 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
               slot[lay.color_off + k] += weight * v_c[k];
               v_alpha += (col[k] * t_before - behind[k] * ra) * v_c[k];
             }
-            v_alpha += t_final * ra * v_a;
-            if (bg) v_alpha -= t_final * ra * bg_dot;
-            const HitGrad<T> hg = hit_vjp(h, r.conics[g], r.opacities[g], v_alpha);
+            v_alpha += tf * ra * v_a;
+            if (bg) v_alpha -= tf * ra * bg_dot;
+            const HitGrad<T> hg = hit_vjp(h, hit.conic, hit.opacity, v_alpha);
             slot[0] += hg.v_mean2d.x;
             slot[1] += hg.v_mean2d.y;
             slot[2] += hg.v_conic.x;

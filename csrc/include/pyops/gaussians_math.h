@@ -19,20 +19,21 @@
 namespace pyops {
 namespace gs {
 
-// A Gaussian's alpha below this does not count (gsplat's ALPHA_THRESHOLD); the same cut on both passes.
+// A Gaussian's alpha below this does not count (gsplat's ALPHA_THRESHOLD); the same cut on both passes. (These
+// three are constexpr so that the CPU ISA copies can read them without instantiating shared code: see cpu/isa.h.)
 template <typename T>
-PYOPS_HOST_DEVICE T alpha_threshold() {
+PYOPS_HOST_DEVICE constexpr T alpha_threshold() {
   return T(1) / T(255);
 }
 // Alpha is clamped here so that 1 - alpha never reaches 0 (the backward pass divides by it).
 template <typename T>
-PYOPS_HOST_DEVICE T max_alpha() {
+PYOPS_HOST_DEVICE constexpr T max_alpha() {
   return T(0.999);
 }
 // A pixel stops once its transmittance would fall to or below this (the Gaussian that would cross it is not
 // blended).
 template <typename T>
-PYOPS_HOST_DEVICE T min_transmittance() {
+PYOPS_HOST_DEVICE constexpr T min_transmittance() {
   return T(1e-4);
 }
 // render_alphas (1 - T_final) is accumulated as the sum of the blend weights alpha_k T_k, equal in exact
