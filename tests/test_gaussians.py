@@ -298,6 +298,35 @@ def test_intersect_ties_keep_flatten_order(device, backend):
     assert (ids[1:] >= ids[:-1]).all()
 
 
+@pytest.mark.skipif(("cpu", "cpu") not in BACKENDS, reason="pyops._C has no CPU gs_* kernels")
+def test_intersect_cpu_sorts_large_tiles_at_any_thread_count():
+    """The CPU kernel's counting sort over chunks of Gaussians and its radix sort of long tile lists: ties (a few
+    distinct depths), depths spread over many magnitudes, tiles with a handful and with hundreds of intersections,
+    bit-equal to the reference at 1 and 2 threads."""
+    c, n, width, height, ts = 2, 3000, 70, 40, 16
+    g = torch.Generator().manual_seed(3)
+    means2d = torch.rand(c, n, 2, generator=g) * torch.tensor([width + 10.0, height + 10.0]) - 5
+    radii = torch.randint(0, 12, (c, n, 2), generator=g, dtype=torch.int32)
+    radii[0, :50] = 40  # some cover most tiles
+    means2d[1, :, 0] *= 0.4  # camera 1: the right half's tiles get a few Gaussians only
+    means2d[1, :24, 0] += 40
+    depths = torch.where(torch.rand(c, n, generator=g) < 0.5, torch.randint(1, 4, (c, n), generator=g).float(),
+                         10 ** (torch.rand(c, n, generator=g) * 8 - 3))
+    tw, th = math.ceil(width / ts), math.ceil(height / ts)
+    want = ref.intersect_tiles(means2d.double(), radii, depths.double(), ts, tw, th)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got = pyops.intersect_tiles(means2d, radii, depths, ts, tw, th, backend="cpu")
+            for name, a, b in zip(("tiles_per_gauss", "isect_ids", "flatten_ids"), got, want):
+                assert torch.equal(a.long(), b.long()), (name, t)
+    finally:
+        torch.set_num_threads(threads)
+    counts = torch.bincount((want[1] >> 32).long())
+    assert counts.max() > 300 and (counts[counts > 0] < 32).any()
+
+
 @pytest.mark.parametrize("device,backend", BACKENDS)
 def test_intersect_empty(device, backend):
     """No Gaussians, or none visible: no intersections, every offset 0."""

@@ -17,6 +17,32 @@ namespace {
 
 constexpr int64_t kGaussGrain = 1024;
 
+// Stable sort of words by their high 32 bits (the depth): LSD radix, a byte per pass, skipping the bytes all the
+// words share (nearby depths share the high ones); insertion sort for short runs. (std::sort of the whole words
+// took most of a MoRel frame's intersect.)
+void sort_by_depth_bits(uint64_t* words, int64_t n, std::vector<uint64_t>& scratch) {
+  if (n <= 32) {
+    for (int64_t i = 1; i < n; ++i) {
+      const uint64_t w = words[i];
+      int64_t j = i;
+      for (; j > 0 && (words[j - 1] >> 32) > (w >> 32); --j) words[j] = words[j - 1];
+      words[j] = w;
+    }
+    return;
+  }
+  scratch.resize(static_cast<size_t>(n));
+  uint64_t *from = words, *to = scratch.data();
+  for (int shift = 32; shift < 64; shift += 8) {
+    int64_t count[257] = {0};
+    for (int64_t i = 0; i < n; ++i) ++count[((from[i] >> shift) & 0xff) + 1];
+    if (count[((from[0] >> shift) & 0xff) + 1] == n) continue;  // one byte value: already in order
+    for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+    for (int64_t i = 0; i < n; ++i) to[count[(from[i] >> shift) & 0xff]++] = from[i];
+    std::swap(from, to);
+  }
+  if (from != words) std::copy(from, from + n, words);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Tensor& means2d,  // [C, N, 2]
                                                                    const at::Tensor& radii,    // [C, N, 2] int32
                                                                    const at::Tensor& depths,   // [C, N]
@@ -40,51 +66,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
     });
   });
 
-  // Counting sort on the (camera, tile) part of the key: count per bucket, prefix-sum, scatter. Each camera's
-  // buckets are disjoint, so cameras run in parallel; within a camera Gaussians are visited in index order,
-  // which leaves every bucket in ascending flatten id.
-  std::vector<int64_t> bucket_start(static_cast<size_t>(n_buckets) + 1, 0);
-  at::parallel_for(0, p.c, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      int64_t* count = bucket_start.data() + 1 + c * n_tiles;
-      for (int64_t g = 0; g < p.n; ++g) {
-        const TileRect& r = rects[c * p.n + g];
+  // Counting sort on the (camera, tile) part of the key, in parallel over chunks of the (camera, Gaussian) pairs:
+  // each chunk counts its intersections per bucket, and each bucket's range is split among the chunks in chunk
+  // order, so every bucket lists its pairs in ascending flatten id whatever the number of chunks.
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), cn / kGaussGrain));
+  auto chunk_begin = [&](int64_t k) { return cn * k / n_chunks; };
+  std::vector<int64_t> cursor(static_cast<size_t>(n_chunks * n_buckets), 0);  // counts, then write positions
+  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      int64_t* count = cursor.data() + k * n_buckets;
+      for (int64_t flat = chunk_begin(k); flat < chunk_begin(k + 1); ++flat) {
+        const TileRect& r = rects[flat];
+        const int64_t base = flat / p.n * n_tiles;
         for (int32_t y = r.y0; y < r.y1; ++y)
-          for (int32_t x = r.x0; x < r.x1; ++x) ++count[int64_t(y) * tile_width + x];
+          for (int32_t x = r.x0; x < r.x1; ++x) ++count[base + int64_t(y) * tile_width + x];
       }
     }
   });
-  for (int64_t b = 0; b < n_buckets; ++b) bucket_start[b + 1] += bucket_start[b];
-  const int64_t m = bucket_start[n_buckets];
+  std::vector<int64_t> bucket_start(static_cast<size_t>(n_buckets) + 1, 0);
+  int64_t m = 0;
+  for (int64_t b = 0; b < n_buckets; ++b) {
+    bucket_start[b] = m;
+    for (int64_t k = 0; k < n_chunks; ++k) {
+      const int64_t count = cursor[k * n_buckets + b];
+      cursor[k * n_buckets + b] = m;
+      m += count;
+    }
+  }
+  bucket_start[n_buckets] = m;
   at::Tensor isect_ids, flatten_ids;
   std::tie(isect_ids, flatten_ids) = allocate_intersections(p, m);  // raises when M does not fit int32
   // (depth bits << 32) | flatten id: one 64-bit word per intersection sorts by depth, then flatten id.
   std::vector<uint64_t> depth_and_id(static_cast<size_t>(m));
   AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cpu_scatter", [&] {
     const scalar_t* dep = p.depths.data_ptr<scalar_t>();
-    at::parallel_for(0, p.c, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        std::vector<int64_t> cursor(bucket_start.begin() + c * n_tiles, bucket_start.begin() + (c + 1) * n_tiles);
-        for (int64_t g = 0; g < p.n; ++g) {
-          const int64_t flat = c * p.n + g;
+    at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        int64_t* next = cursor.data() + k * n_buckets;
+        for (int64_t flat = chunk_begin(k); flat < chunk_begin(k + 1); ++flat) {
           const TileRect& r = rects[flat];
           if (r.count() == 0) continue;
+          const int64_t base = flat / p.n * n_tiles;
           const uint64_t word = (uint64_t(depth_bits(dep[flat])) << 32) | uint64_t(uint32_t(flat));
           for (int32_t y = r.y0; y < r.y1; ++y)
-            for (int32_t x = r.x0; x < r.x1; ++x) depth_and_id[cursor[int64_t(y) * tile_width + x]++] = word;
+            for (int32_t x = r.x0; x < r.x1; ++x) depth_and_id[next[base + int64_t(y) * tile_width + x]++] = word;
         }
       }
     });
   });
-  // Sorting (depth, flatten id) within a bucket equals a stable sort of the full keys from flatten-id order,
-  // which is the order gsplat's (stable) radix sort produces: equal keys stay in ascending flatten id.
+  // Each bucket holds its words in ascending flatten id, so a stable sort on the depth bits alone orders them by
+  // (depth, flatten id), the order gsplat's (stable) radix sort of the full keys produces.
   int64_t* ids_out = isect_ids.data_ptr<int64_t>();
   int32_t* flat_out = flatten_ids.data_ptr<int32_t>();
   at::parallel_for(0, n_buckets, 16, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> scratch;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t s = bucket_start[b], e = bucket_start[b + 1];
       if (s == e) continue;
-      std::sort(depth_and_id.begin() + s, depth_and_id.begin() + e);
+      sort_by_depth_bits(depth_and_id.data() + s, e - s, scratch);
       const uint64_t camera = uint64_t(b / n_tiles), tile = uint64_t(b % n_tiles);
       for (int64_t i = s; i < e; ++i) {
         ids_out[i] =
