@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -135,6 +136,19 @@ void tile_rows(const RasterData<T>& r, int64_t start, int64_t stop, int64_t y0, 
   }
 }
 
+// Runs body(state, flat_tile) for every tile, each worker taking the next tile as it finishes one (tiles' costs
+// differ by orders of magnitude, and at::parallel_for's static halves left one thread idle for a third of a MoRel
+// frame). make_state() builds a worker's scratch. Every tile writes only its own outputs, so the results do not
+// depend on the schedule.
+template <typename MakeState, typename Body>
+void for_each_tile(int64_t total_tiles, MakeState&& make_state, Body&& body) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), total_tiles), 1, [&](int64_t, int64_t) {
+    auto state = make_state();
+    for (int64_t t = next++; t < total_tiles; t = next++) body(state, t);
+  });
+}
+
 template <typename T>
 void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOutputs& o) {
   const std::vector<GaussianBox<T>> boxes = gaussian_boxes<T>(p);
@@ -144,10 +158,18 @@ void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOut
   int32_t* out_last = o.last_ids.data_ptr<int32_t>();
   T* out_t = o.final_transmittances.data_ptr<T>();
   const int64_t d = p.d, total_tiles = p.c * grid.n_tiles;
-  at::parallel_for(0, total_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(static_cast<size_t>(d * kMaxRowLanes));
-    std::vector<std::vector<RowHit<T>>> rows(static_cast<size_t>(grid.tile_size));
-    for (int64_t flat_tile = begin; flat_tile < end; ++flat_tile) {
+  struct Worker {
+    std::vector<T> scratch;
+    std::vector<std::vector<RowHit<T>>> rows;
+  };
+  auto make_worker = [&] {
+    return Worker{std::vector<T>(static_cast<size_t>(d * kMaxRowLanes)),
+                  std::vector<std::vector<RowHit<T>>>(static_cast<size_t>(grid.tile_size))};
+  };
+  for_each_tile(total_tiles, make_worker, [&](Worker& w, int64_t flat_tile) {
+    std::vector<T>& scratch = w.scratch;
+    std::vector<std::vector<RowHit<T>>>& rows = w.rows;
+    {
       const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
       const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
       int64_t start, stop;
@@ -211,15 +233,30 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
   // Per-tile background gradient (sum over the tile's pixels of T_final * dL/dcolor), reduced per camera below.
   std::vector<T> tile_bg(r.backgrounds ? static_cast<size_t>(total_tiles * d) : 0, T(0));
 
-  at::parallel_for(0, total_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> behind(static_cast<size_t>(d));  // sum of color * weight of the Gaussians behind
-    std::vector<std::vector<RowHit<T>>> rows(static_cast<size_t>(grid.tile_size));
+  struct Worker {
+    std::vector<T> behind;  // sum of color * weight of the Gaussians behind
+    std::vector<std::vector<RowHit<T>>> rows;
     // A row's replay: per pixel, its blended candidates (row positions) and the transmittance before each.
-    const int64_t row_px = std::min(grid.tile_size, grid.width);
     std::vector<int32_t> events_j;
-    std::vector<T> events_t, t_final(static_cast<size_t>(row_px));
-    std::vector<int64_t> count(static_cast<size_t>(row_px));
-    for (int64_t flat_tile = begin; flat_tile < end; ++flat_tile) {
+    std::vector<T> events_t, t_final;
+    std::vector<int64_t> count;
+  };
+  const size_t row_px = static_cast<size_t>(std::min(grid.tile_size, grid.width));
+  auto make_worker = [&] {
+    return Worker{std::vector<T>(static_cast<size_t>(d)),
+                  std::vector<std::vector<RowHit<T>>>(static_cast<size_t>(grid.tile_size)),
+                  {},
+                  {},
+                  std::vector<T>(row_px),
+                  std::vector<int64_t>(row_px)};
+  };
+  for_each_tile(total_tiles, make_worker, [&](Worker& w, int64_t flat_tile) {
+    std::vector<T>& behind = w.behind;
+    std::vector<std::vector<RowHit<T>>>& rows = w.rows;
+    std::vector<int32_t>& events_j = w.events_j;
+    std::vector<T>&events_t = w.events_t, &t_final = w.t_final;
+    std::vector<int64_t>& count = w.count;
+    {
       const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
       const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
       int64_t start, stop;
