@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "gaussians_raster_kernel_isa.h"
@@ -59,14 +60,21 @@ struct GaussianBox {
   double half_x, half_y;
 };
 
+// The boxes of the Gaussians some intersection lists (the others, e.g. the dropped rows of a dense decoder's output,
+// cost nothing here); the rest of the array is left uninitialised.
 template <typename T>
-std::vector<GaussianBox<T>> gaussian_boxes(const RasterInputs& p) {
+std::unique_ptr<GaussianBox<T>[]> gaussian_boxes(const RasterInputs& p) {
   const auto* means2d = reinterpret_cast<const Vec2<T>*>(p.means2d.data_ptr<T>());
   const auto* conics = reinterpret_cast<const Vec3<T>*>(p.conics.data_ptr<T>());
   const T* opacities = p.opacities.data_ptr<T>();
-  std::vector<GaussianBox<T>> boxes(static_cast<size_t>(p.opacities.numel()));
-  at::parallel_for(0, p.opacities.numel(), 4096, [&](int64_t begin, int64_t end) {
+  const int32_t* flatten_ids = p.flatten_ids.data_ptr<int32_t>();
+  const int64_t count = p.opacities.numel();
+  std::vector<uint8_t> listed(static_cast<size_t>(count), 0);
+  for (int64_t i = 0; i < p.m; ++i) listed[flatten_ids[i]] = 1;
+  std::unique_ptr<GaussianBox<T>[]> boxes(new GaussianBox<T>[static_cast<size_t>(count)]);
+  at::parallel_for(0, count, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
+      if (!listed[g]) continue;
       const T cut = std::log(opacities[g] / alpha_threshold<T>()) + T(1e-3);
       const double a = conics[g].x, b = conics[g].y, c = conics[g].z, dcut = cut;
       const double rho = std::abs(b) / std::sqrt(a * c);  // NaN unless a c > 0
@@ -94,8 +102,8 @@ struct RasterData {
 };
 
 template <typename T>
-RasterData<T> raster_data(const RasterInputs& p, const std::vector<GaussianBox<T>>& boxes) {
-  return {boxes.data(),
+RasterData<T> raster_data(const RasterInputs& p, const std::unique_ptr<GaussianBox<T>[]>& boxes) {
+  return {boxes.get(),
           p.colors.data_ptr<T>(),
           p.backgrounds.has_value() ? p.backgrounds->data_ptr<T>() : nullptr,
           p.isect_offsets.data_ptr<int32_t>(),
@@ -118,9 +126,13 @@ void tile_rows(const RasterData<T>& r, int64_t start, int64_t stop, int64_t y0, 
     lo = std::max(first, static_cast<int64_t>(std::clamp(std::ceil(centre - 0.5 - half - 0.01), -1.0, 1e15)));
     hi = std::min(last, static_cast<int64_t>(std::clamp(std::floor(centre - 0.5 + half + 0.01), -1.0, 1e15)));
   };
-  constexpr int64_t kAhead = 16;  // the boxes are gathered in depth order: fetch ahead, as the misses dominated
+  constexpr int64_t kAhead = 16;  // boxes and colors are gathered in depth order: fetch ahead (misses dominated)
   for (int64_t i = start; i < stop; ++i) {
-    if (i + kAhead < stop) __builtin_prefetch(&r.boxes[r.flatten_ids[i + kAhead]]);
+    if (i + kAhead < stop) {
+      const int64_t ahead = r.flatten_ids[i + kAhead];
+      __builtin_prefetch(&r.boxes[ahead]);
+      __builtin_prefetch(r.colors + ahead * r.d);  // read when the rows blend
+    }
     const int32_t g = r.flatten_ids[i];
     const GaussianBox<T>& b = r.boxes[g];
     if (b.sigma_cut == -std::numeric_limits<T>::infinity()) continue;  // zero opacity: skipped everywhere
@@ -151,7 +163,7 @@ void for_each_tile(int64_t total_tiles, MakeState&& make_state, Body&& body) {
 
 template <typename T>
 void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOutputs& o) {
-  const std::vector<GaussianBox<T>> boxes = gaussian_boxes<T>(p);
+  const std::unique_ptr<GaussianBox<T>[]> boxes = gaussian_boxes<T>(p);
   const RasterData<T> r = raster_data<T>(p, boxes);
   T* out_c = o.render_colors.data_ptr<T>();
   T* out_a = o.render_alphas.data_ptr<T>();
@@ -221,7 +233,7 @@ struct SlotLayout {
 template <typename T>
 void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const RasterGradInputs& in, bool absgrad,
                           RasterGradOutputs& out) {
-  const std::vector<GaussianBox<T>> boxes = gaussian_boxes<T>(p);
+  const std::unique_ptr<GaussianBox<T>[]> boxes = gaussian_boxes<T>(p);
   const RasterData<T> r = raster_data<T>(p, boxes);
   const int32_t* last_in = in.last_ids.data_ptr<int32_t>();
   const T* v_rc = in.v_render_colors.data_ptr<T>();
