@@ -246,99 +246,51 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
   std::vector<T> tile_bg(r.backgrounds ? static_cast<size_t>(total_tiles * d) : 0, T(0));
 
   struct Worker {
-    std::vector<T> behind;  // sum of color * weight of the Gaussians behind
     std::vector<std::vector<RowHit<T>>> rows;
-    // A row's replay: per pixel, its blended candidates (row positions) and the transmittance before each.
-    std::vector<int32_t> events_j;
-    std::vector<T> events_t, t_final;
-    std::vector<int64_t> count;
+    std::vector<T> records, scratch;  // RowGrad's scratch buffers
+    std::vector<int32_t> record_j;
   };
-  const size_t row_px = static_cast<size_t>(std::min(grid.tile_size, grid.width));
   auto make_worker = [&] {
-    return Worker{std::vector<T>(static_cast<size_t>(d)),
-                  std::vector<std::vector<RowHit<T>>>(static_cast<size_t>(grid.tile_size)),
+    return Worker{std::vector<std::vector<RowHit<T>>>(static_cast<size_t>(grid.tile_size)),
                   {},
-                  {},
-                  std::vector<T>(row_px),
-                  std::vector<int64_t>(row_px)};
+                  std::vector<T>(static_cast<size_t>(2 * d * kMaxRowLanes)),
+                  {}};
   };
   for_each_tile(total_tiles, make_worker, [&](Worker& w, int64_t flat_tile) {
-    std::vector<T>& behind = w.behind;
-    std::vector<std::vector<RowHit<T>>>& rows = w.rows;
-    std::vector<int32_t>& events_j = w.events_j;
-    std::vector<T>&events_t = w.events_t, &t_final = w.t_final;
-    std::vector<int64_t>& count = w.count;
-    {
-      const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
-      const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
-      int64_t start, stop;
-      tile_range(r.offsets, flat_tile, total_tiles, r.m, start, stop);
-      const int64_t y0 = ty * grid.tile_size, y_end = std::min(grid.height, y0 + grid.tile_size);
-      const int64_t x0 = tx * grid.tile_size, x_end = std::min(grid.width, x0 + grid.tile_size);
-      tile_rows(r, start, stop, y0, y_end, x0, x_end, rows);
-      const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
-      for (int64_t y = y0; y < y_end; ++y) {
-        const std::vector<RowHit<T>>& hits = rows[y - y0];
-        const RowArgs<T> row = {hits.data(), static_cast<int64_t>(hits.size()), stop, x0,
-                                x_end - x0,  static_cast<T>(y) + T(0.5)};
-        const int64_t pid0 = (c * grid.height + y) * grid.width + x0;
-        // Replay the forward pass up to each pixel's last blended Gaussian, keeping each one's transmittance: the
-        // forward's T bit for bit, where CUDA and Triton divide T_final by (1 - alpha) Gaussian after Gaussian.
-        const int64_t stride = std::min<int64_t>(row.n_hits, kMaxBlendsPerPixel);
-        events_j.resize(static_cast<size_t>(row.n_px * stride));
-        events_t.resize(static_cast<size_t>(row.n_px * stride));
-        bool fits = true;
-        PYOPS_CPU_ISA_CALL(RowBlend<T>::replay, row, last_in + pid0, stride, events_j.data(), events_t.data(),
-                           count.data(), t_final.data(), &fits);
-        TORCH_CHECK(fits, "gs_rasterize_bwd: a pixel blends more than ", kMaxBlendsPerPixel,
-                    " Gaussians (internal error: last_ids does not come from gs_rasterize_fwd?)");
-        for (int64_t x = x0; x < x_end; ++x) {
-          const int64_t px_in_row = x - x0, pid = pid0 + px_in_row;
-          const T px = static_cast<T>(x) + T(0.5), py = row.py;
-          const T tf = t_final[px_in_row];
-          const T* v_c = v_rc + pid * d;
-          const T v_a = v_ra[pid];
-          T bg_dot = T(0);
-          if (bg) {
-            for (int64_t k = 0; k < d; ++k) {
-              bg_dot += bg[k] * v_c[k];
-              tile_bg[flat_tile * d + k] += tf * v_c[k];
-            }
-          }
-          std::fill(behind.begin(), behind.end(), T(0));
-          for (int64_t e = count[px_in_row] - 1; e >= 0; --e) {
-            const RowHit<T>& hit = hits[events_j[px_in_row * stride + e]];
-            const int32_t g = hit.g;
-            const PixelHit<T> h = evaluate_hit(hit.mean2d, hit.conic, hit.opacity, px, py);
-            const T t_before = events_t[px_in_row * stride + e];
-            const T ra = T(1) / (T(1) - h.alpha);
-            const T weight = h.alpha * t_before;
-            const T* col = r.colors + int64_t(g) * d;
-            T* slot = slots.data() + hit.i * lay.width;
-            // color = sum_k c_k a_k T_k + T_final bg, alpha = 1 - T_final, with T_j = prod_{i<j} (1 - a_i):
-            // d/da_k = c_k T_k - (behind_k + T_final bg) / (1 - a_k) for the color, T_final / (1 - a_k) for alpha.
-            T v_alpha = T(0);
-            for (int64_t k = 0; k < d; ++k) {
-              slot[lay.color_off + k] += weight * v_c[k];
-              v_alpha += (col[k] * t_before - behind[k] * ra) * v_c[k];
-            }
-            v_alpha += tf * ra * v_a;
-            if (bg) v_alpha -= tf * ra * bg_dot;
-            const HitGrad<T> hg = hit_vjp(h, hit.conic, hit.opacity, v_alpha);
-            slot[0] += hg.v_mean2d.x;
-            slot[1] += hg.v_mean2d.y;
-            slot[2] += hg.v_conic.x;
-            slot[3] += hg.v_conic.y;
-            slot[4] += hg.v_conic.z;
-            slot[5] += hg.v_opacity;
-            if (absgrad) {
-              slot[lay.abs_off] += std::abs(hg.v_mean2d.x);
-              slot[lay.abs_off + 1] += std::abs(hg.v_mean2d.y);
-            }
-            for (int64_t k = 0; k < d; ++k) behind[k] += col[k] * weight;
-          }
-        }
-      }
+    const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
+    const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
+    int64_t start, stop;
+    tile_range(r.offsets, flat_tile, total_tiles, r.m, start, stop);
+    const int64_t y0 = ty * grid.tile_size, y_end = std::min(grid.height, y0 + grid.tile_size);
+    const int64_t x0 = tx * grid.tile_size, x_end = std::min(grid.width, x0 + grid.tile_size);
+    tile_rows(r, start, stop, y0, y_end, x0, x_end, w.rows);
+    const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
+    for (int64_t y = y0; y < y_end; ++y) {
+      const std::vector<RowHit<T>>& hits = w.rows[y - y0];
+      const RowArgs<T> row = {hits.data(), static_cast<int64_t>(hits.size()), stop, x0,
+                              x_end - x0,  static_cast<T>(y) + T(0.5)};
+      const int64_t pid0 = (c * grid.height + y) * grid.width + x0;
+      // A record per blending candidate of a vector of pixels: at most one per candidate, and at most
+      // kMaxBlendsPerPixel per lane.
+      const int64_t cap = std::min<int64_t>(row.n_hits, kMaxRowLanes * kMaxBlendsPerPixel);
+      w.records.resize(static_cast<size_t>(cap * 3 * kMaxRowLanes));
+      w.record_j.resize(static_cast<size_t>(cap));
+      const RowGrad<T> grad = {v_rc + pid0 * d,
+                               v_ra + pid0,
+                               bg,
+                               bg ? tile_bg.data() + flat_tile * d : nullptr,
+                               slots.data(),
+                               lay.width,
+                               absgrad ? lay.abs_off : -1,
+                               lay.color_off,
+                               w.records.data(),
+                               w.record_j.data(),
+                               cap,
+                               w.scratch.data()};
+      bool fits = true;
+      PYOPS_CPU_ISA_CALL(RowBlend<T>::backward, row, last_in + pid0, r.colors, d, grad, &fits);
+      TORCH_CHECK(fits, "gs_rasterize_bwd: a pixel blends more than ", kMaxBlendsPerPixel,
+                  " Gaussians (internal error: last_ids does not come from gs_rasterize_fwd?)");
     }
   });
 
