@@ -17,7 +17,7 @@ SMALL = dict(feat_dim=16, n_offsets=5, hidden_dim=16, hex_features=8, hex_resolu
              hex_multires=(1,), deform_width=32)
 FRAMES, GOP, SIZE = 48, 8, 64
 SCHEDULE = dict(gca=400, kfa=10, pwd=40, ifb=20)
-TRAINED_PSNR = 25.0  # dB over all 48 frames, per camera, after the schedule (measured 27.7 and 26.7)
+TRAINED_PSNR = 25.0  # dB over all 48 frames, per camera, after the schedule (measured 27.9 and 26.7)
 
 
 def _scene(data, n_frames=FRAMES, **kw):
@@ -146,7 +146,7 @@ def test_training_the_four_stages_lowers_the_loss_and_reaches_the_stated_psnr(tr
     assert sum(gca[-50:]) / 50 < 0.6 * sum(gca[:20]) / 20
     assert len(history["kfa"]) == SCHEDULE["kfa"] * scene.n_keyframes
     assert len(history["ifb"]) == SCHEDULE["ifb"] * (scene.n_keyframes - 1)
-    assert scene.gca.n_anchors != history["initial_anchors"]  # FHD densification grew (measured 1691 -> 2010)
+    assert scene.gca.n_anchors != history["initial_anchors"]  # FHD densification grew (measured 1691 -> 2004)
     values = []
     for camera in range(2):
         rendered = _render_all(scene, data, camera)
