@@ -161,6 +161,30 @@ void for_each_tile(int64_t total_tiles, MakeState&& make_state, Body&& body) {
   });
 }
 
+// One tile's share of the work: its camera, pixels [x0, x_end) x [y0, y_end) and intersections [start, stop).
+struct TileView {
+  int64_t c, x0, x_end, y0, y_end, start, stop;
+};
+
+template <typename T>
+TileView tile_view(const TileGrid& grid, const RasterData<T>& r, int64_t flat_tile, int64_t total_tiles) {
+  const int64_t tile = flat_tile % grid.n_tiles, ty = tile / grid.tile_width, tx = tile % grid.tile_width;
+  TileView v;
+  v.c = flat_tile / grid.n_tiles;
+  v.y0 = ty * grid.tile_size;
+  v.y_end = std::min(grid.height, v.y0 + grid.tile_size);
+  v.x0 = tx * grid.tile_size;
+  v.x_end = std::min(grid.width, v.x0 + grid.tile_size);
+  tile_range(r.offsets, flat_tile, total_tiles, r.m, v.start, v.stop);
+  return v;
+}
+
+// Pixel row y of a tile, over its candidates (tile_rows).
+template <typename T>
+RowArgs<T> row_args(const TileView& v, int64_t y, const std::vector<RowHit<T>>& hits) {
+  return {hits.data(), static_cast<int64_t>(hits.size()), v.stop, v.x0, v.x_end - v.x0, static_cast<T>(y) + T(0.5)};
+}
+
 template <typename T>
 void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOutputs& o) {
   const std::unique_ptr<GaussianBox<T>[]> boxes = gaussian_boxes<T>(p);
@@ -179,25 +203,13 @@ void rasterize_fwd_kernel(const RasterInputs& p, const TileGrid& grid, RasterOut
                   std::vector<std::vector<RowHit<T>>>(static_cast<size_t>(grid.tile_size))};
   };
   for_each_tile(total_tiles, make_worker, [&](Worker& w, int64_t flat_tile) {
-    std::vector<T>& scratch = w.scratch;
-    std::vector<std::vector<RowHit<T>>>& rows = w.rows;
-    {
-      const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
-      const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
-      int64_t start, stop;
-      tile_range(r.offsets, flat_tile, total_tiles, r.m, start, stop);
-      const int64_t y0 = ty * grid.tile_size, y_end = std::min(grid.height, y0 + grid.tile_size);
-      const int64_t x0 = tx * grid.tile_size, x_end = std::min(grid.width, x0 + grid.tile_size);
-      tile_rows(r, start, stop, y0, y_end, x0, x_end, rows);
-      const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
-      for (int64_t y = y0; y < y_end; ++y) {
-        const std::vector<RowHit<T>>& hits = rows[y - y0];
-        const RowArgs<T> row = {hits.data(), static_cast<int64_t>(hits.size()), stop, x0,
-                                x_end - x0,  static_cast<T>(y) + T(0.5)};
-        const int64_t pid = (c * grid.height + y) * grid.width + x0;
-        PYOPS_CPU_ISA_CALL(RowBlend<T>::forward, row, r.colors, d, bg, scratch.data(), out_c + pid * d, out_a + pid,
-                           out_t + pid, out_last + pid);
-      }
+    const TileView v = tile_view(grid, r, flat_tile, total_tiles);
+    tile_rows(r, v.start, v.stop, v.y0, v.y_end, v.x0, v.x_end, w.rows);
+    const T* bg = r.backgrounds ? r.backgrounds + v.c * d : nullptr;
+    for (int64_t y = v.y0; y < v.y_end; ++y) {
+      const int64_t pid = (v.c * grid.height + y) * grid.width + v.x0;
+      PYOPS_CPU_ISA_CALL(RowBlend<T>::forward, row_args(v, y, w.rows[y - v.y0]), r.colors, d, bg, w.scratch.data(),
+                         out_c + pid * d, out_a + pid, out_t + pid, out_last + pid);
     }
   });
 }
@@ -257,19 +269,12 @@ void rasterize_bwd_kernel(const RasterInputs& p, const TileGrid& grid, const Ras
                   {}};
   };
   for_each_tile(total_tiles, make_worker, [&](Worker& w, int64_t flat_tile) {
-    const int64_t c = flat_tile / grid.n_tiles, tile = flat_tile % grid.n_tiles;
-    const int64_t ty = tile / grid.tile_width, tx = tile % grid.tile_width;
-    int64_t start, stop;
-    tile_range(r.offsets, flat_tile, total_tiles, r.m, start, stop);
-    const int64_t y0 = ty * grid.tile_size, y_end = std::min(grid.height, y0 + grid.tile_size);
-    const int64_t x0 = tx * grid.tile_size, x_end = std::min(grid.width, x0 + grid.tile_size);
-    tile_rows(r, start, stop, y0, y_end, x0, x_end, w.rows);
-    const T* bg = r.backgrounds ? r.backgrounds + c * d : nullptr;
-    for (int64_t y = y0; y < y_end; ++y) {
-      const std::vector<RowHit<T>>& hits = w.rows[y - y0];
-      const RowArgs<T> row = {hits.data(), static_cast<int64_t>(hits.size()), stop, x0,
-                              x_end - x0,  static_cast<T>(y) + T(0.5)};
-      const int64_t pid0 = (c * grid.height + y) * grid.width + x0;
+    const TileView v = tile_view(grid, r, flat_tile, total_tiles);
+    tile_rows(r, v.start, v.stop, v.y0, v.y_end, v.x0, v.x_end, w.rows);
+    const T* bg = r.backgrounds ? r.backgrounds + v.c * d : nullptr;
+    for (int64_t y = v.y0; y < v.y_end; ++y) {
+      const RowArgs<T> row = row_args(v, y, w.rows[y - v.y0]);
+      const int64_t pid0 = (v.c * grid.height + y) * grid.width + v.x0;
       // A record per blending candidate of a vector of pixels: at most one per candidate, and at most
       // kMaxBlendsPerPixel per lane.
       const int64_t cap = std::min<int64_t>(row.n_hits, kMaxRowLanes * kMaxBlendsPerPixel);
