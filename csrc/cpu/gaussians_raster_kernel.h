@@ -13,7 +13,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstdint>
-#include <limits>
 
 #include "gaussians_raster_kernel_isa.h"
 #include "vec_util.h"
@@ -29,6 +28,52 @@ template <typename T>
 inline bool none(const Vectorized<T>& mask) {
   return mask.zero_mask() == (1 << Vectorized<T>::size()) - 1;
 }
+
+// How many of the row's candidates have an intersection index below `limit` (they are in intersection order).
+template <typename T>
+int64_t count_below(const RowArgs<T>& row, int64_t limit) {
+  int64_t lo = 0, hi = row.n_hits;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (row.hits[mid].i < limit) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// Candidate h's sigma at the lanes' pixel centres px (one row, centre height py).
+template <typename T>
+inline Vectorized<T> lane_sigma(const RowHit<T>& h, const Vectorized<T>& px, T py) {
+  using V = Vectorized<T>;
+  const V dx = V(h.mean2d.x) - px;
+  const T dy = h.mean2d.y - py;
+  return V(T(0.5)) * (V(h.conic.x) * dx * dx + V(h.conic.z * dy * dy)) + V(h.conic.y * dy) * dx;
+}
+
+// exp(-sigma) on sigma clamped to [0, cut]: the lanes the clamp changes are skipped anyway, and far lanes'
+// exp(-sigma) would be subnormal, which costs a microcode assist per instruction (the clamp made blending 3x faster).
+template <typename T>
+inline Vectorized<T> lane_vis(const RowHit<T>& h, const Vectorized<T>& sigma) {
+  using V = Vectorized<T>;
+  const V clamped = at::vec::clamp_max(at::vec::clamp_min(sigma, V(T(0))), V(h.sigma_cut));
+  return cpu_isa::PYOPS_ISA_NAMESPACE::exp_nonpositive(V(T(0)) - clamped);
+}
+
+// A row position j (0 <= j < 2^31, or -1) as two vectors' lanes, j = hi * 2^24 + lo, each exact in fp32 too.
+template <typename T>
+struct LanePosition {
+  Vectorized<T> hi, lo;
+  static LanePosition of(int64_t j) {
+    return {Vectorized<T>(static_cast<T>(j >> 24)), Vectorized<T>(static_cast<T>(j & 0xffffff))};
+  }
+  // Lanes where this position is at or before `other`'s.
+  Vectorized<T> at_or_before(const LanePosition& other) const {
+    return (hi < other.hi) | ((hi == other.hi) & (lo <= other.lo));
+  }
+};
 
 // Blends lanes [0, n_lanes) of pixels x0 .. x0 + n_lanes - 1 over the row's candidates with an intersection index
 // below stop; for every candidate calls on_blend(j (row position), blend mask (lanes it blends into, maybe none),
@@ -47,24 +92,18 @@ Vectorized<T> blend_lanes(const RowArgs<T>& row, int64_t stop, int64_t x0, int64
   V active = lane_x < V(static_cast<T>(x0 + n_lanes));
   V trans(T(1));
   alignas(64) T alphas[kBatch * L];
-  int64_t n = 0;  // the candidates below stop (a row lists them in intersection order)
-  while (n < row.n_hits && row.hits[n].i < stop) ++n;
+  const int64_t n = stop >= row.stop ? row.n_hits : count_below(row, stop);  // the candidates below stop
   for (int64_t j0 = 0; j0 < n; j0 += kBatch) {
     const int64_t nb = n - j0 < kBatch ? n - j0 : kBatch;
     for (int64_t b = 0; b < nb; ++b) {
       const RowHit<T>& h = row.hits[j0 + b];
       V alpha(T(0));
       if (h.x_hi >= x0 && h.x_lo < x0 + n_lanes) {
-        const V dx = V(h.mean2d.x) - px;
-        const T dy = h.mean2d.y - row.py;
-        const V sigma = V(T(0.5)) * (V(h.conic.x) * dx * dx + V(h.conic.z * dy * dy)) + V(h.conic.y * dy) * dx;
+        const V sigma = lane_sigma(h, px, row.py);
         // `sigma > cut` is false for NaNs, so a NaN sigma or cut reaches the exact test, which skips it.
         const V in_cut = (lane_x >= V(static_cast<T>(h.x_lo))) & (lane_x <= V(static_cast<T>(h.x_hi))) &
                          ((sigma > V(h.sigma_cut)) ^ all) & (sigma >= V(T(0)));
-        // exp of sigma clamped to [0, cut]: the lanes it changes are skipped anyway, and far lanes' exp(-sigma)
-        // would be subnormal, which costs a microcode assist per instruction (the clamp made the loop 3x faster).
-        const V clamped = at::vec::clamp_max(at::vec::clamp_min(sigma, V(T(0))), V(h.sigma_cut));
-        const V raw = V(h.opacity) * cpu_isa::PYOPS_ISA_NAMESPACE::exp_nonpositive(V(T(0)) - clamped);
+        const V raw = V(h.opacity) * lane_vis(h, sigma);
         alpha = in_cut & (raw >= V(kThreshold)) & at::vec::clamp_max(raw, V(kMaxAlpha));  // NaN: not >= 1/255
       }
       alpha.store(alphas + b * L);
@@ -84,48 +123,35 @@ Vectorized<T> blend_lanes(const RowArgs<T>& row, int64_t stop, int64_t x0, int64
   return trans;
 }
 
-// Calls f(lane) for each lane of a mask, lowest first.
-template <typename T, typename F>
-inline void for_each_lane(const Vectorized<T>& mask, F&& f) {
-  for (int bits = ~mask.zero_mask() & ((1 << Vectorized<T>::size()) - 1); bits != 0; bits &= bits - 1) {
-    f(__builtin_ctz(bits));
-  }
-}
-
 template <typename T>
 void RowBlend<T>::forward(const RowArgs<T>& row, const T* colors, int64_t d, const T* bg, T* scratch, T* color,
                           T* alpha, T* trans, int32_t* last) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   static_assert(L <= kMaxRowLanes, "scratch holds d * kMaxRowLanes");
-  const bool exact_positions = row.n_hits <= (int64_t(1) << std::numeric_limits<T>::digits);
   for (int64_t p0 = 0; p0 < row.n_px; p0 += L) {
     const int64_t n = row.n_px - p0 < L ? row.n_px - p0 : L;
     T* acc = scratch;  // [d][L]: the lanes' color sums
     for (int64_t k = 0; k < d; ++k) V(T(0)).store(acc + k * L);
-    V weights(T(0));  // render_alphas: the sum of the weights (see gaussians_math.h)
-    V last_j(T(-1));  // the last blended row position (exact while rows list at most 2^digits candidates)
-    int32_t* lane_last = last + p0;
-    for (int64_t l = 0; l < n; ++l) lane_last[l] = -1;
+    V weights(T(0));                                   // render_alphas: the sum of the weights (see gaussians_math.h)
+    LanePosition<T> last_j = LanePosition<T>::of(-1);  // the last blended row position
     const V t_final =
         blend_lanes(row, row.stop, row.x0 + p0, n, [&](int64_t j, const V& blend, const V& a, const V& t, const V&) {
           const V w = blend & (a * t);
           weights = weights + w;
           const T* c = colors + int64_t(row.hits[j].g) * d;
           for (int64_t k = 0; k < d; ++k) at::vec::fmadd(V(c[k]), w, V::loadu(acc + k * L)).store(acc + k * L);
-          if (exact_positions) {
-            last_j = V::blendv(last_j, V(static_cast<T>(j)), blend);
-          } else {
-            for_each_lane(blend, [&](int l) { lane_last[l] = static_cast<int32_t>(row.hits[j].i); });
-          }
+          const LanePosition<T> pos = LanePosition<T>::of(j);
+          last_j = {V::blendv(last_j.hi, pos.hi, blend), V::blendv(last_j.lo, pos.lo, blend)};
         });
     t_final.store(trans + p0, static_cast<int>(n));
     weights.store(alpha + p0, static_cast<int>(n));
-    if (exact_positions) {
-      alignas(64) T lj[L];
-      last_j.store(lj);
-      for (int64_t l = 0; l < n; ++l)
-        lane_last[l] = lj[l] < T(0) ? -1 : static_cast<int32_t>(row.hits[int64_t(lj[l])].i);
+    alignas(64) T hi[L], lo[L];
+    last_j.hi.store(hi);
+    last_j.lo.store(lo);
+    for (int64_t l = 0; l < n; ++l) {
+      const int64_t j = (static_cast<int64_t>(hi[l]) << 24) + static_cast<int64_t>(lo[l]);
+      last[p0 + l] = j < 0 ? -1 : static_cast<int32_t>(row.hits[j].i);
     }
     for (int64_t l = 0; l < n; ++l) {
       T* out = color + (p0 + l) * d;
@@ -154,33 +180,18 @@ void RowBlend<T>::backward(const RowArgs<T>& row, const int32_t* last, const T* 
 
     // The forward's blending again: a record per candidate that blends into some lane at or before that lane's
     // last (last_ids), with the lanes (1 or 0), the transmittance before it and its alpha; and per lane T_final.
-    // A lane's last as a row position (the candidates are in intersection order): the count of candidates at or
-    // before it, minus one; as T, exact while rows list at most 2^digits candidates (else lane by lane below).
-    alignas(64) T last_pos[L], t_final[L];
+    // A lane's last as a row position: the count of candidates at or before it, minus one.
+    alignas(64) T last_hi[L], last_lo[L], t_final[L];
     for (int64_t l = 0; l < L; ++l) {
-      int64_t lo = 0, hi = l < n ? row.n_hits : 0;  // hits[lo..) are past last[p0 + l]
-      while (lo < hi) {
-        const int64_t mid = lo + (hi - lo) / 2;
-        if (row.hits[mid].i <= last[p0 + l]) {
-          lo = mid + 1;
-        } else {
-          hi = mid;
-        }
-      }
-      last_pos[l] = static_cast<T>(lo - 1);
+      const int64_t pos = l < n ? count_below(row, int64_t(last[p0 + l]) + 1) - 1 : -1;
+      last_hi[l] = static_cast<T>(pos >> 24);
+      last_lo[l] = static_cast<T>(pos & 0xffffff);
     }
-    const bool exact_positions = row.n_hits <= (int64_t(1) << std::numeric_limits<T>::digits);
-    const V last_j = V::loadu(last_pos);
+    const LanePosition<T> last_j = {V::loadu(last_hi), V::loadu(last_lo)};
     V t_after(T(1));
     int64_t n_rec = 0;
     blend_lanes(row, stop, row.x0 + p0, n, [&](int64_t j, const V& blend, const V& a, const V& t, const V& next) {
-      V on = blend & (V(static_cast<T>(j)) <= last_j);
-      if (!exact_positions) {  // per lane, on the integer positions
-        alignas(64) T mask[L];
-        V::blendv(V(T(0)), V(T(1)), blend).store(mask);
-        for (int64_t l = 0; l < L; ++l) mask[l] = mask[l] == T(1) && row.hits[j].i <= last[p0 + l] ? T(1) : T(0);
-        on = V::loadu(mask) == V(T(1));
-      }
+      const V on = blend & LanePosition<T>::of(j).at_or_before(last_j);
       if (none(on)) return;
       if (n_rec == g.record_cap) {
         *fits = false;
@@ -221,12 +232,9 @@ void RowBlend<T>::backward(const RowArgs<T>& row, const int32_t* last, const T* 
       const T* rec = g.records + r * 3 * L;
       const V on = V::loadu(rec) == V(T(1));
       const V t_before = V::loadu(rec + L), alpha = V::loadu(rec + 2 * L);
-      // The forward's vis (its exp, on a sigma the records' lanes have within [0, cut]).
       const V dx = V(h.mean2d.x) - px;
       const T dy = h.mean2d.y - row.py;
-      const V sigma = V(T(0.5)) * (V(h.conic.x) * dx * dx + V(h.conic.z * dy * dy)) + V(h.conic.y * dy) * dx;
-      const V clamped = at::vec::clamp_max(at::vec::clamp_min(sigma, V(T(0))), V(h.sigma_cut));
-      const V vis = cpu_isa::PYOPS_ISA_NAMESPACE::exp_nonpositive(V(T(0)) - clamped);
+      const V vis = lane_vis(h, lane_sigma(h, px, row.py));  // the forward's (a record's lanes have sigma in [0, cut])
       const V ra = V(T(1)) / (V(T(1)) - alpha);
       const V weight = alpha * t_before;
       const T* col = colors + int64_t(h.g) * d;

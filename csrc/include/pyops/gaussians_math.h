@@ -696,23 +696,18 @@ struct PixelHit {
   bool skip;
 };
 
-// The evaluation from delta and its sigma (the CPU rasterizer tests sigma against a bound before the exp).
+// (The CPU rasterizer blends a vector of pixels at a time with the same decisions: csrc/cpu/gaussians_raster_kernel.h.)
 template <typename T>
-PYOPS_HOST_DEVICE PixelHit<T> hit_from_sigma(T dx, T dy, T sigma, T opacity) {
+PYOPS_HOST_DEVICE PixelHit<T> evaluate_hit(const Vec2<T>& mean2d, const Vec3<T>& conic, T opacity, T px, T py) {
   PixelHit<T> h;
-  h.dx = dx;
-  h.dy = dy;
+  h.dx = mean2d.x - px;
+  h.dy = mean2d.y - py;
+  const T sigma = gaussian_sigma(conic, h.dx, h.dy);
   h.vis = exp_(-sigma);
   h.alpha = min_(max_alpha<T>(), opacity * h.vis);
   // `!(alpha >= threshold)` also skips NaN alphas.
   h.skip = sigma < T(0) || !(h.alpha >= alpha_threshold<T>());
   return h;
-}
-
-template <typename T>
-PYOPS_HOST_DEVICE PixelHit<T> evaluate_hit(const Vec2<T>& mean2d, const Vec3<T>& conic, T opacity, T px, T py) {
-  const T dx = mean2d.x - px, dy = mean2d.y - py;
-  return hit_from_sigma(dx, dy, gaussian_sigma(conic, dx, dy), opacity);
 }
 
 // Gradients of one blended Gaussian at one pixel given dL/dalpha: through alpha = opacity * exp(-sigma) unless
