@@ -52,36 +52,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
       prepare_intersect(means2d, radii, depths, tile_size, tile_width, tile_height, c10::DeviceType::CPU);
   const int64_t cn = p.c * p.n, n_tiles = tile_width * tile_height, n_buckets = p.c * n_tiles;
   at::Tensor tiles_per_gauss = allocate_tiles_per_gauss(p);
-  std::vector<TileRect> rects(static_cast<size_t>(cn));
-  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cpu_rects", [&] {
-    const scalar_t* m2d = p.means2d.data_ptr<scalar_t>();
-    const int32_t* rad = p.radii.data_ptr<int32_t>();
-    int32_t* tpg = tiles_per_gauss.data_ptr<int32_t>();
-    at::parallel_for(0, cn, kGaussGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        rects[i] =
-            tile_rect(m2d[i * 2], m2d[i * 2 + 1], rad[i * 2], rad[i * 2 + 1], tile_size, tile_width, tile_height);
-        tpg[i] = static_cast<int32_t>(rects[i].count());  // <= tile_width * tile_height < 2^31 (prepare_intersect)
-      }
-    });
-  });
 
   // Counting sort on the (camera, tile) part of the key, in parallel over chunks of the (camera, Gaussian) pairs:
   // each chunk counts its intersections per bucket, and each bucket's range is split among the chunks in chunk
   // order, so every bucket lists its pairs in ascending flatten id whatever the number of chunks.
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), cn / kGaussGrain));
   auto chunk_begin = [&](int64_t k) { return cn * k / n_chunks; };
+  // The pairs of a chunk that touch a tile, in flatten order, for the scatter: the others (radius 0, e.g. the
+  // dropped half of a dense decoder's output) are read once, not three times (a rectangle for every pair was a
+  // 3 MiB array that left L2 at a MoRel frame's 2x10^5 Gaussians).
+  struct Touching {
+    int32_t flat, camera;  // flatten ids fit int32 (prepare_intersect), and so do camera indices
+    TileRect rect;
+  };
+  std::vector<std::vector<Touching>> touching(static_cast<size_t>(n_chunks));
   std::vector<int64_t> cursor(static_cast<size_t>(n_chunks * n_buckets), 0);  // counts, then write positions
-  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      int64_t* count = cursor.data() + k * n_buckets;
-      for (int64_t flat = chunk_begin(k); flat < chunk_begin(k + 1); ++flat) {
-        const TileRect& r = rects[flat];
-        const int64_t base = flat / p.n * n_tiles;
-        for (int32_t y = r.y0; y < r.y1; ++y)
-          for (int32_t x = r.x0; x < r.x1; ++x) ++count[base + int64_t(y) * tile_width + x];
+  AT_DISPATCH_FLOATING_TYPES(p.depths.scalar_type(), "gs_intersect_tiles_cpu_count", [&] {
+    const scalar_t* m2d = p.means2d.data_ptr<scalar_t>();
+    const int32_t* rad = p.radii.data_ptr<int32_t>();
+    int32_t* tpg = tiles_per_gauss.data_ptr<int32_t>();
+    at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        int64_t* count = cursor.data() + k * n_buckets;
+        std::vector<Touching>& list = touching[k];
+        // Camera by camera, so that no pair pays a 64-bit division.
+        for (int64_t flat = chunk_begin(k), stop = chunk_begin(k + 1); flat < stop;) {
+          const int64_t camera = flat / p.n, camera_stop = std::min(stop, (camera + 1) * p.n);
+          int64_t* camera_count = count + camera * n_tiles;
+          for (; flat < camera_stop; ++flat) {
+            const TileRect r = tile_rect(m2d[flat * 2], m2d[flat * 2 + 1], rad[flat * 2], rad[flat * 2 + 1], tile_size,
+                                         tile_width, tile_height);
+            tpg[flat] = static_cast<int32_t>(r.count());  // <= tile_width * tile_height < 2^31 (prepare_intersect)
+            if (r.count() == 0) continue;
+            list.push_back({static_cast<int32_t>(flat), static_cast<int32_t>(camera), r});
+            for (int32_t y = r.y0; y < r.y1; ++y)
+              for (int32_t x = r.x0; x < r.x1; ++x) ++camera_count[int64_t(y) * tile_width + x];
+          }
+        }
       }
-    }
+    });
   });
   std::vector<int64_t> bucket_start(static_cast<size_t>(n_buckets) + 1, 0);
   int64_t m = 0;
@@ -103,13 +112,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
     at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         int64_t* next = cursor.data() + k * n_buckets;
-        for (int64_t flat = chunk_begin(k); flat < chunk_begin(k + 1); ++flat) {
-          const TileRect& r = rects[flat];
-          if (r.count() == 0) continue;
-          const int64_t base = flat / p.n * n_tiles;
-          const uint64_t word = (uint64_t(depth_bits(dep[flat])) << 32) | uint64_t(uint32_t(flat));
-          for (int32_t y = r.y0; y < r.y1; ++y)
-            for (int32_t x = r.x0; x < r.x1; ++x) depth_and_id[next[base + int64_t(y) * tile_width + x]++] = word;
+        for (const Touching& t : touching[k]) {
+          const uint64_t word = (uint64_t(depth_bits(dep[t.flat])) << 32) | uint64_t(uint32_t(t.flat));
+          int64_t* camera_next = next + int64_t(t.camera) * n_tiles;
+          for (int32_t y = t.rect.y0; y < t.rect.y1; ++y)
+            for (int32_t x = t.rect.x0; x < t.rect.x1; ++x)
+              depth_and_id[camera_next[int64_t(y) * tile_width + x]++] = word;
         }
       }
     });

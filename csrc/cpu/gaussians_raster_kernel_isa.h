@@ -16,7 +16,7 @@ namespace gs {
 template <typename T>
 struct RowHit {
   int64_t i;  // intersection index (position in flatten_ids)
-  int32_t g;  // flatten id: camera * N + Gaussian
+  int32_t g;  // the Gaussian's index among the listed ones (its colors: colors + g * D)
   int32_t x_lo, x_hi;
   Vec2<T> mean2d;
   Vec3<T> conic;
