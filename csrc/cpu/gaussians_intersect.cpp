@@ -75,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> intersect_tiles_cpu(const at::Ten
       for (int64_t k = begin; k < end; ++k) {
         int64_t* count = cursor.data() + k * n_buckets;
         std::vector<Touching>& list = touching[k];
+        list.reserve(static_cast<size_t>(chunk_begin(k + 1) - chunk_begin(k)));  // untouched pages cost nothing
         // Camera by camera, so that no pair pays a 64-bit division.
         for (int64_t flat = chunk_begin(k), stop = chunk_begin(k + 1); flat < stop;) {
           const int64_t camera = flat / p.n, camera_stop = std::min(stop, (camera + 1) * p.n);
