@@ -302,8 +302,8 @@ def test_intersect_ties_keep_flatten_order(device, backend):
 def test_intersect_cpu_sorts_large_tiles_at_any_thread_count():
     """The CPU kernel's counting sort over chunks of Gaussians and its radix sort of long tile lists: ties (a few
     distinct depths), depths spread over many magnitudes, tiles with a handful and with hundreds of intersections,
-    bit-equal to the reference at 1 and 2 threads."""
-    c, n, width, height, ts = 2, 3000, 70, 40, 16
+    bit-equal to the reference at 1 and 2 threads (whose chunks split camera 1)."""
+    c, n, width, height, ts = 3, 3000, 70, 40, 16
     g = torch.Generator().manual_seed(3)
     means2d = torch.rand(c, n, 2, generator=g) * torch.tensor([width + 10.0, height + 10.0]) - 5
     radii = torch.randint(0, 12, (c, n, 2), generator=g, dtype=torch.int32)
@@ -612,6 +612,42 @@ def test_rasterize_cpu_is_deterministic_across_threads():
         torch.set_num_threads(threads)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_rasterize_gaussians_ignores_dropped_rows(device, backend):
+    """A dense decoder's layout (MoRel; Scaffold-GS before its compaction): rows of zero opacity and rows out of
+    view interleaved with a scene change neither its image nor its gradients (the CPU kernels pack the listed
+    Gaussians and skip the rest early), at one and two threads; the dropped rows get zero gradients."""
+    s = on(scene(90, n_cams=3, seed=21), device, torch.float32)
+    n = s["means"].shape[0]
+    keep = torch.arange(2 * n, device=device) % 2 == 0  # scene rows at even positions
+    dense = {k: s[k].new_zeros((2 * n,) + s[k].shape[1:]) if k in PARAMS else s[k] for k in s}
+    for k in PARAMS:
+        dense[k][keep] = s[k]
+        dense[k][~keep] = s[k].flip(0)
+    extra = torch.nonzero(~keep).flatten()
+    dense["opacities"][extra[0::2]] = 0.0  # dropped by the decoder
+    far = extra[1::2]
+    dense["opacities"][far] = 0.5
+    dense["means"][far] = dense["means"][far] * 0 + 1e4  # out of every view
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs = []
+            for x, rows in ((s, slice(None)), (dense, keep)):
+                leaves = {k: x[k].clone().requires_grad_() for k in PARAMS}
+                image, alpha, _ = pyops.rasterize_gaussians(**{**x, **leaves}, width=WIDTH, height=HEIGHT,
+                                                            backend=backend)
+                grads = torch.autograd.grad((image * image).sum() + alpha.sum(), list(leaves.values()))
+                outs.append((image, alpha, *(g[rows] for g in grads)))
+                if x is dense:
+                    assert all((g[~keep] == 0).all() for g in grads)
+            for a, b in zip(*outs):
+                torch.testing.assert_close(b, a, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(("cpu", "cpu") not in BACKENDS, reason="pyops._C has no CPU gs_* kernels")
