@@ -17,6 +17,8 @@ frames, GOP 30. Keyframes hold random (untrained) parameters with small Gaussian
 Gaussians kept; the storage holds two
 distinct keyframe states shared by all keyframes (a 3,600-frame GPU sequence would otherwise need ~18 GB of
 pinned host memory just to benchmark), which changes nothing on the device side: every load is a real copy.
+The notes add pyops against the eager composition timed frame by frame in interleaved rounds (the same frames
+for both; per-round ratios), the figure to quote: separately timed rows drift with the machine.
 "resident MiB" is what the model holds on the compute device (keyframes, fields, decoder); "peak MiB" the
 rendering's extra peak (GPU: the allocator's; CPU: sampled RSS).
 """
@@ -24,6 +26,7 @@ rendering's extra peak (GPU: the allocator's; CPU: sampled RSS).
 import math
 import random
 
+import numpy as np
 import torch
 from bench_anchors import fourdgs_features, scaffold_decode
 
@@ -34,6 +37,7 @@ FRAMES, QUICK_FRAMES = (600, 3600), (60,)
 GOP = 30
 CPU_ANCHORS, GPU_ANCHORS, QUICK_ANCHORS = (10_000,), (100_000, 500_000), (300,)
 CPU_SIZE, GPU_SIZE, QUICK_SIZE = (320, 180), (1920, 1080), (64, 48)
+MODES = ("playback", "random", "deform+decode")
 
 
 class EagerMoRelScene(MoRelScene):
@@ -114,17 +118,8 @@ def run(ctx):
             for name, (cls, resident) in providers.items():
                 try:
                     scene = build_scene(cls, n_frames, m, ctx.device, resident)
-                    for mode in ("playback", "random", "deform+decode"):
-                        rng, state = random.Random(0), {"t": 0}
-
-                        def call(scene=scene, mode=mode, rng=rng, state=state):
-                            t = rng.randrange(n_frames) if mode == "random" else state["t"]
-                            state["t"] = (state["t"] + 1) % n_frames
-                            with torch.no_grad():
-                                if mode == "deform+decode":  # playback without the (shared) rasterizer
-                                    return scene.frame_gaussians(t, viewmat[0], K[0], width, height)
-                                return scene.render(t, viewmat, K, width, height)
-
+                    for mode in MODES:
+                        call = _frame_fn(scene, mode, n_frames, viewmat, K, width, height)
                         row = ctx.record("morel", name, mode, "anchors, frames", f"{m} x {n_frames}", call,
                                          extra={"dtype": "fp32", "K": 10, "gop": GOP, "size": f"{width}x{height}"})
                         row["resident_mb"] = _resident_mb(scene)  # after the calls
@@ -134,6 +129,10 @@ def run(ctx):
                     del scene
                 except Exception as e:  # noqa: BLE001  (report it, go on with the other providers)
                     ctx.fail(f"morel: {name} M={m} frames={n_frames}", e, ours=name.startswith("pyops"))
+            try:
+                _paired_ratios(ctx, m, n_frames, viewmat, K, width, height, backend)
+            except Exception as e:  # noqa: BLE001
+                ctx.fail(f"morel: paired comparison M={m} frames={n_frames}", e)
     if not quick:  # the paper's render-memory figure is for 10^5 anchors per keyframe (MoRel: ~126 MB)
         try:
             scene = build_scene(MoRelScene, 600, 100_000, ctx.device)
@@ -143,6 +142,39 @@ def run(ctx):
         except Exception as e:  # noqa: BLE001
             ctx.fail("morel: resident memory at M=100000", e)
     return rows
+
+
+def _frame_fn(scene, mode, n_frames, viewmat, K, width, height):
+    """One frame per call for one camera: the next frame (playback, deform+decode) or a random one (seeded)."""
+    rng, state = random.Random(0), {"t": 0}
+
+    def call():
+        t = rng.randrange(n_frames) if mode == "random" else state["t"]
+        state["t"] = (state["t"] + 1) % n_frames
+        with torch.no_grad():
+            if mode == "deform+decode":  # playback without the (shared) rasterizer
+                return scene.frame_gaussians(t, viewmat[0], K[0], width, height)
+            return scene.render(t, viewmat, K, width, height)
+    return call
+
+
+def _paired_ratios(ctx, m, n_frames, viewmat, K, width, height, backend):
+    """pyops and the eager composition interleaved frame by frame (`ctx.time_rounds`), both rendering the same
+    frames: the ratio per round, free of the machine's drift between separately timed rows (on the 2-core CPU VM
+    a row's median moved by up to 20% between runs)."""
+    names = (f"pyops-{backend}", "eager composition")
+    scenes = dict(zip(names, (build_scene(MoRelScene, n_frames, m, ctx.device),
+                              build_scene(EagerMoRelScene, n_frames, m, ctx.device))))
+    rounds = 3 if ctx.quick else 40
+    for mode in MODES:
+        calls = {name: _frame_fn(scene, mode, n_frames, viewmat, K, width, height) for name, scene in scenes.items()}
+        for call in calls.values():
+            call()  # warm-up (the same frame for both)
+        times = ctx.time_rounds(calls, rounds)
+        p20, p50, p80 = np.quantile(np.array(times[names[1]]) / np.array(times[names[0]]), (0.2, 0.5, 0.8))
+        ctx.note(f"M={m}, {n_frames} frames, {mode}: eager composition / pyops paired over {rounds} interleaved "
+                 f"frames: {p50:.2f}x (p20-p80 {p20:.2f}-{p80:.2f}); medians {np.median(times[names[0]]):.1f} vs "
+                 f"{np.median(times[names[1]]):.1f} ms")
 
 
 def _resident_mb(scene) -> float:

@@ -50,6 +50,7 @@ def test_quick_benchmark_run(tmp_path):
         (p, m) for p in ("pyops-cpu", "eager composition", "all keyframes resident")
         for m in ("playback", "random", "deform+decode")}
     resident = {r["kernel_provider"]: r["resident_mb"] for r in morel}
+    assert (out / "morel.md").read_text().count("eager composition / pyops paired over") == 3  # one per mode
     assert 0 < resident["pyops-cpu"] < resident["all keyframes resident"]  # 2 of the 3 quick keyframes
     contrastive = {r["kernel_provider"] for r in rows if r["kernel_name"] == "contrastive"}
     assert contrastive == {"pyops-cpu", "torch eager", "torch.compile", "open_clip ClipLoss"}, contrastive
