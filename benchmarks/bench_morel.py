@@ -115,6 +115,7 @@ def run(ctx):
             kf_count = math.ceil((n_frames - 1) / GOP) + 1
             providers = {f"pyops-{backend}": (MoRelScene, 2), "eager composition": (EagerMoRelScene, 2),
                          "all keyframes resident": (MoRelScene, kf_count)}
+            paired = {}  # the scenes the paired comparison reuses
             for name, (cls, resident) in providers.items():
                 try:
                     scene = build_scene(cls, n_frames, m, ctx.device, resident)
@@ -126,13 +127,17 @@ def run(ctx):
                         rows.append(row)
                     ctx.note(f"M={m}, {n_frames} frames, {name}: {len(scene.resident_keyframes())} of {kf_count} "
                              f"keyframes resident, {_resident_mb(scene):.1f} MiB on {ctx.device.type}")
+                    if name != "all keyframes resident":
+                        paired[name] = scene
                     del scene
                 except Exception as e:  # noqa: BLE001  (report it, go on with the other providers)
                     ctx.fail(f"morel: {name} M={m} frames={n_frames}", e, ours=name.startswith("pyops"))
             try:
-                _paired_ratios(ctx, m, n_frames, viewmat, K, width, height, backend)
+                if len(paired) == 2:
+                    _paired_ratios(ctx, m, n_frames, paired, viewmat, K, width, height)
             except Exception as e:  # noqa: BLE001
                 ctx.fail(f"morel: paired comparison M={m} frames={n_frames}", e)
+            del paired
     if not quick:  # the paper's render-memory figure is for 10^5 anchors per keyframe (MoRel: ~126 MB)
         try:
             scene = build_scene(MoRelScene, 600, 100_000, ctx.device)
@@ -158,13 +163,11 @@ def _frame_fn(scene, mode, n_frames, viewmat, K, width, height):
     return call
 
 
-def _paired_ratios(ctx, m, n_frames, viewmat, K, width, height, backend):
-    """pyops and the eager composition interleaved frame by frame (`ctx.time_rounds`), both rendering the same
-    frames: the ratio per round, free of the machine's drift between separately timed rows (on the 2-core CPU VM
-    a row's median moved by up to 20% between runs)."""
-    names = (f"pyops-{backend}", "eager composition")
-    scenes = dict(zip(names, (build_scene(MoRelScene, n_frames, m, ctx.device),
-                              build_scene(EagerMoRelScene, n_frames, m, ctx.device))))
+def _paired_ratios(ctx, m, n_frames, scenes, viewmat, K, width, height):
+    """pyops and the eager composition (`scenes`: provider name -> scene, pyops first) interleaved frame by frame
+    (`ctx.time_rounds`), both rendering the same frames: the ratio per round, free of the machine's drift between
+    separately timed rows (on the 2-core CPU VM a row's median moved by up to 20% between runs)."""
+    names = list(scenes)
     rounds = 3 if ctx.quick else 12 if ctx.device.type == "cuda" else 40  # a GPU window is minutes; its rows drift less
     for mode in MODES:
         calls = {name: _frame_fn(scene, mode, n_frames, viewmat, K, width, height) for name, scene in scenes.items()}

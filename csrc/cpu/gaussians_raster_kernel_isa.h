@@ -57,7 +57,7 @@ constexpr int64_t kMaxRowLanes = 16;
 PYOPS_CPU_ISA_DECLARE(template <typename T> struct RowBlend {
   // Blends the row. Per pixel p: color[p * d + k] (the blended colors plus T_final * bg[k]; bg may be nullptr),
   // alpha[p] (the sum of the blend weights), trans[p] (T_final) and last[p] (the last blended intersection, -1
-  // if none). colors is [*, d] by flatten id; scratch holds d * kMaxRowLanes Ts.
+  // if none). colors is [*, d], a candidate's at colors + g * d; scratch holds d * kMaxRowLanes Ts.
   static void forward(const RowArgs<T>& row, const T* colors, int64_t d, const T* bg, T* scratch, T* color, T* alpha,
                       T* trans, int32_t* last);
   // The backward of one row: replays the forward's blending (its decisions and transmittances bit for bit) up to
