@@ -41,39 +41,11 @@ void project_fwd_kernel(const ProjectInputs& p, T eps2d, T near_plane, T far_pla
       const Camera<T> cam = load_camera(viewmats + c * 16, Ks + c * 9, w, h);
       for (; idx < camera_end; ++idx) {
         const int64_t g = idx - c * n;
-        // Culled below whatever the covariance (the compensation is <= 1): skip its math. Decoders that keep a
-        // dense layout hand over many of these (a MoRel frame: 45% of its Gaussians).
-        if (opacities != nullptr && !(opacities[g] > T(0))) continue;
-        const T* mp = means + g * 3;
-        const Vec3<T> mean_c = point_world_to_cam(cam.r, cam.t, Vec3<T>{mp[0], mp[1], mp[2]});
-        // Written as !(inside) so that NaN depths are culled too.
-        if (!(mean_c.z >= near_plane && mean_c.z <= far_plane)) continue;
-        const Mat3<T> covar_c = covar_world_to_cam(cam.r, world_covar(quats + g * 4, scales + g * 3));
-        Mat2<T> cov2d = project_covar(projection_jacobian(cam.pinhole, mean_c), covar_c);
-        const Vec2<T> mean2d = project_mean(cam.pinhole, mean_c);
-        T compensation;
-        const T det = dilate_covar2d(eps2d, cov2d, compensation);
-        if (!(det > T(0))) continue;
-        const Vec3<T> conic = conic_from_covar2d(cov2d, det);
-        T sigmas = radius_sigmas<T>();
-        if (opacities != nullptr) {  // gsplat's rasterization(): cull what never reaches the blend cut
-          const T opacity = antialiased ? opacities[g] * compensation : opacities[g];
-          if (!(opacity >= alpha_threshold<T>())) continue;
-          sigmas = radius_sigmas_for_opacity(opacity);
-        }
-        const T rx = radius_from_variance(cov2d.m[0][0], sigmas);
-        const T ry = radius_from_variance(cov2d.m[1][1], sigmas);
-        if (rx <= radius_clip && ry <= radius_clip) continue;
-        if (!(mean2d.x + rx > T(0) && mean2d.x - rx < w && mean2d.y + ry > T(0) && mean2d.y - ry < h)) continue;
-        radii_out[idx * 2] = radius_to_int(rx);
-        radii_out[idx * 2 + 1] = radius_to_int(ry);
-        means2d_out[idx * 2] = mean2d.x;
-        means2d_out[idx * 2 + 1] = mean2d.y;
-        depths_out[idx] = mean_c.z;
-        conics_out[idx * 3] = conic.x;
-        conics_out[idx * 3 + 1] = conic.y;
-        conics_out[idx * 3 + 2] = conic.z;
-        if (antialiased) comp_out[idx] = compensation;
+        const ProjectedPair<T> q =
+            project_pair(cam, means + g * 3, quats + g * 4, scales + g * 3, opacities ? opacities + g : nullptr, eps2d,
+                         near_plane, far_plane, radius_clip, antialiased);
+        if (q.kept)
+          store_projected(q, idx, radii_out, means2d_out, depths_out, conics_out, antialiased ? comp_out : nullptr);
       }
     }
   });

@@ -43,36 +43,10 @@ __global__ void project_fwd_kernel(ProjectFwdArgs<T> a, int32_t* __restrict__ ra
   if (idx >= a.c * a.n) return;
   const int64_t c = idx / a.n, g = idx % a.n;
   const Camera<T> cam = load_camera(a.viewmats + c * 16, a.Ks + c * 9, a.width, a.height);
-  const T* mp = a.means + g * 3;
-  const Vec3<T> mean_c = point_world_to_cam(cam.r, cam.t, Vec3<T>{mp[0], mp[1], mp[2]});
-  // Written as !(inside) so that NaN depths are culled too.
-  if (!(mean_c.z >= a.near_plane && mean_c.z <= a.far_plane)) return;
-  const Mat3<T> covar_c = covar_world_to_cam(cam.r, world_covar(a.quats + g * 4, a.scales + g * 3));
-  Mat2<T> cov2d = project_covar(projection_jacobian(cam.pinhole, mean_c), covar_c);
-  const Vec2<T> mean2d = project_mean(cam.pinhole, mean_c);
-  T compensation;
-  const T det = dilate_covar2d(a.eps2d, cov2d, compensation);
-  if (!(det > T(0))) return;
-  const Vec3<T> conic = conic_from_covar2d(cov2d, det);
-  T sigmas = radius_sigmas<T>();
-  if (a.opacities != nullptr) {  // gsplat's rasterization(): cull what never reaches the blend cut
-    const T opacity = a.antialiased ? a.opacities[g] * compensation : a.opacities[g];
-    if (!(opacity >= alpha_threshold<T>())) return;
-    sigmas = radius_sigmas_for_opacity(opacity);
-  }
-  const T rx = radius_from_variance(cov2d.m[0][0], sigmas);
-  const T ry = radius_from_variance(cov2d.m[1][1], sigmas);
-  if (rx <= a.radius_clip && ry <= a.radius_clip) return;
-  if (!(mean2d.x + rx > T(0) && mean2d.x - rx < a.width && mean2d.y + ry > T(0) && mean2d.y - ry < a.height)) return;
-  radii[idx * 2] = radius_to_int(rx);
-  radii[idx * 2 + 1] = radius_to_int(ry);
-  means2d[idx * 2] = mean2d.x;
-  means2d[idx * 2 + 1] = mean2d.y;
-  depths[idx] = mean_c.z;
-  conics[idx * 3] = conic.x;
-  conics[idx * 3 + 1] = conic.y;
-  conics[idx * 3 + 2] = conic.z;
-  if (a.antialiased) compensations[idx] = compensation;
+  const ProjectedPair<T> q =
+      project_pair(cam, a.means + g * 3, a.quats + g * 4, a.scales + g * 3, a.opacities ? a.opacities + g : nullptr,
+                   a.eps2d, a.near_plane, a.far_plane, a.radius_clip, a.antialiased);
+  if (q.kept) store_projected(q, idx, radii, means2d, depths, conics, a.antialiased ? compensations : nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_fwd_cuda(

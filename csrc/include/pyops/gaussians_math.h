@@ -503,6 +503,73 @@ PYOPS_HOST_DEVICE int32_t radius_to_int(T r) {
   return r >= T(2147483647.0) ? int32_t(2147483647) : static_cast<int32_t>(r);
 }
 
+// What gs_project_fwd writes for one (camera, Gaussian) pair; kept is false when gsplat's culls drop the pair
+// (its outputs then keep the zeros, and ones for compensations without antialiasing, they start with).
+template <typename T>
+struct ProjectedPair {
+  bool kept;
+  int32_t radius_x, radius_y;
+  Vec2<T> mean2d;
+  T depth;
+  Vec3<T> conic;
+  T compensation;
+};
+
+// One pair's projection with the culls in gsplat's order, the body of both backends' forward kernels. opacity:
+// the Gaussian's, or nullptr without opacities.
+template <typename T>
+PYOPS_HOST_DEVICE ProjectedPair<T> project_pair(const Camera<T>& cam, const T* mean, const T* quat, const T* scale,
+                                                const T* opacity, T eps2d, T near_plane, T far_plane, T radius_clip,
+                                                bool antialiased) {
+  ProjectedPair<T> q{};
+  // Culled below whatever the covariance (the compensation is <= 1): skip its math. Decoders that keep a dense
+  // layout hand over many of these (a MoRel frame: 45% of its Gaussians).
+  if (opacity != nullptr && !(*opacity > T(0))) return q;
+  const Vec3<T> mean_c = point_world_to_cam(cam.r, cam.t, Vec3<T>{mean[0], mean[1], mean[2]});
+  // Written as !(inside) so that NaN depths are culled too.
+  if (!(mean_c.z >= near_plane && mean_c.z <= far_plane)) return q;
+  const Mat3<T> covar_c = covar_world_to_cam(cam.r, world_covar(quat, scale));
+  Mat2<T> cov2d = project_covar(projection_jacobian(cam.pinhole, mean_c), covar_c);
+  const Vec2<T> mean2d = project_mean(cam.pinhole, mean_c);
+  T compensation;
+  const T det = dilate_covar2d(eps2d, cov2d, compensation);
+  if (!(det > T(0))) return q;
+  T sigmas = radius_sigmas<T>();
+  if (opacity != nullptr) {  // gsplat's rasterization(): cull what never reaches the blend cut
+    const T o = antialiased ? *opacity * compensation : *opacity;
+    if (!(o >= alpha_threshold<T>())) return q;
+    sigmas = radius_sigmas_for_opacity(o);
+  }
+  const T rx = radius_from_variance(cov2d.m[0][0], sigmas);
+  const T ry = radius_from_variance(cov2d.m[1][1], sigmas);
+  if (rx <= radius_clip && ry <= radius_clip) return q;
+  const T w = cam.pinhole.width, h = cam.pinhole.height;
+  if (!(mean2d.x + rx > T(0) && mean2d.x - rx < w && mean2d.y + ry > T(0) && mean2d.y - ry < h)) return q;
+  q.kept = true;
+  q.radius_x = radius_to_int(rx);
+  q.radius_y = radius_to_int(ry);
+  q.mean2d = mean2d;
+  q.depth = mean_c.z;
+  q.conic = conic_from_covar2d(cov2d, det);
+  q.compensation = compensation;
+  return q;
+}
+
+// Writes a kept pair's outputs at pair index idx (compensations: nullptr unless antialiased).
+template <typename T>
+PYOPS_HOST_DEVICE void store_projected(const ProjectedPair<T>& q, int64_t idx, int32_t* radii, T* means2d, T* depths,
+                                       T* conics, T* compensations) {
+  radii[idx * 2] = q.radius_x;
+  radii[idx * 2 + 1] = q.radius_y;
+  means2d[idx * 2] = q.mean2d.x;
+  means2d[idx * 2 + 1] = q.mean2d.y;
+  depths[idx] = q.depth;
+  conics[idx * 3] = q.conic.x;
+  conics[idx * 3 + 1] = q.conic.y;
+  conics[idx * 3 + 2] = q.conic.z;
+  if (compensations != nullptr) compensations[idx] = q.compensation;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Spherical harmonics, degrees 0-3 (real SH in the 3DGS sign convention; Sloan's "Efficient Spherical
 // Harmonic Evaluation" recurrences). Basis k multiplies coeffs[k].
