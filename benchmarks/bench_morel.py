@@ -26,7 +26,6 @@ rendering's extra peak (GPU: the allocator's; CPU: sampled RSS).
 import math
 import random
 
-import numpy as np
 import torch
 from bench_anchors import fourdgs_features, scaffold_decode
 
@@ -165,19 +164,14 @@ def _frame_fn(scene, mode, n_frames, viewmat, K, width, height):
 
 def _paired_ratios(ctx, m, n_frames, scenes, viewmat, K, width, height):
     """pyops and the eager composition (`scenes`: provider name -> scene, pyops first) interleaved frame by frame
-    (`ctx.time_rounds`), both rendering the same frames: the ratio per round, free of the machine's drift between
+    (`ctx.paired_ratio`), both rendering the same frames: the ratio per round, free of the machine's drift between
     separately timed rows (on the 2-core CPU VM a row's median moved by up to 20% between runs)."""
-    names = list(scenes)
-    rounds = 3 if ctx.quick else 12 if ctx.device.type == "cuda" else 40  # a GPU window is minutes; its rows drift less
+    rounds = 3 if ctx.quick else 12 if ctx.device.type == "cuda" else 40  # a GPU window is minutes
     for mode in MODES:
-        calls = {name: _frame_fn(scene, mode, n_frames, viewmat, K, width, height) for name, scene in scenes.items()}
-        for call in calls.values():
+        calls = [(name, _frame_fn(scene, mode, n_frames, viewmat, K, width, height)) for name, scene in scenes.items()]
+        for _, call in calls:
             call()  # warm-up (the same frame for both)
-        times = ctx.time_rounds(calls, rounds)
-        p20, p50, p80 = np.quantile(np.array(times[names[1]]) / np.array(times[names[0]]), (0.2, 0.5, 0.8))
-        ctx.note(f"M={m}, {n_frames} frames, {mode}: eager composition / pyops paired over {rounds} interleaved "
-                 f"frames: {p50:.2f}x (p20-p80 {p20:.2f}-{p80:.2f}); medians {np.median(times[names[0]]):.1f} vs "
-                 f"{np.median(times[names[1]]):.1f} ms")
+        ctx.note(f"M={m}, {n_frames} frames, {mode}: {ctx.paired_ratio(*calls, rounds)}")
 
 
 def _resident_mb(scene) -> float:

@@ -189,6 +189,20 @@ def _limits_note(ctx, cases, dim, read_bytes):
                  f"the int8 products at the peak take {compute_ms:.1f} ms; the search's floor is the larger")
 
 
+# The issue's targets compare a prepared index with FAISS's (CPU): ours first, then the peer.
+PAIRED = {"top-1": ("pyops VQIndex", "faiss IndexFlatL2"), "top-1 ip": ("pyops VQIndex", "faiss IndexFlatIP")}
+
+
+def _paired_notes(ctx, size, made, x, codebook):
+    """The index and FAISS interleaved call by call (`ctx.paired_ratio`): their ratio free of the VM's drift
+    between separately timed rows (on a 2-core EPYC VM one row's median was 1.9x its value in a quiet run)."""
+    rounds = 2 if ctx.quick else 7  # faiss takes up to ~1.6 s a call at 256 x 262,144
+    for mode, names in PAIRED.items():
+        if all((mode, name) in made for name in names):
+            calls = [(name, lambda fn=made[mode, name]: fn(x, codebook)) for name in names]
+            ctx.note(f"{size} {mode}: {ctx.paired_ratio(*calls, rounds)}")
+
+
 def _vqtorch(ctx, codebook):
     from vector_quantize_pytorch import VectorQuantize
 
@@ -221,7 +235,7 @@ def run(ctx):
                               _workspace_rows(num_codes, cuda))  # fp32 brute force: the agreement reference
         case = dict(x_name="N x K", x_value=f"{n}x{num_codes}",
                     extra={"N": n, "K": num_codes, "D": dim, "dtype": str(dtype).replace("torch.", "")})
-        builds = []
+        builds, made = [], {}  # made: (mode, provider) -> the search fn, for the paired comparison
         searches = [("top-1", exact, name, make) for name, make in providers(ctx, n, codebook, builds).items()]
         if not cuda:
             exact_ip = torch.cat([(xb @ codebook.T).argmax(1) for xb in x.split(_workspace_rows(num_codes, False))])
@@ -229,7 +243,7 @@ def run(ctx):
                          for name, make in _ip_providers(ctx, n, codebook, builds).items()]
         for mode, reference, name, make in searches:
             try:
-                fn = make()
+                fn = made[mode, name] = make()
                 agreement = (fn(x, codebook).to(reference.device) == reference).float().mean().item()
                 rows.append(ctx.record("vq", name, mode, fn=lambda: fn(x, codebook),  # noqa: F821
                                        flops=2 * n * num_codes * dim,
@@ -241,5 +255,7 @@ def run(ctx):
             if cuda:
                 torch.cuda.empty_cache()
         rows += builds
-        del x, codebook, exact  # the timed lambdas above are done with them
+        if not cuda:
+            _paired_notes(ctx, case["x_value"], made, x, codebook)
+        del x, codebook, exact, made  # the timed lambdas above are done with them
     return rows

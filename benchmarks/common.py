@@ -164,6 +164,16 @@ class Context:
                 times[name].append((time.perf_counter() - t0) * 1e3)
         return times
 
+    def paired_ratio(self, ours: Tuple[str, Callable[[], object]], peer: Tuple[str, Callable[[], object]],
+                     rounds: int) -> str:
+        """The peer's time over ours per interleaved round (`time_rounds`), as a note's text: median ratio,
+        its p20-p80 and both medians."""
+        times = self.time_rounds(dict((ours, peer)), rounds)
+        mine, theirs = np.array(times[ours[0]]), np.array(times[peer[0]])
+        p20, p50, p80 = np.quantile(theirs / mine, (0.2, 0.5, 0.8))
+        return (f"{peer[0]} / {ours[0]} paired over {rounds} interleaved rounds: {p50:.2f}x (p20-p80 "
+                f"{p20:.2f}-{p80:.2f}); medians {np.median(theirs):.1f} vs {np.median(mine):.1f} ms")
+
     def measure_copy_bandwidth(self) -> float:
         """GB/s of a large device-to-device tensor copy, counting read + write bytes: the ceiling that
         memory-bound kernels are compared with."""

@@ -31,6 +31,8 @@ def test_quick_benchmark_run(tmp_path):
         ("pyops VQIndex", "build"), ("pyops VQIndex", "build ip"), ("faiss IndexFlatL2", "build"),
         ("faiss IndexFlatIP", "build ip")}
     assert all(r["tflops"] > 0 and r["agreement"] == 1.0 for r in vq if r not in builds)
+    vq_md = (out / "vq.md").read_text()
+    assert [vq_md.count(f"faiss IndexFlat{m} / pyops VQIndex paired over") for m in ("L2", "IP")] == [1, 1]
     gs = [r for r in rows if r["kernel_name"] == "gaussians"]
     assert {(r["kernel_provider"], r["kernel_operation_mode"]) for r in gs} >= {
         (p, m) for p in ("pyops-cpu", "dense reference") for m in ("forward", "backward", "full")}
@@ -50,7 +52,7 @@ def test_quick_benchmark_run(tmp_path):
         (p, m) for p in ("pyops-cpu", "eager composition", "all keyframes resident")
         for m in ("playback", "random", "deform+decode")}
     resident = {r["kernel_provider"]: r["resident_mb"] for r in morel}
-    assert (out / "morel.md").read_text().count("eager composition / pyops paired over") == 3  # one per mode
+    assert (out / "morel.md").read_text().count("eager composition / pyops-cpu paired over") == 3  # one per mode
     assert 0 < resident["pyops-cpu"] < resident["all keyframes resident"]  # 2 of the 3 quick keyframes
     contrastive = {r["kernel_provider"] for r in rows if r["kernel_name"] == "contrastive"}
     assert contrastive == {"pyops-cpu", "torch eager", "torch.compile", "open_clip ClipLoss"}, contrastive
