@@ -235,7 +235,7 @@ def run(ctx):
                               _workspace_rows(num_codes, cuda))  # fp32 brute force: the agreement reference
         case = dict(x_name="N x K", x_value=f"{n}x{num_codes}",
                     extra={"N": n, "K": num_codes, "D": dim, "dtype": str(dtype).replace("torch.", "")})
-        builds, made = [], {}  # made: (mode, provider) -> the search fn, for the paired comparison
+        builds, made = [], {}  # made: (mode, provider) -> the search fn of PAIRED's providers
         searches = [("top-1", exact, name, make) for name, make in providers(ctx, n, codebook, builds).items()]
         if not cuda:
             exact_ip = torch.cat([(xb @ codebook.T).argmax(1) for xb in x.split(_workspace_rows(num_codes, False))])
@@ -243,7 +243,9 @@ def run(ctx):
                          for name, make in _ip_providers(ctx, n, codebook, builds).items()]
         for mode, reference, name, make in searches:
             try:
-                fn = made[mode, name] = make()
+                fn = make()
+                if name in PAIRED.get(mode, ()):
+                    made[mode, name] = fn
                 agreement = (fn(x, codebook).to(reference.device) == reference).float().mean().item()
                 rows.append(ctx.record("vq", name, mode, fn=lambda: fn(x, codebook),  # noqa: F821
                                        flops=2 * n * num_codes * dim,
